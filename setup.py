@@ -1,0 +1,36 @@
+"""Packaging for UWS, the User Workspaces Server."""
+
+import os
+
+from setuptools import find_packages, setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+version = {}
+with open(os.path.join(here, "uws", "__init__.py")) as f:
+    exec(f.read(), version)
+
+setup(
+    name="uws",
+    version=version["__version__"],
+    description="User Workspaces Server: workspaces and interactive sessions over HTTP",
+    packages=find_packages(include=["uws", "uws.*"]),
+    package_data={"uws": ["alembic/*.py", "alembic/*.mako", "alembic/versions/*.py"]},
+    data_files=[("share/uws", [os.path.join("share", "uws", n) for n in sorted(os.listdir(os.path.join(here, "share", "uws")))])],
+    python_requires=">=3.11",
+    install_requires=[
+        "tornado>=6.4",
+        "traitlets>=5.14",
+        "sqlalchemy>=2.0",
+        "alembic>=1.13",
+        "globus-sdk>=3.40",
+        "pyzmq>=25",
+        "psutil>=5.9",
+        "psycopg[binary]>=3.1",
+        "requests>=2.31",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "schemathesis>=3.30", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["uws = uws.app:cli"]},
+)

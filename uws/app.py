@@ -1,0 +1,593 @@
+"""UWSApp: command line, configuration, start-up steps and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+from traitlets.config import Application, catch_config_error
+
+from . import __version__
+from .auth.accounts import Account
+from .config_json import ConfigError, validate
+from .errors import APIError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+AUTHENTICATORS = {
+    "local": "uws.auth.base.LocalAuthenticator",
+    "dev": "uws.auth.base.DevAuthenticator",
+    "psc": "uws.auth.base.PSCAuthenticator",
+    "globus": "uws.auth.globus.GlobusAuthenticator",
+}
+STORAGES = {
+    "local": "uws.storage.local.LocalFileSystemStorage",
+    "hubmap": "uws.storage.hubmap.HubmapLocalFileSystemStorage",
+}
+ORIGINAL_AUTH_NAMES = {
+    "local": "LocalUserAuthentication",
+    "dev": "LocalUserAuthentication",
+    "psc": "PSCAPIUserAuthentication",
+    "globus": "GlobusUserAuthentication",
+}
+ORIGINAL_STORAGE_NAMES = {"local": "LocalFileSystemStorage", "hubmap": "HubmapLocalFileSystemStorage"}
+
+DEFAULT_PARAMETERS = [
+    {
+        "display_name": "Number of CPUs",
+        "description": "",
+        "variable_name": "num_cpus",
+        "default_value": 1,
+        "validation": {"type": "int", "min": 1, "max": 4, "required": False},
+    },
+    {
+        "display_name": "Memory (MB)",
+        "description": "",
+        "variable_name": "memory_mb",
+        "default_value": 1024,
+        "validation": {"type": "int", "min": 1024, "max": 8192, "required": False},
+    },
+    {
+        "display_name": "Time Limit (minutes)",
+        "description": "",
+        "variable_name": "time_limit_min",
+        "default_value": 180,
+        "validation": {"type": "int", "min": 1, "max": 480, "required": False},
+    },
+    {
+        "display_name": "GPU Enabled",
+        "description": "",
+        "variable_name": "gpu_enabled",
+        "default_value": False,
+        "validation": {"type": "bool", "required": False},
+    },
+]
+DEFAULT_MAPPING = {
+    "num_cpus": "cpus_per_task",
+    "memory_mb": "memory_per_node",
+    "time_limit_min": "time_limit",
+}
+
+
+def import_class(name: str, aliases: dict[str, str]) -> type:
+    target = aliases.get(name, name)
+    module, _, attr = target.rpartition(".")
+    mod = __import__(module, fromlist=[attr])
+    return getattr(mod, attr)
+
+
+class UWSApp(Application):
+    name = "uws"
+    version = __version__
+    description = """The User Workspaces Server: workspaces and interactive sessions over HTTP.
+
+    With no --config it runs on embedded defaults: a SQLite database and workspaces under
+    ./uws-data, and a development login that needs no client token."""
+
+    aliases = {
+        "config": "UWSApp.config_file",
+        "ip": "UWSApp.ip",
+        "port": "UWSApp.port",
+        "db-url": "UWSApp.db_url",
+        "log-level": "Application.log_level",
+    }
+    flags = {
+        "debug": (
+            {"Application": {"log_level": logging.DEBUG}, "UWSApp": {"debug": True}},
+            "Log debug messages and show more detail.",
+        ),
+    }
+    classes = List()
+
+    @default("log_level")
+    def _log_level(self) -> int:
+        return logging.INFO
+
+    @default("classes")
+    def _classes(self) -> list[type]:
+        from .auth.base import DevAuthenticator, LocalAuthenticator, PSCAuthenticator
+        from .auth.globus import GlobusAuthenticator
+        from .mail import Mailer
+        from .storage.hubmap import HubmapLocalFileSystemStorage
+        from .storage.local import LocalFileSystemStorage
+
+        return [
+            UWSApp,
+            LocalAuthenticator,
+            DevAuthenticator,
+            PSCAuthenticator,
+            GlobusAuthenticator,
+            LocalFileSystemStorage,
+            HubmapLocalFileSystemStorage,
+            Mailer,
+        ]
+
+    subcommands = {
+        "check-config": ("uws.cli.CheckConfigApp", "Validate a configuration file and list every problem."),
+        "generate-config": (
+            "uws.cli.GenerateConfigApp",
+            "Print a uws_config.py with every option and its help.",
+        ),
+        "upgrade-db": ("uws.cli.UpgradeDBApp", "Create or upgrade the database to the current schema."),
+        "create-client-token": ("uws.cli.CreateClientTokenApp", "Create (or renew) an API client token."),
+        "quota": ("uws.cli.QuotaApp", "Show or set a user's disk and core-hour maximums."),
+    }
+
+    # ---- options ---------------------------------------------------------------------------
+    config_file = Unicode(
+        "",
+        config=True,
+        help="""Configuration file: a traitlets Python file (uws_config.py) or an existing
+        deployment's config.json in the original server's format. Empty: embedded defaults.""",
+    )
+    ip = Unicode("127.0.0.1", config=True, help="Address to listen on; 0.0.0.0 for every interface.")
+    port = Integer(8000, config=True, help="Port to listen on.")
+    debug = Bool(False, config=True, help="Development mode: more logging.")
+    data_dir = Unicode(
+        "",
+        config=True,
+        help="""Directory for the embedded defaults: the SQLite database and the workspaces root
+        when they are not configured. Default: ./uws-data.""",
+    )
+
+    @default("data_dir")
+    def _data_dir(self) -> str:
+        return os.path.abspath("uws-data")
+
+    db_url = Unicode(
+        "",
+        config=True,
+        help="""SQLAlchemy database URL. SQLite (the default, sqlite:///<data_dir>/uws.sqlite)
+        suits one server; use postgresql://user@host/db in production.""",
+    )
+    public_url = Unicode(
+        "",
+        config=True,
+        help="""The URL browsers use to reach this server (scheme://host[:port]), e.g. behind a
+        TLS proxy. Default: http://<ip>:<port>.""",
+    )
+    authenticator_class = Unicode(
+        "dev",
+        config=True,
+        help="""How users log in (POST /tokens/): 'local' (API client token, OS accounts),
+        'globus' (Globus Auth), 'psc', 'dev' (no client token; development only), or the
+        import path of an Authenticator subclass.""",
+    )
+    storage_class = Unicode(
+        "local",
+        config=True,
+        help="Where workspaces live: 'local', 'hubmap' or an import path of a storage class.",
+    )
+    storage_accounts_from = Unicode(
+        "",
+        config=True,
+        help="""Which authentication method provides storage (OS) accounts: 'local', 'dev',
+        'globus' or 'psc'. Default: the same as authenticator_class. Globus and PSC cannot
+        provide accounts here, so workspace operations are then refused.""",
+    )
+    api_auth_key = Unicode("main_auth", config=True, help="Name of the login method in /status/.")
+    storage_key = Unicode("main_storage", config=True, help="Name of the storage in /status/.")
+    main_resource_key = Unicode(
+        "main_resource",
+        config=True,
+        help="""The resource every session runs on; also the key looked up in each job type's
+        environment_details.""",
+    )
+    resources = Dict(
+        config=True,
+        help="""Compute resources by key, each in the original config.json form: resource_type
+        (LocalResource, SlurmAPIResource), passthrough_domain, parameter_mapping,
+        connection_details.""",
+    )
+
+    @default("resources")
+    def _resources(self) -> dict[str, Any]:
+        return {
+            self.main_resource_key: {
+                "name": "Local Resource",
+                "resource_type": "LocalResource",
+                "passthrough_domain": "",
+                "connection_details": {},
+                "parameter_mapping": dict(DEFAULT_MAPPING),
+            }
+        }
+
+    job_types = Dict(
+        config=True,
+        help="""Job types by id, in the original config.json form: {"name", "job_type",
+        "environment_details": {<resource key>: {...}}}. Their order is the order of
+        GET /job_types/.""",
+    )
+
+    @default("job_types")
+    def _job_types(self) -> dict[str, Any]:
+        return {
+            "local_test_job": {
+                "name": "Local Test Job",
+                "job_type": "LocalTestJob",
+                "environment_details": {self.main_resource_key: {}},
+            }
+        }
+
+    parameters = List(
+        config=True,
+        help="""Resource options users may request when starting a session, served verbatim by
+        GET /parameters/ and used to validate PUT /workspaces/<id>/start/.""",
+    )
+
+    @default("parameters")
+    def _parameters(self) -> list[Any]:
+        return [dict(p, validation=dict(p["validation"])) for p in DEFAULT_PARAMETERS]
+
+    user_authentication_methods = Dict(
+        config=True, help="Every login method of an original config.json, for /status/ health."
+    )
+    storage_methods = Dict(config=True, help="Every storage of an original config.json, for /status/.")
+    cors_allowed_origins = List(
+        Unicode(),
+        ["*"],
+        config=True,
+        help="""Origins allowed to call the API from a browser. '*' (the default) is safe
+        because credentials travel in a header, never a cookie.""",
+    )
+    max_body_size = Integer(
+        100 * 1024 * 1024,
+        config=True,
+        help="Largest request body in bytes (uploads included); larger ones get 413.",
+    )
+    token_expiry_seconds = Integer(
+        0, config=True, help="Seconds a login token stays valid; 0 means until logout."
+    )
+    users_min_search_length = Integer(
+        0, config=True, help="Minimum length of ?search= on GET /users/ (0 lists everyone)."
+    )
+    status_check_timeout = Float(5.0, config=True, help="Seconds each /status/ health check may take.")
+    build = Unicode(
+        "",
+        config=True,
+        help="Build id shown by /status/. Default: $UWS_BUILD, else the git commit if known.",
+    )
+
+    # ---- start-up --------------------------------------------------------------------------
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.subapp is not None:
+            return
+        self.load_uws_config()
+
+    def load_uws_config(self) -> None:
+        self.config_warnings: list[str] = []
+        if self.config_file:
+            if self.config_file.endswith(".json"):
+                from . import config_json
+
+                cfg, self.config_warnings = config_json.load(self.config_file)
+                self.update_config(cfg)
+            else:
+                if not os.path.exists(self.config_file):
+                    raise ConfigError([f"config file {self.config_file} not found"])
+                self.load_config_file(self.config_file)
+            # The command line wins over the file.
+            self.update_config(self.cli_config)
+        problems, warnings = validate(self.as_original_config())
+        if problems:
+            raise ConfigError(problems)
+        self.config_warnings += [w for w in warnings if w not in self.config_warnings]
+
+    def as_original_config(self) -> dict[str, Any]:
+        """The configuration in the original format, so one validator serves both formats."""
+        auths = dict(self.user_authentication_methods) or {
+            self.api_auth_key: {
+                "name": self.api_auth_key,
+                "user_authentication_type": ORIGINAL_AUTH_NAMES.get(
+                    self.authenticator_class, "LocalUserAuthentication"
+                ),
+                "connection_details": {},
+            },
+        }
+        storages = dict(self.storage_methods) or {
+            self.storage_key: {
+                "name": self.storage_key,
+                "storage_type": ORIGINAL_STORAGE_NAMES.get(self.storage_class, "LocalFileSystemStorage"),
+                "user_authentication": self.api_auth_key,
+                "root_dir": "/",
+                "connection_details": {"root_url": "configured"},
+            },
+        }
+        resources = {}
+        for key, entry in self.resources.items():
+            entry = dict(entry)
+            entry.setdefault("storage", self.storage_key)
+            entry.setdefault("user_authentication", self.api_auth_key)
+            resources[key] = entry
+        return {
+            "api_user_authentication": self.api_auth_key,
+            "main_storage": self.storage_key,
+            "main_resource": self.main_resource_key,
+            "available_user_authentication": auths,
+            "available_storage": storages,
+            "available_resources": resources,
+            "available_job_types": self.job_types,
+            "parameters": self.parameters,
+        }
+
+    def init_logging_format(self) -> None:
+        logging.basicConfig(
+            level=self.log_level,
+            format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s",
+            datefmt="%H:%M:%S",
+        )
+        self.log.setLevel(self.log_level)
+        logging.getLogger("tornado.access").setLevel(logging.DEBUG if self.debug else logging.WARNING)
+
+    def init_db(self) -> None:
+        from . import db
+
+        os.makedirs(self.data_dir, exist_ok=True)
+        if not self.db_url:
+            self.db_url = f"sqlite:///{os.path.join(self.data_dir, 'uws.sqlite')}"
+        self.db = db.Database(self.db_url)
+        db.prepare(self.db.engine)
+
+    def init_auth(self) -> None:
+        from .auth.tokens import TokenService
+
+        cls = import_class(self.authenticator_class, AUTHENTICATORS)
+        self.authenticator = cls(parent=self, key=self.api_auth_key)
+        self.token_service = self.auth_service = TokenService(self.db, self.token_expiry_seconds)
+        accounts_from = self.storage_accounts_from or self.authenticator_class
+        if accounts_from == self.authenticator_class:
+            self.account_provider = self.authenticator.account_provider()
+        else:
+            other = import_class(accounts_from, AUTHENTICATORS)(parent=self)
+            self.account_provider = other.account_provider()
+        self._accounts: dict[str, tuple[float, Account]] = {}
+
+    def init_storage(self) -> None:
+        cls = import_class(self.storage_class, STORAGES)
+        self.storage = cls(parent=self)
+        if not self.storage.root_dir:
+            self.storage.root_dir = os.path.join(self.data_dir, "workspaces")
+        self.storage.root_dir = os.path.abspath(self.storage.root_dir)
+        self.storage.ensure_root()
+        self.fs_executor = ThreadPoolExecutor(4, thread_name_prefix="uws-fs")
+
+    def init_services(self) -> None:
+        from .mail import Mailer
+        from .quotas import QuotaService
+        from .shares import ShareService
+        from .workspaces import WorkspaceService
+
+        self.quotas = QuotaService(self.db)
+        self.mailer = Mailer(parent=self)
+        self.workspaces = WorkspaceService(self)
+        self.shares = ShareService(self)
+        self.jobs = None  # launching sessions is not served by this version yet
+
+    def init_build(self) -> None:
+        if self.build:
+            return
+        self.build = os.environ.get("UWS_BUILD", "").strip()
+        if not self.build:
+            try:
+                out = subprocess.run(
+                    ["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
+                    capture_output=True,
+                    text=True,
+                    timeout=2,
+                )
+                self.build = out.stdout.strip() if out.returncode == 0 else ""
+            except (OSError, subprocess.SubprocessError):
+                self.build = ""
+
+    def init_webapp(self) -> None:
+        from .handlers import base, jobs, meta, quota, shares, tokens, users, workspaces
+
+        i = r"([0-9]+)"
+        routes = [
+            (r"/tokens/?", tokens.TokensHandler),
+            (r"/workspaces/?", workspaces.WorkspacesHandler),
+            (rf"/workspaces/{i}/?", workspaces.WorkspaceHandler),
+            (rf"/workspaces/{i}/([^/]+)/?", workspaces.WorkspaceActionHandler),
+            (r"/jobs/?", jobs.JobsHandler),
+            (rf"/jobs/{i}/?", jobs.JobsHandler),
+            (r"/job_types/?", meta.JobTypesHandler),
+            (r"/parameters/?", meta.ParametersHandler),
+            (r"/users/?", users.UsersHandler),
+            (r"/quota/?", quota.QuotaHandler),
+            (r"/shared_workspaces/?", shares.SharesHandler),
+            (rf"/shared_workspaces/{i}/?", shares.ShareHandler),
+            (rf"/shared_workspaces/{i}/([^/]+)/?", shares.ShareActionHandler),
+            (r"/status/?", meta.StatusHandler),
+            (r"/openapi.yaml", meta.OpenAPIHandler),
+        ]
+        self.routes = routes
+        self.share_dir = os.path.join(os.path.dirname(HERE), "share", "uws")
+        if not os.path.isdir(self.share_dir):
+            self.share_dir = os.path.join(sys.prefix, "share", "uws")
+        self.webapp = web.Application(
+            routes,
+            default_handler_class=base.NotFoundHandler,
+            uws=self,
+            debug=False,
+            compress_response=False,
+            xheaders=True,
+        )
+
+    # ---- helpers used by services ------------------------------------------------------------
+    async def storage_account(self, username: str) -> Account:
+        """The user's storage account, cached for a minute (lookups may run useradd)."""
+        cached = self._accounts.get(username)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < 60:
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        account = await loop.run_in_executor(self.fs_executor, self.account_provider.account, username)
+        self._accounts[username] = (now, account)
+        return account
+
+    def provision_storage_account(self, username: str) -> None:
+        """After login, make sure the storage account exists; failures are only logged."""
+
+        async def _provision() -> None:
+            try:
+                await self.storage_account(username)
+            except APIError:
+                self.log.warning("No storage account for %s could be found or created", username)
+            except Exception:
+                self.log.exception("Provisioning the storage account of %s failed", username)
+
+        self.workspaces.spawn(_provision())
+
+    async def status_report(self) -> dict[str, Any]:
+        from .health import check_url
+
+        cached = getattr(self, "_status_cache", None)
+        if cached is not None and time.monotonic() - cached[0] < 5:
+            return cached[1]
+
+        async def resource_health(entry: dict[str, Any]) -> dict[str, Any]:
+            if entry.get("resource_type") == "LocalResource":
+                return {"connected": True, "message": "Connected successfully."}
+            url = (entry.get("connection_details") or {}).get("health_check_url", "")
+            ok, msg = await check_url(url, self.status_check_timeout)
+            return {"connected": ok, "message": msg}
+
+        async def auth_health(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+            if key == self.api_auth_key:
+                ok, msg = await self.authenticator.health()
+            elif entry.get("user_authentication_type") == "LocalUserAuthentication":
+                ok, msg = True, "Connected successfully."
+            else:
+                url = (entry.get("connection_details") or {}).get("health_check_url", "")
+                ok, msg = await check_url(url, self.status_check_timeout)
+            return {"connected": ok, "message": msg}
+
+        original = self.as_original_config()
+        res_keys = list(original["available_resources"])
+        auth_items = list(original["available_user_authentication"].items())
+        results = await asyncio.gather(
+            *(resource_health(original["available_resources"][k]) for k in res_keys),
+            *(auth_health(k, e) for k, e in auth_items),
+        )
+        resources = dict(zip(res_keys, results[: len(res_keys)], strict=True))
+        auths = dict(zip([k for k, _ in auth_items], results[len(res_keys) :], strict=True))
+        ok, msg = self.storage.health()
+        storages = {key: {"connected": ok, "message": msg} for key in original["available_storage"]}
+        report = {
+            "message": "",
+            "success": True,
+            "version": __version__,
+            "build": self.build,
+            "dependencies": {
+                "main_resource": resources.get(
+                    self.main_resource_key, {"connected": False, "message": "Not configured."}
+                ),
+                "api_user_authentication": auths.get(
+                    self.api_auth_key, {"connected": False, "message": "Not configured."}
+                ),
+                "resources": resources,
+                "storage_methods": storages,
+                "user_authentication_methods": auths,
+            },
+        }
+        self._status_cache = (time.monotonic(), report)
+        return report
+
+    # ---- run -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.subapp is not None:
+            self.subapp.start()
+            return
+        self.init_logging_format()
+        for warning in self.config_warnings:
+            self.log.warning("config: %s", warning)
+        try:
+            self.init_db()
+        except Exception as e:
+            self.log.error("%s", e)
+            self.exit(1)
+        self.init_auth()
+        self.init_storage()
+        self.init_services()
+        self.init_build()
+        self.init_webapp()
+        asyncio.run(self.serve())
+
+    async def serve(self) -> None:
+        server = HTTPServer(
+            self.webapp,
+            xheaders=True,
+            # The handlers refuse oversize bodies themselves with a JSON 413; this is a backstop.
+            max_body_size=self.max_body_size + 1024 * 1024,
+            idle_connection_timeout=3600,
+        )
+        server.listen(self.port, self.ip)
+        await self.workspaces.resume()
+        url = self.public_url or f"http://{self.ip}:{self.port}"
+        self.log.info(
+            "UWS %s listening on %s (database %s)",
+            __version__,
+            url,
+            self.db.engine.url.render_as_string(hide_password=True),
+        )
+        if self.authenticator_class == "dev":
+            self.log.info(
+                "Development login: no client token needed. Try:\n"
+                '  TOKEN=$(curl -s -X POST %s/tokens/ -d \'{"user_info": {"username": "alice", '
+                '"email": "alice@example.org"}}\' | python3 -c \'import json,sys; print(json.load(sys.stdin)["token"])\')\n'
+                '  curl -s -H "UWS-Authorization: Token $TOKEN" %s/workspaces/',
+                url,
+                url,
+            )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("Shutting down")
+        server.stop()
+        await self.workspaces.drain()
+        self.db.close()
+
+
+main = UWSApp.launch_instance
+
+
+def cli() -> None:
+    try:
+        main()
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(2)

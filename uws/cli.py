@@ -1,0 +1,153 @@
+"""`uws` subcommands. Each reads the same configuration as the server."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from traitlets import Bool, Float, Integer, Unicode
+from traitlets.config import Application
+
+from .config_json import ConfigError
+
+
+class _ConfiguredApp(Application):
+    """A subcommand that needs the server's configuration (for the database URL)."""
+
+    aliases = {"config": "UWSApp.config_file", "db-url": "UWSApp.db_url"}
+
+    def server_app(self) -> Any:
+        from .app import UWSApp
+
+        app = UWSApp(parent=None, config=self.config)
+        app.cli_config = self.cli_config
+        app.load_uws_config()
+        return app
+
+    def database(self) -> Any:
+        import os
+
+        from . import db
+
+        app = self.server_app()
+        os.makedirs(app.data_dir, exist_ok=True)
+        url = app.db_url or f"sqlite:///{os.path.join(app.data_dir, 'uws.sqlite')}"
+        return db, db.Database(url)
+
+
+class CheckConfigApp(_ConfiguredApp):
+    name = "uws check-config"
+    description = "Validate a configuration file: uws check-config FILE. Exit code 0 means valid."
+
+    def start(self) -> None:
+        if self.extra_args:
+            self.config.UWSApp.config_file = self.extra_args[0]
+        try:
+            app = self.server_app()
+        except ConfigError as e:
+            print(str(e), file=sys.stderr)
+            self.exit(2)
+        for warning in app.config_warnings:
+            print(f"warning: {warning}")
+        print(f"{app.config_file or 'embedded defaults'}: valid")
+
+
+class GenerateConfigApp(Application):
+    name = "uws generate-config"
+    description = "Print a uws_config.py that documents every option, all commented out."
+
+    def start(self) -> None:
+        from .app import UWSApp
+
+        print(UWSApp().generate_config_file())
+
+
+class UpgradeDBApp(_ConfiguredApp):
+    name = "uws upgrade-db"
+    description = "Create the database, or upgrade it to this version's schema (SQLite is backed up first)."
+
+    def start(self) -> None:
+        db, database = self.database()
+        print(db.upgrade(database.engine, database.url))
+
+
+class CreateClientTokenApp(_ConfiguredApp):
+    name = "uws create-client-token"
+    description = "uws create-client-token NAME: create or renew an API client's token; printed last."
+
+    def start(self) -> None:
+        if len(self.extra_args) != 1:
+            print("usage: uws create-client-token NAME", file=sys.stderr)
+            self.exit(2)
+        from .auth.tokens import create_client_token
+
+        db, database = self.database()
+        db.prepare(database.engine)
+        name = self.extra_args[0]
+        key = database.call(lambda s: create_client_token(s, name))
+        print(f"Client token for {name} (shown once, store it safely):")
+        print(key)
+
+
+class QuotaApp(_ConfiguredApp):
+    name = "uws quota"
+    description = """uws quota show USER | uws quota set USER [--disk-bytes N] [--core-hours H].
+    A maximum of -1 removes the limit. Users read theirs at GET /quota/."""
+
+    aliases = {
+        **_ConfiguredApp.aliases,
+        "disk-bytes": "QuotaApp.disk_bytes",
+        "core-hours": "QuotaApp.core_hours",
+    }
+    disk_bytes = Integer(None, allow_none=True, config=True, help="Maximum disk bytes (-1: unlimited).")
+    core_hours = Float(None, allow_none=True, config=True, help="Maximum core hours (-1: unlimited).")
+    json = Bool(False, config=True, help="Print JSON.")
+    user = Unicode("")
+
+    def start(self) -> None:
+        if len(self.extra_args) != 2 or self.extra_args[0] not in ("show", "set"):
+            print(
+                "usage: uws quota show USER | uws quota set USER [--disk-bytes N] [--core-hours H]",
+                file=sys.stderr,
+            )
+            self.exit(2)
+        action, username = self.extra_args
+        from . import orm
+        from .quotas import disk_used, set_quota
+
+        db, database = self.database()
+        db.prepare(database.engine)
+
+        def _run(session: Any) -> str:
+            if action == "set":
+                disk = self.disk_bytes
+                hours = self.core_hours
+                quota = set_quota(
+                    session,
+                    username,
+                    None if disk is None or disk < 0 else disk,
+                    None if hours is None or hours < 0 else hours,
+                    clear_disk=disk is not None and disk < 0,
+                    clear_core_hours=hours is not None and hours < 0,
+                )
+                session.flush()
+            from sqlalchemy import select
+
+            user = session.scalar(select(orm.User).where(orm.User.username == username))
+            if user is None:
+                raise LookupError(f"no user named {username!r}")
+            quota = session.get(orm.Quota, user.id)
+            disk_max = quota.max_disk_bytes if quota else None
+            hours_max = quota.max_core_hours if quota else None
+            used_hours = quota.used_core_hours if quota else 0.0
+            return (
+                f"{username}: disk {disk_used(session, user.id)} of "
+                f"{'unlimited' if disk_max is None else disk_max} bytes; core hours "
+                f"{used_hours:.5f} of {'unlimited' if hours_max is None else f'{hours_max:.5f}'}"
+            )
+
+        try:
+            print(database.call(_run))
+        except LookupError as e:
+            print(str(e), file=sys.stderr)
+            self.exit(1)

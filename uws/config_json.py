@@ -1,0 +1,292 @@
+"""Reading an existing deployment's config.json (the original server's format).
+
+The file is validated as a whole and every problem is reported at once, each naming its key path.
+What is valid is mapped onto the same traitlets options a `uws_config.py` would set, so the rest of
+the server never knows which format it was started with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from traitlets.config import Config
+
+TOP_LEVEL_KEYS = (
+    "api_user_authentication",
+    "main_storage",
+    "main_resource",
+    "available_user_authentication",
+    "available_storage",
+    "available_resources",
+    "available_job_types",
+    "parameters",
+)
+
+AUTH_TYPES = {
+    "LocalUserAuthentication": "local",
+    "GlobusUserAuthentication": "globus",
+    "PSCAPIUserAuthentication": "psc",
+}
+STORAGE_TYPES = {
+    "LocalFileSystemStorage": "local",
+    "HubmapLocalFileSystemStorage": "hubmap",
+}
+RESOURCE_TYPES = ("LocalResource", "SlurmAPIResource")
+JOB_TYPES = ("LocalTestJob", "JupyterLabJob", "AppyterJob", "YACJob", "CommandJob")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; `problems` lists every issue found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _is_numeric(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and value.strip().isdigit()
+
+
+def validate(raw: Any) -> tuple[list[str], list[str]]:
+    """Return (problems, warnings) for a decoded original-format config."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not isinstance(raw, dict):
+        return ["the top level must be a JSON object"], warnings
+    for key in TOP_LEVEL_KEYS:
+        if key not in raw:
+            problems.append(f"missing top-level key '{key}'")
+
+    def section(name: str) -> dict[str, Any]:
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            problems.append(f"{name} must be an object")
+            return {}
+        return value
+
+    auths = section("available_user_authentication")
+    storages = section("available_storage")
+    resources = section("available_resources")
+    job_types = section("available_job_types")
+
+    def ref(path: str, value: Any, target: dict[str, Any], target_name: str) -> None:
+        if not isinstance(value, str) or value not in target:
+            problems.append(f"{path} {value!r} not found in {target_name}")
+
+    if "api_user_authentication" in raw:
+        ref("api_user_authentication", raw["api_user_authentication"], auths, "available_user_authentication")
+    if "main_storage" in raw:
+        ref("main_storage", raw["main_storage"], storages, "available_storage")
+    if "main_resource" in raw:
+        ref("main_resource", raw["main_resource"], resources, "available_resources")
+
+    for key, entry in auths.items():
+        path = f"available_user_authentication.{key}"
+        if not isinstance(entry, dict):
+            problems.append(f"{path} must be an object")
+            continue
+        kind = entry.get("user_authentication_type")
+        if kind not in AUTH_TYPES:
+            problems.append(f"{path}.user_authentication_type: unknown type {kind!r}")
+        details = entry.get("connection_details", {})
+        if not isinstance(details, dict):
+            problems.append(f"{path}.connection_details must be an object")
+            continue
+        if kind == "GlobusUserAuthentication":
+            mode = details.get("authentication_type", "token")
+            if mode not in ("token", "oauth"):
+                problems.append(f"{path}.connection_details.authentication_type must be 'token' or 'oauth'")
+            groups = details.get("allowed_globus_groups", [])
+            if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+                problems.append(
+                    f"{path}.connection_details.allowed_globus_groups must be a list of group ids"
+                )
+        if kind == "PSCAPIUserAuthentication":
+            for field in ("root_url", "jwt_token", "grant_number", "resource_name"):
+                if not details.get(field):
+                    problems.append(f"{path}.connection_details.{field} is required")
+
+    for key, entry in storages.items():
+        path = f"available_storage.{key}"
+        if not isinstance(entry, dict):
+            problems.append(f"{path} must be an object")
+            continue
+        kind = entry.get("storage_type")
+        if kind not in STORAGE_TYPES:
+            problems.append(f"{path}.storage_type: unknown type {kind!r}")
+        if not isinstance(entry.get("root_dir"), str) or not entry.get("root_dir"):
+            problems.append(f"{path}.root_dir is required")
+        ref(
+            f"{path}.user_authentication",
+            entry.get("user_authentication"),
+            auths,
+            "available_user_authentication",
+        )
+        details = entry.get("connection_details", {})
+        if kind == "HubmapLocalFileSystemStorage" and not (
+            isinstance(details, dict) and details.get("root_url")
+        ):
+            problems.append(f"{path}.connection_details.root_url is required")
+        roots = entry.get("allowed_symlink_roots", [])
+        if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(r) for r in roots):
+            problems.append(f"{path}.allowed_symlink_roots must be a list of absolute directories")
+        auth_type = auths.get(entry.get("user_authentication"), {})
+        if (
+            isinstance(auth_type, dict)
+            and auth_type.get("user_authentication_type") == "GlobusUserAuthentication"
+        ):
+            warnings.append(
+                f"{path}.user_authentication names a Globus method, which cannot provide storage "
+                "accounts: workspace operations will answer 'User could not be found/created on "
+                "main storage system.'"
+            )
+
+    for key, entry in resources.items():
+        path = f"available_resources.{key}"
+        if not isinstance(entry, dict):
+            problems.append(f"{path} must be an object")
+            continue
+        kind = entry.get("resource_type")
+        if kind not in RESOURCE_TYPES:
+            problems.append(f"{path}.resource_type: unknown type {kind!r}")
+        ref(f"{path}.storage", entry.get("storage"), storages, "available_storage")
+        ref(
+            f"{path}.user_authentication",
+            entry.get("user_authentication"),
+            auths,
+            "available_user_authentication",
+        )
+        details = entry.get("connection_details", {})
+        if not isinstance(details, dict):
+            problems.append(f"{path}.connection_details must be an object")
+            details = {}
+        mapping = entry.get("parameter_mapping", {})
+        if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+            problems.append(f"{path}.parameter_mapping must map option names to strings")
+        if not isinstance(entry.get("passthrough_domain", ""), str):
+            problems.append(f"{path}.passthrough_domain must be a string")
+        if kind == "SlurmAPIResource":
+            for field in ("root_url", "api_token"):
+                if not details.get(field):
+                    problems.append(f"{path}.connection_details.{field} is required")
+            lifespan = details.get("token_lifespan", "3600")
+            if not _is_numeric(lifespan):
+                problems.append(f"{path}.connection_details.token_lifespan must be a number of seconds")
+            catch = entry.get("time_pending_catch")
+            if catch is not None and not _is_numeric(catch):
+                problems.append(f"{path}.time_pending_catch must be a number of seconds")
+
+    main_resource = raw.get("main_resource")
+    for key, entry in job_types.items():
+        path = f"available_job_types.{key}"
+        if not isinstance(entry, dict):
+            problems.append(f"{path} must be an object")
+            continue
+        if entry.get("job_type") not in JOB_TYPES:
+            problems.append(f"{path}.job_type: unknown type {entry.get('job_type')!r}")
+        if not isinstance(entry.get("name"), str):
+            problems.append(f"{path}.name is required")
+        env = entry.get("environment_details")
+        if not isinstance(env, dict):
+            problems.append(f"{path}.environment_details must be an object keyed by resource")
+            continue
+        for rkey, settings in env.items():
+            if not isinstance(settings, dict):
+                problems.append(f"{path}.environment_details.{rkey} must be an object")
+                continue
+            limit = settings.get("time_limit")
+            if limit is not None and not _is_numeric(limit):
+                problems.append(f"{path}.environment_details.{rkey}.time_limit must be minutes")
+        if isinstance(main_resource, str) and main_resource not in env:
+            warnings.append(
+                f"{path}.environment_details has no entry for main_resource '{main_resource}': "
+                "starting this job type will be refused"
+            )
+
+    params = raw.get("parameters", [])
+    if not isinstance(params, list):
+        problems.append("parameters must be a list")
+    else:
+        for i, param in enumerate(params):
+            path = f"parameters[{i}]"
+            if not isinstance(param, dict):
+                problems.append(f"{path} must be an object")
+                continue
+            if not isinstance(param.get("variable_name"), str) or not param.get("variable_name"):
+                problems.append(f"{path}.variable_name is required")
+            if not isinstance(param.get("validation", {}), dict):
+                problems.append(f"{path}.validation must be an object")
+    return problems, warnings
+
+
+def load(path: str) -> tuple[Config, list[str]]:
+    """Read and validate an original-format file; return traitlets config and warnings."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"{path} is not valid JSON: {e}"]) from None
+    except OSError as e:
+        raise ConfigError([f"cannot read {path}: {e.strerror}"]) from None
+    problems, warnings = validate(raw)
+    if problems:
+        raise ConfigError(problems)
+    return to_traitlets(raw, os.path.dirname(os.path.abspath(path))), warnings
+
+
+def to_traitlets(raw: dict[str, Any], base_dir: str) -> Config:
+    c = Config()
+    auth_key = raw["api_user_authentication"]
+    storage_key = raw["main_storage"]
+    storage = raw["available_storage"][storage_key]
+    storage_auth_key = storage["user_authentication"]
+
+    c.UWSApp.api_auth_key = auth_key
+    c.UWSApp.storage_key = storage_key
+    c.UWSApp.main_resource_key = raw["main_resource"]
+    c.UWSApp.user_authentication_methods = raw["available_user_authentication"]
+    c.UWSApp.storage_methods = raw["available_storage"]
+    c.UWSApp.resources = raw["available_resources"]
+    c.UWSApp.job_types = raw["available_job_types"]
+    c.UWSApp.parameters = raw["parameters"]
+
+    auth = raw["available_user_authentication"][auth_key]
+    c.UWSApp.authenticator_class = AUTH_TYPES[auth["user_authentication_type"]]
+    details = auth.get("connection_details") or {}
+    kind = auth["user_authentication_type"]
+    if kind == "LocalUserAuthentication":
+        c.LocalAuthenticator.create_system_users = bool(details.get("create_external_users", False)) and (
+            details.get("operating_system") == "linux"
+        )
+    elif kind == "GlobusUserAuthentication":
+        c.GlobusAuthenticator.client_id = details.get("client_id", "")
+        c.GlobusAuthenticator.client_secret = details.get("client_secret", "")
+        c.GlobusAuthenticator.mode = details.get("authentication_type", "token")
+        c.GlobusAuthenticator.allowed_globus_groups = details.get("allowed_globus_groups", [])
+        c.GlobusAuthenticator.health_check_url = details.get("health_check_url", "")
+    elif kind == "PSCAPIUserAuthentication":
+        c.PSCAuthenticator.health_check_url = details.get("health_check_url", "")
+
+    storage_auth = raw["available_user_authentication"][storage_auth_key]
+    c.UWSApp.storage_accounts_from = AUTH_TYPES[storage_auth["user_authentication_type"]]
+    c.UWSApp.storage_class = STORAGE_TYPES[storage["storage_type"]]
+    root = storage["root_dir"]
+    if not os.path.isabs(root):
+        root = os.path.normpath(os.path.join(base_dir, root))
+    storage_cls = (
+        "HubmapLocalFileSystemStorage"
+        if storage["storage_type"] == "HubmapLocalFileSystemStorage"
+        else "LocalFileSystemStorage"
+    )
+    c[storage_cls].root_dir = root
+    if storage.get("allowed_symlink_roots"):
+        c[storage_cls].allowed_symlink_roots = storage["allowed_symlink_roots"]
+    if storage_cls == "HubmapLocalFileSystemStorage":
+        c.HubmapLocalFileSystemStorage.entity_api_url = storage["connection_details"]["root_url"]
+    return c

@@ -1,0 +1,141 @@
+"""Database engine, schema versioning and running queries off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import orm
+
+log = logging.getLogger("uws.db")
+
+# The newest migration in uws/alembic/versions. A test checks it matches Alembic's head, so a new
+# migration cannot be added without updating it. Kept here so start-up need not import Alembic.
+HEAD_REVISION = "0001_initial"
+
+T = TypeVar("T")
+
+
+class DatabaseOutdated(RuntimeError):
+    pass
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+
+
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", os.path.join(os.path.dirname(__file__), "alembic"))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def is_empty(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return not inspect(conn).get_table_names()
+
+
+def create_new(engine: Engine) -> None:
+    """A new database gets the current schema and is stamped with the head revision."""
+    orm.Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": HEAD_REVISION})
+
+
+def upgrade(engine: Engine, url: str) -> str:
+    """Bring any database to the head revision; SQLite files are backed up first."""
+    from alembic import command
+
+    if is_empty(engine):
+        create_new(engine)
+        return "created"
+    before = current_revision(engine)
+    if before == HEAD_REVISION:
+        return "up to date"
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if os.path.exists(path):
+            backup = f"{path}.{before or 'unversioned'}.bak"
+            shutil.copy2(path, backup)
+            log.info("Backed up %s to %s", path, backup)
+    command.upgrade(alembic_config(engine), "head")
+    return f"upgraded from {before} to {HEAD_REVISION}"
+
+
+def prepare(engine: Engine) -> None:
+    """At start-up: create a new database, accept a current one, refuse an outdated one."""
+    if is_empty(engine):
+        create_new(engine)
+        return
+    rev = current_revision(engine)
+    if rev != HEAD_REVISION:
+        raise DatabaseOutdated(
+            f"The database is at revision {rev!r}, this server needs {HEAD_REVISION!r}. "
+            "Run `uws upgrade-db` (with the same --db-url or --config) and start again."
+        )
+
+
+class Database:
+    """Runs blocking SQLAlchemy work on a thread pool so a slow query never stalls the loop."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="uws-db")
+
+    def session(self) -> Session:
+        return self.sessionmaker()
+
+    def call(self, fn: Callable[[Session], T]) -> T:
+        """Run fn(session) synchronously and commit; roll back when it raises."""
+        with self.sessionmaker() as session:
+            try:
+                result = fn(session)
+                session.commit()
+                return result
+            except BaseException:
+                session.rollback()
+                raise
+
+    async def run(self, fn: Callable[[Session], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.call, fn)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Tornado handlers: REST, websockets and the passthrough proxy."""

@@ -1,0 +1,211 @@
+"""What every handler shares: the JSON envelope, CORS, errors, body limits and token auth."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from tornado import web
+
+from ..errors import APIError
+from ..utils import parse_bool
+
+log = logging.getLogger("uws.web")
+
+ALLOW_METHODS = "DELETE, GET, OPTIONS, PATCH, POST, PUT"
+ALLOW_HEADERS = (
+    "accept, authorization, content-type, user-agent, x-csrftoken, x-requested-with, uws-authorization"
+)
+HANDLER_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
+
+
+@web.stream_request_body
+class BaseHandler(web.RequestHandler):
+    """JSON-only handler. Bodies are streamed in so an oversize one is refused before it is read."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+    # Open endpoints ignore UWS-Authorization entirely (contract 1.2).
+    auth_required = True
+
+    def initialize(self) -> None:
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self.user: Any = None
+
+    @property
+    def uws(self) -> Any:
+        return self.application.settings["uws"]
+
+    def compute_etag(self) -> None:
+        return None  # answers are small and dynamic; hashing every one costs more than it saves
+
+    # ---- headers -------------------------------------------------------------------------
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        origins = self.application.settings["uws"].cors_allowed_origins
+        if "*" in origins:
+            self.set_header("Access-Control-Allow-Origin", "*")
+        else:
+            origin = self.request.headers.get("Origin", "")
+            if origin in origins:
+                self.set_header("Access-Control-Allow-Origin", origin)
+        self.set_header("Vary", "Origin")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.clear_header("Server")
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        self.set_header("Access-Control-Allow-Methods", ALLOW_METHODS)
+        self.set_header("Access-Control-Allow-Headers", ALLOW_HEADERS)
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.clear_header("Content-Type")
+        self.set_status(200)
+        self.finish()
+
+    # ---- body ----------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        limit = self.uws.max_body_size
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            try:
+                too_big = int(length) > limit
+            except ValueError:
+                raise APIError(400, "Invalid Content-Length header.") from None
+            if too_big:
+                raise APIError(413, "Request body too large.")
+        if self.request.method not in self.allowed_methods():
+            return  # answered with 405 by the method itself
+        if self.auth_required:
+            self.user = await self.uws.auth_service.authenticate(
+                self.request.headers.get("UWS-Authorization")
+            )
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > self.uws.max_body_size:
+            self.send_api_error(APIError(413, "Request body too large."))
+            # Nothing more of this request is wanted; closing stops the client sending.
+            self.request.connection.close()
+            return
+        self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if self._chunks:
+            self.request.body = b"".join(self._chunks)
+            self._chunks = [self.request.body]
+        return self.request.body or b""
+
+    def json_body(self) -> dict[str, Any]:
+        """The body as a JSON object, whatever the Content-Type (contract 1.6)."""
+        try:
+            value = json.loads(self.body.decode("utf-8") if self.body else "")
+        except UnicodeDecodeError as e:
+            raise APIError(400, f"Invalid JSON: {e}") from None
+        except json.JSONDecodeError as e:
+            raise APIError(400, f"Invalid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise APIError(400, "Invalid JSON: expected a JSON object.")
+        return value
+
+    # ---- query ---------------------------------------------------------------------------
+    def query_value(self, key: str) -> str | None:
+        values = self.request.query_arguments.get(key)
+        if not values:
+            return None
+        return values[-1].decode("utf-8", "replace")
+
+    def query_int(self, key: str) -> int | None:
+        value = self.query_value(key)
+        if value is None:
+            return None
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise APIError(400, f"Invalid value for query parameter {key}: {value}") from None
+
+    def query_bool(self, key: str) -> bool | None:
+        value = self.query_value(key)
+        if value is None:
+            return None
+        try:
+            return parse_bool(value)
+        except ValueError:
+            raise APIError(400, f"Invalid value for query parameter {key}: {value}") from None
+
+    # ---- answers -------------------------------------------------------------------------
+    def send_json(self, payload: dict[str, Any] | bytes, status: int = 200) -> None:
+        self.set_status(status)
+        if isinstance(payload, bytes):
+            self.finish(payload)
+        else:
+            self.finish(json.dumps(payload))
+
+    def ok(self, message: str, data: dict[str, Any] | None = None) -> None:
+        payload: dict[str, Any] = {"message": message, "success": True}
+        if data is not None:
+            payload["data"] = data
+        self.send_json(payload)
+
+    def send_api_error(self, error: APIError) -> None:
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.finish(json.dumps({"success": False, "message": error.message}))
+
+    def allowed_methods(self) -> list[str]:
+        cls = type(self)
+        return [
+            m
+            for m in HANDLER_METHODS
+            if getattr(cls, m.lower()) is not getattr(web.RequestHandler, m.lower())
+        ] + ["OPTIONS"]
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, APIError):
+            self.send_api_error(e)
+            return
+        if isinstance(e, web.HTTPError) and e.status_code == 405:
+            self.method_not_allowed()
+            return
+        if isinstance(e, web.HTTPError) and e.status_code < 500:
+            message = "Not found." if e.status_code == 404 else (e.log_message or e.reason or "Bad request.")
+            self.send_api_error(APIError(e.status_code, message))
+            return
+        log.error("Uncaught exception %s %s", self.request.method, self.request.path, exc_info=e)
+        self.send_api_error(APIError(500, "A server error occurred."))
+
+    def method_not_allowed(self) -> None:
+        allow = ", ".join(self.allowed_methods())
+        self.send_api_error(APIError(405, f'Method "{self.request.method}" not allowed.', {"Allow": allow}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = {404: "Not found.", 405: "Method not allowed."}.get(
+            status_code, "A server error occurred." if status_code >= 500 else self._reason
+        )
+        self.finish(json.dumps({"success": False, "message": message}))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, APIError):
+            return
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(BaseHandler):
+    """Every unknown route: a JSON 404, and a CORS preflight like any other path."""
+
+    auth_required = False
+
+    async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        raise APIError(404, "Not found.")

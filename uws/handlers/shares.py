@@ -1,0 +1,32 @@
+"""/shared_workspaces/ and /shared_workspaces/<id>/[accept/]."""
+
+from __future__ import annotations
+
+from .base import BaseHandler
+
+
+class ShareListMixin(BaseHandler):
+    async def get(self, ws_id: str | None = None) -> None:
+        is_accepted = self.query_bool("is_accepted") if ws_id is None else None
+        data = await self.uws.shares.list(self.user, int(ws_id) if ws_id is not None else None, is_accepted)
+        empty = not data["original_workspaces"] and not data["shared_workspaces"]
+        message = "Shared workspace matching given parameters could not be found." if empty else "Successful."
+        self.ok(message, data)
+
+
+class SharesHandler(ShareListMixin):
+    async def post(self) -> None:
+        models = await self.uws.shares.create(self.user, self.json_body())
+        self.ok("Successful.", {"shared_workspaces": models})
+
+
+class ShareHandler(ShareListMixin):
+    async def delete(self, ws_id: str) -> None:
+        await self.uws.shares.delete(self.user, int(ws_id))
+        self.ok(f"Shared workspace {ws_id} queued for deletion.")
+
+
+class ShareActionHandler(BaseHandler):
+    async def put(self, ws_id: str, put_type: str) -> None:
+        await self.uws.shares.accept(self.user, int(ws_id), put_type)
+        self.ok("Successful.")

@@ -1,0 +1,22 @@
+"""POST /tokens/ (login through the configured Authenticator) and DELETE /tokens/ (logout)."""
+
+from __future__ import annotations
+
+from .base import BaseHandler
+
+
+class TokensHandler(BaseHandler):
+    auth_required = False
+
+    async def post(self) -> None:
+        authenticator = self.uws.authenticator
+        body = authenticator.parse_body(self.body)
+        payload = await authenticator.login(self.uws, body)
+        self.send_json(payload)
+
+    async def delete(self) -> None:
+        header = self.request.headers.get("UWS-Authorization")
+        user = await self.uws.auth_service.authenticate(header)
+        everything = bool(self.query_bool("all"))
+        await self.uws.auth_service.revoke(header, user.id, everything)
+        self.ok("Successful logout.")

@@ -1,0 +1,70 @@
+"""/workspaces/ and /workspaces/<id>/[<put_type>/]."""
+
+from __future__ import annotations
+
+from tornado import httputil
+
+from ..errors import APIError
+from .base import BaseHandler
+
+FILTER_KEYS = ("name", "description", "status")
+
+
+class WorkspaceListMixin(BaseHandler):
+    async def get(self, ws_id: str | None = None) -> None:
+        filters = {}
+        if ws_id is None:
+            for key in FILTER_KEYS:
+                value = self.query_value(key)
+                if value is not None:
+                    filters[key] = value
+        body = await self.uws.workspaces.list_response(
+            self.user.id, int(ws_id) if ws_id is not None else None, filters
+        )
+        self.send_json(body)
+
+
+class WorkspacesHandler(WorkspaceListMixin):
+    async def post(self) -> None:
+        model = await self.uws.workspaces.create(self.user, self.json_body())
+        self.ok("Successful.", {"workspace": model})
+
+
+class WorkspaceHandler(WorkspaceListMixin):
+    async def put(self, ws_id: str) -> None:
+        await self.uws.workspaces.update(self.user, int(ws_id), self.body, self.json_body)
+        self.ok("Update successful.")
+
+    async def delete(self, ws_id: str) -> None:
+        await self.uws.workspaces.delete(self.user, int(ws_id))
+        self.ok(f"Workspace {ws_id} queued for deletion.")
+
+
+class WorkspaceActionHandler(BaseHandler):
+    """PUT /workspaces/<id>/<put_type>/: upload here; start arrives with the sessions work."""
+
+    async def put(self, ws_id: str, put_type: str) -> None:
+        workspace_id = int(ws_id)
+        kind = put_type.lower()
+        if kind == "upload":
+            await self.uws.workspaces.upload(self.user, workspace_id, self.uploaded_files())
+            self.ok("Successful upload.")
+            return
+        if kind == "start" and self.uws.jobs is not None:
+            job = await self.uws.jobs.start(self.user, workspace_id, self.json_body)
+            self.ok("Successful start.", {"job": job})
+            return
+        await self.uws.workspaces.owned_for_put(self.user, workspace_id, put_type)
+        raise APIError(400, "Invalid PUT type passed.")
+
+    def uploaded_files(self) -> list[tuple[str, bytes]]:
+        content_type = self.request.headers.get("Content-Type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            return []
+        args: dict = {}
+        files: dict = {}
+        try:
+            httputil.parse_body_arguments(content_type, self.body, args, files)
+        except Exception:
+            return []
+        return [(f.filename, f.body) for parts in files.values() for f in parts if f.filename]

@@ -1,0 +1,100 @@
+"""`*_model()` functions: the exact API shape of each object, keys in the contract's order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import orm
+from .utils import core_hours_str, isoformat
+
+
+def workspace_details_model(ws: orm.Workspace) -> dict[str, Any]:
+    request = ws.request_details or {}
+    current = ws.current_details or {}
+    return {
+        "request_workspace_details": {
+            "files": list(request.get("files", [])),
+            "symlinks": list(request.get("symlinks", [])),
+        },
+        "current_workspace_details": {
+            "files": list(current.get("files", [])),
+            "symlinks": list(current.get("symlinks", [])),
+        },
+    }
+
+
+def workspace_model(ws: orm.Workspace) -> dict[str, Any]:
+    return {
+        "id": ws.id,
+        "name": ws.name,
+        "description": ws.description,
+        "disk_space": int(ws.disk_space or 0),
+        "datetime_created": isoformat(ws.datetime_created),
+        "datetime_last_modified": isoformat(ws.datetime_last_modified),
+        "datetime_last_job_launch": isoformat(ws.datetime_last_job_launch),
+        "workspace_details": workspace_details_model(ws),
+        "status": ws.status,
+        "default_job_type": ws.default_job_type,
+    }
+
+
+def job_model(job: orm.Job) -> dict[str, Any]:
+    details = job.job_details or {}
+    return {
+        "id": job.id,
+        "workspace_id": job.workspace_id,
+        "resource_job_id": int(job.resource_job_id),
+        "job_type": job.job_type,
+        "status": job.status,
+        "datetime_created": isoformat(job.datetime_created),
+        "datetime_start": isoformat(job.datetime_start),
+        "datetime_end": isoformat(job.datetime_end),
+        "core_hours": core_hours_str(job.core_hours),
+        "job_details": {
+            "metrics": dict(details.get("metrics", {})),
+            "request_job_details": dict(details.get("request_job_details", {})),
+            "current_job_details": dict(details.get("current_job_details", {})),
+        },
+    }
+
+
+def user_model(user: orm.User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "username": user.username,
+        "email": user.email,
+    }
+
+
+def shared_workspace_model(ws: orm.Workspace | None, owner: orm.User | None) -> dict[str, Any] | None:
+    if ws is None or owner is None:
+        return None
+    return {
+        "id": ws.id,
+        "name": ws.name,
+        "description": ws.description,
+        "workspace_details": workspace_details_model(ws),
+        "user_id": {
+            "username": owner.username,
+            "first_name": owner.first_name,
+            "last_name": owner.last_name,
+            "email": owner.email,
+        },
+    }
+
+
+def share_model(
+    mapping: orm.SharedWorkspaceMapping,
+    original: tuple[orm.Workspace, orm.User] | None,
+    shared: tuple[orm.Workspace, orm.User],
+) -> dict[str, Any]:
+    return {
+        "original_workspace_id": shared_workspace_model(*original) if original else None,
+        "shared_workspace_id": shared_workspace_model(*shared),
+        "last_resource_options": dict(mapping.last_resource_options or {}),
+        "last_job_type": mapping.last_job_type or "",
+        "is_accepted": bool(mapping.is_accepted),
+        "datetime_share_created": isoformat(mapping.datetime_share_created),
+    }

@@ -1,0 +1,173 @@
+"""SQLAlchemy models: the server's whole persistent state.
+
+Everything the server needs to carry on after a restart lives here: workspaces and their status
+(so queued deletions and share copies resume), jobs with their spawner state, tokens (hashed only).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .utils import UTC, utcnow
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: _dt.datetime | None, dialect: Any) -> _dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: _dt.datetime | None, dialect: Any) -> _dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str] = mapped_column(String(320), default="")
+    first_name: Mapped[str] = mapped_column(String(150), default="")
+    last_name: Mapped[str] = mapped_column(String(150), default="")
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiToken(Base):
+    """A user's login key. Only the SHA-256 of the key is stored; logout deletes the row."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ClientToken(Base):
+    """An API client's credential, valid only as `client_token` in the login flow."""
+
+    __tablename__ = "client_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ExternalUserMapping(Base):
+    """Who a user is to an authenticator (a Globus identity, an OS account...)."""
+
+    __tablename__ = "external_user_mappings"
+    __table_args__ = (
+        UniqueConstraint("user_id", "authenticator"),
+        UniqueConstraint("authenticator", "external_user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    authenticator: Mapped[str] = mapped_column(String(255))
+    external_user_id: Mapped[str] = mapped_column(String(255))
+    external_username: Mapped[str] = mapped_column(String(255), default="")
+    # What the authenticator learnt at the last login, e.g. Globus group membership (B13).
+    external_user_details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    datetime_updated: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    # Absolute directory; empty until it has been created. No length limit (B24).
+    file_path: Mapped[str] = mapped_column(Text, default="")
+    disk_space: Mapped[int] = mapped_column(BigInteger, default=0)
+    datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    datetime_last_modified: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    datetime_last_job_launch: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    request_details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    current_details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(32), default="idle", index=True)
+    status_message: Mapped[str] = mapped_column(Text, default="")
+    default_job_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class Job(Base):
+    """A session. Rows are never deleted; workspace_id is kept even after the workspace is gone."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(Integer, index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    job_type: Mapped[str] = mapped_column(String(255))
+    resource: Mapped[str] = mapped_column(String(255), default="")
+    resource_job_id: Mapped[int] = mapped_column(BigInteger, default=-1)
+    status: Mapped[str] = mapped_column(String(32), default="pending", index=True)
+    datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    datetime_start: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    datetime_end: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    core_hours: Mapped[float] = mapped_column(Float, default=0.0)
+    job_details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    spawner_state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Quota(Base):
+    """Per-user limits; a missing row or a null maximum means unlimited. 64-bit counters (B22)."""
+
+    __tablename__ = "quotas"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    max_disk_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_core_hours: Mapped[float | None] = mapped_column(Float, nullable=True)
+    used_disk_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_core_hours: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class SharedWorkspaceMapping(Base):
+    __tablename__ = "shared_workspace_mappings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    original_workspace_id: Mapped[int | None] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    shared_workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), unique=True
+    )
+    last_resource_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_job_type: Mapped[str] = mapped_column(String(255), default="")
+    is_accepted: Mapped[bool] = mapped_column(Boolean, default=False)
+    datetime_share_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

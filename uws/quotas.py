@@ -1,0 +1,83 @@
+"""Per-user quotas: disk bytes and core hours. A missing row or a null maximum is unlimited."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from . import orm
+from .errors import APIError
+
+
+def disk_used(session: Any, user_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(orm.Workspace.disk_space), 0)).where(
+                orm.Workspace.user_id == user_id
+            )
+        )
+        or 0
+    )
+
+
+class QuotaService:
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    async def check_disk_write(self, user_id: int, requested: int) -> None:
+        """Refuse a write that would take the user's workspaces past their disk maximum."""
+
+        def _check(session: Any) -> tuple[int | None, int]:
+            quota = session.get(orm.Quota, user_id)
+            if quota is None or quota.max_disk_bytes is None:
+                return None, 0
+            return quota.max_disk_bytes, disk_used(session, user_id)
+
+        maximum, used = await self.db.run(_check)
+        if maximum is not None and used + requested > maximum:
+            raise APIError(
+                400,
+                f"Disk quota exceeded: used {used} bytes, requested {requested} bytes, "
+                f"maximum {maximum} bytes.",
+            )
+
+    async def quota_model(self, user_id: int) -> dict[str, Any]:
+        def _read(session: Any) -> dict[str, Any]:
+            quota = session.get(orm.Quota, user_id)
+            return {
+                "disk_bytes": {
+                    "used": disk_used(session, user_id),
+                    "maximum": quota.max_disk_bytes if quota else None,
+                },
+                "core_hours": {
+                    "used": f"{(quota.used_core_hours if quota else 0.0):.5f}",
+                    "maximum": None
+                    if quota is None or quota.max_core_hours is None
+                    else f"{quota.max_core_hours:.5f}",
+                },
+            }
+
+        return await self.db.run(_read)
+
+
+def set_quota(
+    session: Any,
+    username: str,
+    max_disk_bytes: int | None,
+    max_core_hours: float | None,
+    clear_disk: bool = False,
+    clear_core_hours: bool = False,
+) -> orm.Quota:
+    user = session.scalar(select(orm.User).where(orm.User.username == username))
+    if user is None:
+        raise LookupError(f"no user named {username!r}")
+    quota = session.get(orm.Quota, user.id)
+    if quota is None:
+        quota = orm.Quota(user_id=user.id, used_disk_bytes=0, used_core_hours=0.0)
+        session.add(quota)
+    if max_disk_bytes is not None or clear_disk:
+        quota.max_disk_bytes = max_disk_bytes
+    if max_core_hours is not None or clear_core_hours:
+        quota.max_core_hours = max_core_hours
+    return quota

@@ -1,0 +1,343 @@
+"""Shared workspaces: a share is a copy of the sharer's workspace owned by the recipient."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import aliased
+
+from . import orm
+from .auth.tokens import CurrentUser
+from .errors import APIError
+from .models import share_model
+from .utils import utcnow
+from .workspaces import DIR_FAILURE_DELETE
+
+log = logging.getLogger("uws.shares")
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+class ShareService:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.db = app.db
+        self.workspaces = app.workspaces
+
+    # ---- read ------------------------------------------------------------------------------
+    async def list(self, user: CurrentUser, ws_id: int | None, is_accepted: bool | None) -> dict[str, Any]:
+        def _list(session: Any) -> dict[str, Any]:
+            orig_ws = aliased(orm.Workspace)
+            copy_ws = aliased(orm.Workspace)
+            query = (
+                select(orm.SharedWorkspaceMapping, copy_ws, orig_ws)
+                .join(copy_ws, copy_ws.id == orm.SharedWorkspaceMapping.shared_workspace_id)
+                .outerjoin(orig_ws, orig_ws.id == orm.SharedWorkspaceMapping.original_workspace_id)
+                .where(or_(copy_ws.user_id == user.id, orig_ws.user_id == user.id))
+                .order_by(orm.SharedWorkspaceMapping.id)
+            )
+            if ws_id is not None:
+                query = query.where(orm.SharedWorkspaceMapping.shared_workspace_id == ws_id)
+            elif is_accepted is not None:
+                query = query.where(orm.SharedWorkspaceMapping.is_accepted.is_(is_accepted))
+            rows = session.execute(query).all()
+            users: dict[int, orm.User] = {}
+
+            def owner(ws: orm.Workspace) -> orm.User:
+                if ws.user_id not in users:
+                    users[ws.user_id] = session.get(orm.User, ws.user_id)
+                return users[ws.user_id]
+
+            sent, received = [], []
+            for mapping, copy, original in rows:
+                model = share_model(
+                    mapping,
+                    (original, owner(original)) if original is not None else None,
+                    (copy, owner(copy)),
+                )
+                if original is not None and original.user_id == user.id:
+                    sent.append(model)
+                if copy.user_id == user.id:
+                    received.append(model)
+            return {"original_workspaces": sent, "shared_workspaces": received}
+
+        return await self.db.run(_list)
+
+    # ---- create ----------------------------------------------------------------------------
+    async def create(self, user: CurrentUser, body: dict[str, Any]) -> list[dict[str, Any]]:
+        if "original_workspace_id" not in body or "shared_user_ids" not in body:
+            raise APIError(400, "Missing required fields.")
+        raw_id = body["original_workspace_id"]
+        ws_id = _as_int(raw_id)
+
+        def _original(session: Any) -> tuple[orm.Workspace | None, bool]:
+            if ws_id is None:
+                return None, False
+            ws = session.get(orm.Workspace, ws_id)
+            if ws is None or ws.user_id != user.id:
+                return None, False
+            pending = session.scalar(
+                select(orm.SharedWorkspaceMapping.id).where(
+                    orm.SharedWorkspaceMapping.shared_workspace_id == ws_id,
+                    orm.SharedWorkspaceMapping.is_accepted.is_(False),
+                )
+            )
+            return ws, pending is not None
+
+        original, unaccepted = await self.db.run(_original)
+        if original is None:
+            raise APIError(404, f"Workspace {raw_id} not found for user.")
+        if unaccepted:
+            raise APIError(400, f"Workspace {ws_id} is a shared workspace and has not been accepted.")
+        if original.status == "deleting":
+            raise APIError(400, f"Workspace {ws_id} is being deleted.")
+        if original.status == "initializing":
+            raise APIError(400, f"Workspace {ws_id} is still initializing.")
+        ids = body["shared_user_ids"]
+        if not isinstance(ids, list):
+            raise APIError(400, "shared_user_ids is not a list.")
+        user_ids = [_as_int(i) for i in ids]
+        if any(i is None for i in user_ids) or len(set(user_ids)) != len(user_ids):
+            raise APIError(400, "Invalid user id provided.")
+
+        def _recipients(session: Any) -> list[orm.User] | None:
+            found = []
+            for uid in user_ids:
+                row = session.get(orm.User, uid)
+                if row is None or not row.is_active:
+                    return None
+                found.append(row)
+            return found
+
+        recipients = await self.db.run(_recipients)
+        if recipients is None:
+            raise APIError(400, "Invalid user id provided.")
+        if user.id in user_ids:
+            raise APIError(400, "Cannot share a workspace with yourself.")
+
+        def _duplicates(session: Any) -> int | None:
+            return session.scalar(
+                select(orm.Workspace.user_id)
+                .join(
+                    orm.SharedWorkspaceMapping,
+                    orm.SharedWorkspaceMapping.shared_workspace_id == orm.Workspace.id,
+                )
+                .where(
+                    orm.SharedWorkspaceMapping.original_workspace_id == ws_id,
+                    orm.SharedWorkspaceMapping.is_accepted.is_(False),
+                    orm.Workspace.user_id.in_(user_ids),
+                )
+            )
+
+        duplicate = await self.db.run(_duplicates)
+        if duplicate is not None:
+            raise APIError(400, f"Workspace {ws_id} already has a pending share for user {duplicate}.")
+        for recipient in recipients:
+            try:
+                await self.app.storage_account(recipient.username)
+            except APIError:
+                raise APIError(
+                    400,
+                    f"User {recipient.first_name} {recipient.last_name} does not have permission on the file system.",
+                ) from None
+
+        def _create(session: Any) -> tuple[list[dict[str, Any]], list[int]]:
+            last_job = session.scalar(
+                select(orm.Job).where(orm.Job.workspace_id == ws_id).order_by(orm.Job.id.desc()).limit(1)
+            )
+            options: dict[str, Any] = {}
+            job_type = ""
+            if last_job is not None:
+                job_type = last_job.job_type
+                request = (last_job.job_details or {}).get("request_job_details", {})
+                options = dict(request.get("resource_options", {}) or {})
+            orig = session.get(orm.Workspace, ws_id)
+            orig_owner = session.get(orm.User, orig.user_id)
+            models, copy_ids = [], []
+            for recipient in recipients:
+                copy = orm.Workspace(
+                    user_id=recipient.id,
+                    name=orig.name,
+                    description=orig.description,
+                    default_job_type=orig.default_job_type,
+                    request_details=orig.request_details,
+                    current_details=orig.current_details,
+                    status="initializing",
+                )
+                session.add(copy)
+                session.flush()
+                mapping = orm.SharedWorkspaceMapping(
+                    original_workspace_id=orig.id,
+                    shared_workspace_id=copy.id,
+                    last_resource_options=options,
+                    last_job_type=job_type,
+                    is_accepted=False,
+                )
+                session.add(mapping)
+                session.flush()
+                copy_owner = session.get(orm.User, recipient.id)
+                models.append(share_model(mapping, (orig, orig_owner), (copy, copy_owner)))
+                copy_ids.append(copy.id)
+            return models, copy_ids
+
+        models, copy_ids = await self.db.run(_create)
+        self.workspaces.invalidate(user.id, *user_ids)
+        for copy_id in copy_ids:
+            self.workspaces.spawn(self.initialise_copy(copy_id))
+        return models
+
+    async def initialise_copy(self, copy_id: int) -> None:
+        """Copy the original's files into the recipient's directory, then idle (or error)."""
+
+        def _load(session: Any) -> tuple[Any, ...] | None:
+            mapping = session.scalar(
+                select(orm.SharedWorkspaceMapping).where(
+                    orm.SharedWorkspaceMapping.shared_workspace_id == copy_id
+                )
+            )
+            copy = session.get(orm.Workspace, copy_id)
+            if mapping is None or copy is None or copy.status != "initializing":
+                return None
+            original = (
+                session.get(orm.Workspace, mapping.original_workspace_id)
+                if mapping.original_workspace_id
+                else None
+            )
+            recipient = session.get(orm.User, copy.user_id)
+            return copy, original, recipient
+
+        loaded = await self.db.run(_load)
+        if loaded is None:
+            return
+        copy, original, recipient = loaded
+        storage = self.app.storage
+        status, message, path = "idle", "", ""
+        try:
+            account = await self.app.storage_account(recipient.username)
+            if original is None or not storage.valid_workspace_dir(original.file_path):
+                raise OSError("the original workspace is gone")
+            path = storage.workspace_dir(account, copy_id)
+            if storage.valid_workspace_dir(path):
+                await self.workspaces.to_thread(storage.delete_dir, path)
+            path = await self.workspaces.to_thread(storage.create_workspace_dir, account, copy_id)
+            await self.workspaces.to_thread(storage.copy_workspace, original.file_path, path, account)
+            disk, current = await self.workspaces.to_thread(storage.scan, path)
+        except Exception as e:
+            log.exception("Copying shared workspace %s failed", copy_id)
+            status, message, disk, current = "error", f"Copy failed: {e}", 0, None
+
+        def _finish(session: Any) -> None:
+            row = session.get(orm.Workspace, copy_id)
+            if row is None or row.status != "initializing":
+                return  # cancelled meanwhile
+            row.status = status
+            row.status_message = message
+            if path:
+                row.file_path = path
+            if current is not None:
+                row.current_details = current
+                row.disk_space = disk
+
+        await self.db.run(_finish)
+        self.workspaces.invalidate(recipient.id)
+        self.app.mailer.share_invitation(recipient, copy)
+
+    # ---- accept / delete -------------------------------------------------------------------
+    async def accept(self, user: CurrentUser, copy_id: int, put_type: str) -> None:
+        def _accept(session: Any) -> str:
+            mapping = session.scalar(
+                select(orm.SharedWorkspaceMapping).where(
+                    orm.SharedWorkspaceMapping.shared_workspace_id == copy_id
+                )
+            )
+            copy = session.get(orm.Workspace, copy_id)
+            if mapping is None or copy is None or copy.user_id != user.id:
+                return "missing"
+            if put_type.lower() != "accept":
+                return "bad put"
+            if not mapping.is_accepted:
+                mapping.is_accepted = True
+                copy.datetime_created = utcnow()
+            return "ok"
+
+        result = await self.db.run(_accept)
+        if result == "missing":
+            raise APIError(404, f"Shared workspace {copy_id} not found.")
+        if result == "bad put":
+            raise APIError(400, "Invalid PUT type passed.")
+        self.workspaces.invalidate(user.id)
+
+    async def delete(self, user: CurrentUser, copy_id: int) -> None:
+        def _load(session: Any) -> tuple[Any, ...] | None:
+            mapping = session.scalar(
+                select(orm.SharedWorkspaceMapping).where(
+                    orm.SharedWorkspaceMapping.shared_workspace_id == copy_id
+                )
+            )
+            if mapping is None:
+                return None
+            copy = session.get(orm.Workspace, copy_id)
+            original = (
+                session.get(orm.Workspace, mapping.original_workspace_id)
+                if mapping.original_workspace_id
+                else None
+            )
+            copy_owner = session.get(orm.User, copy.user_id)
+            return mapping, copy, original, copy_owner
+
+        loaded = await self.db.run(_load)
+        if loaded is None:
+            raise APIError(404, f"Shared workspace {copy_id} not found.")
+        mapping, copy, original, copy_owner = loaded
+        if copy.user_id != user.id and (original is None or original.user_id != user.id):
+            raise APIError(403, f"User does not have permissions for shared workspace {copy_id}.")
+        if mapping.is_accepted:
+            raise APIError(400, f"Shared workspace {copy_id} has been accepted and cannot be deleted.")
+        await self.app.storage_account(copy_owner.username)
+        storage = self.app.storage
+        untouched = copy.status == "initializing" or not copy.file_path
+        if not untouched and not storage.valid_workspace_dir(copy.file_path):
+            raise APIError(500, DIR_FAILURE_DELETE)
+
+        def _mark(session: Any) -> str:
+            row = session.get(orm.Workspace, copy_id)
+            if row is None:
+                return "gone"
+            if untouched:
+                session.delete(row)
+                return "removed"
+            if row.status == "deleting":
+                return "already"
+            row.status = "deleting"
+            return "queued"
+
+        result = await self.db.run(_mark)
+        self.workspaces.invalidate(copy.user_id, user.id)
+        if result == "removed":
+            # The copy may have been mid-way: clear whatever directory it had started.
+            try:
+                account = await self.app.storage_account(copy_owner.username)
+                path = storage.workspace_dir(account, copy_id)
+                if storage.valid_workspace_dir(path):
+                    await self.workspaces.to_thread(storage.delete_dir, path)
+            except Exception:
+                log.exception("Could not clear the directory of cancelled share %s", copy_id)
+        elif result == "queued":
+            self.workspaces.spawn(self.workspaces.run_deletion(copy_id))
+
+    async def resume(self) -> None:
+        ids = await self.db.run(
+            lambda s: list(s.scalars(select(orm.Workspace.id).where(orm.Workspace.status == "initializing")))
+        )
+        for copy_id in ids:
+            self.workspaces.spawn(self.initialise_copy(copy_id))

@@ -1,0 +1,1 @@
+"""Workspace storage: where workspace directories live and how files get into them safely."""

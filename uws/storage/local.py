@@ -1,0 +1,233 @@
+"""LocalFileSystemStorage: workspaces at <root_dir>/<storage username>/<workspace id>/."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlets import Integer, List, Unicode
+from traitlets.config import LoggingConfigurable
+
+from ..auth.accounts import Account
+from ..errors import APIError
+from . import safepath
+from .safepath import UnsafePath
+
+
+@dataclass
+class SymlinkOp:
+    parts: list[str]
+    source: str
+
+
+@dataclass
+class FileOp:
+    parts: list[str]
+    content: bytes
+
+
+@dataclass
+class Plan:
+    """Everything a create or update will write, validated before any of it is written."""
+
+    symlinks: list[SymlinkOp] = field(default_factory=list)
+    files: list[FileOp] = field(default_factory=list)
+    request_files: list[dict[str, Any]] = field(default_factory=list)
+    request_symlinks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LocalFileSystemStorage(LoggingConfigurable):
+    """Workspace directories on a local (or network-mounted) file system."""
+
+    root_dir = Unicode(
+        "",
+        config=True,
+        help="""Directory holding every workspace, as <root_dir>/<username>/<workspace id>/.
+        Created at start if missing. A relative path in an original config.json is resolved
+        against the directory of that file. Default: ./uws-data/workspaces.""",
+    )
+    allowed_symlink_roots = List(
+        Unicode(),
+        config=True,
+        help="""Absolute directories that workspace symlinks may point into (for example a
+        read-only dataset mount). When empty, a symlink may point at anything outside the
+        storage root (or inside the owner's own directory) that the owner's OS account could
+        read anyway.""",
+    )
+    max_upload_bytes = Integer(
+        0,
+        config=True,
+        help="""Largest total size of one upload request, in bytes; 0 means the server's
+        request body limit (UWSApp.max_body_size) is the only limit.""",
+    )
+
+    def real_root(self) -> str:
+        return os.path.realpath(self.root_dir)
+
+    def ensure_root(self) -> None:
+        os.makedirs(self.root_dir, exist_ok=True)
+
+    # ---- directories ---------------------------------------------------------------------
+    def user_dir(self, account: Account) -> str:
+        return os.path.join(self.real_root(), account.username)
+
+    def workspace_dir(self, account: Account, workspace_id: int) -> str:
+        return os.path.join(self.user_dir(account), str(workspace_id))
+
+    def valid_workspace_dir(self, path: str) -> bool:
+        """Strictly inside the storage root, and not a symlink itself."""
+        if not path:
+            return False
+        root = self.real_root()
+        norm = os.path.normpath(path)
+        return norm != root and safepath.inside(norm, root) and not os.path.islink(norm)
+
+    def create_workspace_dir(self, account: Account, workspace_id: int) -> str:
+        udir = self.user_dir(account)
+        try:
+            os.mkdir(udir, 0o700)
+            safepath.chown_tree(udir, account)
+        except FileExistsError:
+            if os.path.islink(udir) or not os.path.isdir(udir):
+                raise APIError(
+                    500, "Please report this error to your system administrator and try again."
+                ) from None
+        path = self.workspace_dir(account, workspace_id)
+        os.mkdir(path, 0o755)
+        safepath.chown_tree(path, account)
+        return path
+
+    def delete_dir(self, path: str) -> None:
+        """Remove a workspace directory; rmtree's fd-based walk never follows links."""
+        if not os.path.lexists(path):
+            return
+        if not self.valid_workspace_dir(path):
+            raise OSError(f"refusing to delete {path!r}: not a workspace directory")
+        shutil.rmtree(path)
+
+    # ---- validation (contract 2.8) ---------------------------------------------------------
+    def symlink_source_allowed(self, real: str, account: Account) -> bool:
+        if self.allowed_symlink_roots:
+            return any(safepath.inside(real, os.path.realpath(r)) for r in self.allowed_symlink_roots)
+        root = self.real_root()
+        if safepath.inside(real, root) and not safepath.inside(real, self.user_dir(account)):
+            return False
+        return safepath.readable_by(real, account)
+
+    def resolve_symlink_sources(self, symlinks: list[dict[str, Any]], details: dict[str, Any]) -> None:
+        """Hook for storages that look sources up elsewhere (HuBMAP datasets)."""
+
+    def plan(self, account: Account, details: dict[str, Any], workspace_dir: str | None) -> Plan:
+        plan = Plan()
+        symlinks = details.get("symlinks", [])
+        if not isinstance(symlinks, list):
+            raise APIError(400, "'symlinks' index must contain a list.")
+        for entry in symlinks:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise APIError(400, "Each symlink must be an object with a string 'name'.")
+        self.resolve_symlink_sources(symlinks, details)
+        for entry in symlinks:
+            name = entry["name"]
+            if ".." in name:
+                raise APIError(400, "Symlink name cannot contain double dots.")
+            parts = self._destination(name, workspace_dir, "Invalid symlink destination path specified")
+            source = entry.get("_resolved_source", entry.get("source_path"))
+            if (
+                not isinstance(source, str)
+                or not source
+                or not os.path.isabs(source)
+                or not os.path.exists(source)
+            ):
+                raise APIError(400, f"Symlink path not found: {source}")
+            real = os.path.realpath(source)
+            if not self.symlink_source_allowed(real, account):
+                raise APIError(400, f"Invalid symlink source path specified {source}")
+            plan.symlinks.append(SymlinkOp(parts, real))
+            plan.request_symlinks.append({k: v for k, v in entry.items() if not k.startswith("_")})
+        files = details.get("files", [])
+        if not isinstance(files, list):
+            raise APIError(400, "'files' index must contain a list.")
+        for entry in files:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise APIError(400, "Each file must be an object with a string 'name'.")
+            name = entry["name"]
+            if ".." in name:
+                raise APIError(400, "File name cannot contain double dots.")
+            parts = self._destination(name, workspace_dir, "Invalid file path specified")
+            content = entry.get("content")
+            if content is not None and not isinstance(content, str):
+                raise APIError(400, "File content must be a string.")
+            data = (content or "").encode("utf-8", "surrogatepass")
+            plan.files.append(FileOp(parts, data))
+            plan.request_files.append({"name": name})
+        return plan
+
+    def _destination(self, name: str, workspace_dir: str | None, message: str) -> list[str]:
+        try:
+            parts = safepath.split_destination(name)
+        except UnsafePath:
+            raise APIError(400, f"{message} {name}") from None
+        if workspace_dir and not safepath.existing_parent_is_safe(workspace_dir, parts):
+            raise APIError(400, f"{message} {name}")
+        return parts
+
+    def apply(self, account: Account, workspace_dir: str, plan: Plan) -> None:
+        """Write a validated plan. Raises APIError when the file system says no."""
+        for op in plan.symlinks:
+            try:
+                safepath.make_symlink(workspace_dir, op.parts, op.source, account)
+            except (UnsafePath, OSError):
+                raise APIError(
+                    400, f"Invalid symlink destination path specified {'/'.join(op.parts)}"
+                ) from None
+        for op in plan.files:
+            try:
+                safepath.write_file(workspace_dir, op.parts, op.content, account)
+            except (UnsafePath, OSError):
+                raise APIError(400, f"Invalid file path specified {'/'.join(op.parts)}") from None
+
+    # ---- uploads ---------------------------------------------------------------------------
+    @staticmethod
+    def upload_name(filename: str) -> str:
+        return re.split(r"[/\\]", filename)[-1]
+
+    def validate_uploads(self, workspace_dir: str, names: list[str]) -> None:
+        for original in names:
+            name = self.upload_name(original)
+            try:
+                parts = safepath.split_destination(name)
+            except UnsafePath:
+                raise APIError(400, f"Invalid file path specified {original}") from None
+            if not safepath.existing_parent_is_safe(workspace_dir, parts):
+                raise APIError(400, f"Invalid file path specified {original}")
+
+    def save_uploads(self, account: Account, workspace_dir: str, uploads: list[tuple[str, bytes]]) -> None:
+        for original, body in uploads:
+            name = self.upload_name(original)
+            try:
+                safepath.write_file(workspace_dir, [name], body, account)
+            except (UnsafePath, OSError):
+                raise APIError(400, f"Invalid file path specified {original}") from None
+
+    # ---- scanning and copying --------------------------------------------------------------
+    def scan(self, workspace_dir: str) -> tuple[int, dict[str, Any]]:
+        total, files, links = safepath.scan(workspace_dir)
+        return total, {"files": files, "symlinks": links}
+
+    def copy_workspace(self, src: str, dst: str, account: Account) -> None:
+        def keep_link(target: str) -> bool:
+            if not os.path.isabs(target) or not os.path.exists(target):
+                return False
+            return self.symlink_source_allowed(os.path.realpath(target), account)
+
+        safepath.copy_tree(src, dst, account, keep_link)
+
+    # ---- health ----------------------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        root = self.root_dir
+        if os.path.isdir(root) and os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            return True, "Connected successfully."
+        return False, "Could not access critical directories."
