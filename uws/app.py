@@ -141,6 +141,7 @@ class UWSApp(Application):
         "upgrade-db": ("uws.cli.UpgradeDBApp", "Create or upgrade the database to the current schema."),
         "create-client-token": ("uws.cli.CreateClientTokenApp", "Create (or renew) an API client token."),
         "quota": ("uws.cli.QuotaApp", "Show or set a user's disk and core-hour maximums."),
+        "user": ("uws.cli.UserApp", "List users, or deactivate and reactivate one."),
     }
 
     # ---- options ---------------------------------------------------------------------------

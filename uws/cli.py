@@ -151,3 +151,44 @@ class QuotaApp(_ConfiguredApp):
         except LookupError as e:
             print(str(e), file=sys.stderr)
             self.exit(1)
+
+
+class UserApp(_ConfiguredApp):
+    name = "uws user"
+    description = """uws user deactivate USER | uws user activate USER | uws user list.
+    A deactivated user's tokens stop working (within 2 s) and the user is hidden from /users/."""
+
+    def start(self) -> None:
+        args = self.extra_args
+        if (
+            not args
+            or args[0] not in ("activate", "deactivate", "list")
+            or (args[0] != "list" and len(args) != 2)
+        ):
+            print("usage: uws user activate|deactivate USER | uws user list", file=sys.stderr)
+            self.exit(2)
+        from sqlalchemy import select
+
+        from . import orm
+
+        db, database = self.database()
+        db.prepare(database.engine)
+
+        def _run(session: Any) -> str:
+            if args[0] == "list":
+                rows = session.scalars(select(orm.User).order_by(orm.User.id))
+                return "\n".join(
+                    f"{u.id}\t{u.username}\t{u.email}\t{'active' if u.is_active else 'inactive'}"
+                    for u in rows
+                )
+            user = session.scalar(select(orm.User).where(orm.User.username == args[1]))
+            if user is None:
+                raise LookupError(f"no user named {args[1]!r}")
+            user.is_active = args[0] == "activate"
+            return f"{user.username}: {'active' if user.is_active else 'inactive'}"
+
+        try:
+            print(database.call(_run))
+        except LookupError as e:
+            print(str(e), file=sys.stderr)
+            self.exit(1)
