@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -41,10 +42,37 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        serialize_sqlite_writes(engine)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+
+
+WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "REPLACE")
+
+
+def serialize_sqlite_writes(engine: Engine) -> None:
+    """Let one of this process's threads write at a time.
+
+    SQLite allows a single writer; when several threads race for it, the losers sleep in SQLite's
+    busy handler with growing back-off, which turns a 1 ms transaction into a 100 ms wait. A
+    Python lock taken at a transaction's first write and released at its end queues them fairly.
+    """
+    lock = threading.Lock()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _take(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not conn.info.get("uws_writing") and statement.lstrip()[:7].upper().startswith(WRITE_PREFIXES):
+            lock.acquire()
+            conn.info["uws_writing"] = True
+
+    def _release(conn: Any) -> None:
+        if conn.info.pop("uws_writing", False):
+            lock.release()
+
+    event.listen(engine, "commit", _release)
+    event.listen(engine, "rollback", _release)
 
 
 def alembic_config(engine: Engine) -> Any:

@@ -1,0 +1,189 @@
+"""Throughput of the core REST API, and start-up time.
+
+Runs one `uws` server process on SQLite and drives it with wrk (Debian package `wrk`) from a
+separate process at concurrency 16:
+  - GET /workspaces/ for a user with 100 workspaces
+  - POST /workspaces/ with 20 files each
+and times `uws` from start to the first answered request on an empty database.
+
+    python bench/api_bench.py [--duration 10] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import requests
+
+CONFIG = """
+c.UWSApp.authenticator_class = "dev"
+c.LocalFileSystemStorage.root_dir = "{root}"
+c.UWSApp.log_level = "WARN"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(workdir: str) -> tuple[subprocess.Popen, str, float]:
+    port = free_port()
+    config = os.path.join(workdir, "uws_config.py")
+    with open(config, "w") as f:
+        f.write(CONFIG.format(root=os.path.join(workdir, "workspaces")))
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uws",
+            "--config",
+            config,
+            "--port",
+            str(port),
+            "--db-url",
+            f"sqlite:///{workdir}/uws.sqlite",
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while True:
+        try:
+            requests.get(base + "/status/", timeout=1)
+            break
+        except requests.ConnectionError:
+            if proc.poll() is not None:
+                raise SystemExit("server exited") from None
+            time.sleep(0.005)
+    return proc, base, time.perf_counter() - t0
+
+
+def wrk(
+    url: str, token: str, duration: int, connections: int, script: str | None = None
+) -> tuple[float, float, float]:
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "-H",
+        f"UWS-Authorization: Token {token}",
+    ]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+
+    def ms(text: str) -> float:
+        value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise SystemExit(f"{non2xx.group(1)} failed requests:\n{out}")
+    return rps, p50, p99
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--workdir",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".work"),
+        help="where the servers keep their data (some machines' /tmp is much slower)",
+    )
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+
+    startups = []
+    for _ in range(5):
+        workdir = tempfile.mkdtemp(prefix="uws-bench-", dir=args.workdir)
+        proc, _, seconds = start_server(workdir)
+        startups.append(seconds)
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(workdir)
+    print(
+        f"start-up to first answer (empty database): median {statistics.median(startups) * 1000:.0f} ms, "
+        f"max {max(startups) * 1000:.0f} ms over {len(startups)} runs"
+    )
+
+    workdir = tempfile.mkdtemp(prefix="uws-bench-", dir=args.workdir)
+    proc, base, _ = start_server(workdir)
+    try:
+        token = requests.post(
+            base + "/tokens/",
+            data=json.dumps({"user_info": {"username": "bench", "email": "bench@example.org"}}),
+        ).json()["token"]
+        headers = {"UWS-Authorization": f"Token {token}"}
+        for i in range(100):
+            r = requests.post(
+                base + "/workspaces/",
+                headers=headers,
+                data=json.dumps(
+                    {
+                        "name": f"ws {i}",
+                        "description": "bench workspace",
+                        "workspace_details": {"files": [{"name": "hello.txt", "content": "hello"}]},
+                    }
+                ),
+            )
+            r.raise_for_status()
+        rps, p50, p99 = wrk(base + "/workspaces/", token, args.duration, args.connections)
+        print(
+            f"GET /workspaces/ (100 workspaces), c={args.connections}: {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
+
+        body = json.dumps(
+            {
+                "name": "bench",
+                "description": "post bench",
+                "workspace_details": {
+                    "files": [
+                        {"name": f"dir/file{i}.txt", "content": f"content of file {i}\n" * 4}
+                        for i in range(20)
+                    ]
+                },
+            }
+        )
+        script = os.path.join(workdir, "post.lua")
+        with open(script, "w") as f:
+            f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n')
+        post_token = requests.post(
+            base + "/tokens/",
+            data=json.dumps({"user_info": {"username": "poster", "email": "p@example.org"}}),
+        ).json()["token"]
+        rps, p50, p99 = wrk(base + "/workspaces/", post_token, args.duration, args.connections, script)
+        print(
+            f"POST /workspaces/ (20 files), c={args.connections}: {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
