@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import Client, Server
 
 OPEN_PATHS = ["/job_types", "/parameters", "/status"]

@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+
 from conftest import IS_ROOT, Client, Server, login, unique_name
 
 

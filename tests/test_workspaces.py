@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+
 from conftest import IS_ROOT, Client, Server
 
 DATETIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
