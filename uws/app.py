@@ -553,6 +553,10 @@ class UWSApp(Application):
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+        # Database and file system threads hand the GIL back and forth with the event loop; the
+        # default 5 ms switch interval would let a thread holding the SQLite write lock wait that
+        # long for its turn.
+        sys.setswitchinterval(0.0005)
         server = HTTPServer(
             self.webapp,
             xheaders=True,

@@ -165,6 +165,22 @@ class WorkspaceService:
         await self.app.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
         storage = self.storage
 
+        def _build() -> tuple[str, int, dict[str, Any]]:
+            staging = storage.create_staging_dir(account)
+            try:
+                storage.apply(account, staging, plan)
+                disk, current = storage.scan(staging)
+            except BaseException:
+                storage.remove_staging_dir(staging)
+                raise
+            return staging, disk, current
+
+        # The directory is built first, outside any transaction, so the write lock is held only
+        # for the insert and a rename.
+        staging, disk, current = await self.to_thread(_build)
+
+        adopted: list[str] = []
+
         def _create(session: Any) -> dict[str, Any]:
             ws = orm.Workspace(
                 user_id=user.id,
@@ -173,28 +189,24 @@ class WorkspaceService:
                 default_job_type=default_job_type if isinstance(default_job_type, str) else None,
                 status="idle",
                 request_details={"files": plan.request_files, "symlinks": plan.request_symlinks},
-                current_details={"files": [], "symlinks": []},
+                current_details=current,
+                disk_space=disk,
             )
             session.add(ws)
             session.flush()
-            path = None
-            try:
-                path = storage.create_workspace_dir(account, ws.id)
-                storage.apply(account, path, plan)
-                ws.disk_space, ws.current_details = storage.scan(path)
-                ws.file_path = path
-                session.flush()
-            except BaseException:
-                if path is not None:
-                    try:
-                        storage.delete_dir(path)
-                    except OSError:
-                        log.exception("Could not remove %s after a failed create", path)
-                raise
+            ws.file_path = storage.adopt_staging_dir(staging, account, ws.id)
+            adopted.append(ws.file_path)
+            session.flush()
             return workspace_model(ws)
 
         try:
             model = await self.db.run(_create)
+        except BaseException:
+            # Nothing is left behind: the row was rolled back; remove the directory wherever it is.
+            await self.to_thread(storage.remove_staging_dir, staging)
+            for path in adopted:
+                await self.to_thread(storage.delete_dir, path)
+            raise
         finally:
             self.invalidate(user.id)
         return model

@@ -1,17 +1,85 @@
 """Globus login through globus-sdk: token mode and OAuth mode (contract 2.1).
 
 globus_sdk is imported only when a Globus login happens, so start-up stays fast.
+
+- Every SDK call blocks, so it runs on a worker thread, with connect and read timeouts on the
+  SDK's transport and at most one retry (S10).
+- Users are found by their Globus identity id (`sub`) through an ExternalUserMapping. A new user
+  gets the local part of the Globus email as username; a collision gets a numeric suffix.
+- With `allowed_globus_groups`, group membership is checked at every login and the result is
+  recorded in the mapping's `external_user_details` (B13); Groups API failures fail closed.
+- The Globus tokens are never stored.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from traitlets import List, Unicode
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from traitlets import Enum, Float, List, Unicode
 
-from ..errors import APIError
+from .. import orm
+from ..errors import APIError, not_authenticated
+from ..utils import isoformat, utcnow
 from .accounts import AccountProvider, NoAccounts
 from .base import Authenticator
+
+log = logging.getLogger("uws.auth.globus")
+
+T = TypeVar("T")
+
+AUTH_RESOURCE_SERVER = "auth.globus.org"
+GROUPS_RESOURCE_SERVER = "groups.api.globus.org"
+GROUPS_SCOPE = f"urn:globus:auth:scope:{GROUPS_RESOURCE_SERVER}:view_my_groups_and_memberships"
+OAUTH_SCOPES = ("openid", "profile", "email", GROUPS_SCOPE)
+
+INVALID_CREDENTIALS = "Incorrect authentication credentials."
+NO_GROUPS_TOKEN = "Groups token not available for authentication."
+NOT_A_MEMBER = (
+    "User is not a member of any allowed Globus groups. Please contact your administrator for access."
+)
+SERVER_ERROR = "A server error occurred."
+
+# Names a Globus login never gets as-is (a collision suffix is added instead).
+RESERVED_USERNAMES = frozenset({"admin", "root"})
+MAX_USERNAME = 32
+_INVALID_USERNAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class _GroupsUnavailable(Exception):
+    """The Groups API could not answer: membership is then treated as none (fail closed)."""
+
+
+def username_base(email: str, fallback: str = "") -> str:
+    """The local part of an email (or of a Globus username), as a valid account name."""
+    source = email if "@" in email else fallback
+    local = source.rsplit("@", 1)[0] if source else ""
+    name = _INVALID_USERNAME_CHARS.sub("_", local.lower()).strip(".-")
+    if not name:
+        name = "globus_user"
+    if not (name[0].isascii() and (name[0].isalpha() or name[0] == "_")):
+        name = "u" + name
+    return name[:MAX_USERNAME]
+
+
+def username_candidate(base: str, n: int) -> str:
+    """base, base1, base2, ...: always at most 32 characters."""
+    if n == 0:
+        return base
+    suffix = str(n)
+    return base[: MAX_USERNAME - len(suffix)] + suffix
+
+
+def split_name(name: str) -> tuple[str, str]:
+    first, _, last = name.strip().partition(" ")
+    return first[:150], last.strip()[:150]
 
 
 class GlobusAuthenticator(Authenticator):
@@ -19,7 +87,8 @@ class GlobusAuthenticator(Authenticator):
 
     client_id = Unicode("", config=True, help="Globus Auth client id of this server.")
     client_secret = Unicode("", config=True, help="Globus Auth client secret of this server.")
-    mode = Unicode(
+    mode = Enum(
+        ["token", "oauth"],
         "token",
         config=True,
         help="""'token': clients send a Globus access token with the groups scope
@@ -32,6 +101,8 @@ class GlobusAuthenticator(Authenticator):
         Membership is checked at every login.""",
     )
     health_check_url = Unicode("", config=True, help="URL whose 200 answer means Globus is reachable.")
+    connect_timeout = Float(5.0, config=True, help="Seconds to connect to Globus Auth and Groups.")
+    read_timeout = Float(30.0, config=True, help="Seconds to wait for each Globus answer.")
 
     def account_provider(self) -> AccountProvider:
         return NoAccounts()
@@ -41,5 +112,254 @@ class GlobusAuthenticator(Authenticator):
 
         return await check_url(self.health_check_url)
 
+    # ---- login -----------------------------------------------------------------------------
     async def login(self, app: Any, body: dict[str, Any]) -> dict[str, Any]:
-        raise APIError(400, "Globus login is not available in this version.")
+        if self.mode == "oauth":
+            redirect_url = body.get("redirect_url")
+            if not isinstance(redirect_url, str) or not redirect_url:
+                raise APIError(400, "Missing redirect url.")
+            code = body.get("code")
+            if code is None:
+                return {"auth_uri": await self._blocking(lambda: self._authorize_url(redirect_url))}
+            if not isinstance(code, str) or not code:
+                raise not_authenticated(INVALID_CREDENTIALS)
+            tokens = await self._exchange_code(redirect_url, code)
+            groups_token = tokens.get(GROUPS_RESOURCE_SERVER)
+            identity_token = (
+                groups_token or tokens.get(AUTH_RESOURCE_SERVER) or next(iter(tokens.values()), None)
+            )
+            if not identity_token:
+                raise not_authenticated(INVALID_CREDENTIALS)
+        else:
+            if "auth_token" not in body:
+                raise APIError(400, "Missing auth_token.")
+            token = body["auth_token"]
+            if not isinstance(token, str) or not token.strip():
+                raise not_authenticated(INVALID_CREDENTIALS)
+            groups_token = identity_token = token.strip()
+
+        identity = await self._identity(identity_token)
+        # The result of this login's group check, recorded on the user's mapping (B13).
+        details: dict[str, Any] = {
+            "groups_checked_at": isoformat(utcnow()),
+            "allowed_globus_groups": sorted(self.allowed_globus_groups),
+            "member_of_allowed_groups": [],
+            "group_check_passed": True,
+        }
+        if self.allowed_globus_groups:
+            if not groups_token:
+                raise APIError(403, NO_GROUPS_TOKEN)
+            member_of = await self._allowed_groups_of(groups_token)
+            details["member_of_allowed_groups"] = member_of
+            details["group_check_passed"] = bool(member_of)
+            if not member_of:
+                await self._record_denied(app, identity, details)
+                raise APIError(403, NOT_A_MEMBER)
+        user_id = await self._find_or_create(app, identity, details)
+        return await self.issue_token(app, user_id)
+
+    # ---- Globus calls (blocking, run on a worker thread) ----------------------------------
+    async def _blocking(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, fn)
+
+    def _tune(self, client: Any) -> Any:
+        # requests accepts a (connect, read) pair; the SDK hands http_timeout through as is.
+        client.transport.http_timeout = (self.connect_timeout, self.read_timeout)
+        return client
+
+    def _retry_config(self) -> Any:
+        from globus_sdk.transport import RetryConfig
+
+        return RetryConfig(max_retries=1, max_sleep=1)
+
+    def _auth_client(self) -> Any:
+        import globus_sdk
+
+        client = globus_sdk.ConfidentialAppAuthClient(
+            self.client_id, self.client_secret, retry_config=self._retry_config()
+        )
+        return self._tune(client)
+
+    def _authorize_url(self, redirect_url: str) -> str:
+        with self._auth_client() as client:
+            client.oauth2_start_flow(redirect_url, OAUTH_SCOPES)
+            return str(client.oauth2_get_authorize_url())
+
+    def _exchange_code_sync(self, redirect_url: str, code: str) -> dict[str, str]:
+        with self._auth_client() as client:
+            client.oauth2_start_flow(redirect_url, OAUTH_SCOPES)
+            response = client.oauth2_exchange_code_for_tokens(code)
+            return {
+                str(rs): str(info.get("access_token") or "")
+                for rs, info in response.by_resource_server.items()
+                if info.get("access_token")
+            }
+
+    def _introspect_sync(self, token: str) -> dict[str, Any]:
+        with self._auth_client() as client:
+            data = client.oauth2_token_introspect(token).data
+            return dict(data) if isinstance(data, dict) else {}
+
+    def _my_groups_sync(self, groups_token: str) -> set[str]:
+        import globus_sdk
+
+        try:
+            with self._tune(
+                globus_sdk.GroupsClient(
+                    authorizer=globus_sdk.AccessTokenAuthorizer(groups_token),
+                    retry_config=self._retry_config(),
+                )
+            ) as client:
+                groups = list(client.get_my_groups(statuses="active"))
+        except Exception as e:
+            raise _GroupsUnavailable(str(e)) from e
+        ids: set[str] = set()
+        for group in groups:
+            if not isinstance(group, dict) or not group.get("id"):
+                continue
+            memberships = group.get("my_memberships")
+            if isinstance(memberships, list) and not any(
+                isinstance(m, dict) and m.get("status") == "active" for m in memberships
+            ):
+                continue
+            ids.add(str(group["id"]))
+        return ids
+
+    def _sdk_failure(self, what: str, error: Exception, *, bad_request_means_invalid: bool) -> APIError:
+        """Turn an SDK error into the answer: a rejected credential is 401, the rest 500."""
+        status = getattr(error, "http_status", None)
+        if isinstance(status, int) and status == 400 and bad_request_means_invalid:
+            log.info("Globus %s rejected the credential: %s", what, error)
+            return not_authenticated(INVALID_CREDENTIALS)
+        if status in (401, 403):
+            log.error("Globus Auth refused this server's client credentials during %s: %s", what, error)
+        else:
+            log.error("Globus %s failed: %r", what, error)
+        return APIError(500, SERVER_ERROR)
+
+    async def _exchange_code(self, redirect_url: str, code: str) -> dict[str, str]:
+        try:
+            return await self._blocking(lambda: self._exchange_code_sync(redirect_url, code))
+        except APIError:
+            raise
+        except Exception as e:
+            raise self._sdk_failure("code exchange", e, bad_request_means_invalid=True) from None
+
+    async def _identity(self, token: str) -> dict[str, str]:
+        try:
+            info = await self._blocking(lambda: self._introspect_sync(token))
+        except Exception as e:
+            raise self._sdk_failure("token introspection", e, bad_request_means_invalid=True) from None
+        if info.get("active") is not True or not info.get("sub"):
+            raise not_authenticated(INVALID_CREDENTIALS)
+        exp = info.get("exp")
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp < time.time():
+            raise not_authenticated(INVALID_CREDENTIALS)
+
+        def text(key: str) -> str:
+            value = info.get(key)
+            return value.strip() if isinstance(value, str) else ""
+
+        return {
+            "sub": str(info["sub"]),
+            "email": text("email"),
+            "name": text("name"),
+            "username": text("username") or text("preferred_username"),
+        }
+
+    async def _allowed_groups_of(self, groups_token: str) -> list[str]:
+        """The allowed groups the token's identity is an active member of; none on failure."""
+        try:
+            mine = await self._blocking(lambda: self._my_groups_sync(groups_token))
+        except _GroupsUnavailable as e:
+            log.warning("Globus Groups API failed; treating the user as a member of no group: %s", e)
+            return []
+        return sorted(set(self.allowed_globus_groups) & mine)
+
+    # ---- users ---------------------------------------------------------------------------
+    def _mapping(self, session: Any, sub: str) -> orm.ExternalUserMapping | None:
+        return session.scalar(
+            select(orm.ExternalUserMapping).where(
+                orm.ExternalUserMapping.authenticator == self.key,
+                orm.ExternalUserMapping.external_user_id == sub,
+            )
+        )
+
+    async def _record_denied(self, app: Any, identity: dict[str, str], details: dict[str, Any]) -> None:
+        """Record a failed group check for a known user, so later checks see it (B13)."""
+
+        def _record(session: Any) -> None:
+            mapping = self._mapping(session, identity["sub"])
+            if mapping is not None:
+                mapping.external_user_details = {**(mapping.external_user_details or {}), **details}
+                mapping.datetime_updated = utcnow()
+
+        try:
+            await app.db.run(_record)
+        except Exception:
+            log.exception("Could not record the failed Globus group check")
+
+    async def _find_or_create(self, app: Any, identity: dict[str, str], details: dict[str, Any]) -> int:
+        # Each attempt is one transaction. A concurrent login may take the same identity or
+        # username first (unique constraints): the next attempt then sees it.
+        for _attempt in range(5):
+            try:
+                return await app.db.run(lambda session: self._find_or_create_sync(session, identity, details))
+            except IntegrityError:
+                log.info("Concurrent Globus login for %s; retrying", identity["sub"])
+        raise APIError(500, SERVER_ERROR)
+
+    def _find_or_create_sync(self, session: Any, identity: dict[str, str], details: dict[str, Any]) -> int:
+        mapping = self._mapping(session, identity["sub"])
+        if mapping is not None:
+            mapping.external_username = identity["username"][:255]
+            mapping.external_user_details = {**(mapping.external_user_details or {}), **details}
+            mapping.datetime_updated = utcnow()
+            session.flush()
+            return mapping.user_id
+
+        email = identity["email"][:320]
+        base = username_base(email, identity["username"])
+        user: orm.User | None = None
+        n = 0
+        while user is None:
+            # Past a thousand taken names, stop counting and pick a random suffix.
+            candidate = username_candidate(base, n if n <= 1000 else 1000 + secrets.randbelow(10**9))
+            n += 1
+            if candidate in RESERVED_USERNAMES:
+                continue
+            existing = session.scalar(select(orm.User).where(orm.User.username == candidate))
+            if existing is None:
+                first, last = split_name(identity["name"])
+                user = orm.User(username=candidate, email=email, first_name=first, last_name=last)
+                session.add(user)
+                session.flush()
+            elif (
+                email and existing.email.lower() == email.lower() and not self._has_mapping(session, existing)
+            ):
+                # The same person (same email), not yet linked to Globus: link, don't duplicate.
+                user = existing
+        session.add(
+            orm.ExternalUserMapping(
+                user_id=user.id,
+                authenticator=self.key,
+                external_user_id=identity["sub"][:255],
+                external_username=identity["username"][:255],
+                external_user_details=details,
+                datetime_updated=utcnow(),
+            )
+        )
+        session.flush()
+        return user.id
+
+    def _has_mapping(self, session: Any, user: orm.User) -> bool:
+        return (
+            session.scalar(
+                select(orm.ExternalUserMapping.id).where(
+                    orm.ExternalUserMapping.user_id == user.id,
+                    orm.ExternalUserMapping.authenticator == self.key,
+                )
+            )
+            is not None
+        )

@@ -85,6 +85,33 @@ class LocalFileSystemStorage(LoggingConfigurable):
         norm = os.path.normpath(path)
         return norm != root and safepath.inside(norm, root) and not os.path.islink(norm)
 
+    def ensure_user_dir(self, account: Account) -> str:
+        udir = self.user_dir(account)
+        try:
+            os.mkdir(udir, 0o700)
+            safepath.chown_tree(udir, account)
+        except FileExistsError:
+            if os.path.islink(udir) or not os.path.isdir(udir):
+                raise APIError(
+                    500, "Please report this error to your system administrator and try again."
+                ) from None
+        return udir
+
+    def create_staging_dir(self, account: Account) -> str:
+        """A hidden directory in the user's directory where a new workspace is built before it
+        gets its id: the database transaction then only has to rename it."""
+        import secrets
+
+        path = os.path.join(self.ensure_user_dir(account), f".creating-{secrets.token_hex(8)}")
+        os.mkdir(path, 0o755)
+        safepath.chown_tree(path, account)
+        return path
+
+    def adopt_staging_dir(self, staging: str, account: Account, workspace_id: int) -> str:
+        path = self.workspace_dir(account, workspace_id)
+        os.rename(staging, path)
+        return path
+
     def create_workspace_dir(self, account: Account, workspace_id: int) -> str:
         udir = self.user_dir(account)
         try:
@@ -99,6 +126,10 @@ class LocalFileSystemStorage(LoggingConfigurable):
         os.mkdir(path, 0o755)
         safepath.chown_tree(path, account)
         return path
+
+    def remove_staging_dir(self, path: str) -> None:
+        if os.path.basename(path).startswith(".creating-") and safepath.inside(path, self.real_root()):
+            shutil.rmtree(path, ignore_errors=True)
 
     def delete_dir(self, path: str) -> None:
         """Remove a workspace directory; rmtree's fd-based walk never follows links."""
