@@ -206,9 +206,33 @@ def run_sql(sql: str) -> None:
         conn.execute(sql)
 
 
+def session_python_config() -> str:
+    """As root, sessions run as other OS accounts (SudoSpawner); those accounts cannot read this
+    checkout's virtualenv (often under /root), so helpers run on the system Python (with Debian's
+    python3-zmq and python3-psutil, which .ci/run installs) and a world-readable copy of uws."""
+    if not IS_ROOT:
+        return ""
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import zmq, psutil"], capture_output=True)
+    if probe.returncode != 0:
+        return 'c.UWSApp.spawner_class = "local"\n'
+    shared = os.path.join(tempfile.gettempdir(), f"uws-helper-lib-{os.getpid()}")
+    if not os.path.isdir(shared):
+        shutil.copytree(
+            os.path.join(ROOT, "uws"),
+            os.path.join(shared, "uws"),
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for dirpath, _, _ in os.walk(shared):
+            os.chmod(dirpath, 0o755)
+    return f'c.Spawner.python = "/usr/bin/python3"\nc.Spawner.helper_pythonpath = "{shared}"\n'
+
+
+SUDO_AVAILABLE = IS_ROOT and "spawner_class" not in session_python_config()
+
 # The project's own start-up contract (api-contract 5.3): local logins, OS accounts created on
 # demand when the tests run as root; otherwise every user's files belong to the test runner.
-LOCAL_CONFIG = """
+LOCAL_CONFIG = (
+    """
 c.UWSApp.authenticator_class = "local"
 c.LocalAuthenticator.create_system_users = {create}
 c.UWSApp.storage_accounts_from = "{accounts}"
@@ -219,6 +243,8 @@ c.UWSApp.job_types = {{
     "jupyter_lab": {{"name": "Jupyter Lab", "job_type": "JupyterLabJob", "environment_details": {{"main_resource": {{}}}}}},
 }}
 """.format(create=IS_ROOT, accounts="local" if IS_ROOT else "dev")
+    + session_python_config()
+)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

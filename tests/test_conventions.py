@@ -194,3 +194,19 @@ def test_security_headers(alice: Client) -> None:
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert r.headers["X-Frame-Options"] == "DENY"
     assert r.headers["Vary"] == "Origin"
+
+
+def test_absurd_ids_match_nothing(alice: Client) -> None:
+    huge = "9" * 25
+    r = alice.get(f"/workspaces/{huge}/")
+    assert r.status_code == 200 and r.json()["data"]["workspaces"] == []
+    r = alice.put(f"/workspaces/{huge}/", {"name": "x"})
+    assert r.status_code == 404 and r.json()["message"] == f"Workspace {huge} not found for user."
+    assert alice.get(f"/jobs/{huge}").json()["data"]["jobs"] == []
+    assert alice.put(f"/jobs/{huge}/stop").status_code == 404
+    assert alice.delete(f"/shared_workspaces/{huge}").status_code == 404
+    r = alice.get(f"/jobs/?workspace_id={huge}")
+    assert (
+        r.status_code == 400
+        and r.json()["message"] == f"Invalid value for query parameter workspace_id: {huge}"
+    )

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 from tornado import web
 from tornado.httpserver import HTTPServer
+from tornado.routing import PathMatches, Rule
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application, catch_config_error
 
@@ -274,6 +276,40 @@ class UWSApp(Application):
         0, config=True, help="Minimum length of ?search= on GET /users/ (0 lists everyone)."
     )
     status_check_timeout = Float(5.0, config=True, help="Seconds each /status/ health check may take.")
+    session_channel_url = Unicode(
+        "",
+        config=True,
+        help="""ZeroMQ endpoint where session helpers reach the server. Default:
+        ipc://<data_dir>/sessions.sock (helpers on this machine). Use tcp://<address>:<port> when
+        sessions run on other hosts (Slurm); it must stay the same across restarts so running
+        sessions reconnect.""",
+    )
+    spawner_class = Unicode(
+        "",
+        config=True,
+        help="""How sessions are started on the local resource: 'local' (as the server's own
+        user), 'sudo' (as the workspace owner's OS account, through sudo), or an import path.
+        Default: 'sudo' when users have their own OS accounts, else 'local'.""",
+    )
+    heartbeat_seconds = Float(5.0, config=True, help="Seconds between session helper heartbeats.")
+    reconcile_seconds = Float(
+        10.0,
+        config=True,
+        help="Seconds between checks of sessions whose helper has gone silent.",
+    )
+    stop_grace_seconds = Float(
+        5.0, config=True, help="Seconds a stopping session gets between SIGTERM and SIGKILL."
+    )
+    max_concurrent_starts = Integer(
+        20,
+        config=True,
+        help="Sessions that may be starting at once; more get 429 with Retry-After (0: no limit).",
+    )
+    max_running_jobs_per_user = Integer(
+        10,
+        config=True,
+        help="Active sessions one user may have; more get 429 with Retry-After (0: no limit).",
+    )
     build = Unicode(
         "",
         config=True,
@@ -391,11 +427,24 @@ class UWSApp(Application):
         from .shares import ShareService
         from .workspaces import WorkspaceService
 
+        self.share_dir = os.path.join(os.path.dirname(HERE), "share", "uws")
+        if not os.path.isdir(self.share_dir):
+            self.share_dir = os.path.join(sys.prefix, "share", "uws")
         self.quotas = QuotaService(self.db)
         self.mailer = Mailer(parent=self)
         self.workspaces = WorkspaceService(self)
         self.shares = ShareService(self)
-        self.jobs = None  # launching sessions is not served by this version yet
+        from .events import EventBus
+        from .handlers.ws import TicketStore
+        from .jobs import JobService
+        from .jobtypes import load_templates
+
+        self.events = EventBus()
+        self.tickets = TicketStore()
+        self.job_templates = load_templates(self.share_dir)
+        if not self.session_channel_url:
+            self.session_channel_url = "ipc://" + os.path.join(self.data_dir, "sessions.sock")
+        self.jobs = JobService(self)
 
     def init_build(self) -> None:
         if self.build:
@@ -414,7 +463,7 @@ class UWSApp(Application):
                 self.build = ""
 
     def init_webapp(self) -> None:
-        from .handlers import base, jobs, meta, quota, shares, tokens, users, workspaces
+        from .handlers import base, jobs, meta, quota, shares, tokens, users, workspaces, ws
 
         i = r"([0-9]+)"
         routes = [
@@ -424,6 +473,8 @@ class UWSApp(Application):
             (rf"/workspaces/{i}/([^/]+)/?", workspaces.WorkspaceActionHandler),
             (r"/jobs/?", jobs.JobsHandler),
             (rf"/jobs/{i}/?", jobs.JobsHandler),
+            (rf"/jobs/{i}/([^/]+)/?", jobs.JobActionHandler),
+            (r"/ws_tickets/?", ws.TicketHandler),
             (r"/job_types/?", meta.JobTypesHandler),
             (r"/parameters/?", meta.ParametersHandler),
             (r"/users/?", users.UsersHandler),
@@ -434,18 +485,51 @@ class UWSApp(Application):
             (r"/status/?", meta.StatusHandler),
             (r"/openapi.yaml", meta.OpenAPIHandler),
         ]
-        self.routes = routes
-        self.share_dir = os.path.join(os.path.dirname(HERE), "share", "uws")
-        if not os.path.isdir(self.share_dir):
-            self.share_dir = os.path.join(sys.prefix, "share", "uws")
+        ws_routes = [
+            (r"/ws/events/?", ws.EventsHandler),
+            (r"/ws/jobs/?", ws.JobStreamHandler),
+            (rf"/ws/jobs/{i}/?", ws.JobStreamHandler),
+        ]
+        upgrade_routes = [
+            Rule(UpgradeMatches(r"/jobs/?"), ws.JobStreamHandler),
+            Rule(UpgradeMatches(rf"/jobs/{i}/?"), ws.JobStreamHandler),
+        ]
+        self.routes = routes + ws_routes
         self.webapp = web.Application(
-            routes,
+            upgrade_routes + ws_routes + routes,
+            websocket_ping_interval=30,
+            log_function=log_request,
             default_handler_class=base.NotFoundHandler,
             uws=self,
             debug=False,
             compress_response=False,
             xheaders=True,
         )
+
+    # ---- sessions ----------------------------------------------------------------------------
+    def make_spawner(self, job_id: int, account: Account, workspace_dir: str, name: str | None = None) -> Any:
+        from .spawners.local import LocalProcessSpawner, SudoSpawner
+
+        choice = name or self.spawner_class
+        if not choice:
+            choice = "sudo" if account.uid != os.getuid() else "local"
+        cls = {
+            "local": LocalProcessSpawner,
+            "LocalProcessSpawner": LocalProcessSpawner,
+            "sudo": SudoSpawner,
+            "SudoSpawner": SudoSpawner,
+        }.get(choice)
+        if cls is None:
+            cls = import_class(choice, {})
+        return cls(job_id, account, workspace_dir, self.session_channel_url, parent=self)
+
+    def public_origin(self) -> str:
+        return self.public_url or f"http://{self.ip}:{self.port}"
+
+    def connection_url(self, job_id: int, ready: dict[str, Any]) -> tuple[str, str]:
+        """url_domain and url_path of a ready session: the app's own address for now."""
+        host = ready.get("host") or "127.0.0.1"
+        return f"http://{host}:{ready.get('port')}", ready.get("path") or ""
 
     # ---- helpers used by services ------------------------------------------------------------
     async def storage_account(self, username: str) -> Account:
@@ -566,6 +650,7 @@ class UWSApp(Application):
         )
         server.listen(self.port, self.ip)
         await self.workspaces.resume()
+        await self.jobs.begin()
         url = self.public_url or f"http://{self.ip}:{self.port}"
         self.log.info(
             "UWS %s listening on %s (database %s)",
@@ -589,8 +674,39 @@ class UWSApp(Application):
         await stop.wait()
         self.log.info("Shutting down")
         server.stop()
+        self.jobs.close()
         await self.workspaces.drain()
         self.db.close()
+
+
+class UpgradeMatches(PathMatches):
+    """Matches a path only for websocket upgrade requests, so /jobs/<id>/ serves both REST and
+    the original's websocket stream."""
+
+    def match(self, request: Any) -> dict[str, Any] | None:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return None
+        return super().match(request)
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Tornado's access log, with websocket tickets redacted (they are credentials)."""
+    status = handler.get_status()
+    if status < 400:
+        level = logging.getLogger("tornado.access").info
+    elif status < 500:
+        level = logging.getLogger("tornado.access").warning
+    else:
+        level = logging.getLogger("tornado.access").error
+    uri = re.sub(r"(ticket=)[^&]*", r"\1[redacted]", handler.request.uri or "")
+    level(
+        "%d %s %s (%s) %.2fms",
+        status,
+        handler.request.method,
+        uri,
+        handler.request.remote_ip,
+        1000.0 * handler.request.request_time(),
+    )
 
 
 main = UWSApp.launch_instance

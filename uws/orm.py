@@ -46,6 +46,19 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC)
 
 
+class Id(TypeDecorator):
+    """Integer ids. An id from a URL that no 32-bit column can hold matches nothing (instead of
+    overflowing the driver): it is bound as 0, which no row has."""
+
+    impl = Integer
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, int) and not -(2**31) <= value < 2**31:
+            return 0
+        return value
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -53,7 +66,7 @@ class Base(DeclarativeBase):
 class User(Base):
     __tablename__ = "users"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     username: Mapped[str] = mapped_column(String(255), unique=True)
     email: Mapped[str] = mapped_column(String(320), default="")
     first_name: Mapped[str] = mapped_column(String(150), default="")
@@ -67,7 +80,7 @@ class ApiToken(Base):
 
     __tablename__ = "api_tokens"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -79,7 +92,7 @@ class ClientToken(Base):
 
     __tablename__ = "client_tokens"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -95,7 +108,7 @@ class ExternalUserMapping(Base):
         UniqueConstraint("authenticator", "external_user_id"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     authenticator: Mapped[str] = mapped_column(String(255))
     external_user_id: Mapped[str] = mapped_column(String(255))
@@ -108,7 +121,7 @@ class ExternalUserMapping(Base):
 class Workspace(Base):
     __tablename__ = "workspaces"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(256), default="")
     description: Mapped[str] = mapped_column(Text, default="")
@@ -130,8 +143,8 @@ class Job(Base):
 
     __tablename__ = "jobs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    workspace_id: Mapped[int] = mapped_column(Integer, index=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(Id, index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     job_type: Mapped[str] = mapped_column(String(255))
     resource: Mapped[str] = mapped_column(String(255), default="")
@@ -160,12 +173,12 @@ class Quota(Base):
 class SharedWorkspaceMapping(Base):
     __tablename__ = "shared_workspace_mappings"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
     original_workspace_id: Mapped[int | None] = mapped_column(
-        ForeignKey("workspaces.id", ondelete="SET NULL"), nullable=True, index=True
+        Id, ForeignKey("workspaces.id", ondelete="SET NULL"), nullable=True, index=True
     )
     shared_workspace_id: Mapped[int] = mapped_column(
-        ForeignKey("workspaces.id", ondelete="CASCADE"), unique=True
+        Id, ForeignKey("workspaces.id", ondelete="CASCADE"), unique=True
     )
     last_resource_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_job_type: Mapped[str] = mapped_column(String(255), default="")

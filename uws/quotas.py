@@ -42,6 +42,46 @@ class QuotaService:
                 f"maximum {maximum} bytes.",
             )
 
+    async def check_core_hours(self, user_id: int, requested: float) -> None:
+        """A start reserves cpus x time limit; refuse it when that would pass the maximum."""
+
+        def _check(session: Any) -> tuple[float | None, float]:
+            quota = session.get(orm.Quota, user_id)
+            if quota is None or quota.max_core_hours is None:
+                return None, 0.0
+            return quota.max_core_hours, quota.used_core_hours or 0.0
+
+        maximum, used = await self.db.run(_check)
+        if maximum is not None and used + requested > maximum:
+            raise APIError(
+                400,
+                f"Core hour quota exceeded: used {used:.5f} core hours, requested {requested:.5f} "
+                f"core hours, maximum {maximum:.5f} core hours.",
+            )
+
+    async def warn_if_near(self, user_id: int, events: Any) -> None:
+        """Warning events when a user passes 80% and 90% of a maximum."""
+        model = await self.quota_model(user_id)
+        for kind, unit in (("disk_bytes", "bytes"), ("core_hours", "core hours")):
+            used, maximum = model[kind]["used"], model[kind]["maximum"]
+            if maximum in (None, 0):
+                continue
+            share = float(used) / float(maximum)
+            for level in (0.9, 0.8):
+                if share >= level:
+                    events.publish(
+                        user_id,
+                        "quota_warning",
+                        {
+                            "quota": kind,
+                            "used": used,
+                            "maximum": maximum,
+                            "percent": int(level * 100),
+                            "message": f"You have used {share:.0%} of your {unit} quota.",
+                        },
+                    )
+                    break
+
     async def quota_model(self, user_id: int) -> dict[str, Any]:
         def _read(session: Any) -> dict[str, Any]:
             quota = session.get(orm.Quota, user_id)

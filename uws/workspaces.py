@@ -65,12 +65,32 @@ class WorkspaceService:
         self._cache_bytes: dict[int, bytes] = {}
         self.locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._background: set[asyncio.Task[Any]] = set()
+        self._pending_events: set[int] = set()
+        self._published: dict[int, dict[int, dict[str, Any]]] = {}
 
     # ---- cache -------------------------------------------------------------------------
     def invalidate(self, *user_ids: int) -> None:
         for uid in user_ids:
             self._cache.pop(uid, None)
             self._cache_bytes.pop(uid, None)
+            if self.app.events.has_subscribers(uid) and uid not in self._pending_events:
+                self._pending_events.add(uid)
+                self.spawn(self._publish_changes(uid))
+
+    async def _publish_changes(self, user_id: int) -> None:
+        """Workspace events for whoever is listening: what changed since the last publication."""
+        await asyncio.sleep(0)  # coalesce the invalidations of one operation
+        self._pending_events.discard(user_id)
+        models = {m["id"]: m for m in await self.models_for(user_id)}
+        before = self._published.get(user_id)
+        self._published[user_id] = models
+        if before is None:
+            before = {}
+        for ws_id, model in models.items():
+            if before.get(ws_id) != model:
+                self.app.events.publish(user_id, "workspace", model)
+        for ws_id in before.keys() - models.keys():
+            self.app.events.publish(user_id, "workspace_deleted", {"id": ws_id})
 
     async def models_for(self, user_id: int) -> list[dict[str, Any]]:
         cached = self._cache.get(user_id)
@@ -371,6 +391,22 @@ class WorkspaceService:
 
         await self.db.run(_remove)
         self.invalidate(ws.user_id)
+
+    async def rescan(self, ws_id: int, user_id: int) -> None:
+        """Refresh disk use and file lists (after a job ends, for example)."""
+        path = await self.db.run(lambda s: (row := s.get(orm.Workspace, ws_id)) and row.file_path)
+        if not path or not self.storage.valid_workspace_dir(path):
+            return
+        disk, current = await self.to_thread(self.storage.scan, path)
+
+        def _save(session: Any) -> None:
+            row = session.get(orm.Workspace, ws_id)
+            if row is not None:
+                row.disk_space = disk
+                row.current_details = current
+
+        await self.db.run(_save)
+        self.invalidate(user_id)
 
     async def resume(self) -> None:
         """Pick up background work a previous run left unfinished (B9)."""

@@ -126,9 +126,12 @@ class BaseHandler(web.RequestHandler):
         if value is None:
             return None
         try:
-            return int(value.strip())
+            number = int(value.strip())
         except ValueError:
-            raise APIError(400, f"Invalid value for query parameter {key}: {value}") from None
+            number = None
+        if number is None or not -(2**63) <= number < 2**63:
+            raise APIError(400, f"Invalid value for query parameter {key}: {value}")
+        return number
 
     def query_bool(self, key: str) -> bool | None:
         value = self.query_value(key)

@@ -41,3 +41,11 @@ class JobsHandler(BaseHandler):
         jobs = await self.uws.db.run(_list)
         message = "Successful." if jobs else "Job matching given parameters could not be found."
         self.ok(message, {"jobs": jobs})
+
+
+class JobActionHandler(BaseHandler):
+    """PUT /jobs/<id>/stop/."""
+
+    async def put(self, job_id: str, put_type: str) -> None:
+        message = await self.uws.jobs.stop(self.user, int(job_id), put_type)
+        self.ok(message)

@@ -50,8 +50,10 @@ class WorkspaceActionHandler(BaseHandler):
             await self.uws.workspaces.upload(self.user, workspace_id, self.uploaded_files())
             self.ok("Successful upload.")
             return
-        if kind == "start" and self.uws.jobs is not None:
-            job = await self.uws.jobs.start(self.user, workspace_id, self.json_body)
+        if kind == "start":
+            job = await self.uws.jobs.start(
+                self.user, workspace_id, self.json_body, self.request.headers.get("Idempotency-Key")
+            )
             self.ok("Successful start.", {"job": job})
             return
         await self.uws.workspaces.owned_for_put(self.user, workspace_id, put_type)

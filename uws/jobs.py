@@ -1,0 +1,589 @@
+"""Jobs: launching sessions, tracking them through their helpers, and stopping them.
+
+State changes arrive pushed from each session's helper over the session channel; nothing polls
+the sessions in a loop. A reconciliation pass (at start-up and every `reconcile_seconds`) asks
+the spawner about any job whose helper has gone silent, and marks a job finished only on
+evidence (exit.json, or the helper process provably gone), never because a check failed (B6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from . import orm
+from .auth.tokens import CurrentUser
+from .errors import APIError
+from .jobtypes import JobTypeError, build_spec, minutes, settings_for
+from .models import job_model
+from .params import translate, validate_resource_options
+from .spawners.base import Spawner
+from .utils import utcnow
+from .workspaces import ACTIVE_JOB_STATUSES, DIR_FAILURE_JOBS
+
+log = logging.getLogger("uws.jobs")
+
+FAILED_MESSAGE = "This job has failed. Support team has been notified and will investigate the error."
+IMPROPER = "Job Type improperly configured. Please contact a system administrator to resolve this."
+EXIT_MESSAGES = {
+    "completed": "Job finished.",
+    "stopped": "Job stopped.",
+    "time_limit": "The job reached its time limit and was stopped.",
+    "failed": FAILED_MESSAGE,
+    "launch_failed": "The application did not start in time.",
+}
+
+
+def _job_event_fields(job: dict[str, Any]) -> tuple[Any, Any]:
+    return job["status"], job["job_details"]["current_job_details"]
+
+
+class JobService:
+    def __init__(self, app: Any) -> None:
+        from .sessions.channel import SessionChannel
+
+        self.app = app
+        self.db = app.db
+        self.events = app.events
+        self.channel = SessionChannel(app.session_channel_url, self.secret_for, self.on_message)
+        self.secrets: dict[int, str] = {}
+        self.spawners: dict[int, Spawner] = {}
+        self.last_seen: dict[int, float] = {}
+        self.metrics: dict[int, dict[str, Any]] = {}
+        self.launching: set[int] = set()
+        self.inflight: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
+        self.starts_in_progress = 0
+        self._reconcile_task: asyncio.Task[None] | None = None
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.owners: dict[int, int] = {}  # active job id -> user id
+
+    # ---- life cycle --------------------------------------------------------------------------
+    async def begin(self) -> None:
+        self.channel.bind()
+        await self.reconcile(startup=True)
+        self._reconcile_task = asyncio.ensure_future(self._reconcile_loop())
+
+    def close(self) -> None:
+        if self._reconcile_task:
+            self._reconcile_task.cancel()
+        self.channel.close()
+
+    def lock(self, job_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
+    async def secret_for(self, job_id: int) -> str | None:
+        secret = self.secrets.get(job_id)
+        if secret is not None:
+            return secret
+        state = await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.spawner_state)
+        if state and state.get("secret"):
+            self.secrets[job_id] = state["secret"]
+            return state["secret"]
+        return None
+
+    # ---- start (contract 2.5) ----------------------------------------------------------------
+    async def start(
+        self, user: CurrentUser, ws_id: int, parse_body: Any, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Start a session. A retry carrying the same Idempotency-Key header (while the first is
+        in flight, or within 10 minutes of its success) returns the first one's job."""
+        if not idempotency_key:
+            return await self._start(user, ws_id, parse_body)
+        key = (user.id, ws_id, idempotency_key)
+        existing = self.inflight.get(key)
+        if existing is not None:
+            return await asyncio.shield(existing)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            job = await self._start(user, ws_id, parse_body)
+        except BaseException as e:
+            self.inflight.pop(key, None)  # a failed start may be retried for real
+            future.set_exception(e)
+            future.exception()  # the first caller reports it; waiters get it too
+            raise
+        future.set_result(job)
+        asyncio.get_running_loop().call_later(600, self.inflight.pop, key, None)
+        return job
+
+    async def _start(self, user: CurrentUser, ws_id: int, parse_body: Any) -> dict[str, Any]:
+        app = self.app
+        account, ws = await app.workspaces.owned_for_put(user, ws_id, "start")
+        if not app.storage.valid_workspace_dir(ws.file_path):
+            raise APIError(500, DIR_FAILURE_JOBS)
+        body = parse_body()
+        job_type_id = body.get("job_type") or ws.default_job_type
+        if not job_type_id:
+            raise APIError(400, "Missing job_type and no default job type set on workspace.")
+        if not isinstance(job_type_id, str) or job_type_id not in app.job_types:
+            raise APIError(400, f"{job_type_id} is not in the list of available job types.")
+        job_details = body.get("job_details", {})
+        if not isinstance(job_details, dict):
+            raise APIError(400, "Job details not JSON.")
+        options = body.get("resource_options", {})
+        if not isinstance(options, dict):
+            raise APIError(400, "Resource options not JSON.")
+        valid, errors = validate_resource_options(app.parameters, options)
+        if errors:
+            raise APIError(422, f"Invalid resource options found: {errors!r}")
+        job_type = app.job_types[job_type_id]
+        settings = settings_for(job_type, app.main_resource_key)
+        if settings is None or job_type.get("job_type") not in app.job_templates:
+            raise APIError(400, IMPROPER)
+        resource = app.resources.get(app.main_resource_key, {})
+        translated = translate(valid, resource.get("parameter_mapping") or {})
+        limit = minutes(valid.get("time_limit_min")) or minutes(settings.get("time_limit"))
+        cpus = valid.get("num_cpus") if isinstance(valid.get("num_cpus"), int) else 1
+        await app.quotas.check_core_hours(user.id, cpus * (limit or 0) / 60)
+        self.check_limits(user)
+        request_details = dict(job_details)
+        if "resource_options" in body and "resource_options" not in request_details:
+            request_details["resource_options"] = options
+        self.starts_in_progress += 1
+        try:
+            return await self._launch(
+                user, account, ws, job_type_id, job_type, settings, request_details, translated, limit, cpus
+            )
+        finally:
+            self.starts_in_progress -= 1
+
+    def check_limits(self, user: CurrentUser) -> None:
+        app = self.app
+        if app.max_concurrent_starts and self.starts_in_progress >= app.max_concurrent_starts:
+            raise APIError(
+                429, "Too many sessions are starting right now; try again shortly.", {"Retry-After": "2"}
+            )
+        if app.max_running_jobs_per_user:
+            running = sum(1 for j, uid in self.owners.items() if uid == user.id)
+            if running >= app.max_running_jobs_per_user:
+                raise APIError(
+                    429,
+                    f"You already have {running} sessions running (maximum "
+                    f"{app.max_running_jobs_per_user}). Stop one and try again.",
+                    {"Retry-After": "30"},
+                )
+
+    async def _launch(
+        self,
+        user: CurrentUser,
+        account: Any,
+        ws: orm.Workspace,
+        job_type_id: str,
+        job_type: dict[str, Any],
+        settings: dict[str, Any],
+        request_details: dict[str, Any],
+        translated: dict[str, Any],
+        limit: int | None,
+        cpus: int,
+    ) -> dict[str, Any]:
+        app = self.app
+        secret = secrets.token_hex(32)
+
+        def _create(session: Any) -> int:
+            job = orm.Job(
+                workspace_id=ws.id,
+                user_id=user.id,
+                job_type=job_type_id,
+                resource=app.main_resource_key,
+                resource_job_id=-1,
+                status="pending",
+                job_details={
+                    "metrics": {},
+                    "request_job_details": request_details,
+                    "current_job_details": {"message": "Launching the session."},
+                },
+                spawner_state={
+                    "secret": secret,
+                    "cpus": cpus,
+                    "time_limit_minutes": limit,
+                    "resource_options": translated,
+                },
+            )
+            session.add(job)
+            session.flush()
+            return job.id
+
+        job_id = await self.db.run(_create)
+        self.secrets[job_id] = secret
+        self.owners[job_id] = user.id
+        self.launching.add(job_id)
+        spawner = app.make_spawner(job_id, account, ws.file_path)
+        try:
+            spec = build_spec(
+                app.job_templates,
+                job_type,
+                settings,
+                job_id=job_id,
+                workspace_dir=ws.file_path,
+                job_dir=spawner.job_dir,
+                base_url=f"/passthrough/{job_id}/",
+                time_limit_minutes=limit,
+                origin=app.public_origin(),
+            )
+            spec["heartbeat_seconds"] = app.heartbeat_seconds
+            pid = await spawner.start(spec, secret)
+        except Exception as e:
+            self.launching.discard(job_id)
+            self.owners.pop(job_id, None)
+            message = str(e) if isinstance(e, JobTypeError | OSError) else "A server error occurred."
+            log.exception("Launching job %s failed", job_id)
+            await self._finish(job_id, "failed", f"Launch failed: {message}")
+            raise APIError(500, f"Launch failed: {message}") from None
+        self.spawners[job_id] = spawner
+        state = {
+            **spawner.get_state(),
+            "secret": secret,
+            "cpus": cpus,
+            "time_limit_minutes": limit,
+            "spawner": type(spawner).__name__,
+        }
+
+        def _submitted(session: Any) -> tuple[dict[str, Any], str]:
+            job = session.get(orm.Job, job_id)
+            job.resource_job_id = pid
+            job.spawner_state = state
+            if job.status == "pending":
+                details = dict(job.job_details)
+                details["current_job_details"] = {"message": "Session submitted; starting the application."}
+                job.job_details = details
+            row = session.get(orm.Workspace, ws.id)
+            if row is not None:
+                if row.status in ("idle", "active"):
+                    row.status = "active"
+                row.datetime_last_job_launch = utcnow()
+            return job_model(job), job.status
+
+        model, status = await self.db.run(_submitted)
+        self.launching.discard(job_id)
+        self.last_seen[job_id] = time.monotonic()
+        app.workspaces.invalidate(user.id)
+        self.publish(user.id, model)
+        if status != "pending":
+            # Stopped while it was being submitted: cancel it now that it exists.
+            asyncio.ensure_future(self._terminate(job_id))
+        return model
+
+    # ---- stop (contract 2.10) ----------------------------------------------------------------
+    async def stop(self, user: CurrentUser, job_id: int, put_type: str) -> str:
+        def _load(session: Any) -> orm.Job | None:
+            job = session.get(orm.Job, job_id)
+            if job is None:
+                return None
+            ws = session.get(orm.Workspace, job.workspace_id)
+            return job if ws is not None and ws.user_id == user.id else None
+
+        job = await self.db.run(_load)
+        if job is None:
+            raise APIError(404, f"Job {job_id} not found for user.")
+        if put_type.lower() != "stop":
+            raise APIError(400, "Invalid PUT type passed.")
+        if job.status == "pending" and job.resource_job_id == -1:
+            await self._finish(
+                job_id, "complete", "Job stopped before it was submitted.", only_if_active=True
+            )
+            return "Successful stop."
+        if job.status in ("complete", "failed", "stopping"):
+            raise APIError(400, "This job is not running or pending.")
+
+        def _stopping(session: Any) -> dict[str, Any] | None:
+            row = session.get(orm.Job, job_id)
+            if row.status not in ("pending", "running"):
+                return None
+            row.status = "stopping"
+            details = dict(row.job_details)
+            details["current_job_details"] = {
+                **details.get("current_job_details", {}),
+                "message": "Stopping the session.",
+            }
+            details["current_job_details"].pop("connection_details", None)
+            row.job_details = details
+            return job_model(row)
+
+        model = await self.db.run(_stopping)
+        if model is None:
+            raise APIError(400, "This job is not running or pending.")
+        self.publish(user.id, model)
+        asyncio.ensure_future(self._terminate(job_id))
+        return "Job queued to stop."
+
+    async def _terminate(self, job_id: int) -> None:
+        """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
+        spawner = await self._spawner(job_id)
+        secret = await self.secret_for(job_id)
+        if secret:
+            await self.channel.send(
+                job_id, secret, {"type": "stop", "grace_seconds": self.app.stop_grace_seconds}
+            )
+        deadline = time.monotonic() + self.app.stop_grace_seconds + 10
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            if await self._is_terminal(job_id):
+                return
+        try:
+            if spawner is not None:
+                await spawner.stop()
+                ended = await spawner.poll()
+                if ended is not None:
+                    await self.apply_exit(job_id, ended)
+                    return
+        except Exception:
+            log.exception("Stopping job %s through its spawner failed", job_id)
+        if not await self._is_terminal(job_id):
+            await self._finish(job_id, "failed", "Failed to stop job.")
+
+    async def _is_terminal(self, job_id: int) -> bool:
+        status = await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.status)
+        return status in ("complete", "failed", None)
+
+    # ---- messages from helpers ---------------------------------------------------------------
+    async def on_message(self, job_id: int, message: dict[str, Any]) -> None:
+        self.last_seen[job_id] = time.monotonic()
+        kind = message["type"]
+        state = message.get("state") or {}
+        if kind == "progress":
+            await self._update(job_id, message=str(message.get("message", ""))[:500])
+            return
+        if kind == "heartbeat":
+            self.metrics[job_id] = message.get("metrics") or {}
+        if state.get("phase") == "exited" or kind == "exited":
+            await self.apply_exit(job_id, state.get("exit") or {"reason": "failed"})
+            return
+        if state.get("phase") == "ready" and state.get("ready"):
+            await self._update(job_id, ready=state["ready"], running=True, started_at=state.get("started_at"))
+        elif state.get("phase") in ("running", "ready"):
+            await self._update(job_id, running=True, started_at=state.get("started_at"))
+        if kind == "heartbeat":
+            await self._heartbeat(job_id)
+
+    async def _spawner(self, job_id: int) -> Spawner | None:
+        spawner = self.spawners.get(job_id)
+        if spawner is not None:
+            return spawner
+
+        def _load(session: Any) -> tuple[orm.Job, orm.Workspace | None, orm.User] | None:
+            job = session.get(orm.Job, job_id)
+            if job is None:
+                return None
+            return job, session.get(orm.Workspace, job.workspace_id), session.get(orm.User, job.user_id)
+
+        loaded = await self.db.run(_load)
+        if loaded is None:
+            return None
+        job, ws, user = loaded
+        state = job.spawner_state or {}
+        try:
+            account = await self.app.storage_account(user.username)
+        except APIError:
+            return None
+        workspace_dir = ws.file_path if ws is not None else (state.get("job_dir") or "").rsplit("/.", 1)[0]
+        spawner = self.app.make_spawner(job_id, account, workspace_dir, state.get("spawner"))
+        spawner.load_state(state)
+        self.spawners[job_id] = spawner
+        return spawner
+
+    async def _update(
+        self,
+        job_id: int,
+        *,
+        message: str | None = None,
+        ready: dict[str, Any] | None = None,
+        running: bool = False,
+        started_at: float | None = None,
+    ) -> None:
+        app = self.app
+
+        def _apply(session: Any) -> tuple[int, dict[str, Any]] | None:
+            job = session.get(orm.Job, job_id)
+            if job is None or job.status in ("complete", "failed"):
+                return None
+            details = dict(job.job_details or {})
+            current = dict(details.get("current_job_details") or {})
+            metrics = dict(details.get("metrics") or {})
+            before = (job.status, dict(current))
+            if running and job.status == "pending":
+                job.status = "running"
+                job.datetime_start = utcnow()
+                metrics["time_pending"] = round(
+                    (job.datetime_start - job.datetime_created).total_seconds(), 6
+                )
+                current["message"] = "Session running."
+            if ready and job.status in ("pending", "running") and "connection_details" not in current:
+                if job.status == "pending":
+                    job.status = "running"
+                    job.datetime_start = utcnow()
+                    metrics["time_pending"] = round(
+                        (job.datetime_start - job.datetime_created).total_seconds(), 6
+                    )
+                url_domain, url_path = app.connection_url(job_id, ready)
+                current["message"] = "Webserver ready."
+                current["proxy_details"] = {
+                    "hostname": ready.get("host", ""),
+                    "port": str(ready.get("port", "")),
+                    "path": url_path,
+                }
+                current["connection_details"] = {"url_domain": url_domain, "url_path": url_path}
+                if job.datetime_start is not None:
+                    metrics["time_init"] = round((utcnow() - job.datetime_start).total_seconds(), 6)
+            if message is not None and job.status in ("pending", "running"):
+                current["message"] = message
+            limit = (job.spawner_state or {}).get("time_limit_minutes")
+            if limit and job.datetime_start is not None and job.status == "running":
+                elapsed = (utcnow() - job.datetime_start).total_seconds()
+                current["time_left"] = max(0, int(limit * 60 - elapsed))
+            if (job.status, current) == before and metrics == details.get("metrics"):
+                return None
+            details["current_job_details"] = current
+            details["metrics"] = metrics
+            job.job_details = details
+            return job.user_id, job_model(job)
+
+        async with self.lock(job_id):
+            result = await self.db.run(_apply)
+        if result is not None:
+            self.publish(*result)
+
+    async def _heartbeat(self, job_id: int) -> None:
+        """Heartbeats refresh time_left only when it moved by a minute or more: idle sessions
+        cost no database writes, and metrics go out as events only."""
+        metrics = self.metrics.get(job_id)
+        user_id = self.owners.get(job_id)
+        if metrics and user_id is not None:
+            self.events.publish(user_id, "metrics", {"job_id": job_id, **metrics}, job_id=job_id)
+
+    async def apply_exit(self, job_id: int, ended: dict[str, Any]) -> None:
+        reason = ended.get("reason", "failed")
+        tail = ended.get("log_tail") or ""
+        if reason == "disappeared":
+            status, message = "failed", "Job process disappeared; exit status unknown."
+        elif reason in ("completed", "stopped", "time_limit"):
+            status, message = "complete", EXIT_MESSAGES[reason]
+        else:
+            status = "failed"
+            message = EXIT_MESSAGES.get(reason, FAILED_MESSAGE)
+            if ended.get("exit_code") is not None:
+                message = f"{message} (exit code {ended['exit_code']})"
+        await self._finish(job_id, status, message, log_tail=tail, stopping_completes=True)
+
+    async def _finish(
+        self,
+        job_id: int,
+        status: str,
+        message: str,
+        log_tail: str = "",
+        only_if_active: bool = False,
+        stopping_completes: bool = False,
+    ) -> None:
+        """Move a job to a terminal status: end time, core hours, workspace back to idle."""
+        cpu_seconds = float((self.metrics.get(job_id) or {}).get("cpu_seconds") or 0)
+
+        def _apply(session: Any) -> tuple[int, dict[str, Any], int] | None:
+            job = session.get(orm.Job, job_id)
+            if job is None or job.status in ("complete", "failed"):
+                return None
+            # A session the user asked to stop ends `complete`, however its process ended.
+            job.status = "complete" if stopping_completes and job.status == "stopping" else status
+            job.datetime_end = utcnow()
+            # Core hours: the CPU time the session's processes used, as the helper measured it.
+            job.core_hours = round(cpu_seconds / 3600.0, 5) if job.datetime_start else 0.0
+            details = dict(job.job_details or {})
+            current = {"message": message}
+            if log_tail:
+                current["log_tail"] = log_tail[-2000:]
+            details["current_job_details"] = current
+            job.job_details = details
+            if job.core_hours:
+                quota = session.get(orm.Quota, job.user_id)
+                if quota is None:
+                    quota = orm.Quota(user_id=job.user_id, used_disk_bytes=0, used_core_hours=0.0)
+                    session.add(quota)
+                quota.used_core_hours = (quota.used_core_hours or 0.0) + job.core_hours
+            ws = session.get(orm.Workspace, job.workspace_id)
+            if ws is not None and ws.status == "active":
+                others = session.scalar(
+                    select(orm.Job.id).where(
+                        orm.Job.workspace_id == ws.id,
+                        orm.Job.id != job_id,
+                        orm.Job.status.in_(ACTIVE_JOB_STATUSES),
+                    )
+                )
+                if others is None:
+                    ws.status = "idle"
+            return job.user_id, job_model(job), job.workspace_id
+
+        async with self.lock(job_id):
+            result = await self.db.run(_apply)
+        self._forget(job_id)
+        if result is None:
+            return
+        user_id, model, ws_id = result
+        self.publish(user_id, model)
+        await self.app.workspaces.rescan(ws_id, user_id)
+        await self.app.quotas.warn_if_near(user_id, self.events)
+
+    def _forget(self, job_id: int) -> None:
+        self.owners.pop(job_id, None)
+        self.spawners.pop(job_id, None)
+        self.last_seen.pop(job_id, None)
+        self.metrics.pop(job_id, None)
+        self._locks.pop(job_id, None)
+
+    def publish(self, user_id: int, model: dict[str, Any]) -> None:
+        self.events.publish(user_id, "job", model, job_id=model["id"])
+
+    # ---- reconciliation ----------------------------------------------------------------------
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.app.reconcile_seconds)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("Reconciliation failed; retrying later")
+
+    async def reconcile(self, startup: bool = False) -> None:
+        rows = await self.db.run(
+            lambda s: [
+                (j.id, j.user_id, j.status, j.resource_job_id)
+                for j in s.scalars(select(orm.Job).where(orm.Job.status.in_(ACTIVE_JOB_STATUSES)))
+            ]
+        )
+        silent_after = self.app.heartbeat_seconds * 3
+        now = time.monotonic()
+        for job_id, user_id, status, resource_job_id in rows:
+            self.owners.setdefault(job_id, user_id)
+            if job_id in self.launching:
+                continue
+            if resource_job_id == -1:
+                if startup:  # the server died while submitting it: nothing was launched
+                    await self._finish(job_id, "failed", "Launch interrupted by a server restart.")
+                continue
+            if startup:
+                secret = await self.secret_for(job_id)
+                if secret:
+                    await self.channel.send(job_id, secret, {"type": "report"})
+                    if status == "stopping":
+                        asyncio.ensure_future(self._terminate(job_id))
+                continue
+            if now - self.last_seen.get(job_id, 0) < silent_after:
+                continue
+            try:
+                spawner = await self._spawner(job_id)
+                ended = await spawner.poll() if spawner is not None else None
+            except Exception:
+                log.exception("Checking job %s failed; keeping its status", job_id)
+                continue
+            if ended is not None:
+                await self.apply_exit(job_id, ended)
+            else:
+                secret = await self.secret_for(job_id)
+                if secret:
+                    await self.channel.send(job_id, secret, {"type": "report"})
+        if startup:
+            # Give reconnecting helpers a moment, then check the silent ones for evidence.
+            asyncio.get_running_loop().call_later(
+                self.app.heartbeat_seconds * 3 + 1, lambda: asyncio.ensure_future(self.reconcile())
+            )

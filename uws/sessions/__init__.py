@@ -1,0 +1,1 @@
+"""Sessions: the channel to per-session helpers, job launching and tracking."""

@@ -1,0 +1,94 @@
+"""The wire protocol between the server and each per-session helper (`uws-session-helper`).
+
+Transport: ZeroMQ. The server binds a ROUTER socket (UWSApp.session_channel_url: an ipc:// path
+by default, tcp:// for helpers on other hosts). Each helper connects a DEALER socket whose
+routing identity is b"job-<job id>". ZeroMQ reconnects by itself, so a helper whose server went
+away keeps running and its next message reaches the restarted server.
+
+Every message is two frames: [payload, signature]. payload is UTF-8 JSON; signature is the hex
+HMAC-SHA256 of payload under the job's secret. The secret reaches the helper on its standard
+input (never on a command line, in the environment of other users, or in a log). A message
+whose signature does not verify, or whose job_id differs from the sender's identity, is dropped.
+
+Payload fields, always: "type", "job_id" (int), "seq" (int, increasing per sender), "time"
+(float, UNIX seconds).
+
+Helper -> server ("type"):
+  "hello"      {"state": STATE}            on start and after every (re)connection
+  "progress"   {"message": str}            human-readable progress
+  "ready"      {"state": STATE}            the app answers HTTP; STATE["ready"] is set
+  "heartbeat"  {"state": STATE, "metrics": METRICS}   every heartbeat_seconds
+  "exited"     {"state": STATE}            the app ended; STATE["exit"] is set. Re-sent until
+                                           acknowledged (the helper lingers up to linger_seconds)
+Server -> helper:
+  "ack"        {"ack_seq": int}            acknowledges one message (the helper needs it only
+                                           for "exited")
+  "stop"       {"grace_seconds": float}    end the whole process tree: TERM, grace, KILL
+  "report"     {}                          send "hello" again now
+
+STATE = {"phase": "starting" | "running" | "ready" | "exited",
+         "helper_pid": int, "app_pid": int | null, "started_at": float,
+         "ready": null | {"host": str, "port": int, "path": str, "token": str},
+         "exit": null | {"exit_code": int | null, "reason": "completed" | "failed" | "stopped" |
+                          "time_limit" | "launch_failed", "log_tail": str, "ended_at": float},
+         "time_limit_seconds": int | null}
+METRICS = {"cpu_seconds": float, "rss_bytes": int, "processes": int}
+
+The job itself is described by <job dir>/job.json (written by the spawner, readable by the
+session's OS account):
+  {"job_id": int, "command": [str, ...] (placeholders {port}, {base_url}, {token}),
+   "env": {str: str}, "cwd": str (the workspace directory), "log_file": str,
+   "readiness": null | {"path": str (URL path probed, with placeholders), "timeout_seconds": float},
+   "url_path": str (placeholders as above; reported in STATE["ready"]["path"]),
+   "base_url": str, "time_limit_seconds": int | null, "heartbeat_seconds": float,
+   "grace_seconds": float, "linger_seconds": float}
+When the app exits the helper also writes <job dir>/exit.json (STATE["exit"]) so a server that
+was down at that moment still finds evidence of how the session ended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+def identity(job_id: int) -> bytes:
+    return f"job-{job_id}".encode()
+
+
+def job_id_from_identity(ident: bytes) -> int | None:
+    text = ident.decode("ascii", "replace")
+    if text.startswith("job-") and text[4:].isdigit():
+        return int(text[4:])
+    return None
+
+
+def sign(secret: str, payload: bytes) -> bytes:
+    return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest().encode()
+
+
+def encode(secret: str, message: dict[str, Any]) -> list[bytes]:
+    message.setdefault("time", time.time())
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    return [payload, sign(secret, payload)]
+
+
+def decode(secret: str, frames: list[bytes]) -> dict[str, Any] | None:
+    """The verified message, or None when it is malformed or its signature is wrong."""
+    if len(frames) != 2:
+        return None
+    payload, signature = frames
+    if not hmac.compare_digest(sign(secret, payload), signature):
+        return None
+    try:
+        message = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return None
+    return message

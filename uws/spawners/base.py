@@ -1,0 +1,124 @@
+"""The Spawner contract.
+
+A spawner launches `uws-session-helper` for one job, in the job's directory inside the
+workspace; the helper starts the app and reports over the session channel. The spawner's own
+job is the part the channel cannot do: start the helper as the right account, tell from the
+outside whether it still exists (poll), and end it when the channel cannot (stop).
+
+get_state()/load_state() round-trip through the database, so a restarted server re-attaches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from traitlets import Float, Unicode
+from traitlets.config import LoggingConfigurable
+
+from ..auth.accounts import Account
+from ..storage import safepath
+
+
+class Spawner(LoggingConfigurable):
+    python = Unicode(
+        sys.executable,
+        config=True,
+        help="""Python interpreter that runs uws-session-helper for each session (it must have
+        the uws package installed). Default: the server's own interpreter.""",
+    )
+    helper_pythonpath = Unicode(
+        "",
+        config=True,
+        help="""PYTHONPATH for the helper, when `python` does not have the uws package installed
+        (for example the system Python with python3-zmq and python3-psutil, and uws in a
+        directory every session account can read).""",
+    )
+    grace_seconds = Float(
+        5.0, config=True, help="Seconds a stopping session gets between SIGTERM and SIGKILL."
+    )
+
+    def __init__(
+        self, job_id: int, account: Account, workspace_dir: str, channel_url: str, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.job_id = job_id
+        self.account = account
+        self.workspace_dir = workspace_dir
+        self.channel_url = channel_url
+        self.job_dir = os.path.join(workspace_dir, f".{job_id}")
+        self.pid: int | None = None
+        self.create_time: float | None = None
+        self.messages: list[str] = []
+
+    # ---- the contract ----------------------------------------------------------------------
+    async def start(self, spec: dict[str, Any], secret: str) -> int:
+        """Launch the helper; return the resource job id (a PID for local spawners)."""
+        raise NotImplementedError
+
+    async def poll(self) -> dict[str, Any] | None:
+        """None while the session exists; otherwise how it ended:
+        {"exit_code", "reason", "log_tail"} from the helper's exit.json, or
+        {"reason": "disappeared"} when nothing tells."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """End the session from the outside (used when its helper cannot be reached)."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pid": self.pid, "create_time": self.create_time, "job_dir": self.job_dir}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.pid = state.get("pid")
+        self.create_time = state.get("create_time")
+        self.job_dir = state.get("job_dir") or self.job_dir
+
+    async def progress(self) -> AsyncIterator[str]:
+        for message in self.messages:
+            yield message
+
+    # ---- shared helpers ----------------------------------------------------------------------
+    def helper_command(self) -> list[str]:
+        # Through env(1): sudo resets the environment, and the PYTHONPATH must survive it.
+        prefix = ["env", f"PYTHONPATH={self.helper_pythonpath}"] if self.helper_pythonpath else []
+        return [
+            *prefix,
+            self.python,
+            "-m",
+            "uws.session_helper",
+            "--job-dir",
+            self.job_dir,
+            "--endpoint",
+            self.channel_url,
+        ]
+
+    def prepare_job_dir(self, spec: dict[str, Any]) -> None:
+        """Create <workspace>/.<job id>/ and job.json, owned by the session's account, without
+        following any symlink (S3)."""
+        fd = os.open(self.workspace_dir, safepath.DIR_FLAGS)
+        try:
+            name = f".{self.job_id}"
+            try:
+                os.mkdir(name, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            safepath.chown_at(name, fd, self.account)
+        finally:
+            os.close(fd)
+        safepath.write_file(self.job_dir, ["job.json"], json.dumps(spec, indent=1).encode(), self.account)
+
+    def read_exit(self) -> dict[str, Any] | None:
+        try:
+            fd = os.open(os.path.join(self.job_dir, "exit.json"), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd) as f:
+            try:
+                data = json.load(f)
+            except ValueError:
+                return None
+        return data if isinstance(data, dict) else None

@@ -1,0 +1,146 @@
+"""LocalProcessSpawner (sessions as the server's own user) and SudoSpawner (as the workspace
+owner's OS account, through sudo)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from typing import Any
+
+import psutil
+from traitlets import List, Unicode
+
+from .base import Spawner
+
+
+class LocalProcessSpawner(Spawner):
+    """Sessions run as the server's own OS user, on this machine. For development and
+    single-user machines."""
+
+    # Popen objects of helpers this process started, so their exit is reaped (no zombies).
+    _children: dict[int, subprocess.Popen] = {}
+
+    def launch_prefix(self) -> list[str]:
+        return []
+
+    async def start(self, spec: dict[str, Any], secret: str) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._start_sync, spec, secret)
+
+    def _start_sync(self, spec: dict[str, Any], secret: str) -> int:
+        self.prepare_job_dir(spec)
+        fd = os.open(
+            os.path.join(self.job_dir, "helper.log"),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+        )
+        if os.geteuid() == 0:
+            os.fchown(fd, self.account.uid, self.account.gid)
+        log = os.fdopen(fd, "ab")
+        try:
+            proc = subprocess.Popen(
+                self.launch_prefix() + self.helper_command(),
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.job_dir,
+                start_new_session=True,  # the session outlives the server
+                env=self.helper_env(),
+            )
+        finally:
+            log.close()
+        assert proc.stdin is not None
+        proc.stdin.write((secret + "\n").encode())
+        proc.stdin.close()
+        self._children[proc.pid] = proc
+        self.pid = proc.pid
+        try:
+            self.create_time = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            self.create_time = None
+        return proc.pid
+
+    def helper_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        return env
+
+    def _alive(self) -> bool:
+        if self.pid is None:
+            return False
+        child = self._children.get(self.pid)
+        if child is not None:
+            if child.poll() is None:
+                return True
+            self._children.pop(self.pid, None)
+            return False
+        try:
+            proc = psutil.Process(self.pid)
+            if self.create_time is not None and abs(proc.create_time() - self.create_time) > 1:
+                return False  # the PID now belongs to another process
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    async def poll(self) -> dict[str, Any] | None:
+        if self._alive():
+            return None
+        exit_info = self.read_exit()
+        return exit_info if exit_info is not None else {"reason": "disappeared"}
+
+    async def stop(self) -> None:
+        """SIGTERM to the helper (it ends its app's process tree), then SIGKILL after the grace."""
+        if not self._alive():
+            return
+        self._signal(signal.SIGTERM)
+        for _ in range(int(self.grace_seconds * 10) + 20):
+            await asyncio.sleep(0.1)
+            if not self._alive():
+                return
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)  # type: ignore[arg-type]
+        except ProcessLookupError:
+            pass
+
+
+class SudoSpawner(LocalProcessSpawner):
+    """Sessions run as the workspace owner's OS account through sudo, so the server need not be
+    root. It needs a sudoers rule letting the server's account run the helper as session users,
+    for example (visudo -f /etc/sudoers.d/uws):
+
+        Defaults:uws !requiretty
+        uws ALL=(%uwsusers) NOPASSWD: /usr/bin/python3 -m uws.session_helper *
+
+    where `uws` is the server's account and `uwsusers` the group of session users."""
+
+    sudo = List(
+        Unicode(),
+        ["sudo", "-n", "-H"],
+        config=True,
+        help="The sudo command and options put before `-u USER -- <helper command>`.",
+    )
+
+    def launch_prefix(self) -> list[str]:
+        return [*self.sudo, "-u", self.account.username, "--"]
+
+    def _signal(self, sig: int) -> None:
+        # sudo relays SIGTERM to the helper; when the server is not root it cannot signal the
+        # session user's helper directly, so sudo itself sends the signal.
+        if os.geteuid() == 0:
+            super()._signal(sig)
+            return
+        helper = self._helper_pid()
+        if helper is not None:
+            subprocess.run([*self.launch_prefix(), "kill", f"-{int(sig)}", str(helper)], capture_output=True)
+
+    def _helper_pid(self) -> int | None:
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.Error:
+            return None
+        return children[0].pid if children else None
