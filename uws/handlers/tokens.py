@@ -19,4 +19,6 @@ class TokensHandler(BaseHandler):
         user = await self.uws.auth_service.authenticate(header)
         everything = bool(self.query_bool("all"))
         await self.uws.auth_service.revoke(header, user.id, everything)
+        # Open websockets of this user re-check their own token and close with 4401 if revoked.
+        self.uws.events.publish(user.id, "token_revoked", {})
         self.ok("Successful logout.")

@@ -130,6 +130,10 @@ class AuthenticatedWebSocket(websocket.WebSocketHandler):
                     if not await self.still_authorized():
                         return
                     continue
+                if event["type"] == "token_revoked":
+                    if not await self.still_authorized():
+                        return
+                    continue
                 if subscription.overflowed:
                     subscription.overflowed = False
                     if not await self.resync():
