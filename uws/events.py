@@ -65,10 +65,19 @@ class EventBus:
         self.listeners: list[Callable[[int, dict[str, Any]], None]] = []
 
     def publish(
-        self, user_id: int, kind: str, data: dict[str, Any], job_id: int | None = None
+        self,
+        user_id: int,
+        kind: str,
+        data: dict[str, Any],
+        job_id: int | None = None,
+        source_time: float | None = None,
     ) -> dict[str, Any]:
+        """source_time: when the change was seen where it happened (a helper's clock), so clients
+        and benchmarks can tell the end-to-end delay."""
         self._latest = next(self._ids)
         event = {"id": self._latest, "type": kind, "time": time.time(), "data": data}
+        if source_time is not None:
+            event["source_time"] = source_time
         if job_id is not None:
             event["job_id"] = job_id
         buffer = self._buffers[user_id]

@@ -283,9 +283,7 @@ class JobService:
         if put_type.lower() != "stop":
             raise APIError(400, "Invalid PUT type passed.")
         if job.status == "pending" and job.resource_job_id == -1:
-            await self._finish(
-                job_id, "complete", "Job stopped before it was submitted.", only_if_active=True
-            )
+            await self._finish(job_id, "complete", "Job stopped before it was submitted.")
             return "Successful stop."
         if job.status in ("complete", "failed", "stopping"):
             raise APIError(400, "This job is not running or pending.")
@@ -343,22 +341,23 @@ class JobService:
     # ---- messages from helpers ---------------------------------------------------------------
     async def on_message(self, job_id: int, message: dict[str, Any]) -> None:
         self.last_seen[job_id] = time.monotonic()
+        seen = message.get("time") if isinstance(message.get("time"), int | float) else None
         kind = message["type"]
         state = message.get("state") or {}
         if kind == "progress":
-            await self._update(job_id, message=str(message.get("message", ""))[:500])
+            await self._update(job_id, message=str(message.get("message", ""))[:500], source_time=seen)
             return
         if kind == "heartbeat":
             self.metrics[job_id] = message.get("metrics") or {}
         if state.get("phase") == "exited" or kind == "exited":
-            await self.apply_exit(job_id, state.get("exit") or {"reason": "failed"})
+            await self.apply_exit(job_id, state.get("exit") or {"reason": "failed"}, source_time=seen)
             return
         if state.get("phase") == "ready" and state.get("ready"):
-            await self._update(job_id, ready=state["ready"], running=True, started_at=state.get("started_at"))
+            await self._update(job_id, ready=state["ready"], running=True, source_time=seen)
         elif state.get("phase") in ("running", "ready"):
-            await self._update(job_id, running=True, started_at=state.get("started_at"))
+            await self._update(job_id, running=True, source_time=seen)
         if kind == "heartbeat":
-            await self._heartbeat(job_id)
+            await self._heartbeat(job_id, seen)
 
     async def _spawner(self, job_id: int) -> Spawner | None:
         spawner = self.spawners.get(job_id)
@@ -393,7 +392,7 @@ class JobService:
         message: str | None = None,
         ready: dict[str, Any] | None = None,
         running: bool = False,
-        started_at: float | None = None,
+        source_time: float | None = None,
     ) -> None:
         app = self.app
 
@@ -434,7 +433,10 @@ class JobService:
             limit = (job.spawner_state or {}).get("time_limit_minutes")
             if limit and job.datetime_start is not None and job.status == "running":
                 elapsed = (utcnow() - job.datetime_start).total_seconds()
-                current["time_left"] = max(0, int(limit * 60 - elapsed))
+                left = max(0, int(limit * 60 - elapsed))
+                # Refreshed once a minute (the portal shows minutes): idle heartbeats write nothing.
+                if abs(current.get("time_left", -999) - left) >= 60 or "time_left" not in current:
+                    current["time_left"] = left
             if (job.status, current) == before and metrics == details.get("metrics"):
                 return None
             details["current_job_details"] = current
@@ -445,17 +447,18 @@ class JobService:
         async with self.lock(job_id):
             result = await self.db.run(_apply)
         if result is not None:
-            self.publish(*result)
+            self.publish(*result, source_time=source_time)
 
-    async def _heartbeat(self, job_id: int) -> None:
-        """Heartbeats refresh time_left only when it moved by a minute or more: idle sessions
-        cost no database writes, and metrics go out as events only."""
+    async def _heartbeat(self, job_id: int, source_time: float | None) -> None:
+        """Metrics go out as events only; the database sees them when the job ends."""
         metrics = self.metrics.get(job_id)
         user_id = self.owners.get(job_id)
         if metrics and user_id is not None:
-            self.events.publish(user_id, "metrics", {"job_id": job_id, **metrics}, job_id=job_id)
+            self.events.publish(
+                user_id, "metrics", {"job_id": job_id, **metrics}, job_id=job_id, source_time=source_time
+            )
 
-    async def apply_exit(self, job_id: int, ended: dict[str, Any]) -> None:
+    async def apply_exit(self, job_id: int, ended: dict[str, Any], source_time: float | None = None) -> None:
         reason = ended.get("reason", "failed")
         tail = ended.get("log_tail") or ""
         if reason == "disappeared":
@@ -467,7 +470,9 @@ class JobService:
             message = EXIT_MESSAGES.get(reason, FAILED_MESSAGE)
             if ended.get("exit_code") is not None:
                 message = f"{message} (exit code {ended['exit_code']})"
-        await self._finish(job_id, status, message, log_tail=tail, stopping_completes=True)
+        await self._finish(
+            job_id, status, message, log_tail=tail, stopping_completes=True, source_time=source_time
+        )
 
     async def _finish(
         self,
@@ -475,8 +480,8 @@ class JobService:
         status: str,
         message: str,
         log_tail: str = "",
-        only_if_active: bool = False,
         stopping_completes: bool = False,
+        source_time: float | None = None,
     ) -> None:
         """Move a job to a terminal status: end time, core hours, workspace back to idle."""
         cpu_seconds = float((self.metrics.get(job_id) or {}).get("cpu_seconds") or 0)
@@ -521,7 +526,7 @@ class JobService:
         if result is None:
             return
         user_id, model, ws_id = result
-        self.publish(user_id, model)
+        self.publish(user_id, model, source_time=source_time)
         await self.app.workspaces.rescan(ws_id, user_id)
         await self.app.quotas.warn_if_near(user_id, self.events)
 
@@ -532,8 +537,8 @@ class JobService:
         self.metrics.pop(job_id, None)
         self._locks.pop(job_id, None)
 
-    def publish(self, user_id: int, model: dict[str, Any]) -> None:
-        self.events.publish(user_id, "job", model, job_id=model["id"])
+    def publish(self, user_id: int, model: dict[str, Any], source_time: float | None = None) -> None:
+        self.events.publish(user_id, "job", model, job_id=model["id"], source_time=source_time)
 
     # ---- reconciliation ----------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:
