@@ -15,7 +15,12 @@ setup(
     description="User Workspaces Server: workspaces and interactive sessions over HTTP",
     packages=find_packages(include=["uws", "uws.*"]),
     package_data={"uws": ["alembic/*.py", "alembic/*.mako", "alembic/versions/*.py"]},
-    data_files=[("share/uws", [os.path.join("share", "uws", n) for n in sorted(os.listdir(os.path.join(here, "share", "uws")))])],
+    data_files=[
+        (
+            "share/uws",
+            [os.path.join("share", "uws", n) for n in sorted(os.listdir(os.path.join(here, "share", "uws")))],
+        )
+    ],
     python_requires=">=3.11",
     install_requires=[
         "tornado>=6.4",
@@ -32,5 +37,5 @@ setup(
     extras_require={
         "test": ["pytest>=8", "schemathesis>=3.30", "ruff>=0.5"],
     },
-    entry_points={"console_scripts": ["uws = uws.app:cli"]},
+    entry_points={"console_scripts": ["uws = uws.app:cli", "uws-session-helper = uws.session_helper:main"]},
 )

@@ -163,6 +163,7 @@ class Server:
 
     def close(self) -> None:
         self.stop()
+        kill_sessions(self.dir)
         if self.schema:
             run_sql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -196,6 +197,26 @@ class Server:
 
     def client(self, token: str | None = None) -> Client:
         return Client(self.base, token)
+
+
+def kill_sessions(directory: str) -> None:
+    """Sessions outlive their server by design; a test server's sessions end with the test."""
+    import psutil
+
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "uws.session_helper" in cmdline and directory in cmdline:
+            try:
+                victims += [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                pass
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=5)
 
 
 def run_sql(sql: str) -> None:

@@ -61,6 +61,7 @@ class JobService:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         self.owners: dict[int, int] = {}  # active job id -> user id
+        self.recorded: dict[int, tuple[str, float]] = {}  # job id -> (phase in the database, when)
 
     # ---- life cycle --------------------------------------------------------------------------
     async def begin(self) -> None:
@@ -352,10 +353,18 @@ class JobService:
         if state.get("phase") == "exited" or kind == "exited":
             await self.apply_exit(job_id, state.get("exit") or {"reason": "failed"}, source_time=seen)
             return
-        if state.get("phase") == "ready" and state.get("ready"):
-            await self._update(job_id, ready=state["ready"], running=True, source_time=seen)
-        elif state.get("phase") in ("running", "ready"):
-            await self._update(job_id, running=True, source_time=seen)
+        phase = state.get("phase")
+        # A heartbeat that reports what is already recorded costs no database work; time_left
+        # is refreshed once a minute.
+        now = time.monotonic()
+        known = self.recorded.get(job_id)
+        if known is None or known[0] != phase or now - known[1] >= 60:
+            if phase == "ready" and state.get("ready"):
+                await self._update(job_id, ready=state["ready"], running=True, source_time=seen)
+            elif phase in ("running", "ready"):
+                await self._update(job_id, running=True, source_time=seen)
+            if phase in ("running", "ready"):
+                self.recorded[job_id] = (phase, now)
         if kind == "heartbeat":
             await self._heartbeat(job_id, seen)
 
@@ -532,9 +541,12 @@ class JobService:
 
     def _forget(self, job_id: int) -> None:
         self.owners.pop(job_id, None)
-        self.spawners.pop(job_id, None)
+        spawner = self.spawners.pop(job_id, None)
+        if spawner is not None:
+            asyncio.ensure_future(spawner.reap())
         self.last_seen.pop(job_id, None)
         self.metrics.pop(job_id, None)
+        self.recorded.pop(job_id, None)
         self._locks.pop(job_id, None)
 
     def publish(self, user_id: int, model: dict[str, Any], source_time: float | None = None) -> None:

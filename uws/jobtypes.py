@@ -95,6 +95,8 @@ def build_spec(
     ):
         argv = virtualenv_wrapper(settings, workspace_dir, argv)
     readiness = template.get("readiness")
+    if kind == "CommandJob" and settings.get("readiness_path", "{base_url}") in ("", None):
+        readiness = None  # not a web app: running as soon as it has started
     if readiness is not None:
         timeout = fill(str(readiness.get("timeout_seconds", 120)), values)
         readiness = {"path": fill(readiness["path"], values), "timeout_seconds": float(timeout)}
@@ -111,7 +113,7 @@ def build_spec(
         "time_limit_seconds": seconds_limit(settings, time_limit_minutes),
         "heartbeat_seconds": 5.0,
         "grace_seconds": 5.0,
-        "linger_seconds": 600.0,
+        "linger_seconds": 120.0,
         "advertise_host": "127.0.0.1",
     }
 

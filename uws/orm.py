@@ -65,6 +65,8 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    # Ids are never reused (on SQLite too), so a stale id held by a client never names a new row.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     username: Mapped[str] = mapped_column(String(255), unique=True)
@@ -120,6 +122,7 @@ class ExternalUserMapping(Base):
 
 class Workspace(Base):
     __tablename__ = "workspaces"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -142,6 +145,7 @@ class Job(Base):
     """A session. Rows are never deleted; workspace_id is kept even after the workspace is gone."""
 
     __tablename__ = "jobs"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     workspace_id: Mapped[int] = mapped_column(Id, index=True)
@@ -172,6 +176,7 @@ class Quota(Base):
 
 class SharedWorkspaceMapping(Base):
     __tablename__ = "shared_workspace_mappings"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     original_workspace_id: Mapped[int | None] = mapped_column(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import aliased
 
 from . import orm
@@ -284,9 +284,9 @@ class ShareService:
                     orm.SharedWorkspaceMapping.shared_workspace_id == copy_id
                 )
             )
-            if mapping is None:
-                return None
             copy = session.get(orm.Workspace, copy_id)
+            if mapping is None or copy is None:
+                return None
             original = (
                 session.get(orm.Workspace, mapping.original_workspace_id)
                 if mapping.original_workspace_id
@@ -314,8 +314,9 @@ class ShareService:
             if row is None:
                 return "gone"
             if untouched:
-                session.delete(row)
-                return "removed"
+                # A bulk delete: a concurrent cancel of the same share just finds nothing.
+                gone = session.execute(delete(orm.Workspace).where(orm.Workspace.id == copy_id))
+                return "removed" if gone.rowcount else "gone"
             if row.status == "deleting":
                 return "already"
             row.status = "deleting"

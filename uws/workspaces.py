@@ -13,7 +13,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, delete, exists, select
 
 from . import orm
 from .auth.accounts import Account
@@ -385,9 +385,7 @@ class WorkspaceService:
             return
 
         def _remove(session: Any) -> None:
-            row = session.get(orm.Workspace, ws_id)
-            if row is not None:
-                session.delete(row)
+            session.execute(delete(orm.Workspace).where(orm.Workspace.id == ws_id))
 
         await self.db.run(_remove)
         self.invalidate(ws.user_id)

@@ -69,6 +69,9 @@ class Spawner(LoggingConfigurable):
         """End the session from the outside (used when its helper cannot be reached)."""
         raise NotImplementedError
 
+    async def reap(self) -> None:
+        """Collect the helper's exit status once it has finished (no zombies)."""
+
     def get_state(self) -> dict[str, Any]:
         return {"pid": self.pid, "create_time": self.create_time, "job_dir": self.job_dir}
 

@@ -62,6 +62,17 @@ class LocalProcessSpawner(Spawner):
             self.create_time = None
         return proc.pid
 
+    async def reap(self) -> None:
+        child = self._children.get(self.pid) if self.pid is not None else None
+        if child is None:
+            return
+        # The helper lingers until the server acknowledges its exit report, then ends.
+        for _ in range(600):
+            if child.poll() is not None:
+                self._children.pop(child.pid, None)
+                return
+            await asyncio.sleep(0.1)
+
     def helper_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")

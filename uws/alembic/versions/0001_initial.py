@@ -36,7 +36,8 @@ def upgrade() -> None:
     sa.Column('is_active', sa.Boolean(), nullable=False),
     sa.Column('datetime_created', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('username')
+    sa.UniqueConstraint('username'),
+    sqlite_autoincrement=True
     )
     op.create_table('api_tokens',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -79,7 +80,8 @@ def upgrade() -> None:
     sa.Column('job_details', sa.JSON(), nullable=False),
     sa.Column('spawner_state', sa.JSON(), nullable=False),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_jobs_status'), ['status'], unique=False)
@@ -111,7 +113,8 @@ def upgrade() -> None:
     sa.Column('status_message', sa.Text(), nullable=False),
     sa.Column('default_job_type', sa.String(length=255), nullable=True),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('workspaces', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_workspaces_status'), ['status'], unique=False)
@@ -128,7 +131,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['original_workspace_id'], ['workspaces.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['shared_workspace_id'], ['workspaces.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('shared_workspace_id')
+    sa.UniqueConstraint('shared_workspace_id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('shared_workspace_mappings', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_shared_workspace_mappings_original_workspace_id'), ['original_workspace_id'], unique=False)
