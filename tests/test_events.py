@@ -193,3 +193,33 @@ def test_job_events_carry_readiness(eserver: Server, user: Client) -> None:
     user.put(f"/jobs/{job['id']}/stop")
     wait_status(user, job["id"], "complete")
     assert get_job(user, job["id"])["status"] == "complete"
+
+
+def test_quota_warning_events(eserver: Server, user: Client) -> None:
+    eserver.cli("quota", "set", user.username, "--disk-bytes", "1000")
+
+    async def scenario() -> list[dict[str, Any]]:
+        conn = await websocket_connect(HTTPRequest(ws_url(eserver, "/ws/events"), headers=auth(user)))
+        await conn.read_message()  # snapshot
+        body = {"name": "q", "description": "", "workspace_details": {"files": [{"name": "a", "content": "x" * 850}]}}
+        r = await asyncio.get_running_loop().run_in_executor(None, lambda: user.post("/workspaces/", body))
+        assert r.status_code == 200
+        events = []
+        while not any(e["type"] == "quota_warning" for e in events):
+            events.append(json.loads(await asyncio.wait_for(conn.read_message(), 10)))
+        conn.close()
+        return events
+
+    warning = next(e for e in run(scenario()) if e["type"] == "quota_warning")["data"]
+    assert warning["quota"] == "disk_bytes" and warning["percent"] == 80
+    assert warning["used"] == 850 and warning["maximum"] == 1000
+
+
+def test_launch_failure_leaves_failed_job(eserver: Server, user: Client) -> None:
+    w = create(user)
+    job = start(user, w["id"], job_type="nobinary")
+    done = wait_status(user, job["id"], "failed")
+    current = done["job_details"]["current_job_details"]
+    assert current["message"] == "The application could not be started, or did not answer in time."
+    assert "uws-no-such-program" in current["log_tail"]
+    assert done["datetime_end"]

@@ -35,6 +35,8 @@ c.UWSApp.job_types = {{
         "command": ["sh", "-c", "echo boom; exit 3"]}}}}}},
     "short": {{"name": "Short", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["sleep", "600"], "time_limit_seconds": "2"}}}}}},
+    "nobinary": {{"name": "No binary", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["/nonexistent/uws-no-such-program"]}}}}}},
     "missing": {{"name": "Missing", "job_type": "CommandJob", "environment_details": {{"other_resource": {{}}}}}},
 }}
 

@@ -35,7 +35,7 @@ EXIT_MESSAGES = {
     "stopped": "Job stopped.",
     "time_limit": "The job reached its time limit and was stopped.",
     "failed": FAILED_MESSAGE,
-    "launch_failed": "The application did not start in time.",
+    "launch_failed": "The application could not be started, or did not answer in time.",
 }
 
 

@@ -69,6 +69,10 @@ class WorkspaceService:
         self._published: dict[int, dict[int, dict[str, Any]]] = {}
 
     # ---- cache -------------------------------------------------------------------------
+    def after_write(self, user_id: int) -> None:
+        """Quota warnings (80%, 90%) after anything that added files."""
+        self.spawn(self.app.quotas.warn_if_near(user_id, self.app.events))
+
     def invalidate(self, *user_ids: int) -> None:
         for uid in user_ids:
             self._cache.pop(uid, None)
@@ -221,6 +225,7 @@ class WorkspaceService:
 
         try:
             model = await self.db.run(_create)
+            self.after_write(user.id)
         except BaseException:
             # Nothing is left behind: the row was rolled back; remove the directory wherever it is.
             await self.to_thread(storage.remove_staging_dir, staging)
@@ -268,6 +273,7 @@ class WorkspaceService:
 
             try:
                 await self.db.run(_save)
+                self.after_write(user.id)
             finally:
                 self.invalidate(user.id)
 
@@ -297,6 +303,7 @@ class WorkspaceService:
 
             try:
                 await self.db.run(_save)
+                self.after_write(user.id)
             finally:
                 self.invalidate(user.id)
 
