@@ -227,6 +227,28 @@ def run_sql(sql: str) -> None:
         conn.execute(sql)
 
 
+def shared_dir() -> str:
+    """A world-readable copy of uws and of the tests' session apps, for sessions that run as
+    other OS accounts (this checkout may sit where they cannot read it)."""
+    shared = os.path.join(tempfile.gettempdir(), f"uws-helper-lib-{os.getpid()}")
+    if not os.path.isdir(shared):
+        shutil.copytree(
+            os.path.join(ROOT, "uws"),
+            os.path.join(shared, "uws"),
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        shutil.copytree(
+            os.path.join(HERE, "apps"),
+            os.path.join(shared, "apps"),
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for dirpath, _, filenames in os.walk(shared):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+    return shared
+
+
 def session_python_config() -> str:
     """As root, sessions run as other OS accounts (SudoSpawner); those accounts cannot read this
     checkout's virtualenv (often under /root), so helpers run on the system Python (with Debian's
@@ -236,15 +258,7 @@ def session_python_config() -> str:
     probe = subprocess.run(["/usr/bin/python3", "-c", "import zmq, psutil"], capture_output=True)
     if probe.returncode != 0:
         return 'c.UWSApp.spawner_class = "local"\n'
-    shared = os.path.join(tempfile.gettempdir(), f"uws-helper-lib-{os.getpid()}")
-    if not os.path.isdir(shared):
-        shutil.copytree(
-            os.path.join(ROOT, "uws"),
-            os.path.join(shared, "uws"),
-            ignore=shutil.ignore_patterns("__pycache__"),
-        )
-        for dirpath, _, _ in os.walk(shared):
-            os.chmod(dirpath, 0o755)
+    shared = shared_dir()
     return f'c.Spawner.python = "/usr/bin/python3"\nc.Spawner.helper_pythonpath = "{shared}"\n'
 
 

@@ -201,7 +201,11 @@ def test_quota_warning_events(eserver: Server, user: Client) -> None:
     async def scenario() -> list[dict[str, Any]]:
         conn = await websocket_connect(HTTPRequest(ws_url(eserver, "/ws/events"), headers=auth(user)))
         await conn.read_message()  # snapshot
-        body = {"name": "q", "description": "", "workspace_details": {"files": [{"name": "a", "content": "x" * 850}]}}
+        body = {
+            "name": "q",
+            "description": "",
+            "workspace_details": {"files": [{"name": "a", "content": "x" * 850}]},
+        }
         r = await asyncio.get_running_loop().run_in_executor(None, lambda: user.post("/workspaces/", body))
         assert r.status_code == 200
         events = []

@@ -310,6 +310,28 @@ class UWSApp(Application):
         config=True,
         help="Active sessions one user may have; more get 429 with Retry-After (0: no limit).",
     )
+    proxy_connect_timeout = Float(
+        5.0, config=True, help="Seconds the passthrough waits to connect to a session (then 502)."
+    )
+    proxy_request_timeout = Float(
+        3600.0,
+        config=True,
+        help="Seconds one proxied HTTP request may take in all, for long downloads (then 504).",
+    )
+    idle_timeout_seconds = Float(
+        0,
+        config=True,
+        help="""Stop sessions idle for longer than this many seconds (0: never). A job type's
+        environment_details may set its own `idle_timeout_seconds`. For JupyterLab a busy
+        kernel counts as activity and an open browser tab alone does not; for other apps,
+        traffic through the passthrough counts.""",
+    )
+    idle_warning_seconds = Float(
+        300,
+        config=True,
+        help="A warning event goes out this many seconds before an idle session is stopped.",
+    )
+    cull_interval_seconds = Float(30, config=True, help="Seconds between idle-session checks.")
     build = Unicode(
         "",
         config=True,
@@ -445,6 +467,9 @@ class UWSApp(Application):
         if not self.session_channel_url:
             self.session_channel_url = "ipc://" + os.path.join(self.data_dir, "sessions.sock")
         self.jobs = JobService(self)
+        from .proxy import ProxyService
+
+        self.proxy = ProxyService(self)
 
     def init_build(self) -> None:
         if self.build:
@@ -463,7 +488,7 @@ class UWSApp(Application):
                 self.build = ""
 
     def init_webapp(self) -> None:
-        from .handlers import base, jobs, meta, quota, shares, tokens, users, workspaces, ws
+        from .handlers import base, jobs, meta, proxy, quota, shares, tokens, users, workspaces, ws
 
         i = r"([0-9]+)"
         routes = [
@@ -485,18 +510,20 @@ class UWSApp(Application):
             (r"/status/?", meta.StatusHandler),
             (r"/openapi.yaml", meta.OpenAPIHandler),
         ]
+        passthrough = [(rf"/passthrough/{i}(?:/.*)?", proxy.PassthroughHandler)]
         ws_routes = [
             (r"/ws/events/?", ws.EventsHandler),
             (r"/ws/jobs/?", ws.JobStreamHandler),
             (rf"/ws/jobs/{i}/?", ws.JobStreamHandler),
         ]
         upgrade_routes = [
+            Rule(UpgradeMatches(rf"/passthrough/{i}(?:/.*)?"), proxy.PassthroughWebSocket),
             Rule(UpgradeMatches(r"/jobs/?"), ws.JobStreamHandler),
             Rule(UpgradeMatches(rf"/jobs/{i}/?"), ws.JobStreamHandler),
         ]
         self.routes = routes + ws_routes
         self.webapp = web.Application(
-            upgrade_routes + ws_routes + routes,
+            upgrade_routes + ws_routes + routes + passthrough,
             websocket_ping_interval=30,
             log_function=log_request,
             default_handler_class=base.NotFoundHandler,
@@ -527,9 +554,17 @@ class UWSApp(Application):
         return self.public_url or f"http://{self.ip}:{self.port}"
 
     def connection_url(self, job_id: int, ready: dict[str, Any]) -> tuple[str, str]:
-        """url_domain and url_path of a ready session: the app's own address for now."""
-        host = ready.get("host") or "127.0.0.1"
-        return f"http://{host}:{ready.get('port')}", ready.get("path") or ""
+        """url_domain and url_path of a ready session, through this server's passthrough.
+
+        The link carries the job's token (exchanged for a cookie on first use) and has exactly
+        one '?', so clients can insert /tree/<path> before the query."""
+        prefix = f"/passthrough/{job_id}"
+        path = ready.get("path") or "/"
+        if not path.startswith(prefix + "/"):
+            path = prefix + (path if path.startswith("/") else "/" + path)
+        if "token=" not in path and ready.get("token"):
+            path += ("&" if "?" in path else "?") + f"token={ready['token']}"
+        return self.public_origin().rstrip("/"), path
 
     # ---- helpers used by services ------------------------------------------------------------
     async def storage_account(self, username: str) -> Account:
@@ -644,8 +679,9 @@ class UWSApp(Application):
         server = HTTPServer(
             self.webapp,
             xheaders=True,
-            # The handlers refuse oversize bodies themselves with a JSON 413; this is a backstop.
-            max_body_size=self.max_body_size + 1024 * 1024,
+            # API handlers refuse oversize bodies themselves (a JSON 413, counted as the body
+            # streams in); the passthrough streams bodies of any size to sessions.
+            max_body_size=1 << 40,
             idle_connection_timeout=3600,
         )
         server.listen(self.port, self.ip)

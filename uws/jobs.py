@@ -227,6 +227,8 @@ class JobService:
                 origin=app.public_origin(),
             )
             spec["heartbeat_seconds"] = app.heartbeat_seconds
+            # Apps that cannot serve under /passthrough/<id>/ get the prefix stripped.
+            strip = not any("{base_url}" in part for part in spec["command"])
             pid = await spawner.start(spec, secret)
         except Exception as e:
             self.launching.discard(job_id)
@@ -242,6 +244,8 @@ class JobService:
             "cpus": cpus,
             "time_limit_minutes": limit,
             "spawner": type(spawner).__name__,
+            "proxy_strip_prefix": strip,
+            "idle_timeout_seconds": settings.get("idle_timeout_seconds"),
         }
 
         def _submitted(session: Any) -> tuple[dict[str, Any], str]:
@@ -334,6 +338,12 @@ class JobService:
             log.exception("Stopping job %s through its spawner failed", job_id)
         if not await self._is_terminal(job_id):
             await self._finish(job_id, "failed", "Failed to stop job.")
+
+    async def owner_of(self, job_id: int) -> int | None:
+        owner = self.owners.get(job_id)
+        if owner is not None:
+            return owner
+        return await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.user_id)
 
     async def _is_terminal(self, job_id: int) -> bool:
         status = await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.status)
@@ -428,6 +438,7 @@ class JobService:
                         (job.datetime_start - job.datetime_created).total_seconds(), 6
                     )
                 url_domain, url_path = app.connection_url(job_id, ready)
+                job.spawner_state = {**(job.spawner_state or {}), "ready": ready}
                 current["message"] = "Webserver ready."
                 current["proxy_details"] = {
                     "hostname": ready.get("host", ""),
@@ -540,6 +551,7 @@ class JobService:
         await self.app.quotas.warn_if_near(user_id, self.events)
 
     def _forget(self, job_id: int) -> None:
+        self.app.proxy.forget(job_id)
         self.owners.pop(job_id, None)
         spawner = self.spawners.pop(job_id, None)
         if spawner is not None:

@@ -104,7 +104,7 @@ def build_spec(
         "job_id": job_id,
         "job_type": kind,
         "command": argv,
-        "env": {"HOME": os.path.expanduser("~"), "UWS_JOB_ID": str(job_id)},
+        "env": {"UWS_JOB_ID": str(job_id)},
         "cwd": workspace_dir,
         "log_file": os.path.join(job_dir, "session.log"),
         "readiness": readiness,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import subprocess
 from typing import Any
@@ -76,6 +77,11 @@ class LocalProcessSpawner(Spawner):
     def helper_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        try:
+            entry = pwd.getpwnam(self.account.username)
+            env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+        except KeyError:
+            pass
         return env
 
     def _alive(self) -> bool:

@@ -1,0 +1,122 @@
+"""A small session app for the passthrough tests (run by a session, maybe as another OS user).
+
+    python echo_app.py PORT PREFIX
+
+GET  {prefix}/hello           -> "hello"
+POST {prefix}/echo            -> sha256 and length of the body (read as a stream)
+GET  {prefix}/big?mb=N        -> N MiB of bytes, streamed
+GET  {prefix}/slow?s=N        -> answers after N seconds
+GET  {prefix}/headers         -> the request headers as JSON
+GET  {prefix}/count           -> how many requests reached /hello, /echo and /headers
+POST {prefix}/close-listener  -> stops listening (the process stays): new connections are refused
+WS   {prefix}/ws              -> echoes text and binary; "close:<code>" closes with that code
+"""
+
+import asyncio
+import hashlib
+import json
+import sys
+
+from tornado import web, websocket
+from tornado.httpserver import HTTPServer
+
+PORT = int(sys.argv[1])
+PREFIX = sys.argv[2].rstrip("/") if len(sys.argv) > 2 else ""
+SERVER = None
+COUNT = 0  # requests received, for tests that check a refused request never arrived
+
+
+class Counted(web.RequestHandler):
+    def prepare(self):
+        global COUNT
+        COUNT += 1
+
+
+class Count(web.RequestHandler):
+    def get(self):
+        self.write(str(COUNT))
+
+
+class Hello(Counted):
+    def get(self):
+        self.write("hello")
+
+
+@web.stream_request_body
+class Echo(Counted):
+    def prepare(self):
+        super().prepare()
+        self.digest = hashlib.sha256()
+        self.length = 0
+
+    def data_received(self, chunk):
+        self.digest.update(chunk)
+        self.length += len(chunk)
+
+    def post(self):
+        self.write({"sha256": self.digest.hexdigest(), "length": self.length})
+
+    put = post
+
+
+class Big(web.RequestHandler):
+    async def get(self):
+        block = b"x" * (1 << 20)
+        mb = int(self.get_argument("mb", "1"))
+        self.set_header("Content-Length", str(mb << 20))
+        for _ in range(mb):
+            self.write(block)
+            await self.flush()
+
+
+class Slow(web.RequestHandler):
+    async def get(self):
+        await asyncio.sleep(float(self.get_argument("s", "1")))
+        self.write("late")
+
+
+class Headers(Counted):
+    def get(self):
+        self.write(json.dumps(dict(self.request.headers.get_all())))
+
+
+class CloseListener(web.RequestHandler):
+    def post(self):
+        SERVER.stop()
+        self.write("stopped listening")
+
+
+class Echo_WS(websocket.WebSocketHandler):
+    def check_origin(self, origin):
+        return True
+
+    def select_subprotocol(self, subprotocols):
+        return subprotocols[0] if subprotocols else None
+
+    def on_message(self, message):
+        if isinstance(message, str) and message.startswith("close:"):
+            self.close(int(message[6:]), "asked to")
+            return
+        self.write_message(message, binary=isinstance(message, bytes))
+
+
+async def main():
+    global SERVER
+    app = web.Application(
+        [
+            (PREFIX + "/hello", Hello),
+            (PREFIX + "/echo", Echo),
+            (PREFIX + "/big", Big),
+            (PREFIX + "/slow", Slow),
+            (PREFIX + "/headers", Headers),
+            (PREFIX + "/close-listener", CloseListener),
+            (PREFIX + "/ws", Echo_WS),
+            (PREFIX + "/count", Count),
+        ]
+    )
+    SERVER = HTTPServer(app, max_body_size=1 << 40, max_buffer_size=1 << 24)
+    SERVER.listen(PORT, "127.0.0.1")
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())

@@ -1,0 +1,227 @@
+"""/passthrough/<job id>/: the authenticated proxy to running sessions, with a real session app
+(tests/apps/echo_app.py) launched by the spawner."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+
+import pytest
+import requests
+from test_sessions import APP_PYTHON, get_job, start, wait_status
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from conftest import LOCAL_CONFIG, Client, Server, login, shared_dir
+from test_workspaces import create, wait_for
+
+APP = os.path.join(shared_dir(), "apps", "echo_app.py")
+PROXY_CONFIG = (
+    LOCAL_CONFIG
+    + f"""
+c.UWSApp.heartbeat_seconds = 1
+c.UWSApp.proxy_request_timeout = 3
+c.UWSApp.job_types = {{
+    "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"],
+        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
+    "echo_root": {{"name": "Echo at /", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["{APP_PYTHON}", "{APP}", "{{port}}"], "readiness_path": "/hello", "url_path": "/hello"}}}}}},
+}}
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def pserver(backend: str):
+    srv = Server(backend, PROXY_CONFIG).start()
+    srv.client_token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def owner(pserver: Server) -> Client:
+    return login(pserver, pserver.client_token)
+
+
+@pytest.fixture(scope="module")
+def session(pserver: Server, owner: Client):
+    """One running echo session shared by the module's tests."""
+    w = create(owner)
+    job = start(owner, w["id"], job_type="echo")
+    ready = wait_for(
+        lambda: (
+            "connection_details" in (j := get_job(owner, job["id"]))["job_details"]["current_job_details"]
+            and j
+        ),
+        30,
+    )
+    details = ready["job_details"]["current_job_details"]["connection_details"]
+    yield {"id": job["id"], "link": details["url_domain"] + details["url_path"], **details}
+    owner.put(f"/jobs/{job['id']}/stop")
+    wait_status(owner, job["id"], "complete")
+
+
+def app_count(pserver: Server, owner: Client, session: dict) -> int:
+    r = requests.get(f"{pserver.base}/passthrough/{session['id']}/count", headers=owner.headers(), timeout=5)
+    return int(r.text)
+
+
+def test_link_shape(pserver: Server, session: dict) -> None:
+    assert session["url_domain"] == pserver.base
+    assert session["url_path"].startswith(f"/passthrough/{session['id']}/hello?token=")
+    assert session["url_path"].count("?") == 1
+
+
+def test_link_exchanges_token_for_cookie(pserver: Server, session: dict) -> None:
+    browser = requests.Session()  # a new tab: no headers, just the link
+    r = browser.get(session["link"], timeout=5, allow_redirects=False)
+    assert r.status_code == 200 and r.text == "hello"
+    cookie = next(c for c in browser.cookies if c.name == f"uws-session-{session['id']}")
+    assert cookie.path == f"/passthrough/{session['id']}/"
+    assert cookie.has_nonstandard_attr("HttpOnly")
+    # later requests need nothing more than the cookie
+    r = browser.get(f"{pserver.base}/passthrough/{session['id']}/headers", timeout=5)
+    assert r.status_code == 200
+    seen = {k.lower(): v for k, v in r.json().items()}
+    assert "uws-session" not in seen.get("cookie", "")  # the access cookie is not passed on
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+
+
+def test_others_are_refused_before_the_session(pserver: Server, owner: Client, session: dict) -> None:
+    other = login(pserver, pserver.client_token)
+    other_link = None
+    w = create(other)
+    other_job = start(other, w["id"], job_type="echo")
+    wait_for(
+        lambda: "connection_details" in get_job(other, other_job["id"])["job_details"]["current_job_details"],
+        30,
+    )
+    other_cookie = requests.Session()
+    other_details = get_job(other, other_job["id"])["job_details"]["current_job_details"][
+        "connection_details"
+    ]
+    other_link = other_details["url_domain"] + other_details["url_path"]
+    assert other_cookie.get(other_link, timeout=5).status_code == 200
+    before = app_count(pserver, owner, session)
+    base = f"{pserver.base}/passthrough/{session['id']}/hello"
+    attempts = [
+        requests.get(base, timeout=5),  # nothing
+        requests.get(base, headers=other.headers(), timeout=5),  # someone else's token
+        requests.get(base + "?token=wrong", timeout=5),
+        requests.get(base, headers={"Authorization": f"Token {owner.token}"}, timeout=5),  # wrong header
+        other_cookie.get(base, timeout=5),  # a cookie of another session
+        requests.post(f"{pserver.base}/passthrough/{session['id']}/echo", data=b"x" * 100, timeout=5),
+    ]
+    for r in attempts:
+        assert r.status_code == 403, r.text
+        assert r.json() == {"success": False, "message": "You do not have access to this session."}
+    assert app_count(pserver, owner, session) == before  # none of them reached the app
+    # a job that does not exist is refused the same way
+    assert requests.get(f"{pserver.base}/passthrough/999999/hello", timeout=5).status_code == 403
+    other.put(f"/jobs/{other_job['id']}/stop")
+
+
+def test_owner_header_gets_through(pserver: Server, owner: Client, session: dict) -> None:
+    r = requests.get(f"{pserver.base}/passthrough/{session['id']}/hello", headers=owner.headers(), timeout=5)
+    assert r.text == "hello"
+
+
+def test_bodies_stream_both_ways(pserver: Server, owner: Client, session: dict) -> None:
+    base = f"{pserver.base}/passthrough/{session['id']}"
+    payload = os.urandom(8 << 20)
+    r = requests.post(f"{base}/echo", data=payload, headers=owner.headers(), timeout=30)
+    assert r.json() == {"sha256": hashlib.sha256(payload).hexdigest(), "length": len(payload)}
+
+    def chunks():
+        for _ in range(16):
+            yield b"y" * (1 << 20)
+
+    r = requests.put(f"{base}/echo", data=chunks(), headers=owner.headers(), timeout=30)  # chunked upload
+    assert r.json()["length"] == 16 << 20
+    r = requests.get(f"{base}/big?mb=32", headers=owner.headers(), timeout=30, stream=True)
+    assert r.headers["Content-Length"] == str(32 << 20)
+    assert sum(len(c) for c in r.iter_content(1 << 20)) == 32 << 20
+
+
+def test_unreachable_and_slow_sessions(pserver: Server, owner: Client) -> None:
+    w = create(owner)
+    job = start(owner, w["id"], job_type="echo")
+    wait_for(
+        lambda: "connection_details" in get_job(owner, job["id"])["job_details"]["current_job_details"], 30
+    )
+    base = f"{pserver.base}/passthrough/{job['id']}"
+    r = requests.get(f"{base}/slow?s=6", headers=owner.headers(), timeout=20)
+    assert r.status_code == 504
+    assert r.json() == {"success": False, "message": "The session did not answer in time."}
+    assert requests.post(f"{base}/close-listener", headers=owner.headers(), timeout=5).status_code == 200
+    r = requests.get(f"{base}/hello", headers=owner.headers(), timeout=10)
+    assert r.status_code == 502
+    assert r.json() == {"success": False, "message": "The session did not answer."}
+    owner.put(f"/jobs/{job['id']}/stop")
+    wait_status(owner, job["id"], "complete")
+
+
+def test_app_served_at_root_gets_prefix_stripped(pserver: Server, owner: Client) -> None:
+    w = create(owner)
+    job = start(owner, w["id"], job_type="echo_root")
+    ready = wait_for(
+        lambda: (
+            "connection_details" in (j := get_job(owner, job["id"]))["job_details"]["current_job_details"]
+            and j
+        ),
+        30,
+    )
+    details = ready["job_details"]["current_job_details"]["connection_details"]
+    assert details["url_path"].startswith(f"/passthrough/{job['id']}/hello?token=")
+    assert requests.get(details["url_domain"] + details["url_path"], timeout=5).text == "hello"
+    owner.put(f"/jobs/{job['id']}/stop")
+    wait_status(owner, job["id"], "complete")
+
+
+def test_websocket_relay(pserver: Server, owner: Client, session: dict) -> None:
+    url = pserver.base.replace("http", "ws") + f"/passthrough/{session['id']}/ws"
+
+    async def scenario():
+        conn = await websocket_connect(HTTPRequest(url, headers=owner.headers()), subprotocols=["echo.v1"])
+        assert conn.selected_subprotocol == "echo.v1"
+        await conn.write_message("text frame")
+        assert await conn.read_message() == "text frame"
+        await conn.write_message(b"\x00\x01binary", binary=True)
+        assert await conn.read_message() == b"\x00\x01binary"
+        conn.ping(b"hi")  # relayed to the session; the connection carries on
+        await conn.write_message("after ping")
+        assert await conn.read_message() == "after ping"
+        await conn.write_message("close:4005")
+        assert await conn.read_message() is None
+        return conn.close_code
+
+    assert asyncio.run(scenario()) == 4005
+
+    async def refused():
+        await websocket_connect(HTTPRequest(url))
+
+    with pytest.raises(HTTPClientError) as info:
+        asyncio.run(refused())
+    assert info.value.code == 403
+    assert json.loads(info.value.response.body)["message"] == "You do not have access to this session."
+
+
+def test_websocket_with_cookie_from_link(pserver: Server, session: dict) -> None:
+    browser = requests.Session()
+    browser.get(session["link"], timeout=5)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+    url = pserver.base.replace("http", "ws") + f"/passthrough/{session['id']}/ws"
+
+    async def scenario():
+        conn = await websocket_connect(HTTPRequest(url, headers={"Cookie": cookie}))
+        await conn.write_message("via cookie")
+        reply = await conn.read_message()
+        conn.close()
+        return reply
+
+    assert asyncio.run(scenario()) == "via cookie"

@@ -1,0 +1,382 @@
+"""/passthrough/<job id>/...: the authenticated proxy from the browser to a running session.
+
+HTTP bodies stream both ways with back-pressure (a multi-GB download or upload never sits in
+memory); websockets relay text and binary frames, pings and close codes. Requests that are not
+the owner's get 403 before anything reaches the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from tornado import httpclient, httputil, web, websocket
+
+from ..errors import APIError, not_authenticated
+from ..proxy import Target, cookie_name
+
+log = logging.getLogger("uws.proxy")
+
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+}
+STRIP_TO_UPSTREAM = {"uws-authorization", "host", "cookie"}
+QUEUE_CHUNKS = 8
+
+_client: httpclient.AsyncHTTPClient | None = None
+
+
+def upstream_client() -> httpclient.AsyncHTTPClient:
+    global _client
+    if _client is None:
+        _client = httpclient.AsyncHTTPClient(
+            force_instance=True, max_clients=1000, max_body_size=1 << 50, max_buffer_size=1 << 20
+        )
+    return _client
+
+
+class PassthroughMixin:
+    """Authentication and target resolution shared by the HTTP and websocket handlers."""
+
+    request: httputil.HTTPServerRequest
+
+    @property
+    def uws(self) -> Any:
+        return self.application.settings["uws"]  # type: ignore[attr-defined]
+
+    async def resolve(self, job_id: str) -> Target:
+        """The session this request may reach, or APIError 403/404/503."""
+        proxy = self.uws.proxy
+        jid = int(job_id)
+        user_id = await self.credential_user(jid)
+        target = await proxy.target(jid)
+        if target is None:
+            owner = await self.uws.jobs.owner_of(jid)
+            if user_id is not None and owner == user_id:
+                raise APIError(503, "The session is not running or not ready yet.")
+            raise APIError(403, "You do not have access to this session.")
+        if user_id != target.user_id:
+            token = self.get_query_argument("token", None)  # type: ignore[attr-defined]
+            if not token or not target.token or not _same(token, target.token):
+                raise APIError(403, "You do not have access to this session.")
+            self.set_access_cookie(target)
+        return target
+
+    async def credential_user(self, job_id: int) -> int | None:
+        cookie = self.get_cookie(cookie_name(job_id))  # type: ignore[attr-defined]
+        user_id = self.uws.proxy.cookie_user(job_id, cookie)
+        if user_id is not None:
+            return user_id
+        header = self.request.headers.get("UWS-Authorization")
+        if header:
+            try:
+                return (await self.uws.auth_service.authenticate(header)).id
+            except APIError:
+                return None
+        return None
+
+    def set_access_cookie(self, target: Target) -> None:
+        secure = self.uws.public_origin().startswith("https://")
+        self.set_cookie(  # type: ignore[attr-defined]
+            cookie_name(target.job_id),
+            self.uws.proxy.make_cookie(target.job_id, target.user_id),
+            path=f"/passthrough/{target.job_id}/",
+            httponly=True,
+            secure=secure,
+            samesite="Lax",
+            expires_days=0.5,
+        )
+
+    def upstream_url(self, target: Target, scheme: str) -> str:
+        path = self.request.uri or "/"
+        if target.strip_prefix:
+            prefix = f"/passthrough/{target.job_id}"
+            path = path[len(prefix) :] or "/"
+            if not path.startswith("/"):
+                path = "/" + path
+        return f"{scheme}://{target.host}:{target.port}{path}"
+
+    def upstream_headers(self) -> httputil.HTTPHeaders:
+        headers = httputil.HTTPHeaders()
+        connection_tokens = {t.strip().lower() for t in self.request.headers.get("Connection", "").split(",")}
+        for name, value in self.request.headers.get_all():
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname in STRIP_TO_UPSTREAM or lname in connection_tokens:
+                continue
+            headers.add(name, value)
+        cookies = [
+            c.strip()
+            for c in self.request.headers.get("Cookie", "").split(";")
+            if c.strip() and not c.strip().startswith("uws-session-")
+        ]
+        if cookies:
+            headers["Cookie"] = "; ".join(cookies)
+        if "Content-Length" in self.request.headers:
+            headers["Content-Length"] = self.request.headers["Content-Length"]
+        headers["Host"] = self.request.host
+        headers["X-Forwarded-For"] = self.request.remote_ip or ""
+        headers["X-Forwarded-Proto"] = self.request.protocol
+        headers["X-Forwarded-Host"] = self.request.host
+        return headers
+
+
+def _same(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+@web.stream_request_body
+class PassthroughHandler(PassthroughMixin, web.RequestHandler):
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    def initialize(self) -> None:
+        self.body_queue: asyncio.Queue[bytes | None] | None = None
+        self.upstream: asyncio.Future[Any] | None = None
+        self.target: Target | None = None
+        self.headers_sent = False
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Content-Type")
+        self.clear_header("Server")
+
+    def compute_etag(self) -> None:
+        return None
+
+    def fail(self, error: APIError) -> None:
+        self.clear()
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json")
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.finish(json.dumps({"success": False, "message": error.message}))
+
+    async def prepare(self) -> None:
+        try:
+            self.target = await self.resolve(self.path_args[0])
+        except APIError as e:
+            self.fail(e)
+            return
+        has_body = "Content-Length" in self.request.headers or "Transfer-Encoding" in self.request.headers
+        if has_body:
+            self.body_queue = asyncio.Queue(QUEUE_CHUNKS)
+        self.upstream = asyncio.ensure_future(self.forward(self.target))
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.body_queue is None or self._finished:
+            return None
+        assert self.target is not None
+        self.uws.proxy.touch(self.target, bytes_in=len(chunk))
+        return self.body_queue.put(chunk)  # awaited by Tornado: back-pressure on uploads
+
+    async def forward(self, target: Target) -> None:
+        async def body_producer(write: Any) -> None:
+            assert self.body_queue is not None
+            while True:
+                chunk = await self.body_queue.get()
+                if chunk is None:
+                    return
+                await write(chunk)
+
+        request = httpclient.HTTPRequest(
+            self.upstream_url(target, "http"),
+            method=self.request.method,
+            headers=self.upstream_headers(),
+            body_producer=body_producer if self.body_queue is not None else None,
+            allow_nonstandard_methods=True,
+            follow_redirects=False,
+            decompress_response=False,
+            header_callback=self.on_header_line,
+            streaming_callback=self.on_chunk,
+            connect_timeout=self.uws.proxy_connect_timeout,
+            request_timeout=self.uws.proxy_request_timeout,
+        )
+        self._header_lines: list[str] = []
+        error: Exception | None = None
+        try:
+            response = await upstream_client().fetch(request, raise_error=False)
+            if response.code == 599:
+                error = response.error
+        except Exception as e:  # connection refused, time-outs
+            error = e
+        if error is None or self.headers_sent or self._finished:
+            return
+        log.debug("Passthrough to job %s failed: %r", target.job_id, error)
+        if "Timeout" in type(error).__name__ or "Timeout" in str(error):
+            self.fail(APIError(504, "The session did not answer in time."))
+        else:
+            self.fail(APIError(502, "The session did not answer."))
+
+    def on_header_line(self, line: str) -> None:
+        if line.startswith("HTTP/"):
+            self._header_lines = [line]
+            return
+        if line == "\r\n":
+            self.send_upstream_headers()
+            return
+        self._header_lines.append(line)
+
+    def send_upstream_headers(self) -> None:
+        if self._finished:
+            return
+        start = httputil.parse_response_start_line(self._header_lines[0].strip())
+        if start.code == 100:
+            return
+        headers = httputil.HTTPHeaders()
+        for line in self._header_lines[1:]:
+            headers.parse_line(line)
+        self.set_status(start.code, start.reason)
+        connection_tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+        for name, value in headers.get_all():
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname in connection_tokens or lname == "date":
+                continue
+            self.add_header(name, value)
+        if "Content-Length" in headers and self.request.method != "HEAD":
+            self.set_header("Content-Length", headers["Content-Length"])
+        self.headers_sent = True
+
+    def on_chunk(self, chunk: bytes) -> Any:
+        if self._finished or self.request.connection.stream.closed():  # type: ignore[union-attr]
+            return None
+        if not self.headers_sent:
+            self.send_upstream_headers()
+        assert self.target is not None
+        self.uws.proxy.touch(self.target, bytes_out=len(chunk))
+        self.write(chunk)
+        return self.flush()  # awaited by the client: back-pressure on downloads
+
+    async def relay(self) -> None:
+        if self._finished or self.upstream is None:
+            return
+        if self.body_queue is not None:
+            await self.body_queue.put(None)
+        await self.upstream
+        if self._finished:
+            return
+        if not self.headers_sent:
+            self.fail(APIError(502, "The session did not answer."))
+            return
+        if not self._finished:
+            self.finish()
+
+    async def get(self, *args: Any) -> None:
+        await self.relay()
+
+    post = put = patch = delete = head = options = get  # type: ignore[assignment]
+
+    def on_connection_close(self) -> None:
+        if self.upstream is not None and not self.upstream.done():
+            self.upstream.cancel()
+        if self.body_queue is not None:
+            try:
+                self.body_queue.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, httpclient.HTTPClientError | asyncio.CancelledError):
+            return
+        super().log_exception(typ, value, tb)
+
+
+class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
+    """Relays a websocket to the session: frames, pings and close codes."""
+
+    upstream: websocket.WebSocketClientConnection | None = None
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # access needs the job's cookie, header or token; the app checks origins itself
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            self.target = await self.resolve(args[0])
+        except APIError as e:
+            self.set_status(e.status)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"success": False, "message": e.message}))
+            return
+        headers = self.upstream_headers()
+        for name in (
+            "Sec-Websocket-Key",
+            "Sec-Websocket-Version",
+            "Sec-Websocket-Extensions",
+            "Sec-Websocket-Protocol",
+        ):
+            headers.pop(name, None)
+        protocols = [
+            p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+        ]
+        request = httpclient.HTTPRequest(
+            self.upstream_url(self.target, "ws"),
+            headers=headers,
+            connect_timeout=self.uws.proxy_connect_timeout,
+            request_timeout=self.uws.proxy_connect_timeout,
+        )
+        try:
+            self.upstream = await websocket.websocket_connect(
+                request,
+                on_message_callback=self.from_upstream,
+                subprotocols=protocols or None,
+                ping_interval=None,
+                max_message_size=1 << 30,
+            )
+        except Exception as e:
+            status = e.code if isinstance(e, httpclient.HTTPClientError) and e.code < 599 else 502
+            self.set_status(status)
+            self.set_header("Content-Type", "application/json")
+            self.finish(
+                json.dumps({"success": False, "message": "The session did not accept the websocket."})
+            )
+            return
+        await super().get(*args, **kwargs)
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return self.upstream.selected_subprotocol if self.upstream is not None else None
+
+    def from_upstream(self, message: str | bytes | None) -> None:
+        if message is None:
+            upstream = self.upstream
+            code = upstream.close_code if upstream is not None else None
+            reason = upstream.close_reason if upstream is not None else None
+            if self.ws_connection is not None:
+                self.close(code, reason)
+            return
+        self.uws.proxy.touch(self.target, bytes_out=len(message))
+        try:
+            self.write_message(message, binary=isinstance(message, bytes))
+        except websocket.WebSocketClosedError:
+            pass
+
+    async def on_message(self, message: str | bytes) -> None:
+        self.uws.proxy.touch(self.target, bytes_in=len(message))
+        if self.upstream is not None:
+            try:
+                await self.upstream.write_message(message, binary=isinstance(message, bytes))
+            except websocket.WebSocketClosedError:
+                self.close(1011, "The session closed the connection.")
+
+    def on_ping(self, data: bytes) -> None:
+        if self.upstream is not None:
+            try:
+                self.upstream.ping(data)
+            except websocket.WebSocketClosedError:
+                pass
+
+    def on_close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close(self.close_code or 1000, self.close_reason)
+
+
+__all__ = ["PassthroughHandler", "PassthroughWebSocket", "not_authenticated"]
