@@ -23,9 +23,14 @@ PROXY_CONFIG = (
     + f"""
 c.UWSApp.heartbeat_seconds = 1
 c.UWSApp.proxy_request_timeout = 3
+c.UWSApp.cull_interval_seconds = 0.5
+c.UWSApp.idle_warning_seconds = 2
 c.UWSApp.job_types = {{
     "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"],
+        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
+    "echo_idle": {{"name": "Echo, culled when idle", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"], "idle_timeout_seconds": "4",
         "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
     "echo_root": {{"name": "Echo at /", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["{APP_PYTHON}", "{APP}", "{{port}}"], "readiness_path": "/hello", "url_path": "/hello"}}}}}},
@@ -225,3 +230,48 @@ def test_websocket_with_cookie_from_link(pserver: Server, session: dict) -> None
         return reply
 
     assert asyncio.run(scenario()) == "via cookie"
+
+
+def test_idle_session_is_warned_then_culled(pserver: Server, owner: Client) -> None:
+    import time
+
+    w = create(owner)
+    job = start(owner, w["id"], job_type="echo_idle")
+    ready = wait_for(
+        lambda: (
+            "connection_details" in (j := get_job(owner, job["id"]))["job_details"]["current_job_details"]
+            and j
+        ),
+        30,
+    )
+    link = ready["job_details"]["current_job_details"]["connection_details"]
+    browser = requests.Session()
+    # In use: traffic through the passthrough every second keeps it alive past its 4 s timeout.
+    for _ in range(7):
+        assert browser.get(link["url_domain"] + link["url_path"], timeout=5).status_code == 200
+        time.sleep(1)
+    assert get_job(owner, job["id"])["status"] == "running"
+
+    async def events() -> list[dict]:
+        url = pserver.base.replace("http", "ws") + "/ws/events"
+        conn = await websocket_connect(HTTPRequest(url, headers=owner.headers()))
+        seen = []
+        while True:
+            event = json.loads(await asyncio.wait_for(conn.read_message(), 20))
+            seen.append(event)
+            if (
+                event["type"] == "job"
+                and event["data"]["id"] == job["id"]
+                and event["data"]["status"] == "complete"
+            ):
+                conn.close()
+                return seen
+
+    seen = asyncio.run(events())
+    warnings = [e for e in seen if e["type"] == "idle_warning" and e["data"]["job_id"] == job["id"]]
+    assert warnings and warnings[0]["data"]["seconds_left"] <= 2
+    assert seen.index(warnings[0]) < len(seen) - 1  # the warning came before the end
+    done = get_job(owner, job["id"])
+    assert (
+        done["job_details"]["current_job_details"]["message"] == "Stopped after 4 seconds without activity."
+    )

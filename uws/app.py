@@ -470,6 +470,9 @@ class UWSApp(Application):
         from .proxy import ProxyService
 
         self.proxy = ProxyService(self)
+        from .culler import IdleCuller
+
+        self.culler = IdleCuller(self)
 
     def init_build(self) -> None:
         if self.build:
@@ -687,6 +690,7 @@ class UWSApp(Application):
         server.listen(self.port, self.ip)
         await self.workspaces.resume()
         await self.jobs.begin()
+        self.culler.begin()
         url = self.public_url or f"http://{self.ip}:{self.port}"
         self.log.info(
             "UWS %s listening on %s (database %s)",
@@ -711,6 +715,7 @@ class UWSApp(Application):
         self.log.info("Shutting down")
         server.stop()
         self.jobs.close()
+        self.culler.close()
         await self.workspaces.drain()
         self.db.close()
 

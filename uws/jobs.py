@@ -61,7 +61,10 @@ class JobService:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         self.owners: dict[int, int] = {}  # active job id -> user id
-        self.recorded: dict[int, tuple[str, float]] = {}  # job id -> (phase in the database, when)
+        self.recorded: dict[int, tuple[str, float]] = {}
+        self.stop_messages: dict[
+            int, str
+        ] = {}  # why the server stopped a job (idle culling)  # job id -> (phase in the database, when)
 
     # ---- life cycle --------------------------------------------------------------------------
     async def begin(self) -> None:
@@ -292,6 +295,12 @@ class JobService:
             return "Successful stop."
         if job.status in ("complete", "failed", "stopping"):
             raise APIError(400, "This job is not running or pending.")
+        if not await self.request_stop(job_id, user.id):
+            raise APIError(400, "This job is not running or pending.")
+        return "Job queued to stop."
+
+    async def request_stop(self, job_id: int, user_id: int, final_message: str | None = None) -> bool:
+        """Move a pending or running job to `stopping` and end it in the background."""
 
         def _stopping(session: Any) -> dict[str, Any] | None:
             row = session.get(orm.Job, job_id)
@@ -309,10 +318,12 @@ class JobService:
 
         model = await self.db.run(_stopping)
         if model is None:
-            raise APIError(400, "This job is not running or pending.")
-        self.publish(user.id, model)
+            return False
+        if final_message:
+            self.stop_messages[job_id] = final_message
+        self.publish(user_id, model)
         asyncio.ensure_future(self._terminate(job_id))
-        return "Job queued to stop."
+        return True
 
     async def _terminate(self, job_id: int) -> None:
         """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
@@ -485,6 +496,8 @@ class JobService:
             status, message = "failed", "Job process disappeared; exit status unknown."
         elif reason in ("completed", "stopped", "time_limit"):
             status, message = "complete", EXIT_MESSAGES[reason]
+            if reason == "stopped":
+                message = self.stop_messages.pop(job_id, message)
         else:
             status = "failed"
             message = EXIT_MESSAGES.get(reason, FAILED_MESSAGE)

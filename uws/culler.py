@@ -1,0 +1,125 @@
+"""Idle culling: stop sessions nobody has used for a while, with a warning event first.
+
+Activity is what the passthrough saw (bytes either way), except for JupyterLab, where the app's
+own API decides: a busy kernel counts as activity and the last kernel activity is used, while an
+open browser tab (which polls the server) alone does not. Activity is kept in memory: after a
+restart every session counts as active from that moment, so nothing is ever culled early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import select
+from tornado.httpclient import AsyncHTTPClient
+
+from . import orm
+
+log = logging.getLogger("uws.culler")
+
+
+class IdleCuller:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.warned: set[int] = set()
+        self.started: dict[int, float] = {}  # first time this process saw the session running
+        self._task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.app.cull_interval_seconds)
+            try:
+                await self.check()
+            except Exception:
+                log.exception("Idle check failed; trying again later")
+
+    async def check(self) -> None:
+        app = self.app
+        rows = await app.db.run(
+            lambda s: [
+                (j.id, j.user_id, j.job_type, j.spawner_state or {})
+                for j in s.scalars(select(orm.Job).where(orm.Job.status == "running"))
+            ]
+        )
+        now = time.time()
+        running = set()
+        for job_id, user_id, job_type_id, state in rows:
+            running.add(job_id)
+            timeout = state.get("idle_timeout_seconds") or app.idle_timeout_seconds
+            try:
+                timeout = float(timeout)
+            except (TypeError, ValueError):
+                continue
+            if timeout <= 0 or not state.get("ready"):
+                continue
+            last = await self.last_activity(job_id, job_type_id, state)
+            idle = now - max(last, self.started.setdefault(job_id, now))
+            if idle >= timeout:
+                span = f"{int(timeout)} seconds" if timeout < 120 else f"{round(timeout / 60)} minutes"
+                log.info("Stopping job %s: idle for %.0f s", job_id, idle)
+                self.warned.discard(job_id)
+                await app.jobs.request_stop(job_id, user_id, f"Stopped after {span} without activity.")
+            elif idle >= timeout - app.idle_warning_seconds and job_id not in self.warned:
+                self.warned.add(job_id)
+                app.events.publish(
+                    user_id,
+                    "idle_warning",
+                    {
+                        "job_id": job_id,
+                        "seconds_left": int(timeout - idle),
+                        "message": f"This session will be stopped in {int(timeout - idle)} seconds "
+                        "unless it is used.",
+                    },
+                    job_id=job_id,
+                )
+            elif idle < timeout - app.idle_warning_seconds:
+                self.warned.discard(job_id)
+        for job_id in list(self.started):
+            if job_id not in running:
+                self.started.pop(job_id, None)
+                self.warned.discard(job_id)
+
+    async def last_activity(self, job_id: int, job_type_id: str, state: dict[str, Any]) -> float:
+        job_type = self.app.job_types.get(job_type_id, {})
+        if job_type.get("job_type") == "JupyterLabJob":
+            return await self.jupyter_activity(job_id, state["ready"])
+        target = self.app.proxy.targets.get(job_id)
+        return target.last_activity if target is not None else 0.0
+
+    async def jupyter_activity(self, job_id: int, ready: dict[str, Any]) -> float:
+        """Busy kernel: now. Otherwise the newest kernel activity (0 without kernels)."""
+        url = f"http://{ready.get('host', '127.0.0.1')}:{ready['port']}/passthrough/{job_id}/api/kernels"
+        try:
+            response = await AsyncHTTPClient().fetch(
+                url,
+                headers={"Authorization": f"token {ready.get('token', '')}"},
+                connect_timeout=5,
+                request_timeout=10,
+            )
+            kernels = json.loads(response.body)
+        except Exception as e:
+            log.warning("Could not ask job %s for its kernels: %r; counting it as active", job_id, e)
+            return time.time()
+        latest = 0.0
+        for kernel in kernels:
+            if kernel.get("execution_state") == "busy":
+                return time.time()
+            stamp = kernel.get("last_activity")
+            if stamp:
+                try:
+                    latest = max(latest, _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+                except ValueError:
+                    pass
+        return latest
