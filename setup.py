@@ -35,7 +35,8 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8", "schemathesis>=3.30", "ruff>=0.5"],
+        # jupyterlab: the passthrough's end-to-end tests run a real JupyterLab.
+        "test": ["pytest>=8", "schemathesis>=3.30", "ruff>=0.5", "jupyterlab>=4"],
     },
     entry_points={"console_scripts": ["uws = uws.app:cli", "uws-session-helper = uws.session_helper:main"]},
 )

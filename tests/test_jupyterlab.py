@@ -1,0 +1,228 @@
+"""A real JupyterLab (from PyPI) launched by the spawner and used through the passthrough: the
+Lab page, the kernels REST API, code run over the kernel websocket, a notebook opened by path,
+headless Chromium rendering the UI, and idle culling that respects a busy kernel. Another user is
+refused at every step."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import pytest
+import requests
+from test_sessions import get_job, start, wait_status
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from conftest import LOCAL_CONFIG, Client, Server, login
+from test_workspaces import create, wait_for
+
+pytest.importorskip("jupyterlab", reason="JupyterLab is installed with the test extras")
+
+# JupyterLab comes from this checkout's virtualenv, so these sessions run as the server's own
+# user (LocalProcessSpawner); SudoSpawner is covered by test_sessions.py.
+LAB_CONFIG = (
+    LOCAL_CONFIG
+    + """
+c.UWSApp.spawner_class = "local"
+c.UWSApp.heartbeat_seconds = 1
+c.UWSApp.cull_interval_seconds = 1
+c.UWSApp.idle_warning_seconds = 2
+c.UWSApp.job_types = {
+    "jupyter_lab": {"name": "Jupyter Lab", "job_type": "JupyterLabJob",
+                    "environment_details": {"main_resource": {"use_local_environment": True}}},
+    "jupyter_idle": {"name": "Jupyter Lab (culled)", "job_type": "JupyterLabJob",
+                     "environment_details": {"main_resource": {"use_local_environment": True,
+                                                               "idle_timeout_seconds": "6"}}},
+}
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def lserver(backend: str):
+    srv = Server(backend, LAB_CONFIG).start()
+    srv.client_token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def owner(lserver: Server) -> Client:
+    return login(lserver, lserver.client_token)
+
+
+@pytest.fixture(scope="module")
+def stranger(lserver: Server) -> Client:
+    return login(lserver, lserver.client_token)
+
+
+def launch(owner: Client, job_type: str, files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    w = create(owner, workspace_details={"files": files or []})
+    job = start(owner, w["id"], job_type=job_type)
+    ready = wait_for(
+        lambda: (
+            "connection_details" in (j := get_job(owner, job["id"]))["job_details"]["current_job_details"]
+            and j
+        ),
+        120,
+    )
+    details = ready["job_details"]["current_job_details"]["connection_details"]
+    token = details["url_path"].split("token=")[1]
+    return {"id": job["id"], "workspace": w["id"], "token": token, **details}
+
+
+@pytest.fixture(scope="module")
+def lab(owner: Client):
+    notebook = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    session = launch(owner, "jupyter_lab", [{"name": "analysis/nb.ipynb", "content": json.dumps(notebook)}])
+    yield session
+    owner.put(f"/jobs/{session['id']}/stop")
+    wait_status(owner, session["id"], "complete")
+
+
+def test_link_opens_lab(lab: dict[str, Any]) -> None:
+    assert lab["url_path"] == f"/passthrough/{lab['id']}/lab?token={lab['token']}"
+    browser = requests.Session()
+    r = browser.get(lab["url_domain"] + lab["url_path"], timeout=30)
+    assert r.status_code == 200
+    assert "JupyterLab" in r.text
+    assert any(c.name == f"uws-session-{lab['id']}" for c in browser.cookies)
+
+
+def test_notebook_opens_by_path(lab: dict[str, Any]) -> None:
+    base, query = lab["url_path"].split("?")
+    r = requests.get(f"{lab['url_domain']}{base}/tree/analysis/nb.ipynb?{query}", timeout=30)
+    assert r.status_code == 200 and "JupyterLab" in r.text
+    r = requests.get(
+        f"{lab['url_domain']}/passthrough/{lab['id']}/api/contents/analysis/nb.ipynb?{query}", timeout=30
+    )
+    assert r.status_code == 200
+    assert r.json()["type"] == "notebook" and r.json()["content"]["nbformat"] == 4
+
+
+def test_kernel_runs_code_over_websocket(lab: dict[str, Any]) -> None:
+    api = f"{lab['url_domain']}/passthrough/{lab['id']}/api/kernels"
+    r = requests.post(api, params={"token": lab["token"]}, json={"name": "python3"}, timeout=60)
+    assert r.status_code == 201, r.text
+    kernel = r.json()["id"]
+    url = api.replace("http", "ws") + f"/{kernel}/channels?token={lab['token']}"
+    assert run_code(url, "print(6 * 7)") == "42\n"
+    requests.delete(f"{api}/{kernel}", params={"token": lab["token"]}, timeout=30)
+
+
+def run_code(url: str, code: str, headers: dict[str, str] | None = None, wait_output: bool = True) -> str:
+    async def scenario() -> str:
+        conn = await websocket_connect(HTTPRequest(url, headers=headers or {}, request_timeout=30))
+        msg_id = uuid.uuid4().hex
+        await conn.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": "test",
+                        "session": uuid.uuid4().hex,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                    "buffers": [],
+                }
+            )
+        )
+        if not wait_output:
+            return ""
+        while True:
+            message = await asyncio.wait_for(conn.read_message(), 60)
+            if message is None:
+                raise AssertionError("kernel websocket closed")
+            if isinstance(message, bytes):
+                continue
+            data = json.loads(message)
+            if data.get("parent_header", {}).get("msg_id") == msg_id and data["msg_type"] == "stream":
+                conn.close()
+                return data["content"]["text"]
+
+    return asyncio.run(scenario())
+
+
+def test_stranger_refused_at_every_step(lab: dict[str, Any], stranger: Client) -> None:
+    base = f"{lab['url_domain']}/passthrough/{lab['id']}"
+    h = stranger.headers()
+    for r in (
+        requests.get(f"{base}/lab", headers=h, timeout=10),
+        requests.get(f"{base}/lab/tree/analysis/nb.ipynb", headers=h, timeout=10),
+        requests.post(f"{base}/api/kernels", headers=h, json={"name": "python3"}, timeout=10),
+        requests.get(f"{base}/api/contents/analysis/nb.ipynb", headers=h, timeout=10),
+        requests.get(f"{base}/api/kernels?token=not-the-token", timeout=10),
+    ):
+        assert r.status_code == 403
+        assert r.json()["message"] == "You do not have access to this session."
+    with pytest.raises(HTTPClientError) as info:
+        run_code(f"{base.replace('http', 'ws')}/api/kernels/{uuid.uuid4()}/channels", "1", headers=h)
+    assert info.value.code == 403
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium package")
+def test_chromium_renders_lab(lab: dict[str, Any]) -> None:
+    profile = tempfile.mkdtemp(prefix="uws-chromium-")
+    shot = os.path.join(os.path.dirname(profile), f"uws-lab-{lab['id']}.png")
+    args = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,800",
+        "--virtual-time-budget=20000",
+    ]
+    link = lab["url_domain"] + lab["url_path"]
+    try:
+        dom = subprocess.run([*args, "--dump-dom", link], capture_output=True, text=True, timeout=120).stdout
+        subprocess.run([*args, f"--screenshot={shot}", link], capture_output=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    # Rendered by JupyterLab's JavaScript (not in the served HTML): the app shell and its menus.
+    assert 'id="jp-main-dock-panel"' in dom or "jp-LabShell" in dom, dom[:2000]
+    assert os.path.getsize(shot) > 10_000
+
+
+def test_busy_kernel_keeps_session_alive_then_culled(owner: Client) -> None:
+    session = launch(owner, "jupyter_idle")
+    api = f"{session['url_domain']}/passthrough/{session['id']}/api/kernels"
+    kernel = requests.post(
+        api, params={"token": session["token"]}, json={"name": "python3"}, timeout=60
+    ).json()["id"]
+    url = api.replace("http", "ws") + f"/{kernel}/channels?token={session['token']}"
+    started = time.time()
+    # Busy for 12 s, twice the idle timeout: the session must survive it.
+    run_code(url, "import time; time.sleep(12); print('done')")
+    assert time.time() - started >= 11
+    assert get_job(owner, session["id"])["status"] == "running"
+    done = wait_status(owner, session["id"], "complete", timeout=40)
+    assert (
+        done["job_details"]["current_job_details"]["message"] == "Stopped after 6 seconds without activity."
+    )
