@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 
 import pytest
 import requests
@@ -164,6 +165,7 @@ def test_unreachable_and_slow_sessions(pserver: Server, owner: Client) -> None:
     assert r.status_code == 504
     assert r.json() == {"success": False, "message": "The session did not answer in time."}
     assert requests.post(f"{base}/close-listener", headers=owner.headers(), timeout=5).status_code == 200
+    time.sleep(0.5)
     r = requests.get(f"{base}/hello", headers=owner.headers(), timeout=10)
     assert r.status_code == 502
     assert r.json() == {"success": False, "message": "The session did not answer."}

@@ -180,6 +180,13 @@ class UWSApp(Application):
         help="""The URL browsers use to reach this server (scheme://host[:port]), e.g. behind a
         TLS proxy. Default: http://<ip>:<port>.""",
     )
+    passthrough_url = Unicode(
+        "",
+        config=True,
+        help="""Origin (scheme://host[:port]) of the session links in connection_details.url_domain.
+        Set it to a host name of its own (pointing at this same server) to serve sessions from
+        their own origin, apart from the API. Default: public_url.""",
+    )
     authenticator_class = Unicode(
         "dev",
         config=True,
@@ -567,7 +574,7 @@ class UWSApp(Application):
             path = prefix + (path if path.startswith("/") else "/" + path)
         if "token=" not in path and ready.get("token"):
             path += ("&" if "?" in path else "?") + f"token={ready['token']}"
-        return self.public_origin().rstrip("/"), path
+        return (self.passthrough_url or self.public_origin()).rstrip("/"), path
 
     # ---- helpers used by services ------------------------------------------------------------
     async def storage_account(self, username: str) -> Account:

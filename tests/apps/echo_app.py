@@ -8,7 +8,7 @@ GET  {prefix}/big?mb=N        -> N MiB of bytes, streamed
 GET  {prefix}/slow?s=N        -> answers after N seconds
 GET  {prefix}/headers         -> the request headers as JSON
 GET  {prefix}/count           -> how many requests reached /hello, /echo and /headers
-POST {prefix}/close-listener  -> stops listening (the process stays): new connections are refused
+POST {prefix}/close-listener  -> stops listening and drops connections (the process stays)
 WS   {prefix}/ws              -> echoes text and binary; "close:<code>" closes with that code
 """
 
@@ -84,6 +84,10 @@ class CloseListener(web.RequestHandler):
     def post(self):
         SERVER.stop()
         self.write("stopped listening")
+        # ...and drop open (keep-alive) connections once this answer is out.
+        asyncio.get_running_loop().call_later(
+            0.2, lambda: asyncio.ensure_future(SERVER.close_all_connections())
+        )
 
 
 class Echo_WS(websocket.WebSocketHandler):

@@ -16,6 +16,7 @@ from tornado import httpclient, httputil, web, websocket
 
 from ..errors import APIError, not_authenticated
 from ..proxy import Target, cookie_name
+from ..upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("uws.proxy")
 
@@ -34,16 +35,14 @@ HOP_BY_HOP = {
 STRIP_TO_UPSTREAM = {"uws-authorization", "host", "cookie"}
 QUEUE_CHUNKS = 8
 
-_client: httpclient.AsyncHTTPClient | None = None
+_pool: UpstreamPool | None = None
 
 
-def upstream_client() -> httpclient.AsyncHTTPClient:
-    global _client
-    if _client is None:
-        _client = httpclient.AsyncHTTPClient(
-            force_instance=True, max_clients=1000, max_body_size=1 << 50, max_buffer_size=1 << 20
-        )
-    return _client
+def upstream_pool() -> UpstreamPool:
+    global _pool
+    if _pool is None:
+        _pool = UpstreamPool()
+    return _pool
 
 
 class PassthroughMixin:
@@ -170,8 +169,9 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
             return
         has_body = "Content-Length" in self.request.headers or "Transfer-Encoding" in self.request.headers
         if has_body:
+            # The body streams to the session while it arrives: forward from now on.
             self.body_queue = asyncio.Queue(QUEUE_CHUNKS)
-        self.upstream = asyncio.ensure_future(self.forward(self.target))
+            self.upstream = asyncio.ensure_future(self.forward(self.target))
 
     def data_received(self, chunk: bytes) -> Any:
         if self.body_queue is None or self._finished:
@@ -181,61 +181,41 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
         return self.body_queue.put(chunk)  # awaited by Tornado: back-pressure on uploads
 
     async def forward(self, target: Target) -> None:
-        async def body_producer(write: Any) -> None:
+        async def body() -> Any:
             assert self.body_queue is not None
             while True:
                 chunk = await self.body_queue.get()
                 if chunk is None:
                     return
-                await write(chunk)
+                yield chunk
 
-        request = httpclient.HTTPRequest(
-            self.upstream_url(target, "http"),
-            method=self.request.method,
-            headers=self.upstream_headers(),
-            body_producer=body_producer if self.body_queue is not None else None,
-            allow_nonstandard_methods=True,
-            follow_redirects=False,
-            decompress_response=False,
-            header_callback=self.on_header_line,
-            streaming_callback=self.on_chunk,
-            connect_timeout=self.uws.proxy_connect_timeout,
-            request_timeout=self.uws.proxy_request_timeout,
-        )
-        self._header_lines: list[str] = []
-        error: Exception | None = None
+        url = self.upstream_url(target, "http")
+        uri = url[url.index("/", len("http://")) :]
         try:
-            response = await upstream_client().fetch(request, raise_error=False)
-            if response.code == 599:
-                error = response.error
-        except Exception as e:  # connection refused, time-outs
-            error = e
-        if error is None or self.headers_sent or self._finished:
-            return
-        log.debug("Passthrough to job %s failed: %r", target.job_id, error)
-        if "Timeout" in type(error).__name__ or "Timeout" in str(error):
-            self.fail(APIError(504, "The session did not answer in time."))
-        else:
-            self.fail(APIError(502, "The session did not answer."))
+            await upstream_pool().fetch(
+                target.host,
+                target.port,
+                self.request.method or "GET",
+                uri,
+                self.upstream_headers(),
+                body() if self.body_queue is not None else None,
+                self.send_upstream_headers,
+                self.on_chunk,
+                self.uws.proxy_connect_timeout,
+                self.uws.proxy_request_timeout,
+            )
+        except UpstreamError as e:
+            log.debug("Passthrough to job %s failed: %s", target.job_id, e)
+            if self.headers_sent or self._finished:
+                return
+            if e.timeout:
+                self.fail(APIError(504, "The session did not answer in time."))
+            else:
+                self.fail(APIError(502, "The session did not answer."))
 
-    def on_header_line(self, line: str) -> None:
-        if line.startswith("HTTP/"):
-            self._header_lines = [line]
-            return
-        if line == "\r\n":
-            self.send_upstream_headers()
-            return
-        self._header_lines.append(line)
-
-    def send_upstream_headers(self) -> None:
+    def send_upstream_headers(self, start: httputil.ResponseStartLine, headers: httputil.HTTPHeaders) -> None:
         if self._finished:
             return
-        start = httputil.parse_response_start_line(self._header_lines[0].strip())
-        if start.code == 100:
-            return
-        headers = httputil.HTTPHeaders()
-        for line in self._header_lines[1:]:
-            headers.parse_line(line)
         self.set_status(start.code, start.reason)
         connection_tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
         for name, value in headers.get_all():
@@ -250,19 +230,20 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
     def on_chunk(self, chunk: bytes) -> Any:
         if self._finished or self.request.connection.stream.closed():  # type: ignore[union-attr]
             return None
-        if not self.headers_sent:
-            self.send_upstream_headers()
         assert self.target is not None
         self.uws.proxy.touch(self.target, bytes_out=len(chunk))
         self.write(chunk)
         return self.flush()  # awaited by the client: back-pressure on downloads
 
     async def relay(self) -> None:
-        if self._finished or self.upstream is None:
+        if self._finished or self.target is None:
             return
-        if self.body_queue is not None:
+        if self.upstream is None:
+            await self.forward(self.target)  # no body: forward right here, no extra task
+        else:
+            assert self.body_queue is not None
             await self.body_queue.put(None)
-        await self.upstream
+            await self.upstream
         if self._finished:
             return
         if not self.headers_sent:

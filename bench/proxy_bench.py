@@ -1,0 +1,254 @@
+"""Passthrough benchmarks: UWS's proxy against the session app directly and against
+configurable-http-proxy (the npm package JupyterHub uses).
+
+Starts one `uws` server (SQLite, development login) with one session running
+tests/apps/echo_app.py, then measures with wrk (Debian package `wrk`) from separate processes:
+  - small-response HTTP requests/s and p99 at concurrency 1 and 16: direct, through UWS, through
+    configurable-http-proxy (installed with npm into bench/.work/chp when missing);
+  - websocket echo round trips (1,000 sequential messages): direct, through UWS, through CHP;
+  - a 1 GB download through UWS: the server's RSS growth while it streams.
+
+    python bench/proxy_bench.py [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+import requests
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+APP = os.path.join(os.path.dirname(HERE), "tests", "apps", "echo_app.py")
+CONFIG = """
+c.UWSApp.authenticator_class = "dev"
+c.LocalFileSystemStorage.root_dir = "{root}"
+c.UWSApp.log_level = "WARN"
+c.UWSApp.job_types = {{
+    "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["{python}", "{app}", "{{port}}", "{{base_url}}"],
+        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrk(url: str, connections: int, duration: int, headers: dict[str, str]) -> tuple[float, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"failed requests:\n{out}")
+
+    def ms(text: str) -> float:
+        value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), ms(
+        re.search(r"99%\s+(\S+)", out).group(1)
+    )
+
+
+async def ws_rtt(url: str, headers: dict[str, str], count: int = 1000) -> list[float]:
+    conn = await websocket_connect(HTTPRequest(url, headers=headers))
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        await conn.write_message(f"ping {i}")
+        await conn.read_message()
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    return times
+
+
+def median_ms(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] * 1000
+
+
+def chp_binary(workdir: str) -> str | None:
+    local = os.path.join(HERE, ".work", "chp", "node_modules", ".bin", "configurable-http-proxy")
+    if os.path.exists(local):
+        return local
+    if shutil.which("npm"):
+        os.makedirs(os.path.dirname(os.path.dirname(os.path.dirname(local))), exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--silent", "configurable-http-proxy@4"],
+            cwd=os.path.join(HERE, ".work", "chp"),
+            capture_output=True,
+        )
+    return local if os.path.exists(local) else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--workdir", default=os.path.join(HERE, ".work"))
+    parser.add_argument("--download-mb", type=int, default=1024)
+    args = parser.parse_args()
+    os.makedirs(os.path.join(args.workdir, "chp"), exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="uws-pbench-", dir=args.workdir)
+    port = free_port()
+    config = os.path.join(workdir, "uws_config.py")
+    with open(config, "w") as f:
+        f.write(CONFIG.format(root=os.path.join(workdir, "workspaces"), python=sys.executable, app=APP))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uws",
+            "--config",
+            config,
+            "--port",
+            str(port),
+            "--db-url",
+            f"sqlite:///{workdir}/uws.sqlite",
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    chp = None
+    try:
+        for _ in range(200):
+            try:
+                requests.get(base + "/status/", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        token = requests.post(
+            base + "/tokens/", data=json.dumps({"user_info": {"username": "bench", "email": "b@x"}})
+        ).json()["token"]
+        auth = {"UWS-Authorization": f"Token {token}"}
+        ws_id = requests.post(
+            base + "/workspaces/", headers=auth, data='{"name": "b", "description": ""}'
+        ).json()["data"]["workspace"]["id"]
+        job = requests.put(
+            f"{base}/workspaces/{ws_id}/start/", headers=auth, data='{"job_type": "echo"}'
+        ).json()["data"]["job"]
+        while True:
+            current = requests.get(f"{base}/jobs/{job['id']}", headers=auth).json()["data"]["jobs"][0][
+                "job_details"
+            ]["current_job_details"]
+            if "proxy_details" in current:
+                break
+            time.sleep(0.1)
+        app_port = int(current["proxy_details"]["port"])
+        path = f"/passthrough/{job['id']}/hello"
+        direct = f"http://127.0.0.1:{app_port}{path}"
+        proxied = f"{base}{path}"
+        binary = chp_binary(workdir)
+        chp_url = None
+        if binary:
+            chp_port, api_port = free_port(), free_port()
+            chp = subprocess.Popen(
+                [
+                    binary,
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(chp_port),
+                    "--api-ip",
+                    "127.0.0.1",
+                    "--api-port",
+                    str(api_port),
+                    "--default-target",
+                    f"http://127.0.0.1:{app_port}",
+                    "--log-level",
+                    "error",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            chp_url = f"http://127.0.0.1:{chp_port}{path}"
+            for _ in range(100):
+                try:
+                    requests.get(chp_url, timeout=1)
+                    break
+                except requests.ConnectionError:
+                    time.sleep(0.1)
+        print("HTTP GET of a 5-byte answer (wrk, one thread):")
+        for c in (1, 16):
+            d_rps, d_p99 = wrk(direct, c, args.duration, {})
+            u_rps, u_p99 = wrk(proxied, c, args.duration, auth)
+            line = (
+                f"  c={c:<2}  direct {d_rps:8,.0f} req/s p99 {d_p99:6.2f} ms | UWS {u_rps:8,.0f} req/s "
+                f"p99 {u_p99:6.2f} ms ({u_rps / d_rps:.0%} of direct)"
+            )
+            if chp_url:
+                c_rps, c_p99 = wrk(chp_url, c, args.duration, {})
+                line += f" | CHP {c_rps:8,.0f} req/s p99 {c_p99:6.2f} ms (UWS/CHP {u_rps / c_rps:.2f}x)"
+            print(line)
+
+        ws_path = f"/passthrough/{job['id']}/ws"
+        d = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{app_port}{ws_path}", {})))
+        u = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{port}{ws_path}", auth)))
+        line = f"websocket echo round trip, p50: direct {d:.3f} ms, UWS {u:.3f} ms (overhead {u - d:.3f} ms)"
+        if chp_url:
+            ch = median_ms(asyncio.run(ws_rtt(chp_url.replace("http", "ws").replace("/hello", "/ws"), {})))
+            line += f", CHP {ch:.3f} ms (overhead {ch - d:.3f} ms)"
+        print(line)
+
+        proc = psutil.Process(server.pid)
+        before = proc.memory_info().rss
+        peak = [before]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.time()
+        r = requests.get(
+            f"{base}/passthrough/{job['id']}/big?mb={args.download_mb}", headers=auth, stream=True
+        )
+        total = sum(len(chunk) for chunk in r.iter_content(1 << 20))
+        seconds = time.time() - t0
+        done.set()
+        sampler.join()
+        print(
+            f"{total / (1 << 30):.2f} GiB download through UWS in {seconds:.1f} s ({total / seconds / 1e6:.0f} MB/s): "
+            f"server RSS {before / 1e6:.0f} MB -> peak {peak[0] / 1e6:.0f} MB (+{(peak[0] - before) / 1e6:.1f} MB)"
+        )
+    finally:
+        if chp:
+            chp.terminate()
+        server.terminate()
+        server.wait()
+        for proc in psutil.process_iter(["cmdline"]):
+            if workdir in " ".join(proc.info["cmdline"] or []):
+                try:
+                    for p in [proc, *proc.children(recursive=True)]:
+                        p.kill()
+                except psutil.Error:
+                    pass
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
