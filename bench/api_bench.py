@@ -16,60 +16,18 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 
 import requests
+from common import WORK, start_server, stop_server
 
 CONFIG = """
 c.UWSApp.authenticator_class = "dev"
 c.LocalFileSystemStorage.root_dir = "{root}"
 c.UWSApp.log_level = "WARN"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(workdir: str) -> tuple[subprocess.Popen, str, float]:
-    port = free_port()
-    config = os.path.join(workdir, "uws_config.py")
-    with open(config, "w") as f:
-        f.write(CONFIG.format(root=os.path.join(workdir, "workspaces")))
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uws",
-            "--config",
-            config,
-            "--port",
-            str(port),
-            "--db-url",
-            f"sqlite:///{workdir}/uws.sqlite",
-        ],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    while True:
-        try:
-            requests.get(base + "/status/", timeout=1)
-            break
-        except requests.ConnectionError:
-            if proc.poll() is not None:
-                raise SystemExit("server exited") from None
-            time.sleep(0.005)
-    return proc, base, time.perf_counter() - t0
 
 
 def wrk(
@@ -109,7 +67,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
         "--workdir",
-        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".work"),
+        default=WORK,
         help="where the servers keep their data (some machines' /tmp is much slower)",
     )
     args = parser.parse_args()
@@ -120,10 +78,9 @@ def main() -> None:
     startups = []
     for _ in range(5):
         workdir = tempfile.mkdtemp(prefix="uws-bench-", dir=args.workdir)
-        proc, _, seconds = start_server(workdir)
+        proc, _, seconds = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
         startups.append(seconds)
-        proc.terminate()
-        proc.wait()
+        stop_server(proc, workdir)
         shutil.rmtree(workdir)
     print(
         f"start-up to first answer (empty database): median {statistics.median(startups) * 1000:.0f} ms, "
@@ -131,7 +88,7 @@ def main() -> None:
     )
 
     workdir = tempfile.mkdtemp(prefix="uws-bench-", dir=args.workdir)
-    proc, base, _ = start_server(workdir)
+    proc, base, _ = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
     try:
         token = requests.post(
             base + "/tokens/",
@@ -180,8 +137,7 @@ def main() -> None:
             f"POST /workspaces/ (20 files), c={args.connections}: {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms"
         )
     finally:
-        proc.terminate()
-        proc.wait()
+        stop_server(proc, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

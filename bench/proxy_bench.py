@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import time
 
 import psutil
 import requests
+from common import WORK, free_port, stop_server
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -43,12 +43,6 @@ c.UWSApp.job_types = {{
         "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wrk(url: str, connections: int, duration: int, headers: dict[str, str]) -> tuple[float, float]:
@@ -104,7 +98,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--workdir", default=os.path.join(HERE, ".work"))
+    parser.add_argument("--workdir", default=WORK)
     parser.add_argument("--download-mb", type=int, default=1024)
     args = parser.parse_args()
     os.makedirs(os.path.join(args.workdir, "chp"), exist_ok=True)
@@ -238,15 +232,7 @@ def main() -> None:
     finally:
         if chp:
             chp.terminate()
-        server.terminate()
-        server.wait()
-        for proc in psutil.process_iter(["cmdline"]):
-            if workdir in " ".join(proc.info["cmdline"] or []):
-                try:
-                    for p in [proc, *proc.children(recursive=True)]:
-                        p.kill()
-                except psutil.Error:
-                    pass
+        stop_server(server, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -18,15 +18,13 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
 import psutil
+from common import WORK, start_server, stop_server
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -45,12 +43,6 @@ c.UWSApp.job_types = {{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -59,26 +51,8 @@ def pct(values: list[float], p: float) -> float:
 class Bench:
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        config = os.path.join(workdir, "uws_config.py")
-        with open(config, "w") as f:
-            f.write(CONFIG.format(root=os.path.join(workdir, "workspaces")))
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uws",
-                "--config",
-                config,
-                "--port",
-                str(self.port),
-                "--db-url",
-                f"sqlite:///{workdir}/uws.sqlite",
-            ],
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.proc, self.base, _ = start_server(
+            workdir, CONFIG.format(root=os.path.join(workdir, "workspaces"))
         )
         self.http = AsyncHTTPClient(max_clients=64)
 
@@ -96,12 +70,6 @@ class Bench:
         return json.loads(response.body)
 
     async def ready(self) -> None:
-        for _ in range(400):
-            try:
-                await self.http.fetch(self.base + "/status/", request_timeout=1)
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
         self.token = (
             await self.call("POST", "/tokens/", {"user_info": {"username": "bench", "email": "b@x"}})
         )["token"]
@@ -207,15 +175,7 @@ class Bench:
         return times, rss
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-        for proc in psutil.process_iter(["cmdline"]):  # sessions outlive the server by design
-            if self.workdir in " ".join(proc.info["cmdline"] or []):
-                try:
-                    for p in [proc, *proc.children(recursive=True)]:
-                        p.kill()
-                except psutil.Error:
-                    pass
+        stop_server(self.proc, self.workdir)
 
 
 async def main() -> None:
@@ -226,9 +186,7 @@ async def main() -> None:
     parser.add_argument("--idle", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument(
-        "--workdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".work")
-    )
+    parser.add_argument("--workdir", default=WORK)
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="uws-sbench-", dir=args.workdir)

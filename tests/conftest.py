@@ -282,6 +282,17 @@ c.UWSApp.job_types = {{
 )
 
 
+def running_server(backend: str, config: str) -> Iterator[Server]:
+    """A started server with a client token (`.client_token`), closed afterwards: the body of
+    the modules' own server fixtures."""
+    srv = Server(backend, config).start()
+    try:
+        srv.client_token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        yield srv
+    finally:
+        srv.close()
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param

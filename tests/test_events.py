@@ -12,16 +12,13 @@ from test_sessions import SESSION_CONFIG, get_job, start, wait_status
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import Client, Server, login
+from conftest import Client, Server, login, running_server
 from test_workspaces import create
 
 
 @pytest.fixture(scope="module")
 def eserver(backend: str):
-    srv = Server(backend, SESSION_CONFIG).start()
-    srv.client_token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
-    yield srv
-    srv.close()
+    yield from running_server(backend, SESSION_CONFIG)
 
 
 @pytest.fixture

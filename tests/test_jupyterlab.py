@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import requests
-from test_sessions import get_job, start, wait_status
+from test_sessions import get_job, start, wait_ready, wait_status
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import LOCAL_CONFIG, Client, Server, login
-from test_workspaces import create, wait_for
+from conftest import LOCAL_CONFIG, Client, Server, login, running_server
+from test_workspaces import create
 
 pytest.importorskip("jupyterlab", reason="JupyterLab is installed with the test extras")
 
@@ -48,10 +48,7 @@ c.UWSApp.job_types = {
 
 @pytest.fixture(scope="module")
 def lserver(backend: str):
-    srv = Server(backend, LAB_CONFIG).start()
-    srv.client_token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
-    yield srv
-    srv.close()
+    yield from running_server(backend, LAB_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +64,7 @@ def stranger(lserver: Server) -> Client:
 def launch(owner: Client, job_type: str, files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     w = create(owner, workspace_details={"files": files or []})
     job = start(owner, w["id"], job_type=job_type)
-    ready = wait_for(
-        lambda: (
-            "connection_details" in (j := get_job(owner, job["id"]))["job_details"]["current_job_details"]
-            and j
-        ),
-        120,
-    )
+    ready = wait_ready(owner, job["id"], 120)
     details = ready["job_details"]["current_job_details"]["connection_details"]
     token = details["url_path"].split("token=")[1]
     return {"id": job["id"], "workspace": w["id"], "token": token, **details}

@@ -11,12 +11,12 @@ import time
 
 import pytest
 import requests
-from test_sessions import APP_PYTHON, get_job, start, wait_status
+from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import LOCAL_CONFIG, Client, Server, login, shared_dir
-from test_workspaces import create, wait_for
+from conftest import LOCAL_CONFIG, Client, Server, login, running_server, shared_dir
+from test_workspaces import create
 
 APP = os.path.join(shared_dir(), "apps", "echo_app.py")
 PROXY_CONFIG = (
@@ -42,10 +42,7 @@ c.UWSApp.job_types = {{
 
 @pytest.fixture(scope="module")
 def pserver(backend: str):
-    srv = Server(backend, PROXY_CONFIG).start()
-    srv.client_token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
-    yield srv
-    srv.close()
+    yield from running_server(backend, PROXY_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +55,7 @@ def session(pserver: Server, owner: Client):
     """One running echo session shared by the module's tests."""
     w = create(owner)
     job = start(owner, w["id"], job_type="echo")
-    ready = wait_for(
-        lambda: (
-            "connection_details" in (j := get_job(owner, job["id"]))["job_details"]["current_job_details"]
-            and j
-        ),
-        30,
-    )
+    ready = wait_ready(owner, job["id"], 30)
     details = ready["job_details"]["current_job_details"]["connection_details"]
     yield {"id": job["id"], "link": details["url_domain"] + details["url_path"], **details}
     owner.put(f"/jobs/{job['id']}/stop")
@@ -103,10 +94,7 @@ def test_others_are_refused_before_the_session(pserver: Server, owner: Client, s
     other_link = None
     w = create(other)
     other_job = start(other, w["id"], job_type="echo")
-    wait_for(
-        lambda: "connection_details" in get_job(other, other_job["id"])["job_details"]["current_job_details"],
-        30,
-    )
+    wait_ready(other, other_job["id"], 30)
     other_cookie = requests.Session()
     other_details = get_job(other, other_job["id"])["job_details"]["current_job_details"][
         "connection_details"
@@ -157,9 +145,7 @@ def test_bodies_stream_both_ways(pserver: Server, owner: Client, session: dict) 
 def test_unreachable_and_slow_sessions(pserver: Server, owner: Client) -> None:
     w = create(owner)
     job = start(owner, w["id"], job_type="echo")
-    wait_for(
-        lambda: "connection_details" in get_job(owner, job["id"])["job_details"]["current_job_details"], 30
-    )
+    wait_ready(owner, job["id"], 30)
     base = f"{pserver.base}/passthrough/{job['id']}"
     r = requests.get(f"{base}/slow?s=6", headers=owner.headers(), timeout=20)
     assert r.status_code == 504
@@ -176,13 +162,7 @@ def test_unreachable_and_slow_sessions(pserver: Server, owner: Client) -> None:
 def test_app_served_at_root_gets_prefix_stripped(pserver: Server, owner: Client) -> None:
     w = create(owner)
     job = start(owner, w["id"], job_type="echo_root")
-    ready = wait_for(
-        lambda: (
-            "connection_details" in (j := get_job(owner, job["id"]))["job_details"]["current_job_details"]
-            and j
-        ),
-        30,
-    )
+    ready = wait_ready(owner, job["id"], 30)
     details = ready["job_details"]["current_job_details"]["connection_details"]
     assert details["url_path"].startswith(f"/passthrough/{job['id']}/hello?token=")
     assert requests.get(details["url_domain"] + details["url_path"], timeout=5).text == "hello"
@@ -239,13 +219,7 @@ def test_idle_session_is_warned_then_culled(pserver: Server, owner: Client) -> N
 
     w = create(owner)
     job = start(owner, w["id"], job_type="echo_idle")
-    ready = wait_for(
-        lambda: (
-            "connection_details" in (j := get_job(owner, job["id"]))["job_details"]["current_job_details"]
-            and j
-        ),
-        30,
-    )
+    ready = wait_ready(owner, job["id"], 30)
     link = ready["job_details"]["current_job_details"]["connection_details"]
     browser = requests.Session()
     # In use: traffic through the passthrough every second keeps it alive past its 4 s timeout.

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import LOCAL_CONFIG, SUDO_AVAILABLE, Client, Server, login
+from conftest import LOCAL_CONFIG, SUDO_AVAILABLE, Client, Server, login, running_server
 from test_workspaces import create, get_ws, wait_for, ws_dir
 
 # Session apps run as the workspace owner when the tests run as root; that account cannot use
@@ -46,10 +46,7 @@ c.UWSApp.job_types = {{
 
 @pytest.fixture(scope="module")
 def sserver(backend: str):
-    srv = Server(backend, SESSION_CONFIG).start()
-    srv.client_token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
-    yield srv
-    srv.close()
+    yield from running_server(backend, SESSION_CONFIG)
 
 
 @pytest.fixture
@@ -64,6 +61,14 @@ def get_job(c: Client, job_id: int) -> dict:
 
 def wait_status(c: Client, job_id: int, *statuses: str, timeout: float = 20) -> dict:
     return wait_for(lambda: (j := get_job(c, job_id))["status"] in statuses and j, timeout)
+
+
+def wait_ready(c: Client, job_id: int, timeout: float = 30) -> dict:
+    """The job once its web app answers (connection_details present)."""
+    return wait_for(
+        lambda: "connection_details" in (j := get_job(c, job_id))["job_details"]["current_job_details"] and j,
+        timeout,
+    )
 
 
 def start(c: Client, ws_id: int, **body) -> dict:
@@ -97,12 +102,7 @@ def test_local_test_job_runs_to_completion(sserver: Server, user: Client) -> Non
 def test_web_app_becomes_ready_and_stops(sserver: Server, user: Client) -> None:
     w = create(user)
     job = start(user, w["id"], job_type="web")
-    ready = wait_for(
-        lambda: (
-            "connection_details" in (j := get_job(user, job["id"]))["job_details"]["current_job_details"]
-            and j
-        )
-    )
+    ready = wait_ready(user, job["id"])
     current = ready["job_details"]["current_job_details"]
     assert ready["status"] == "running"
     assert current["message"] == "Webserver ready."
@@ -266,12 +266,7 @@ def test_session_runs_as_workspace_owner(sserver: Server, user: Client) -> None:
 
     w = create(user)
     job = start(user, w["id"], job_type="web")
-    ready = wait_for(
-        lambda: (
-            "connection_details" in (j := get_job(user, job["id"]))["job_details"]["current_job_details"]
-            and j
-        )
-    )
+    ready = wait_ready(user, job["id"])
     port = int(ready["job_details"]["current_job_details"]["proxy_details"]["port"])
     uid = pwd.getpwnam(user.username).pw_uid
     app = next(
@@ -298,12 +293,7 @@ def test_sessions_survive_server_kill(backend: str) -> None:
         jobs = [start(c, w["id"], job_type="web") for _ in range(2)]
         ports = []
         for job in jobs:
-            ready = wait_for(
-                lambda job=job: (
-                    "connection_details" in (j := get_job(c, job["id"]))["job_details"]["current_job_details"]
-                    and j
-                )
-            )
+            ready = wait_ready(c, job["id"])
             ports.append(int(ready["job_details"]["current_job_details"]["proxy_details"]["port"]))
         srv.proc.kill()
         srv.proc.wait()

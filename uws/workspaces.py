@@ -63,6 +63,7 @@ class WorkspaceService:
         # user id -> list of workspace models in id order (this process owns every write)
         self._cache: dict[int, list[dict[str, Any]]] = {}
         self._cache_bytes: dict[int, bytes] = {}
+        self._generation: dict[int, int] = {}
         self.locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._background: set[asyncio.Task[Any]] = set()
         self._pending_events: set[int] = set()
@@ -74,7 +75,10 @@ class WorkspaceService:
         self.spawn(self.app.quotas.warn_if_near(user_id, self.app.events))
 
     def invalidate(self, *user_ids: int) -> None:
+        """Call after a write has committed. The generation bump keeps a load that began before
+        the write from storing what it read."""
         for uid in user_ids:
+            self._generation[uid] = self._generation.get(uid, 0) + 1
             self._cache.pop(uid, None)
             self._cache_bytes.pop(uid, None)
             if self.app.events.has_subscribers(uid) and uid not in self._pending_events:
@@ -109,8 +113,10 @@ class WorkspaceService:
             ).all()
             return [workspace_model(ws) for ws in rows]
 
+        generation = self._generation.get(user_id, 0)
         models = await self.db.run(_load)
-        self._cache[user_id] = models
+        if self._generation.get(user_id, 0) == generation:
+            self._cache[user_id] = models
         return models
 
     async def list_response(self, user_id: int, ws_id: int | None, filters: dict[str, str]) -> bytes:
@@ -119,6 +125,7 @@ class WorkspaceService:
             cached = self._cache_bytes.get(user_id)
             if cached is not None and user_id in self._cache:
                 return cached
+        generation = self._generation.get(user_id, 0)
         models = await self.models_for(user_id)
         if ws_id is not None:
             selected = [m for m in models if m["id"] == ws_id]
@@ -126,7 +133,7 @@ class WorkspaceService:
             selected = [m for m in models if all(m[k] == v for k, v in filters.items())]
         message = "Successful." if selected else "Workspace matching given parameters could not be found."
         body = json.dumps({"message": message, "success": True, "data": {"workspaces": selected}}).encode()
-        if ws_id is None and not filters:
+        if ws_id is None and not filters and self._generation.get(user_id, 0) == generation:
             self._cache_bytes[user_id] = body
         return body
 
@@ -292,17 +299,8 @@ class WorkspaceService:
             await self.to_thread(self.storage.validate_uploads, ws.file_path, [n for n, _ in uploads])
             await self.app.quotas.check_disk_write(user.id, total)
             await self.to_thread(self.storage.save_uploads, account, ws.file_path, uploads)
-            disk, current = await self.to_thread(self.storage.scan, ws.file_path)
-
-            def _save(session: Any) -> None:
-                row = session.get(orm.Workspace, ws_id)
-                if row is not None:
-                    row.current_details = current
-                    row.disk_space = disk
-                    row.datetime_last_modified = utcnow()
-
             try:
-                await self.db.run(_save)
+                await self.rescan(ws_id, user.id, modified=True)
                 self.after_write(user.id)
             finally:
                 self.invalidate(user.id)
@@ -397,8 +395,8 @@ class WorkspaceService:
         await self.db.run(_remove)
         self.invalidate(ws.user_id)
 
-    async def rescan(self, ws_id: int, user_id: int) -> None:
-        """Refresh disk use and file lists (after a job ends, for example)."""
+    async def rescan(self, ws_id: int, user_id: int, modified: bool = False) -> None:
+        """Refresh disk use and file lists (after an upload, or a job's end)."""
         path = await self.db.run(lambda s: (row := s.get(orm.Workspace, ws_id)) and row.file_path)
         if not path or not self.storage.valid_workspace_dir(path):
             return
@@ -409,6 +407,8 @@ class WorkspaceService:
             if row is not None:
                 row.disk_space = disk
                 row.current_details = current
+                if modified:
+                    row.datetime_last_modified = utcnow()
 
         await self.db.run(_save)
         self.invalidate(user_id)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from .. import orm
+from ..jobs import owned_jobs_query
 from ..models import job_model
 from .base import BaseHandler
 
@@ -26,12 +25,7 @@ class JobsHandler(BaseHandler):
         caller = self.user.id
 
         def _list(session: Any) -> list[dict[str, Any]]:
-            stmt = (
-                select(orm.Job)
-                .join(orm.Workspace, orm.Workspace.id == orm.Job.workspace_id)
-                .where(orm.Workspace.user_id == caller)
-                .order_by(orm.Job.id)
-            )
+            stmt = owned_jobs_query(caller)
             if job_id is not None:
                 stmt = stmt.where(orm.Job.id == int(job_id))
             for key, value in filters.items():

@@ -20,6 +20,7 @@ from tornado import websocket
 from .. import orm
 from ..auth.tokens import CurrentUser
 from ..errors import APIError, not_authenticated
+from ..jobs import owned_jobs_query
 from ..models import job_model, workspace_model
 from ..workspaces import unaccepted_share_clause
 from .base import BaseHandler
@@ -174,12 +175,7 @@ class JobStreamHandler(AuthenticatedWebSocket):
         user_id, job_id = self.user.id, self.job_id
 
         def _load(session: Any) -> list[dict[str, Any]]:
-            stmt = (
-                select(orm.Job)
-                .join(orm.Workspace, orm.Workspace.id == orm.Job.workspace_id)
-                .where(orm.Workspace.user_id == user_id)
-                .order_by(orm.Job.id)
-            )
+            stmt = owned_jobs_query(user_id)
             if job_id is not None:
                 stmt = stmt.where(orm.Job.id == job_id)
             return [job_model(j) for j in session.scalars(stmt)]
@@ -263,12 +259,7 @@ class EventsHandler(AuthenticatedWebSocket):
         user_id = self.user.id
 
         def _load(session: Any) -> dict[str, Any]:
-            jobs = session.scalars(
-                select(orm.Job)
-                .join(orm.Workspace, orm.Workspace.id == orm.Job.workspace_id)
-                .where(orm.Workspace.user_id == user_id)
-                .order_by(orm.Job.id)
-            )
+            jobs = session.scalars(owned_jobs_query(user_id))
             workspaces = session.scalars(
                 select(orm.Workspace)
                 .where(orm.Workspace.user_id == user_id, ~unaccepted_share_clause())

@@ -113,15 +113,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
         return path
 
     def create_workspace_dir(self, account: Account, workspace_id: int) -> str:
-        udir = self.user_dir(account)
-        try:
-            os.mkdir(udir, 0o700)
-            safepath.chown_tree(udir, account)
-        except FileExistsError:
-            if os.path.islink(udir) or not os.path.isdir(udir):
-                raise APIError(
-                    500, "Please report this error to your system administrator and try again."
-                ) from None
+        self.ensure_user_dir(account)
         path = self.workspace_dir(account, workspace_id)
         os.mkdir(path, 0o755)
         safepath.chown_tree(path, account)
