@@ -90,6 +90,10 @@ def test_generate_config_documents_options() -> None:
         "c.GlobusAuthenticator.allowed_globus_groups",
         "c.UWSApp.token_expiry_seconds",
         "c.LocalFileSystemStorage.allowed_symlink_roots",
+        "c.Spawner.python",
+        "c.SudoSpawner.sudo",
+        "c.UWSApp.idle_timeout_seconds",
+        "c.UWSApp.session_channel_url",
     ]:
         assert option in out, option
     assert "Largest request body in bytes" in out

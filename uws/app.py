@@ -121,6 +121,8 @@ class UWSApp(Application):
         from .auth.base import DevAuthenticator, LocalAuthenticator, PSCAuthenticator
         from .auth.globus import GlobusAuthenticator
         from .mail import Mailer
+        from .spawners.base import Spawner
+        from .spawners.local import LocalProcessSpawner, SudoSpawner
         from .storage.hubmap import HubmapLocalFileSystemStorage
         from .storage.local import LocalFileSystemStorage
 
@@ -132,6 +134,9 @@ class UWSApp(Application):
             GlobusAuthenticator,
             LocalFileSystemStorage,
             HubmapLocalFileSystemStorage,
+            Spawner,
+            LocalProcessSpawner,
+            SudoSpawner,
             Mailer,
         ]
 
