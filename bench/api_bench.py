@@ -47,8 +47,8 @@ def wrk(
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
 
     def ms(text: str) -> float:
-        value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+        value, unit = re.match(r"([\d.]+)([a-z]+)", text).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))

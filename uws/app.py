@@ -453,7 +453,7 @@ class UWSApp(Application):
             self.storage.root_dir = os.path.join(self.data_dir, "workspaces")
         self.storage.root_dir = os.path.abspath(self.storage.root_dir)
         self.storage.ensure_root()
-        self.fs_executor = ThreadPoolExecutor(4, thread_name_prefix="uws-fs")
+        self.fs_executor = ThreadPoolExecutor(2, thread_name_prefix="uws-fs")
 
     def init_services(self) -> None:
         from .mail import Mailer

@@ -25,8 +25,9 @@ class QuotaService:
     def __init__(self, db: Any) -> None:
         self.db = db
 
-    async def check_disk_write(self, user_id: int, requested: int) -> None:
-        """Refuse a write that would take the user's workspaces past their disk maximum."""
+    async def check_disk_write(self, user_id: int, requested: int) -> bool:
+        """Refuse a write that would take the user's workspaces past their disk maximum.
+        Returns whether the user has a disk maximum at all (then warnings are worth checking)."""
 
         def _check(session: Any) -> tuple[int | None, int]:
             quota = session.get(orm.Quota, user_id)
@@ -41,6 +42,7 @@ class QuotaService:
                 f"Disk quota exceeded: used {used} bytes, requested {requested} bytes, "
                 f"maximum {maximum} bytes.",
             )
+        return maximum is not None
 
     async def check_core_hours(self, user_id: int, requested: float) -> None:
         """A start reserves cpus x time limit; refuse it when that would pass the maximum."""

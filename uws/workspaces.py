@@ -70,9 +70,10 @@ class WorkspaceService:
         self._published: dict[int, dict[int, dict[str, Any]]] = {}
 
     # ---- cache -------------------------------------------------------------------------
-    def after_write(self, user_id: int) -> None:
-        """Quota warnings (80%, 90%) after anything that added files."""
-        self.spawn(self.app.quotas.warn_if_near(user_id, self.app.events))
+    def after_write(self, user_id: int, limited: bool) -> None:
+        """Quota warnings (80%, 90%) after anything that added files, for users with a maximum."""
+        if limited:
+            self.spawn(self.app.quotas.warn_if_near(user_id, self.app.events))
 
     def invalidate(self, *user_ids: int) -> None:
         """Call after a write has committed. The generation bump keeps a load that began before
@@ -193,7 +194,7 @@ class WorkspaceService:
         if not account.username.strip():
             raise APIError(500, "Please report this error to your system administrator and try again.")
         plan = await self.to_thread(self.storage.plan, account, details, None)
-        await self.app.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
+        limited = await self.app.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
         storage = self.storage
 
         def _build() -> tuple[str, int, dict[str, Any]]:
@@ -212,7 +213,7 @@ class WorkspaceService:
 
         adopted: list[str] = []
 
-        def _create(session: Any) -> dict[str, Any]:
+        def _create(session: Any) -> orm.Workspace:
             ws = orm.Workspace(
                 user_id=user.id,
                 name=body["name"],
@@ -227,12 +228,11 @@ class WorkspaceService:
             session.flush()
             ws.file_path = storage.adopt_staging_dir(staging, account, ws.id)
             adopted.append(ws.file_path)
-            session.flush()
-            return workspace_model(ws)
+            return ws  # flushed by the commit; the model is built after it, outside the write lock
 
         try:
-            model = await self.db.run(_create)
-            self.after_write(user.id)
+            model = workspace_model(await self.db.run(_create))
+            self.after_write(user.id, limited)
         except BaseException:
             # Nothing is left behind: the row was rolled back; remove the directory wherever it is.
             await self.to_thread(storage.remove_staging_dir, staging)
@@ -257,7 +257,7 @@ class WorkspaceService:
             raise APIError(500, DIR_FAILURE_JOBS)
         async with self.locks[ws_id]:
             plan = await self.to_thread(self.storage.plan, account, details, ws.file_path)
-            await self.app.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
+            limited = await self.app.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
             if plan.files or plan.symlinks:
                 await self.to_thread(self.storage.apply, account, ws.file_path, plan)
             disk, current = await self.to_thread(self.storage.scan, ws.file_path)
@@ -280,7 +280,7 @@ class WorkspaceService:
 
             try:
                 await self.db.run(_save)
-                self.after_write(user.id)
+                self.after_write(user.id, limited)
             finally:
                 self.invalidate(user.id)
 
@@ -297,11 +297,11 @@ class WorkspaceService:
             raise APIError(413, "Request body too large.")
         async with self.locks[ws_id]:
             await self.to_thread(self.storage.validate_uploads, ws.file_path, [n for n, _ in uploads])
-            await self.app.quotas.check_disk_write(user.id, total)
+            limited = await self.app.quotas.check_disk_write(user.id, total)
             await self.to_thread(self.storage.save_uploads, account, ws.file_path, uploads)
             try:
                 await self.rescan(ws_id, user.id, modified=True)
-                self.after_write(user.id)
+                self.after_write(user.id, limited)
             finally:
                 self.invalidate(user.id)
 
