@@ -47,7 +47,10 @@ def wrk(
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
 
     def ms(text: str) -> float:
-        value, unit = re.match(r"([\d.]+)([a-z]+)", text).groups()
+        match = re.match(r"([\d.]+)([a-z]+)", text)
+        if match is None:
+            raise SystemExit(f"cannot read wrk's output:\n{out}")
+        value, unit = match.groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
