@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 
 import requests
+
 from common import WORK, start_server, stop_server
 
 CONFIG = """

@@ -27,9 +27,10 @@ import time
 
 import psutil
 import requests
-from common import WORK, free_port, stop_server
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
+
+from common import WORK, free_port, stop_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(os.path.dirname(HERE), "tests", "apps", "echo_app.py")

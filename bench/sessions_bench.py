@@ -24,9 +24,10 @@ import time
 from typing import Any
 
 import psutil
-from common import WORK, start_server, stop_server
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
+
+from common import WORK, start_server, stop_server
 
 CONFIG = """
 c.UWSApp.authenticator_class = "dev"

@@ -8,11 +8,11 @@ import json
 from typing import Any
 
 import pytest
-from test_sessions import SESSION_CONFIG, get_job, start, wait_status
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from conftest import Client, Server, login, running_server
+from test_sessions import SESSION_CONFIG, get_job, start, wait_status
 from test_workspaces import create
 
 

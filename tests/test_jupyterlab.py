@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import requests
-from test_sessions import get_job, start, wait_ready, wait_status
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from conftest import LOCAL_CONFIG, Client, Server, login, running_server
+from test_sessions import get_job, start, wait_ready, wait_status
 from test_workspaces import create
 
 pytest.importorskip("jupyterlab", reason="JupyterLab is installed with the test extras")

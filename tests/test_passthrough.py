@@ -11,11 +11,11 @@ import time
 
 import pytest
 import requests
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from conftest import LOCAL_CONFIG, Client, Server, login, running_server, shared_dir
+from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
 from test_workspaces import create
 
 APP = os.path.join(shared_dir(), "apps", "echo_app.py")

@@ -299,8 +299,9 @@ class UWSApp(Application):
     spawner_class = Unicode(
         "",
         config=True,
-        help="""How sessions are started on the local resource: 'local' (as the server's own
-        user), 'sudo' (as the workspace owner's OS account, through sudo), or an import path.
+        help="""How sessions are started: 'local' (as the server's own user), 'sudo' (as the
+        workspace owner's OS account, through sudo), 'slurm' (as Slurm batch jobs submitted with
+        sbatch as the workspace owner; see SlurmSpawner), or an import path.
         Default: 'sudo' when users have their own OS accounts, else 'local'.""",
     )
     heartbeat_seconds = Float(5.0, config=True, help="Seconds between session helper heartbeats.")
@@ -551,6 +552,7 @@ class UWSApp(Application):
     # ---- sessions ----------------------------------------------------------------------------
     def make_spawner(self, job_id: int, account: Account, workspace_dir: str, name: str | None = None) -> Any:
         from .spawners.local import LocalProcessSpawner, SudoSpawner
+        from .spawners.slurm import SlurmSpawner
 
         choice = name or self.spawner_class
         if not choice:
@@ -560,6 +562,8 @@ class UWSApp(Application):
             "LocalProcessSpawner": LocalProcessSpawner,
             "sudo": SudoSpawner,
             "SudoSpawner": SudoSpawner,
+            "slurm": SlurmSpawner,
+            "SlurmSpawner": SlurmSpawner,
         }.get(choice)
         if cls is None:
             cls = import_class(choice, {})

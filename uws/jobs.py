@@ -241,6 +241,9 @@ class JobService:
                 origin=app.public_origin(),
             )
             spec["heartbeat_seconds"] = app.heartbeat_seconds
+            spec["resource_options"] = translated
+            spec["cpus"] = cpus
+            spec["gpu"] = (request_details.get("resource_options") or {}).get("gpu_enabled") is True
             # Apps that cannot serve under /passthrough/<id>/ get the prefix stripped.
             strip = not any("{base_url}" in part for part in spec["command"])
             pid = await spawner.start(spec, secret)
@@ -506,12 +509,12 @@ class JobService:
         if reason == "disappeared":
             status, message = "failed", "Job process disappeared; exit status unknown."
         elif reason in ("completed", "stopped", "time_limit"):
-            status, message = "complete", EXIT_MESSAGES[reason]
+            status, message = "complete", ended.get("message") or EXIT_MESSAGES[reason]
             if reason == "stopped":
                 message = self.stop_messages.pop(job_id, message)
         else:
             status = "failed"
-            message = EXIT_MESSAGES.get(reason, FAILED_MESSAGE)
+            message = ended.get("message") or EXIT_MESSAGES.get(reason, FAILED_MESSAGE)
             if ended.get("exit_code") is not None:
                 message = f"{message} (exit code {ended['exit_code']})"
         await self._finish(
@@ -626,12 +629,17 @@ class JobService:
             try:
                 spawner = await self._spawner(job_id)
                 ended = await spawner.poll() if spawner is not None else None
-            except Exception:
-                log.exception("Checking job %s failed; keeping its status", job_id)
+            except Exception as e:
+                # Unknown is not finished (B6): keep the status, say so, and try again next pass.
+                log.warning("Checking job %s failed (%s); keeping its status", job_id, e)
+                await self._update(job_id, message="The scheduler is not answering; retrying.")
                 continue
             if ended is not None:
                 await self.apply_exit(job_id, ended)
             else:
+                waiting = getattr(spawner, "status_message", None)
+                if waiting:
+                    await self._update(job_id, message=waiting)
                 secret = await self.secret_for(job_id)
                 if secret:
                     await self.channel.send(job_id, secret, {"type": "report"})

@@ -97,13 +97,15 @@ def _clear_final(name: str, dir_fd: int) -> None:
     os.unlink(name, dir_fd=dir_fd)
 
 
-def write_file(root: str, parts: list[str], content: bytes, account: Account | None) -> None:
+def write_file(
+    root: str, parts: list[str], content: bytes, account: Account | None, mode: int = 0o644
+) -> None:
     with open_parent(root, parts, account) as dir_fd:
         _clear_final(parts[-1], dir_fd)
         fd = os.open(
             parts[-1],
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
+            mode,
             dir_fd=dir_fd,
         )
         try:

@@ -1,0 +1,188 @@
+"""Sessions on a real single-node Slurm cluster (scripts/slurm-start, which .ci/run runs).
+
+Skipped, with the reason, where no cluster answers (a developer machine without Slurm)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import (
+    IS_ROOT,
+    LOCAL_CONFIG,
+    SUDO_AVAILABLE,
+    Client,
+    Server,
+    free_port,
+    login,
+    running_server,
+    shared_dir,
+)
+from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
+from test_workspaces import create, get_ws, wait_for
+
+
+def cluster_up() -> bool:
+    try:
+        return "UP" in subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not (IS_ROOT and SUDO_AVAILABLE and cluster_up()),
+    reason="needs root, sudo and a running Slurm cluster (sudo scripts/slurm-start)",
+)
+
+APP = os.path.join(shared_dir(), "apps", "echo_app.py")
+
+
+def slurm_config() -> str:
+    return (
+        LOCAL_CONFIG
+        + f"""
+c.UWSApp.spawner_class = "slurm"
+c.UWSApp.session_channel_url = "tcp://127.0.0.1:{free_port()}"
+c.UWSApp.heartbeat_seconds = 1
+c.UWSApp.reconcile_seconds = 1
+c.UWSApp.stop_grace_seconds = 2
+c.SlurmSpawner.poll_interval = 1
+c.UWSApp.job_types = {{
+    "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"],
+        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
+    "crash": {{"name": "Crash", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["sh", "-c", "echo slurm-boom; exit 4"]}}}}}},
+}}
+"""
+    )
+
+
+@pytest.fixture(scope="module")
+def slurm_server(backend: str):
+    yield from running_server(backend, slurm_config())
+
+
+@pytest.fixture
+def user(slurm_server: Server) -> Client:
+    return login(slurm_server, slurm_server.client_token)
+
+
+def squeue_state(slurm_id: int) -> str:
+    out = subprocess.run(
+        ["squeue", "--states=all", "-h", "-o", "%T", "-j", str(slurm_id)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    return out.strip()
+
+
+def test_launch_ready_and_stop(slurm_server: Server, user: Client) -> None:
+    w = create(user)
+    job = start(user, w["id"], job_type="echo", resource_options={"num_cpus": 1, "memory_mb": 1024})
+    slurm_id = job["resource_job_id"]
+    assert slurm_id > 0
+    ready = wait_ready(user, job["id"], 60)
+    details = ready["job_details"]["current_job_details"]["connection_details"]
+    assert requests.get(details["url_domain"] + details["url_path"], timeout=10).text == "hello"
+    assert squeue_state(slurm_id) == "RUNNING"
+    script = open(os.path.join(w_dir(slurm_server, user, w["id"]), f".{job['id']}", "job.sh")).read()
+    assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --mem=1024M" in script
+    assert user.put(f"/jobs/{job['id']}/stop").status_code == 200
+    wait_status(user, job["id"], "complete", timeout=60)
+    wait_for(lambda: squeue_state(slurm_id) in ("CANCELLED", "COMPLETED", ""), 30)
+
+
+def w_dir(server: Server, user: Client, ws_id: int) -> str:
+    return os.path.join(server.dir, "workspaces", user.username, str(ws_id))
+
+
+def test_failure_is_reported_with_log(slurm_server: Server, user: Client) -> None:
+    w = create(user)
+    job = start(user, w["id"], job_type="crash")
+    done = wait_status(user, job["id"], "failed", timeout=60)
+    current = done["job_details"]["current_job_details"]
+    assert "exit code 4" in current["message"]
+    assert "slurm-boom" in current["log_tail"]
+
+
+def test_scancel_from_outside(slurm_server: Server, user: Client) -> None:
+    w = create(user)
+    job = start(user, w["id"], job_type="echo")
+    wait_ready(user, job["id"], 60)
+    subprocess.run(["scancel", str(job["resource_job_id"])], check=True, timeout=10)
+    done = wait_status(user, job["id"], "complete", "failed", timeout=60)
+    assert done["status"] == "complete"
+    wait_for(lambda: get_ws(user, w["id"])["status"] == "idle", 20)
+
+
+def test_server_restart_reattaches(backend: str) -> None:
+    srv = Server(backend, slurm_config()).start()
+    try:
+        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        c = login(srv, ct)
+        w = create(c)
+        job = start(c, w["id"], job_type="echo")
+        wait_ready(c, job["id"], 60)
+        srv.proc.kill()
+        srv.proc.wait()
+        srv.start()
+        assert get_job(c, job["id"])["status"] == "running"
+        time.sleep(3)
+        assert get_job(c, job["id"])["status"] == "running"  # re-attached, not marked failed
+        assert c.put(f"/jobs/{job['id']}/stop").status_code == 200
+        wait_status(c, job["id"], "complete", timeout=60)
+    finally:
+        srv.close()
+
+
+def test_pending_reason_reaches_the_user(slurm_server: Server, user: Client) -> None:
+    """Two 1-CPU sessions fill the 2-CPU node; a third waits, and says why."""
+    cpus = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0])
+    w = create(user)
+    fillers = [start(user, w["id"], job_type="echo") for _ in range(cpus)]
+    for job in fillers:
+        wait_ready(user, job["id"], 60)
+    waiting = start(user, w["id"], job_type="echo")
+    pending = wait_for(
+        lambda: (
+            "Slurm queue"
+            in (j := get_job(user, waiting["id"]))["job_details"]["current_job_details"]["message"]
+            and j
+        ),
+        30,
+    )
+    assert pending["status"] == "pending"
+    assert "Resources" in pending["job_details"]["current_job_details"]["message"]
+    user.put(f"/jobs/{fillers[0]['id']}/stop")
+    wait_ready(user, waiting["id"], 60)
+    for job in [*fillers[1:], waiting]:
+        user.put(f"/jobs/{job['id']}/stop")
+    for job in [*fillers, waiting]:
+        wait_status(user, job["id"], "complete", timeout=60)
+
+
+def test_scheduler_restart_while_sessions_run(slurm_server: Server, user: Client) -> None:
+    w = create(user)
+    job = start(user, w["id"], job_type="echo")
+    ready = wait_ready(user, job["id"], 60)
+    details = ready["job_details"]["current_job_details"]["connection_details"]
+    pid = int(open("/run/slurmctld.pid").read())
+    os.kill(pid, 15)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20)
+    try:
+        time.sleep(3)  # several reconcile passes without a scheduler
+        assert get_job(user, job["id"])["status"] == "running"
+        assert requests.get(details["url_domain"] + details["url_path"], timeout=10).text == "hello"
+    finally:
+        subprocess.run(["slurmctld"], check=True, timeout=30)  # state is kept in StateSaveLocation
+        wait_for(
+            lambda: "UP" in subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout, 30
+        )
+    assert user.put(f"/jobs/{job['id']}/stop").status_code == 200
+    wait_status(user, job["id"], "complete", timeout=60)
