@@ -624,7 +624,9 @@ class JobService:
                     if status == "stopping":
                         asyncio.ensure_future(self._terminate(job_id))
                 continue
-            if now - self.last_seen.get(job_id, 0) < silent_after:
+            # Pending jobs (waiting in a queue, no helper yet) are checked every pass, so the
+            # queue's reason reaches the user; the others only once their helper goes silent.
+            if status != "pending" and now - self.last_seen.get(job_id, 0) < silent_after:
                 continue
             try:
                 spawner = await self._spawner(job_id)

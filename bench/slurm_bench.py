@@ -1,0 +1,192 @@
+"""Slurm session benchmarks on the local cluster (sudo scripts/slurm-start first).
+
+  1. submit to running: PUT start to the job's `running` event (the helper started inside the
+     allocation), sequential sessions on the idle cluster, after a warm-up job that waits out
+     the first scheduling pass;
+  2. scheduler queries: with N sessions active (most of them pending on a 2-CPU node), how many
+     `squeue` calls the server makes per poll interval (counted by a logging wrapper put first on
+     the server's PATH).
+
+    python bench/slurm_bench.py [--starts 10] [--active 200]
+
+Run as root (sessions run as the workspace owner through sudo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from common import WORK, free_port, start_server, stop_server
+
+CONFIG = """
+c.UWSApp.authenticator_class = "local"
+c.LocalAuthenticator.create_system_users = True
+c.LocalFileSystemStorage.root_dir = "{root}"
+c.UWSApp.log_level = "WARN"
+c.UWSApp.spawner_class = "slurm"
+c.UWSApp.session_channel_url = "tcp://127.0.0.1:{channel}"
+c.UWSApp.max_running_jobs_per_user = 0
+c.UWSApp.max_concurrent_starts = 0
+c.UWSApp.reconcile_seconds = 1
+c.SlurmSpawner.poll_interval = 2
+c.Spawner.python = "/usr/bin/python3"
+c.Spawner.helper_pythonpath = "{lib}"
+c.UWSApp.job_types = {{
+    "sleep": {{"name": "Sleep", "job_type": "CommandJob",
+              "environment_details": {{"main_resource": {{"command": ["sleep", "600"], "readiness_path": ""}}}}}},
+}}
+"""
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--starts", type=int, default=10)
+    parser.add_argument("--active", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    os.makedirs(WORK, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="uws-slbench-", dir="/tmp")
+    os.chmod(workdir, 0o755)
+    lib = os.path.join(workdir, "lib")
+    shutil.copytree(
+        os.path.join(os.path.dirname(WORK), "..", "uws"),
+        os.path.join(lib, "uws"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    wrappers = os.path.join(workdir, "bin")
+    os.makedirs(wrappers)
+    count_file = os.path.join(workdir, "squeue.calls")
+    real = shutil.which("squeue")
+    with open(os.path.join(wrappers, "squeue"), "w") as f:
+        f.write(f'#!/bin/sh\necho "$(date +%s.%N)" >> {count_file}\nexec {real} "$@"\n')
+    os.chmod(os.path.join(wrappers, "squeue"), 0o755)
+    for dirpath, _, files in os.walk(workdir):
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o755)
+    os.environ["PATH"] = f"{wrappers}:{os.environ['PATH']}"
+    config = CONFIG.format(root=os.path.join(workdir, "workspaces"), channel=free_port(), lib=lib)
+    proc, base, _ = start_server(workdir, config)
+    http = AsyncHTTPClient(max_clients=32)
+    try:
+        ct = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "uws",
+                    "create-client-token",
+                    "bench",
+                    "--config",
+                    os.path.join(workdir, "uws_config.py"),
+                    "--db-url",
+                    f"sqlite:///{workdir}/uws.sqlite",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+
+        async def call(method: str, path: str, body: object = None, token: str | None = None) -> dict:
+            headers = {"UWS-Authorization": f"Token {token}"} if token else {}
+            r = await http.fetch(
+                HTTPRequest(
+                    base + path,
+                    method=method,
+                    headers=headers,
+                    request_timeout=60,
+                    body=json.dumps(body) if body is not None else (b"" if method == "PUT" else None),
+                ),
+                raise_error=False,
+            )
+            return json.loads(r.body)
+
+        token = (
+            await call(
+                "POST",
+                "/tokens/",
+                {"client_token": ct, "user_info": {"username": "uwstbench", "email": "b@x"}},
+            )
+        )["token"]
+        ws = (await call("POST", "/workspaces/", {"name": "b", "description": ""}, token))["data"][
+            "workspace"
+        ]["id"]
+        conn = await websocket_connect(
+            HTTPRequest(
+                base.replace("http", "ws") + "/ws/events", headers={"UWS-Authorization": f"Token {token}"}
+            )
+        )
+        await conn.read_message()
+
+        async def start_and_wait() -> float:
+            t0 = time.time()
+            job = (await call("PUT", f"/workspaces/{ws}/start/", {"job_type": "sleep"}, token))["data"]["job"]
+            while True:
+                event = json.loads(await asyncio.wait_for(conn.read_message(), 120))
+                if (
+                    event["type"] == "job"
+                    and event["data"]["id"] == job["id"]
+                    and event["data"]["status"] == "running"
+                ):
+                    await call("PUT", f"/jobs/{job['id']}/stop/", token=token)
+                    return time.time() - t0
+
+        warm = await start_and_wait()
+        times = sorted([await start_and_wait() for _ in range(args.starts)])
+        print(
+            f"submit -> running (idle cluster, after a warm-up of {warm:.2f} s): p50 {times[len(times) // 2]:.2f} s, "
+            f"max {times[-1]:.2f} s over {len(times)} sessions"
+        )
+        await asyncio.sleep(5)
+        jobs = [
+            (await call("PUT", f"/workspaces/{ws}/start/", {"job_type": "sleep"}, token))["data"]["job"]
+            for _ in range(args.active)
+        ]
+        await asyncio.sleep(5)
+        statuses: dict[str, int] = {}
+        for job in (await call("GET", "/jobs/", token=token))["data"]["jobs"]:
+            statuses[job["status"]] = statuses.get(job["status"], 0) + 1
+        print(f"jobs by status: {statuses}")
+
+        def calls() -> int:
+            try:
+                with open(count_file) as f:
+                    return sum(1 for _ in f)
+            except FileNotFoundError:
+                return 0
+
+        before = calls()
+        await asyncio.sleep(args.seconds)
+        after = calls()
+        listed = (await call("GET", "/jobs/?status=pending", token=token))["data"]["jobs"]
+        print(
+            f"{args.active} active sessions ({len(listed)} pending): {after - before} squeue calls in "
+            f"{args.seconds:.0f} s, poll interval 2 s ({(after - before) / (args.seconds / 2):.2f} per interval)"
+        )
+        for job in jobs:
+            await call("PUT", f"/jobs/{job['id']}/stop/", token=token)
+        conn.close()
+    finally:
+        subprocess.run(["scancel", "-u", "uwstbench"], capture_output=True)
+        stop_server(proc, workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
