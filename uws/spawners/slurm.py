@@ -171,7 +171,8 @@ class SlurmSpawner(Spawner):
         state = info["state"].split()[0].rstrip("+")
         if state in PENDING:
             start = info["start"] if info["start"] not in ("N/A", "Unknown", "") else "not known yet"
-            self.status_message = f"Waiting in the Slurm queue ({info['reason']}); expected start: {start}."
+            why = f" ({info['reason']})" if info["reason"] not in ("None", "") else ""
+            self.status_message = f"Waiting in the Slurm queue{why}; expected start: {start}."
             return None
         if state in RUNNING:
             self.status_message = None
