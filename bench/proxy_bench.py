@@ -59,7 +59,7 @@ def wrk(url: str, connections: int, duration: int, headers: dict[str, str]) -> t
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), ms(
-        re.search(r"99%\s+(\S+)", out).group(1)
+        re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,12 +23,20 @@ def disk_used(session: Any, user_id: int) -> int:
 
 
 class QuotaService:
+    """Maximums are set by `uws quota set` in another process, so they are cached only briefly."""
+
+    CACHE_SECONDS = 2.0
+
     def __init__(self, db: Any) -> None:
         self.db = db
+        self._unlimited_disk: dict[int, float] = {}  # user id -> when we last saw no disk maximum
 
     async def check_disk_write(self, user_id: int, requested: int) -> bool:
         """Refuse a write that would take the user's workspaces past their disk maximum.
         Returns whether the user has a disk maximum at all (then warnings are worth checking)."""
+        seen = self._unlimited_disk.get(user_id)
+        if seen is not None and time.monotonic() - seen < self.CACHE_SECONDS:
+            return False  # most users have no maximum: no query on their every write
 
         def _check(session: Any) -> tuple[int | None, int]:
             quota = session.get(orm.Quota, user_id)
@@ -36,6 +45,10 @@ class QuotaService:
             return quota.max_disk_bytes, disk_used(session, user_id)
 
         maximum, used = await self.db.run(_check)
+        if maximum is None:
+            self._unlimited_disk[user_id] = time.monotonic()
+        else:
+            self._unlimited_disk.pop(user_id, None)
         if maximum is not None and used + requested > maximum:
             raise APIError(
                 400,
@@ -54,6 +67,10 @@ class QuotaService:
             return quota.max_core_hours, quota.used_core_hours or 0.0
 
         maximum, used = await self.db.run(_check)
+        if maximum is None:
+            self._unlimited_disk[user_id] = time.monotonic()
+        else:
+            self._unlimited_disk.pop(user_id, None)
         if maximum is not None and used + requested > maximum:
             raise APIError(
                 400,
