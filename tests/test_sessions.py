@@ -341,3 +341,20 @@ def test_session_that_vanished_while_server_was_down_is_failed(backend: str) -> 
         )
     finally:
         srv.close()
+
+
+def test_disk_quota_holds_right_after_a_start(sserver: Server, user: Client) -> None:
+    """Starting a session (which checks core hours) must not make a disk maximum look absent."""
+    sserver.cli("quota", "set", user.username, "--disk-bytes", "100")
+    w = create(user)
+    start(user, w["id"], job_type="local_test_job")
+    r = user.post(
+        "/workspaces/",
+        {
+            "name": "big",
+            "description": "",
+            "workspace_details": {"files": [{"name": "a.txt", "content": "x" * 150}]},
+        },
+    )
+    assert r.status_code == 400
+    assert r.json()["message"].startswith("Disk quota exceeded:")

@@ -67,10 +67,6 @@ class QuotaService:
             return quota.max_core_hours, quota.used_core_hours or 0.0
 
         maximum, used = await self.db.run(_check)
-        if maximum is None:
-            self._unlimited_disk[user_id] = time.monotonic()
-        else:
-            self._unlimited_disk.pop(user_id, None)
         if maximum is not None and used + requested > maximum:
             raise APIError(
                 400,
