@@ -30,7 +30,7 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from common import WORK, free_port, stop_server
+from common import WORK, free_port, start_server, stop_server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(os.path.dirname(HERE), "tests", "apps", "echo_app.py")
@@ -104,35 +104,12 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(os.path.join(args.workdir, "chp"), exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="uws-pbench-", dir=args.workdir)
-    port = free_port()
-    config = os.path.join(workdir, "uws_config.py")
-    with open(config, "w") as f:
-        f.write(CONFIG.format(root=os.path.join(workdir, "workspaces"), python=sys.executable, app=APP))
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uws",
-            "--config",
-            config,
-            "--port",
-            str(port),
-            "--db-url",
-            f"sqlite:///{workdir}/uws.sqlite",
-        ],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    server, base, _ = start_server(
+        workdir, CONFIG.format(root=os.path.join(workdir, "workspaces"), python=sys.executable, app=APP)
     )
-    base = f"http://127.0.0.1:{port}"
+    port = int(base.rsplit(":", 1)[1])
     chp = None
     try:
-        for _ in range(200):
-            try:
-                requests.get(base + "/status/", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.05)
         token = requests.post(
             base + "/tokens/", data=json.dumps({"user_info": {"username": "bench", "email": "b@x"}})
         ).json()["token"]
