@@ -1,4 +1,5 @@
-"""Sessions on a real single-node Slurm cluster (scripts/slurm-start, which .ci/run runs).
+"""Sessions on a real single-node Slurm cluster (scripts/slurm-start, which .ci/run runs), through
+both SlurmSpawner (sbatch/squeue/scancel) and SlurmRestSpawner (slurmrestd with JWT).
 
 Skipped, with the reason, where no cluster answers (a developer machine without Slurm)."""
 
@@ -41,16 +42,21 @@ pytestmark = pytest.mark.skipif(
 APP = os.path.join(shared_dir(), "apps", "echo_app.py")
 
 
-def slurm_config() -> str:
+SPAWNERS = ["slurm", "slurm_rest"]
+
+
+def slurm_config(spawner: str = "slurm", extra: str = "") -> str:
     return (
         LOCAL_CONFIG
         + f"""
-c.UWSApp.spawner_class = "slurm"
+c.UWSApp.spawner_class = "{spawner}"
 c.UWSApp.session_channel_url = "tcp://127.0.0.1:{free_port()}"
 c.UWSApp.heartbeat_seconds = 1
 c.UWSApp.reconcile_seconds = 1
 c.UWSApp.stop_grace_seconds = 2
-c.SlurmSpawner.poll_interval = 1
+c.UWSApp.lost_contact_seconds = 4
+c.SlurmBase.poll_interval = 1
+{extra}
 c.UWSApp.job_types = {{
     "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"],
@@ -62,9 +68,9 @@ c.UWSApp.job_types = {{
     )
 
 
-@pytest.fixture(scope="module")
-def slurm_server(backend: str):
-    yield from running_server(backend, slurm_config())
+@pytest.fixture(scope="module", params=SPAWNERS)
+def slurm_server(backend: str, request: pytest.FixtureRequest):
+    yield from running_server(backend, slurm_config(request.param))
 
 
 @pytest.fixture
@@ -97,19 +103,34 @@ def squeue_state(slurm_id: int) -> str:
     return out.strip()
 
 
+def scontrol_job(slurm_id: int) -> dict[str, str]:
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", str(slurm_id)], capture_output=True, text=True, timeout=10
+    ).stdout
+    return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+
 def test_launch_ready_and_stop(slurm_server: Server, user: Client) -> None:
+    """Resource options reach Slurm, the app answers, and core hours are what Slurm allocated
+    (2 CPUs × the time the job ran), not the idle app's CPU time."""
     w = create(user)
-    job = start(user, w["id"], job_type="echo", resource_options={"num_cpus": 1, "memory_mb": 1024})
+    began = time.time()
+    job = start(user, w["id"], job_type="echo", resource_options={"num_cpus": 2, "memory_mb": 1024})
     slurm_id = job["resource_job_id"]
     assert slurm_id > 0
     ready = wait_ready(user, job["id"], 60)
     details = ready["job_details"]["current_job_details"]["connection_details"]
     assert requests.get(details["url_domain"] + details["url_path"], timeout=10).text == "hello"
     assert squeue_state(slurm_id) == "RUNNING"
-    script = open(os.path.join(w_dir(slurm_server, user, w["id"]), f".{job['id']}", "job.sh")).read()
-    assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --mem=1024M" in script
+    fields = scontrol_job(slurm_id)
+    assert fields["UserId"].startswith(user.username + "(")  # runs as the workspace owner
+    assert fields["NumCPUs"] == "2" and fields["MinMemoryNode"] == "1G"
+    time.sleep(2)
     assert user.put(f"/jobs/{job['id']}/stop").status_code == 200
-    wait_status(user, job["id"], "complete", timeout=60)
+    done = wait_status(user, job["id"], "complete", timeout=60)
+    took = time.time() - began
+    assert done["job_details"]["current_job_details"]["message"] == "Job stopped."
+    assert 2 * 2 / 3600 <= float(done["core_hours"]) <= 2 * took / 3600
     wait_for(lambda: squeue_state(slurm_id) in ("CANCELLED", "COMPLETED", ""), 30)
 
 
@@ -133,11 +154,13 @@ def test_scancel_from_outside(slurm_server: Server, user: Client) -> None:
     subprocess.run(["scancel", str(job["resource_job_id"])], check=True, timeout=10)
     done = wait_status(user, job["id"], "complete", "failed", timeout=60)
     assert done["status"] == "complete"
+    assert "cancelled in Slurm" in done["job_details"]["current_job_details"]["message"]
     wait_for(lambda: get_ws(user, w["id"])["status"] == "idle", 20)
 
 
-def test_server_restart_reattaches(backend: str) -> None:
-    srv = Server(backend, slurm_config()).start()
+@pytest.mark.parametrize("spawner", SPAWNERS)
+def test_server_restart_reattaches(backend: str, spawner: str) -> None:
+    srv = Server(backend, slurm_config(spawner)).start()
     try:
         ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
         c = login(srv, ct)
@@ -182,16 +205,39 @@ def test_pending_reason_reaches_the_user(slurm_server: Server, user: Client) -> 
         wait_status(user, job["id"], "complete", timeout=60)
 
 
+def helper_pid(job_id: int) -> int:
+    out = subprocess.run(
+        ["pgrep", "-f", rf"uws\.session_helper --job-dir \S*/\.{job_id} "], capture_output=True, text=True
+    ).stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+def message(c: Client, job_id: int) -> str:
+    return get_job(c, job_id)["job_details"]["current_job_details"]["message"]
+
+
 def test_scheduler_restart_while_sessions_run(slurm_server: Server, user: Client) -> None:
+    """With slurmctld down, a session whose helper still reports keeps running and says the
+    scheduler is not answering; one whose helper is gone too is given up after
+    lost_contact_seconds (4 s here). Once slurmctld is back, the first carries on."""
     w = create(user)
     job = start(user, w["id"], job_type="echo")
+    lost = start(user, w["id"], job_type="echo")
     ready = wait_ready(user, job["id"], 60)
+    wait_ready(user, lost["id"], 60)
     details = ready["job_details"]["current_job_details"]["connection_details"]
     pid = int(open("/run/slurmctld.pid").read())
     os.kill(pid, 15)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20)
     try:
-        time.sleep(3)  # several reconcile passes without a scheduler
+        os.kill(helper_pid(lost["id"]), 9)
+        wait_for(lambda: "not answering" in message(user, job["id"]), 15)
+        done = wait_status(user, lost["id"], "failed", timeout=30)
+        assert (
+            done["job_details"]["current_job_details"]["message"]
+            == "Lost contact with the job on the resource."
+        )
         assert get_job(user, job["id"])["status"] == "running"
         assert requests.get(details["url_domain"] + details["url_path"], timeout=10).text == "hello"
     finally:
@@ -199,5 +245,47 @@ def test_scheduler_restart_while_sessions_run(slurm_server: Server, user: Client
         wait_for(
             lambda: "UP" in subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout, 30
         )
+    wait_for(lambda: message(user, job["id"]) == "The resource is answering again.", 30)
     assert user.put(f"/jobs/{job['id']}/stop").status_code == 200
     wait_status(user, job["id"], "complete", timeout=60)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_time_limit_from_slurm(backend: str) -> None:
+    """Slurm owns the time limit: time_left is Slurm's (it follows `scontrol update`), and a job
+    that reaches it ends TIMEOUT, shown as a normal end with a message that says so. Both
+    spawners run at once, as a minute must pass either way; the database plays no part here,
+    so SQLite only."""
+    servers = [Server(backend, slurm_config(spawner)).start() for spawner in SPAWNERS]
+    try:
+        jobs = []
+        for srv in servers:
+            c = login(srv, srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1])
+            job = start(c, create(c)["id"], job_type="echo", resource_options={"time_limit_min": 5})
+            jobs.append((c, job))
+        for c, job in jobs:
+            current = wait_ready(c, job["id"], 60)["job_details"]["current_job_details"]
+            assert 240 <= current["time_left"] <= 300
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job['resource_job_id']}", "TimeLimit=1"],
+                check=True,
+                timeout=10,
+            )
+        for c, job in jobs:
+            current = wait_for(
+                lambda c=c, job=job: (
+                    (d := get_job(c, job["id"])["job_details"]["current_job_details"]).get("time_left", 999)
+                    <= 60
+                    and d
+                ),
+                15,
+            )
+            assert current["time_left"] >= 0
+        for c, job in jobs:  # Slurm checks time limits every 30 s: 60-90 s after the start
+            done = wait_status(c, job["id"], "complete", "failed", timeout=120)
+            assert done["status"] == "complete"
+            assert "reached its Slurm time limit" in done["job_details"]["current_job_details"]["message"]
+            assert squeue_state(job["resource_job_id"]) == "TIMEOUT"
+    finally:
+        for srv in servers:
+            srv.close()

@@ -123,6 +123,8 @@ class UWSApp(Application):
         from .mail import Mailer
         from .spawners.base import Spawner
         from .spawners.local import LocalProcessSpawner, SudoSpawner
+        from .spawners.slurm import SlurmBase, SlurmSpawner
+        from .spawners.slurm_rest import SlurmRestSpawner
         from .storage.hubmap import HubmapLocalFileSystemStorage
         from .storage.local import LocalFileSystemStorage
 
@@ -137,6 +139,9 @@ class UWSApp(Application):
             Spawner,
             LocalProcessSpawner,
             SudoSpawner,
+            SlurmBase,
+            SlurmSpawner,
+            SlurmRestSpawner,
             Mailer,
         ]
 
@@ -301,7 +306,8 @@ class UWSApp(Application):
         config=True,
         help="""How sessions are started: 'local' (as the server's own user), 'sudo' (as the
         workspace owner's OS account, through sudo), 'slurm' (as Slurm batch jobs submitted with
-        sbatch as the workspace owner; see SlurmSpawner), or an import path.
+        sbatch as the workspace owner; see SlurmSpawner), 'slurm_rest' (Slurm batch jobs
+        submitted through slurmrestd's REST API; see SlurmRestSpawner), or an import path.
         Default: 'sudo' when users have their own OS accounts, else 'local'.""",
     )
     heartbeat_seconds = Float(5.0, config=True, help="Seconds between session helper heartbeats.")
@@ -309,6 +315,13 @@ class UWSApp(Application):
         10.0,
         config=True,
         help="Seconds between checks of sessions whose helper has gone silent.",
+    )
+    lost_contact_seconds = Float(
+        900.0,
+        config=True,
+        help="""A session whose helper is silent and whose resource (the Slurm scheduler, say)
+        does not answer keeps its status, and is checked again with backoff; after this many
+        seconds of that it is marked failed ("Lost contact with the job on the resource.").""",
     )
     stop_grace_seconds = Float(
         5.0, config=True, help="Seconds a stopping session gets between SIGTERM and SIGKILL."
@@ -553,6 +566,7 @@ class UWSApp(Application):
     def make_spawner(self, job_id: int, account: Account, workspace_dir: str, name: str | None = None) -> Any:
         from .spawners.local import LocalProcessSpawner, SudoSpawner
         from .spawners.slurm import SlurmSpawner
+        from .spawners.slurm_rest import SlurmRestSpawner
 
         choice = name or self.spawner_class
         if not choice:
@@ -564,6 +578,8 @@ class UWSApp(Application):
             "SudoSpawner": SudoSpawner,
             "slurm": SlurmSpawner,
             "SlurmSpawner": SlurmSpawner,
+            "slurm_rest": SlurmRestSpawner,
+            "SlurmRestSpawner": SlurmRestSpawner,
         }.get(choice)
         if cls is None:
             cls = import_class(choice, {})

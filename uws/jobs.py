@@ -22,7 +22,7 @@ from .errors import APIError
 from .jobtypes import JobTypeError, build_spec, minutes, settings_for
 from .models import job_model
 from .params import translate, validate_resource_options
-from .spawners.base import Spawner
+from .spawners.base import LaunchError, Spawner
 from .utils import utcnow
 from .workspaces import ACTIVE_JOB_STATUSES, DIR_FAILURE_JOBS
 
@@ -72,10 +72,11 @@ class JobService:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         self.owners: dict[int, int] = {}  # active job id -> user id
+        # job id -> (phase in the database, when it was written)
         self.recorded: dict[int, tuple[str, float]] = {}
-        self.stop_messages: dict[
-            int, str
-        ] = {}  # why the server stopped a job (idle culling)  # job id -> (phase in the database, when)
+        self.stop_messages: dict[int, str] = {}  # why the server stopped a job (idle culling)
+        self.stop_requested: set[int] = set()  # jobs the server asked to stop
+        self.unanswered: dict[int, float] = {}  # job id -> when checking it first failed
 
     # ---- life cycle --------------------------------------------------------------------------
     async def begin(self) -> None:
@@ -250,7 +251,9 @@ class JobService:
         except Exception as e:
             self.launching.discard(job_id)
             self.owners.pop(job_id, None)
-            message = str(e) if isinstance(e, JobTypeError | OSError) else "A server error occurred."
+            message = (
+                str(e) if isinstance(e, JobTypeError | OSError | LaunchError) else "A server error occurred."
+            )
             log.exception("Launching job %s failed", job_id)
             await self._finish(job_id, "failed", f"Launch failed: {message}")
             raise APIError(500, f"Launch failed: {message}") from None
@@ -335,6 +338,7 @@ class JobService:
             return False
         if final_message:
             self.stop_messages[job_id] = final_message
+        self.stop_requested.add(job_id)
         self.publish(user_id, model)
         asyncio.ensure_future(self._terminate(job_id))
         return True
@@ -355,10 +359,14 @@ class JobService:
         try:
             if spawner is not None:
                 await spawner.stop()
-                ended = await spawner.poll()
-                if ended is not None:
-                    await self.apply_exit(job_id, ended)
-                    return
+                # A scheduler takes a moment to record the cancellation.
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    ended = await spawner.poll()
+                    if ended is not None:
+                        await self.apply_exit(job_id, ended)
+                        return
+                    await asyncio.sleep(0.5)
         except Exception:
             log.exception("Stopping job %s through its spawner failed", job_id)
         if not await self._is_terminal(job_id):
@@ -386,7 +394,14 @@ class JobService:
         if kind == "heartbeat":
             self.metrics[job_id] = message.get("metrics") or {}
         if state.get("phase") == "exited" or kind == "exited":
-            await self.apply_exit(job_id, state.get("exit") or {"reason": "failed"}, source_time=seen)
+            ended = state.get("exit") or {"reason": "failed"}
+            spawner = await self._spawner(job_id)
+            if ended.get("reason") in ("stopped", "failed") and job_id not in self.stop_requested and spawner:
+                # Ended, but not by us: the resource may know why (time limit, scancel, memory).
+                # Asking takes a moment; other sessions' messages must not wait for it.
+                asyncio.ensure_future(self._exit_with_resource_reason(job_id, spawner, ended, seen))
+            else:
+                await self.apply_exit(job_id, ended, source_time=seen)
             return
         phase = state.get("phase")
         # A heartbeat that reports what is already recorded costs no database work; time_left
@@ -475,13 +490,12 @@ class JobService:
                     metrics["time_init"] = round((utcnow() - job.datetime_start).total_seconds(), 6)
             if message is not None and job.status in ("pending", "running"):
                 current["message"] = message
-            limit = (job.spawner_state or {}).get("time_limit_minutes")
-            if limit and job.datetime_start is not None and job.status == "running":
-                elapsed = (utcnow() - job.datetime_start).total_seconds()
-                left = max(0, int(limit * 60 - elapsed))
-                # Refreshed once a minute (the portal shows minutes): idle heartbeats write nothing.
-                if abs(current.get("time_left", -999) - left) >= 60 or "time_left" not in current:
-                    current["time_left"] = left
+            left = self._time_left(job)
+            # Refreshed once a minute (the portal shows minutes): idle heartbeats write nothing.
+            if left is not None and (
+                abs(current.get("time_left", -999) - left) >= 60 or "time_left" not in current
+            ):
+                current["time_left"] = left
             if (job.status, current) == before and metrics == details.get("metrics"):
                 return None
             details["current_job_details"] = current
@@ -494,6 +508,20 @@ class JobService:
         if result is not None:
             self.publish(*result, source_time=source_time)
 
+    def _time_left(self, job: orm.Job) -> int | None:
+        """Seconds a running job has left: the resource's own figure where it has one (Slurm),
+        else its time limit less the time since it started."""
+        if job.status != "running":
+            return None
+        spawner = self.spawners.get(job.id)
+        left = getattr(spawner, "time_left", None)
+        if left is not None:
+            return left
+        limit = (job.spawner_state or {}).get("time_limit_minutes")
+        if not limit or job.datetime_start is None:
+            return None
+        return max(0, int(limit * 60 - (utcnow() - job.datetime_start).total_seconds()))
+
     async def _heartbeat(self, job_id: int, source_time: float | None) -> None:
         """Metrics go out as events only; the database sees them when the job ends."""
         metrics = self.metrics.get(job_id)
@@ -503,6 +531,15 @@ class JobService:
                 user_id, "metrics", {"job_id": job_id, **metrics}, job_id=job_id, source_time=source_time
             )
 
+    async def _exit_with_resource_reason(
+        self, job_id: int, spawner: Spawner, ended: dict[str, Any], source_time: float | None
+    ) -> None:
+        try:
+            ended = await spawner.end_state(ended)
+        except Exception:
+            log.exception("Asking the resource how job %s ended failed", job_id)
+        await self.apply_exit(job_id, ended, source_time=source_time)
+
     async def apply_exit(self, job_id: int, ended: dict[str, Any], source_time: float | None = None) -> None:
         reason = ended.get("reason", "failed")
         tail = ended.get("log_tail") or ""
@@ -510,8 +547,8 @@ class JobService:
             status, message = "failed", "Job process disappeared; exit status unknown."
         elif reason in ("completed", "stopped", "time_limit"):
             status, message = "complete", ended.get("message") or EXIT_MESSAGES[reason]
-            if reason == "stopped":
-                message = self.stop_messages.pop(job_id, message)
+            if job_id in self.stop_requested:  # however it ended, it ended because we asked
+                message = self.stop_messages.pop(job_id, EXIT_MESSAGES["stopped"])
         else:
             status = "failed"
             message = ended.get("message") or EXIT_MESSAGES.get(reason, FAILED_MESSAGE)
@@ -531,7 +568,17 @@ class JobService:
         source_time: float | None = None,
     ) -> None:
         """Move a job to a terminal status: end time, core hours, workspace back to idle."""
-        cpu_seconds = float((self.metrics.get(job_id) or {}).get("cpu_seconds") or 0)
+        # Core hours: what the resource allocated (a batch scheduler's CPUs × elapsed), else the
+        # CPU time the session's processes used, as the helper measured it.
+        core_seconds = None
+        spawner = self.spawners.get(job_id)
+        if spawner is not None:
+            try:
+                core_seconds = await spawner.usage()
+            except Exception:
+                log.exception("Reading job %s's allocation failed; using its CPU time", job_id)
+        if core_seconds is None:
+            core_seconds = float((self.metrics.get(job_id) or {}).get("cpu_seconds") or 0)
 
         def _apply(session: Any) -> tuple[int, dict[str, Any], int] | None:
             job = session.get(orm.Job, job_id)
@@ -540,8 +587,7 @@ class JobService:
             # A session the user asked to stop ends `complete`, however its process ended.
             job.status = "complete" if stopping_completes and job.status == "stopping" else status
             job.datetime_end = utcnow()
-            # Core hours: the CPU time the session's processes used, as the helper measured it.
-            job.core_hours = round(cpu_seconds / 3600.0, 5) if job.datetime_start else 0.0
+            job.core_hours = round(core_seconds / 3600.0, 5) if job.datetime_start else 0.0
             details = dict(job.job_details or {})
             current = {"message": message}
             if log_tail:
@@ -586,6 +632,8 @@ class JobService:
         self.last_seen.pop(job_id, None)
         self.metrics.pop(job_id, None)
         self.recorded.pop(job_id, None)
+        self.stop_requested.discard(job_id)
+        self.unanswered.pop(job_id, None)
         self._locks.pop(job_id, None)
 
     def publish(self, user_id: int, model: dict[str, Any], source_time: float | None = None) -> None:
@@ -599,6 +647,18 @@ class JobService:
                 await self.reconcile()
             except Exception:
                 log.exception("Reconciliation failed; retrying later")
+
+    async def _unanswered(self, job_id: int, status: str, helper_alive: bool, error: Exception) -> None:
+        """Unknown is not finished (B6): keep the status, say so, and try again. Only a job whose
+        helper is silent too, for lost_contact_seconds on end, is given up as failed."""
+        log.warning("Checking job %s failed (%s); keeping its status", job_id, error)
+        since = self.unanswered.setdefault(job_id, time.monotonic())
+        if not helper_alive and time.monotonic() - since > self.app.lost_contact_seconds:
+            await self._finish(job_id, "failed", "Lost contact with the job on the resource.")
+            return
+        await self._update(
+            job_id, message=f"The resource is not answering; the session keeps its status. ({error})"
+        )
 
     async def reconcile(self, startup: bool = False) -> None:
         rows = await self.db.run(
@@ -622,26 +682,32 @@ class JobService:
                 if secret:
                     await self.channel.send(job_id, secret, {"type": "report"})
                     if status == "stopping":
+                        self.stop_requested.add(job_id)
                         asyncio.ensure_future(self._terminate(job_id))
                 continue
             # Pending jobs (waiting in a queue, no helper yet) are checked every pass, so the
-            # queue's reason reaches the user; the others only once their helper goes silent.
-            if status != "pending" and now - self.last_seen.get(job_id, 0) < silent_after:
+            # queue's reason reaches the user, and so are those of resources that answer for all
+            # sessions at once (Slurm: time left); the others once their helper goes silent.
+            helper_alive = now - self.last_seen.get(job_id, 0) < silent_after
+            spawner = self.spawners.get(job_id)
+            if status != "pending" and helper_alive and not (spawner and spawner.poll_while_alive):
                 continue
             try:
-                spawner = await self._spawner(job_id)
+                spawner = spawner or await self._spawner(job_id)
                 ended = await spawner.poll() if spawner is not None else None
             except Exception as e:
-                # Unknown is not finished (B6): keep the status, say so, and try again next pass.
-                log.warning("Checking job %s failed (%s); keeping its status", job_id, e)
-                await self._update(job_id, message="The scheduler is not answering; retrying.")
+                await self._unanswered(job_id, status, helper_alive, e)
                 continue
+            if self.unanswered.pop(job_id, None) is not None and ended is None:
+                await self._update(job_id, message="The resource is answering again.")
             if ended is not None:
                 await self.apply_exit(job_id, ended)
             else:
                 waiting = getattr(spawner, "status_message", None)
                 if waiting:
                     await self._update(job_id, message=waiting)
+                elif getattr(spawner, "time_left", None) is not None:
+                    await self._update(job_id)  # time_left, from the resource
                 secret = await self.secret_for(job_id)
                 if secret:
                     await self.channel.send(job_id, secret, {"type": "report"})

@@ -23,6 +23,10 @@ from ..auth.accounts import Account
 from ..storage import safepath
 
 
+class LaunchError(Exception):
+    """A session could not be launched, for a reason the user can read (and maybe fix)."""
+
+
 class Spawner(LoggingConfigurable):
     python = Unicode(
         sys.executable,
@@ -40,6 +44,9 @@ class Spawner(LoggingConfigurable):
     grace_seconds = Float(
         5.0, config=True, help="Seconds a stopping session gets between SIGTERM and SIGKILL."
     )
+
+    # Whether poll() is cheap enough to run on every reconcile pass, helper alive or not.
+    poll_while_alive = False
 
     def __init__(
         self, job_id: int, account: Account, workspace_dir: str, channel_url: str, **kw: Any
@@ -68,6 +75,16 @@ class Spawner(LoggingConfigurable):
     async def stop(self) -> None:
         """End the session from the outside (used when its helper cannot be reached)."""
         raise NotImplementedError
+
+    async def usage(self) -> float | None:
+        """Core seconds the resource allocated to the session, for resources that account that
+        way (Slurm: CPUs × elapsed); None means the helper's measured CPU time counts."""
+        return None
+
+    async def end_state(self, helper_exit: dict[str, Any]) -> dict[str, Any]:
+        """How the session ended, for a helper that reported it was signalled from outside; a
+        resource that knows why (a scheduler's time limit) says so here."""
+        return helper_exit
 
     async def reap(self) -> None:
         """Collect the helper's exit status once it has finished (no zombies)."""

@@ -1,72 +1,184 @@
-"""SlurmSpawner: sessions as Slurm batch jobs, submitted with sbatch as the workspace owner.
+"""Sessions as Slurm batch jobs.
+
+SlurmBase holds what every way of talking to Slurm shares: the resource options a session asks
+for, the mapping of Slurm's states to how a session ended, and one batched status query per poll
+interval for all of the server's Slurm jobs (never one call per job). SlurmSpawner talks to Slurm
+with sbatch/squeue/scancel run as the workspace owner through sudo; SlurmRestSpawner
+(slurm_rest.py) with slurmrestd's REST API.
 
 The job script (share/uws/slurm_job.sh) runs uws-session-helper inside the allocation; the helper
 connects back to the server's session channel (use a tcp:// session_channel_url reachable from
 the compute nodes). The Slurm job id is the resource job id and is kept in the spawner state, so
-a restarted server re-attaches. Status comes from one batched `squeue` per poll interval for all
-of the server's Slurm jobs, never one call per job; a scheduler that does not answer means
-"unknown": the job keeps its status and the check is retried.
+a restarted server re-attaches. A scheduler that does not answer means "unknown": the job keeps
+its status and the query is retried with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shlex
 import subprocess
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from traitlets import Float, List, Unicode
 
 from ..storage import safepath
-from .base import Spawner
+from .base import LaunchError, Spawner
 
-# Slurm state -> (how it ended, what the user reads). Anything else, or no answer, is unknown.
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
+# Slurm end state -> (how the session ended, what the user reads). Anything else is unknown.
 ENDED = {
     "COMPLETED": ("completed", "The session finished."),
-    "CANCELLED": ("stopped", "The session was cancelled in Slurm."),
-    "TIMEOUT": ("time_limit", "The session reached its Slurm time limit."),
+    "CANCELLED": ("stopped", "The session was cancelled in Slurm (scancel or an administrator)."),
+    "TIMEOUT": ("time_limit", "The session reached its Slurm time limit; start it again with a longer one."),
     "FAILED": ("failed", "The session failed in Slurm; see its log."),
     "NODE_FAIL": ("failed", "The node running the session failed; start it again."),
     "OUT_OF_MEMORY": ("failed", "The session ran out of memory; start it again with more memory."),
     "BOOT_FAIL": ("failed", "The node could not boot for the session; start it again."),
-    "DEADLINE": ("failed", "The session missed its Slurm deadline."),
+    "DEADLINE": ("failed", "The session missed its Slurm deadline; start it again."),
     "PREEMPTED": ("failed", "The session was preempted by a higher-priority job; start it again."),
     "LAUNCH_FAILED": ("failed", "Slurm could not launch the session; start it again."),
     "SPECIAL_EXIT": ("failed", "The session ended with a special exit state in Slurm."),
 }
+LOG_TAIL_BYTES = 2000
 
 
-class SchedulerUnavailable(RuntimeError):
-    pass
+class SchedulerUnavailable(LaunchError):
+    """The scheduler did not answer, or refused; the message says what it said."""
 
 
-class SlurmSpawner(Spawner):
-    sudo = List(
-        Unicode(),
-        ["sudo", "-n", "-H"],
+@dataclass
+class SlurmJob:
+    """One job as the scheduler reported it, whichever interface asked."""
+
+    state: str
+    reason: str = ""
+    expected_start: str = ""  # pending jobs: Slurm's estimate, as text
+    time_left: int | None = None  # seconds; None: no limit or not known
+    cpus: int | None = None  # allocated CPUs
+    elapsed: float | None = None  # seconds the allocation has run so far (or ran in all)
+
+
+class SchedulerStatus:
+    """The batched status query of one kind of Slurm spawner, shared by all its sessions: at most
+    one query runs at a time, a fresh enough answer is reused, and failures back off."""
+
+    def __init__(self) -> None:
+        self.tracked: set[int] = set()
+        self.results: dict[int, SlurmJob] = {}
+        self.started_at = -math.inf  # monotonic start of the last answered query
+        self.queries = 0
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+        self._lock: asyncio.Lock | None = None
+
+    async def get(
+        self, fetch: Any, newer_than: float, interval: float, max_backoff: float
+    ) -> dict[int, SlurmJob]:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.started_at >= newer_than:
+                return self.results
+            started = time.monotonic()
+            if started < self.retry_at:
+                wait = math.ceil(self.retry_at - started)
+                raise SchedulerUnavailable(f"{self.last_error} (retrying in {wait} s)")
+            try:
+                results = await fetch(sorted(self.tracked))
+            except SchedulerUnavailable as e:
+                self.failures += 1
+                delay = min(max_backoff, interval * 2 ** (self.failures - 1))
+                self.retry_at = time.monotonic() + delay
+                self.last_error = str(e)
+                raise SchedulerUnavailable(
+                    f"{e} (attempt {self.failures}; retrying in {math.ceil(delay)} s)"
+                ) from None
+            self.queries += 1
+            self.failures, self.retry_at = 0, 0.0
+            self.results, self.started_at = results, started
+            return results
+
+
+def parse_duration(text: str) -> int | None:
+    """Slurm's [days-][hours:]minutes:seconds (squeue %L, %M) in seconds; None for UNLIMITED etc."""
+    text = text.strip()
+    days = 0
+    if "-" in text:
+        head, _, text = text.partition("-")
+        if not head.isdigit():
+            return None
+        days = int(head)
+    parts = text.split(":")
+    if not parts or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    if len(parts) == 1:  # minutes only
+        seconds *= 60
+    return days * 86400 + seconds
+
+
+class SlurmBase(Spawner):
+    partition = Unicode(
+        "",
         config=True,
-        help="Prefix that runs sbatch and scancel as the workspace owner (`-u USER --` follows).",
+        help="""Slurm partition for sessions (empty: the cluster's default). From config.json:
+        the resource's `cpu_partition`.""",
     )
-    partition = Unicode("", config=True, help="Slurm partition for sessions (empty: the default).")
-    gpu_partition = Unicode("", config=True, help="Partition for sessions that ask for a GPU.")
+    gpu_partition = Unicode(
+        "",
+        config=True,
+        help="""Partition for sessions that ask for a GPU (`gpu_enabled: true`); empty: the same
+        as `partition`. From config.json: the resource's `gpu_partition`.""",
+    )
     poll_interval = Float(
-        2.0, config=True, help="Seconds between the batched squeue queries for all sessions."
+        2.0,
+        config=True,
+        help="""Seconds between the status queries to Slurm. One query answers for every session
+        of this server, however many there are.""",
     )
-    command_timeout = Float(30.0, config=True, help="Seconds sbatch, squeue or scancel may take.")
+    max_backoff = Float(
+        60.0,
+        config=True,
+        help="""When Slurm does not answer, the query is retried after poll_interval, then twice
+        as long each time, up to this many seconds. Sessions keep their status meanwhile.""",
+    )
+    end_state_wait = Float(
+        10.0,
+        config=True,
+        help="""Seconds to wait for Slurm's final word on a session whose helper reported that it
+        was signalled (time limit, scancel, preemption), so the user reads the real reason.""",
+    )
+    pending_notice_seconds = Float(
+        0.0,
+        config=True,
+        help="""Sessions waiting in the queue longer than this many seconds get a note that the
+        wait is longer than usual, and the server logs a warning (0: never). From config.json:
+        the resource's `time_pending_catch`.""",
+    )
 
     slurm_job_id: int | None = None
-
-    # One query per poll interval serves every session (class-wide).
-    _tracked: ClassVar[set[int]] = set()
-    _results: ClassVar[dict[int, dict[str, str]]] = {}
-    _queried_at: ClassVar[float] = 0.0
-    _query_lock: ClassVar[asyncio.Lock | None] = None
-    queries: ClassVar[int] = 0
     status_message: str | None = None
+    last_info: SlurmJob | None = None
+    last_info_at: float = 0.0
+    # Status is cheap to ask for all sessions at once, so the server asks on every pass.
+    poll_while_alive = True
+
+    _status: ClassVar[dict[type, SchedulerStatus]] = {}
+
+    @classmethod
+    def scheduler_status(cls) -> SchedulerStatus:
+        if cls not in SlurmBase._status:
+            SlurmBase._status[cls] = SchedulerStatus()
+        return SlurmBase._status[cls]
 
     def get_state(self) -> dict[str, Any]:
         return {**super().get_state(), "slurm_job_id": self.slurm_job_id}
@@ -75,7 +187,198 @@ class SlurmSpawner(Spawner):
         super().load_state(state)
         self.slurm_job_id = state.get("slurm_job_id")
         if self.slurm_job_id:
-            self._tracked.add(self.slurm_job_id)
+            self.scheduler_status().tracked.add(self.slurm_job_id)
+
+    # ---- what each interface provides --------------------------------------------------------
+    async def submit(self, spec: dict[str, Any], script: str) -> int:
+        raise NotImplementedError
+
+    async def fetch(self, ids: list[int]) -> dict[int, SlurmJob]:
+        raise NotImplementedError
+
+    async def cancel(self) -> None:
+        raise NotImplementedError
+
+    # ---- start -------------------------------------------------------------------------------
+    def job_options(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """What the session asks Slurm for: cpus, memory_mb, time_limit (minutes), partition, gpu.
+        Resource options arrive translated by the resource's parameter_mapping."""
+        options = spec.get("resource_options") or {}
+        wanted: dict[str, Any] = {"cpus": int(options.get("cpus_per_task") or spec.get("cpus") or 1)}
+        if options.get("memory_per_node"):
+            wanted["memory_mb"] = int(options["memory_per_node"])
+        seconds = spec.get("time_limit_seconds")
+        if options.get("time_limit"):
+            wanted["time_limit"] = int(options["time_limit"])
+        elif seconds:
+            wanted["time_limit"] = max(1, -(-int(seconds) // 60))
+        partition = self.partition
+        if spec.get("gpu"):
+            wanted["gpu"] = True
+            partition = self.gpu_partition or partition
+        if partition:
+            wanted["partition"] = partition
+        return wanted
+
+    def sbatch_options(self, spec: dict[str, Any]) -> list[str]:
+        wanted = self.job_options(spec)
+        lines = [f"--cpus-per-task={wanted['cpus']}"]
+        if "memory_mb" in wanted:
+            lines.append(f"--mem={wanted['memory_mb']}M")
+        if "time_limit" in wanted:
+            lines.append(f"--time={wanted['time_limit']}")
+        if wanted.get("gpu"):
+            lines.append("--gres=gpu:1")
+        if "partition" in wanted:
+            lines.append(f"--partition={wanted['partition']}")
+        return [f"#SBATCH {line}" for line in lines]
+
+    async def start(self, spec: dict[str, Any], secret: str) -> int:
+        with open(os.path.join(self.parent.share_dir, "slurm_job.sh")) as f:
+            template = f.read()
+        secret_file = os.path.join(self.job_dir, ".secret")
+        script = template.format(
+            job_id=self.job_id,
+            job_dir=self.job_dir,
+            sbatch_options="\n".join(self.sbatch_options(spec)),
+            helper_command=shlex.join(self.helper_command()),
+            secret_file=shlex.quote(secret_file),
+        )
+        # The helper must not end the session at its own clock: Slurm's TIMEOUT is the truth.
+        helper_spec = {**spec, "time_limit_seconds": None}
+
+        def _prepare() -> None:
+            self.prepare_job_dir(helper_spec)
+            safepath.write_file(self.job_dir, [".secret"], (secret + "\n").encode(), self.account, mode=0o600)
+            safepath.write_file(self.job_dir, ["job.sh"], script.encode(), self.account, mode=0o700)
+
+        await asyncio.get_running_loop().run_in_executor(None, _prepare)
+        self.slurm_job_id = await self.submit(spec, script)
+        self.submitted_at = time.monotonic()
+        self.scheduler_status().tracked.add(self.slurm_job_id)
+        self.messages.append(f"Submitted to Slurm as job {self.slurm_job_id}.")
+        return self.slurm_job_id
+
+    # ---- status ------------------------------------------------------------------------------
+    submitted_at: float = -math.inf
+
+    async def query(self, newer_than: float | None = None) -> SlurmJob | None:
+        """This job as of a batched query started after `newer_than` (default: within the poll
+        interval). Raises SchedulerUnavailable when Slurm does not answer."""
+        now = time.monotonic()
+        if newer_than is None:
+            newer_than = max(now - self.poll_interval, self.submitted_at)
+        status = self.scheduler_status()
+        results = await status.get(self.fetch, newer_than, self.poll_interval, self.max_backoff)
+        info = results.get(self.slurm_job_id) if self.slurm_job_id is not None else None
+        if info is not None:
+            self.last_info, self.last_info_at = info, status.started_at
+        return info
+
+    @property
+    def time_left(self) -> int | None:
+        """Seconds left before Slurm's time limit, as of the last query (None: no limit)."""
+        info = self.last_info
+        if info is None or info.time_left is None or info.state not in RUNNING:
+            return None
+        return max(0, int(info.time_left - (time.monotonic() - self.last_info_at)))
+
+    def allocated_core_seconds(self) -> float | None:
+        """Allocated CPUs × elapsed time, from what Slurm last said (None: Slurm never said)."""
+        info = self.last_info
+        if info is None or info.cpus is None or info.elapsed is None:
+            return None
+        elapsed = info.elapsed
+        if info.state in RUNNING:  # it has run on since that query
+            elapsed += time.monotonic() - self.last_info_at
+        return info.cpus * elapsed
+
+    async def usage(self) -> float | None:
+        """Core seconds Slurm allocated to the session, asking once more if it never said."""
+        if self.last_info is None or self.last_info.state in PENDING:
+            try:
+                await self.query()
+            except SchedulerUnavailable:
+                pass
+        return self.allocated_core_seconds()
+
+    async def poll(self) -> dict[str, Any] | None:
+        if self.slurm_job_id is None:
+            return {"reason": "disappeared"}
+        info = await self.query()  # SchedulerUnavailable propagates: status unknown
+        if info is None:
+            self.scheduler_status().tracked.discard(self.slurm_job_id)
+            return self.read_exit() or {"reason": "disappeared", "log_tail": self.log_tail()}
+        state = info.state
+        if state in PENDING:
+            start = info.expected_start or "not known yet"
+            why = f" ({info.reason})" if info.reason not in ("None", "") else ""
+            self.status_message = f"Waiting in the Slurm queue{why}; expected start: {start}."
+            waited = time.monotonic() - self.submitted_at
+            if self.pending_notice_seconds and waited > self.pending_notice_seconds:
+                self.status_message += " The wait is longer than usual."
+                self.log.warning("Slurm job %s has been pending for %d s", self.slurm_job_id, waited)
+            return None
+        self.status_message = None
+        if state in ENDED:
+            self.scheduler_status().tracked.discard(self.slurm_job_id)
+            return self.ended(state, self.read_exit())
+        return None  # running, or a state we do not know: keep the job as it is
+
+    def ended(self, state: str, helper_exit: dict[str, Any] | None) -> dict[str, Any]:
+        """How the session ended, from Slurm's end state and what the helper recorded. The
+        helper knows the app's exit code and log; Slurm knows why it stopped the job."""
+        reason, message = ENDED[state]
+        helper_exit = helper_exit or {}
+        told = helper_exit.get("reason")
+        if told and (state == "COMPLETED" or (state == "FAILED" and told != "stopped")):
+            return {**helper_exit, "slurm_state": state}
+        tail = helper_exit.get("log_tail") or self.log_tail()
+        return {"reason": reason, "message": message, "log_tail": tail, "slurm_state": state}
+
+    async def end_state(self, helper_exit: dict[str, Any]) -> dict[str, Any]:
+        """For a helper that reported it was signalled: wait (briefly) for Slurm's end state."""
+        deadline = time.monotonic() + self.end_state_wait
+        while time.monotonic() < deadline:
+            asked = time.monotonic()
+            try:
+                info = await self.query(newer_than=asked)
+            except SchedulerUnavailable:
+                break
+            if info is None:
+                break
+            if info.state in ENDED:
+                self.scheduler_status().tracked.discard(self.slurm_job_id)
+                return self.ended(info.state, helper_exit)
+            await asyncio.sleep(min(1.0, self.poll_interval))
+        return helper_exit
+
+    def log_tail(self) -> str:
+        """The end of the job's Slurm output file (for jobs whose helper never wrote exit.json)."""
+        try:
+            fd = os.open(os.path.join(self.job_dir, "slurm.out"), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return ""
+        with os.fdopen(fd, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL_BYTES))
+            return f.read().decode(errors="replace")
+
+    async def stop(self) -> None:
+        if self.slurm_job_id is not None:
+            await self.cancel()
+
+
+class SlurmSpawner(SlurmBase):
+    """Submits with sbatch, checks with squeue and cancels with scancel. sbatch and scancel run
+    as the workspace owner (through sudo when the server runs as another account)."""
+
+    sudo = List(
+        Unicode(),
+        ["sudo", "-n", "-H"],
+        config=True,
+        help="Prefix that runs sbatch and scancel as the workspace owner (`-u USER --` follows).",
+    )
+    command_timeout = Float(30.0, config=True, help="Seconds sbatch, squeue or scancel may take.")
 
     def as_user(self) -> list[str]:
         return [*self.sudo, "-u", self.account.username, "--"] if os.geteuid() != self.account.uid else []
@@ -94,102 +397,33 @@ class SlurmSpawner(Spawner):
             )
         return result.stdout
 
-    # ---- start -------------------------------------------------------------------------------
-    def sbatch_options(self, spec: dict[str, Any]) -> list[str]:
-        options = spec.get("resource_options") or {}
-        lines = []
-        cpus = options.get("cpus_per_task") or spec.get("cpus") or 1
-        lines.append(f"--cpus-per-task={int(cpus)}")
-        if options.get("memory_per_node"):
-            lines.append(f"--mem={int(options['memory_per_node'])}M")
-        seconds = spec.get("time_limit_seconds")
-        if options.get("time_limit"):
-            lines.append(f"--time={int(options['time_limit'])}")
-        elif seconds:
-            lines.append(f"--time={max(1, -(-int(seconds) // 60))}")
-        partition = self.partition
-        if spec.get("gpu"):
-            lines.append("--gres=gpu:1")
-            partition = self.gpu_partition or partition
-        if partition:
-            lines.append(f"--partition={partition}")
-        return [f"#SBATCH {line}" for line in lines]
-
-    async def start(self, spec: dict[str, Any], secret: str) -> int:
-        with open(os.path.join(self.parent.share_dir, "slurm_job.sh")) as f:
-            template = f.read()
-        secret_file = os.path.join(self.job_dir, ".secret")
-        script = template.format(
-            job_id=self.job_id,
-            job_dir=self.job_dir,
-            sbatch_options="\n".join(self.sbatch_options(spec)),
-            helper_command=shlex.join(self.helper_command()),
-            secret_file=shlex.quote(secret_file),
-        )
-
-        def _prepare() -> None:
-            self.prepare_job_dir(spec)
-            safepath.write_file(self.job_dir, [".secret"], (secret + "\n").encode(), self.account, mode=0o600)
-            safepath.write_file(self.job_dir, ["job.sh"], script.encode(), self.account, mode=0o700)
-
-        await asyncio.get_running_loop().run_in_executor(None, _prepare)
+    async def submit(self, spec: dict[str, Any], script: str) -> int:
         out = await self.run(*self.as_user(), "sbatch", "--parsable", os.path.join(self.job_dir, "job.sh"))
-        self.slurm_job_id = int(out.strip().split(";")[0])
-        self._tracked.add(self.slurm_job_id)
-        self.messages.append(f"Submitted to Slurm as job {self.slurm_job_id}.")
-        return self.slurm_job_id
+        return int(out.strip().split(";")[0])
 
-    # ---- poll --------------------------------------------------------------------------------
-    async def _query(self) -> dict[int, dict[str, str]]:
-        cls = type(self)
-        if cls._query_lock is None:
-            cls._query_lock = asyncio.Lock()
-        async with cls._query_lock:
-            if time.monotonic() - cls._queried_at < self.poll_interval and self.slurm_job_id in cls._results:
-                return cls._results
-            ids = ",".join(str(i) for i in sorted(cls._tracked))
-            out = await self.run("squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S", "-j", ids)
-            cls.queries += 1
-            results = {}
-            for line in out.splitlines():
-                parts = line.strip().split("|")
-                if len(parts) == 5 and parts[0].isdigit():
-                    results[int(parts[0])] = dict(
-                        zip(("state", "reason", "time_left", "start"), parts[1:], strict=True)
-                    )
-            cls._results, cls._queried_at = results, time.monotonic()
-            return results
+    async def fetch(self, ids: list[int]) -> dict[int, SlurmJob]:
+        if not ids:
+            return {}
+        # %C: allocated CPUs; %M: time used; %L: time left; %S: (expected) start.
+        out = await self.run(
+            "squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S|%C|%M", "-j", ",".join(map(str, ids))
+        )
+        results = {}
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 7 or not parts[0].isdigit():
+                continue
+            job_id, state, reason, left, start, cpus, used = parts
+            state = state.split()[0].rstrip("+")
+            results[int(job_id)] = SlurmJob(
+                state=state,
+                reason=reason,
+                expected_start=start if start not in ("N/A", "Unknown", "") else "",
+                time_left=parse_duration(left),
+                cpus=int(cpus) if cpus.isdigit() and state not in PENDING else None,
+                elapsed=parse_duration(used) if state not in PENDING else None,
+            )
+        return results
 
-    async def poll(self) -> dict[str, Any] | None:
-        if self.slurm_job_id is None:
-            return {"reason": "disappeared"}
-        results = await self._query()  # SchedulerUnavailable propagates: status unknown
-        info = results.get(self.slurm_job_id)
-        if info is None:
-            self._tracked.discard(self.slurm_job_id)
-            return self.read_exit() or {"reason": "disappeared"}
-        state = info["state"].split()[0].rstrip("+")
-        if state in PENDING:
-            start = info["start"] if info["start"] not in ("N/A", "Unknown", "") else "not known yet"
-            why = f" ({info['reason']})" if info["reason"] not in ("None", "") else ""
-            self.status_message = f"Waiting in the Slurm queue{why}; expected start: {start}."
-            return None
-        if state in RUNNING:
-            self.status_message = None
-            return None
-        if state in ENDED:
-            self._tracked.discard(self.slurm_job_id)
-            reason, message = ENDED[state]
-            ended = self.read_exit() or {}
-            return {
-                **ended,
-                "reason": reason if state != "COMPLETED" else ended.get("reason", reason),
-                "message": message,
-                "slurm_state": state,
-            }
-        self.status_message = None
-        return None  # a state we do not know: keep the job as it is
-
-    async def stop(self) -> None:
-        if self.slurm_job_id is not None:
-            await self.run(*self.as_user(), "scancel", str(self.slurm_job_id))
+    async def cancel(self) -> None:
+        await self.run(*self.as_user(), "scancel", str(self.slurm_job_id))
