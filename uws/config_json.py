@@ -181,6 +181,11 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
             catch = entry.get("time_pending_catch")
             if catch is not None and not _is_numeric(catch):
                 problems.append(f"{path}.time_pending_catch must be a number of seconds")
+            warnings.append(
+                f"{path}: UWS submits to slurmrestd directly, not through PSC's job-control "
+                "service, so connection_details.root_url and api_token are not used; set "
+                "SlurmRestSpawner.url (default http://127.0.0.1:6820) instead"
+            )
 
     main_resource = raw.get("main_resource")
     for key, entry in job_types.items():
@@ -272,6 +277,18 @@ def to_traitlets(raw: dict[str, Any], base_dir: str) -> Config:
         c.GlobusAuthenticator.health_check_url = details.get("health_check_url", "")
     elif kind == "PSCAPIUserAuthentication":
         c.PSCAuthenticator.health_check_url = details.get("health_check_url", "")
+
+    resource = raw["available_resources"][raw["main_resource"]]
+    if resource["resource_type"] == "SlurmAPIResource":
+        # The original submitted through PSC's job-control service (root_url, api_token); UWS
+        # talks to slurmrestd itself, so those two do not carry over (set SlurmRestSpawner.url).
+        c.UWSApp.spawner_class = "slurm_rest"
+        c.SlurmBase.partition = resource.get("cpu_partition") or ""
+        c.SlurmBase.gpu_partition = resource.get("gpu_partition") or ""
+        details = resource.get("connection_details") or {}
+        c.SlurmRestSpawner.token_lifespan = int(float(details.get("token_lifespan", "3600")))
+        if resource.get("time_pending_catch") is not None:
+            c.SlurmBase.pending_notice_seconds = float(resource["time_pending_catch"])
 
     storage_auth = raw["available_user_authentication"][storage_auth_key]
     c.UWSApp.storage_accounts_from = AUTH_TYPES[storage_auth["user_authentication_type"]]
