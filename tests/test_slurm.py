@@ -59,6 +59,7 @@ c.UWSApp.reconcile_seconds = 1
 c.UWSApp.stop_grace_seconds = 2
 c.UWSApp.lost_contact_seconds = 4
 c.SlurmBase.poll_interval = 1
+c.SlurmBase.max_backoff = 4
 {extra}
 c.UWSApp.job_types = {{
     "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
@@ -118,6 +119,10 @@ def scontrol_job(slurm_id: int) -> dict[str, str]:
     return dict(field.split("=", 1) for field in out.split() if "=" in field)
 
 
+def main_resource_health(server: Server) -> dict:
+    return server.client().get("/status/").json()["dependencies"]["main_resource"]
+
+
 def test_launch_ready_and_stop(slurm_server: Server, user: Client) -> None:
     """Resource options reach Slurm, the app answers, and core hours are what Slurm allocated
     (2 CPUs × the time the job ran), not the idle app's CPU time."""
@@ -130,6 +135,7 @@ def test_launch_ready_and_stop(slurm_server: Server, user: Client) -> None:
     details = ready["job_details"]["current_job_details"]["connection_details"]
     assert requests.get(details["url_domain"] + details["url_path"], timeout=10).text == "hello"
     assert squeue_state(slurm_id) == "RUNNING"
+    assert main_resource_health(slurm_server) == {"connected": True, "message": "Connected successfully."}
     fields = scontrol_job(slurm_id)
     assert fields["UserId"].startswith(user.username + "(")  # runs as the workspace owner
     assert fields["NumCPUs"] == "2" and fields["MinMemoryNode"] == "1G"
@@ -242,6 +248,7 @@ def test_scheduler_restart_while_sessions_run(slurm_server: Server, user: Client
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 20)
     try:
         os.kill(helper_pid(lost["id"]), 9)
+        wait_for(lambda: main_resource_health(slurm_server)["connected"] is False, 10)  # cached 5 s
         wait_for(lambda: "not answering" in message(user, job["id"]), 15)
         done = wait_status(user, lost["id"], "failed", timeout=30)
         assert (
@@ -418,6 +425,25 @@ def test_original_config_slurm_resource(backend: str) -> None:
         assert scontrol_job(job["resource_job_id"])["Partition"] == "uws"
         assert c.put(f"/jobs/{job['id']}/stop").status_code == 200
         wait_status(c, job["id"], "complete", timeout=60)
+    finally:
+        if c is not None:
+            cancel_all(c.username)
+        srv.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_job_that_never_starts_its_helper(backend: str) -> None:
+    """A job script that fails before the helper runs (here: a Python that does not exist)
+    leaves nothing but Slurm's FAILED and its output file: both reach the user within seconds."""
+    srv = Server(backend, slurm_config("slurm"), extra_args=["--Spawner.python=/nonexistent/python3"]).start()
+    c = None
+    try:
+        c = login(srv, srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1])
+        job = start(c, create(c)["id"], job_type="echo")
+        done = wait_status(c, job["id"], "failed", timeout=20)
+        current = done["job_details"]["current_job_details"]
+        assert current["message"] == "The session failed in Slurm; see its log."
+        assert "/nonexistent/python3" in current["log_tail"]
     finally:
         if c is not None:
             cancel_all(c.username)

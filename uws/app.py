@@ -633,10 +633,15 @@ class UWSApp(Application):
         if cached is not None and time.monotonic() - cached[0] < 5:
             return cached[1]
 
-        async def resource_health(entry: dict[str, Any]) -> dict[str, Any]:
+        async def resource_health(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+            url = (entry.get("connection_details") or {}).get("health_check_url", "")
+            if key == self.main_resource_key and not url:
+                # The spawner knows how to ask its own resource (Slurm: is the controller up).
+                answer = await self.make_spawner(0, Account("", -1, -1, frozenset()), "").health()
+                if answer is not None:
+                    return {"connected": answer[0], "message": answer[1]}
             if entry.get("resource_type") == "LocalResource":
                 return {"connected": True, "message": "Connected successfully."}
-            url = (entry.get("connection_details") or {}).get("health_check_url", "")
             ok, msg = await check_url(url, self.status_check_timeout)
             return {"connected": ok, "message": msg}
 
@@ -654,7 +659,7 @@ class UWSApp(Application):
         res_keys = list(original["available_resources"])
         auth_items = list(original["available_user_authentication"].items())
         results = await asyncio.gather(
-            *(resource_health(original["available_resources"][k]) for k in res_keys),
+            *(resource_health(k, original["available_resources"][k]) for k in res_keys),
             *(auth_health(k, e) for k, e in auth_items),
         )
         resources = dict(zip(res_keys, results[: len(res_keys)], strict=True))

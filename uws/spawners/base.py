@@ -86,6 +86,10 @@ class Spawner(LoggingConfigurable):
         resource that knows why (a scheduler's time limit) says so here."""
         return helper_exit
 
+    async def health(self) -> tuple[bool, str] | None:
+        """Whether the resource answers, for /status/ (None: nothing to ask)."""
+        return None
+
     async def reap(self) -> None:
         """Collect the helper's exit status once it has finished (no zombies)."""
 

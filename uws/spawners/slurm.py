@@ -427,3 +427,10 @@ class SlurmSpawner(SlurmBase):
 
     async def cancel(self) -> None:
         await self.run(*self.as_user(), "scancel", str(self.slurm_job_id))
+
+    async def health(self) -> tuple[bool, str] | None:
+        try:
+            out = await self.run("scontrol", "ping")
+        except SchedulerUnavailable as e:
+            return False, str(e)
+        return ("UP" in out), ("Connected successfully." if "UP" in out else out.strip())

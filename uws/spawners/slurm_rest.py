@@ -153,6 +153,10 @@ class SlurmRestSpawner(SlurmBase):
     _token_locks: ClassVar[dict[str, asyncio.Lock]] = {}
 
     @property
+    def status_user(self) -> str:
+        return self.status_username or pwd.getpwuid(os.geteuid()).pw_name
+
+    @property
     def version(self) -> int:
         return version_number(self.api_version)
 
@@ -273,7 +277,7 @@ class SlurmRestSpawner(SlurmBase):
     async def fetch(self, ids: list[int]) -> dict[int, SlurmJob]:
         if not ids:
             return {}
-        data = await self.call("GET", "jobs", self.status_username or pwd.getpwuid(os.geteuid()).pw_name)
+        data = await self.call("GET", "jobs", self.status_user)
         now = time.time()
         wanted = set(ids)
         results = {}
@@ -282,6 +286,13 @@ class SlurmRestSpawner(SlurmBase):
             if job_id is not None and int(job_id) in wanted:
                 results[int(job_id)] = job_from_rest(record, now)
         return results
+
+    async def health(self) -> tuple[bool, str] | None:
+        try:
+            await self.call("GET", "ping", self.status_user)
+        except SchedulerUnavailable as e:
+            return False, str(e)
+        return True, "Connected successfully."
 
     async def cancel(self) -> None:
         await self.call("DELETE", f"job/{self.slurm_job_id}", self.account.username)
