@@ -4,10 +4,11 @@
      allocation), sequential sessions on the idle cluster, after a warm-up job that waits out
      the first scheduling pass;
   2. scheduler queries: with N sessions active (most of them pending on a 2-CPU node), how many
-     `squeue` calls the server makes per poll interval (counted by a logging wrapper put first on
-     the server's PATH).
+     status queries the server makes per poll interval: `squeue` calls (counted by a logging
+     wrapper put first on the server's PATH), or with --spawner slurm_rest, GET /jobs requests
+     (counted by a pass-through proxy in front of slurmrestd).
 
-    python bench/slurm_bench.py [--starts 10] [--active 200]
+    python bench/slurm_bench.py [--spawner slurm|slurm_rest] [--starts 10] [--active 200]
 
 Run as root (sessions run as the workspace owner through sudo).
 """
@@ -22,8 +23,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -34,12 +37,13 @@ c.UWSApp.authenticator_class = "local"
 c.LocalAuthenticator.create_system_users = True
 c.LocalFileSystemStorage.root_dir = "{root}"
 c.UWSApp.log_level = "WARN"
-c.UWSApp.spawner_class = "slurm"
+c.UWSApp.spawner_class = "{spawner}"
+c.SlurmRestSpawner.url = "{rest_url}"
 c.UWSApp.session_channel_url = "tcp://127.0.0.1:{channel}"
 c.UWSApp.max_running_jobs_per_user = 0
 c.UWSApp.max_concurrent_starts = 0
 c.UWSApp.reconcile_seconds = 1
-c.SlurmSpawner.poll_interval = 2
+c.SlurmBase.poll_interval = 2
 c.Spawner.python = "/usr/bin/python3"
 c.Spawner.helper_pythonpath = "{lib}"
 c.UWSApp.job_types = {{
@@ -49,10 +53,52 @@ c.UWSApp.job_types = {{
 """
 
 
+SLURMRESTD = "http://127.0.0.1:6820"
+
+
+def counting_proxy(port: int, count_file: str) -> None:
+    """Passes requests to slurmrestd unchanged, logging each GET of the job list."""
+
+    class Forward(web.RequestHandler):
+        async def handle(self) -> None:
+            if self.request.method == "GET" and self.request.path.endswith("/jobs"):
+                with open(count_file, "a") as f:
+                    f.write(f"{time.time()}\n")
+            headers = {
+                k: v
+                for k, v in self.request.headers.items()
+                if k.lower().startswith(("x-slurm", "content-type"))
+            }
+            r = await AsyncHTTPClient().fetch(
+                HTTPRequest(
+                    SLURMRESTD + self.request.uri,
+                    method=self.request.method,
+                    headers=headers,
+                    body=self.request.body if self.request.method == "POST" else None,
+                    request_timeout=60,
+                ),
+                raise_error=False,
+            )
+            self.set_status(r.code if r.code != 599 else 502)
+            self.finish(r.body or b"")
+
+        get = post = delete = handle
+
+    def serve() -> None:  # on its own thread: the benchmark's loop blocks while the server starts
+        async def run() -> None:
+            web.Application([(r"/.*", Forward)]).listen(port, "127.0.0.1")
+            await asyncio.Event().wait()
+
+        asyncio.run(run())
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--spawner", choices=["slurm", "slurm_rest"], default="slurm")
     parser.add_argument("--starts", type=int, default=10)
     parser.add_argument("--active", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20)
@@ -78,7 +124,18 @@ async def main() -> None:
         for name in files:
             os.chmod(os.path.join(dirpath, name), 0o755)
     os.environ["PATH"] = f"{wrappers}:{os.environ['PATH']}"
-    config = CONFIG.format(root=os.path.join(workdir, "workspaces"), channel=free_port(), lib=lib)
+    rest_port = free_port()
+    if args.spawner == "slurm_rest":
+        count_file = os.path.join(workdir, "get-jobs.calls")
+        counting_proxy(rest_port, count_file)
+    config = CONFIG.format(
+        root=os.path.join(workdir, "workspaces"),
+        channel=free_port(),
+        lib=lib,
+        spawner=args.spawner,
+        rest_url=f"http://127.0.0.1:{rest_port}",
+    )
+    query = "squeue calls" if args.spawner == "slurm" else "GET /jobs requests"
     proc, base, _ = start_server(workdir, config)
     http = AsyncHTTPClient(max_clients=32)
     try:
@@ -150,7 +207,7 @@ async def main() -> None:
         warm = await start_and_wait()
         times = sorted([await start_and_wait() for _ in range(args.starts)])
         print(
-            f"submit -> running (idle cluster, after a warm-up of {warm:.2f} s): p50 {times[len(times) // 2]:.2f} s, "
+            f"{args.spawner}: submit -> running (idle cluster, after a warm-up of {warm:.2f} s): p50 {times[len(times) // 2]:.2f} s, "
             f"max {times[-1]:.2f} s over {len(times)} sessions"
         )
         await asyncio.sleep(5)
@@ -176,7 +233,7 @@ async def main() -> None:
         after = calls()
         listed = (await call("GET", "/jobs/?status=pending", token=token))["data"]["jobs"]
         print(
-            f"{args.active} active sessions ({len(listed)} pending): {after - before} squeue calls in "
+            f"{args.spawner}: {args.active} active sessions ({len(listed)} pending): {after - before} {query} in "
             f"{args.seconds:.0f} s, poll interval 2 s ({(after - before) / (args.seconds / 2):.2f} per interval)"
         )
         for job in jobs:
