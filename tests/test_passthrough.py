@@ -120,6 +120,24 @@ def test_others_are_refused_before_the_session(pserver: Server, owner: Client, s
     other.put(f"/jobs/{other_job['id']}/stop")
 
 
+def test_answers_of_every_shape(pserver: Server, owner: Client, session: dict) -> None:
+    """Chunked, bodyless and HEAD answers, over one keep-alive connection from the browser and
+    (in the server) pooled connections to the app: nothing lost, nothing left over."""
+    browser = requests.Session()
+    assert browser.get(session["link"], timeout=5).text == "hello"  # the cookie, from the link
+    base = f"{pserver.base}/passthrough/{session['id']}"
+    for _ in range(3):
+        r = browser.get(f"{base}/chunked?n=50", timeout=5)
+        assert r.status_code == 200 and r.text == "".join(f"part{i};" for i in range(50))
+        r = browser.get(f"{base}/empty", timeout=5)
+        assert r.status_code == 204 and r.content == b""
+        r = browser.head(f"{base}/hello", timeout=5)
+        assert r.status_code == 200 and r.content == b"" and r.headers["Content-Length"] == "5"
+        r = browser.get(f"{base}/big?mb=3", timeout=10)
+        assert len(r.content) == 3 << 20
+        assert browser.get(f"{base}/hello", timeout=5).text == "hello"
+
+
 def test_owner_header_gets_through(pserver: Server, owner: Client, session: dict) -> None:
     r = requests.get(f"{pserver.base}/passthrough/{session['id']}/hello", headers=owner.headers(), timeout=5)
     assert r.text == "hello"

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
+from .access_log import log_access
 from .auth.accounts import Account
 from .config_json import ConfigError, validate
 from .errors import APIError
@@ -518,6 +518,7 @@ class UWSApp(Application):
 
     def init_webapp(self) -> None:
         from .handlers import base, jobs, meta, proxy, quota, shares, tokens, users, workspaces, ws
+        from .handlers.fast_proxy import UWSWebApplication
 
         i = r"([0-9]+)"
         routes = [
@@ -551,7 +552,7 @@ class UWSApp(Application):
             Rule(UpgradeMatches(rf"/jobs/{i}/?"), ws.JobStreamHandler),
         ]
         self.routes = routes + ws_routes
-        self.webapp = web.Application(
+        self.webapp = UWSWebApplication(
             upgrade_routes + ws_routes + routes + passthrough,
             websocket_ping_interval=30,
             log_function=log_request,
@@ -768,22 +769,13 @@ class UpgradeMatches(PathMatches):
 
 
 def log_request(handler: web.RequestHandler) -> None:
-    """Tornado's access log, with websocket tickets redacted (they are credentials)."""
-    status = handler.get_status()
-    if status < 400:
-        level = logging.getLogger("tornado.access").info
-    elif status < 500:
-        level = logging.getLogger("tornado.access").warning
-    else:
-        level = logging.getLogger("tornado.access").error
-    uri = re.sub(r"(ticket=)[^&]*", r"\1[redacted]", handler.request.uri or "")
-    level(
-        "%d %s %s (%s) %.2fms",
-        status,
-        handler.request.method,
-        uri,
-        handler.request.remote_ip,
-        1000.0 * handler.request.request_time(),
+    request = handler.request
+    log_access(
+        handler.get_status(),
+        request.method or "",
+        request.uri or "",
+        request.remote_ip or "",
+        request.request_time(),
     )
 
 

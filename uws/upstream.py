@@ -1,8 +1,10 @@
 """A small keep-alive HTTP/1.1 client for the passthrough.
 
-Tornado's AsyncHTTPClient opens a new connection for every request; a proxy in front of a busy
-app pays for that on every asset and XHR. This keeps idle connections to each session app and
-streams both bodies through Tornado's own HTTP/1.1 implementation, with back-pressure.
+Tornado's AsyncHTTPClient opens a new connection for every request, and its IOStream registers
+and unregisters the socket with the event loop on every read; a proxy in front of a busy app
+pays for both on every asset and XHR. This keeps idle connections to each session app as plain
+asyncio protocols (the socket stays registered) and streams both bodies with back-pressure:
+a download is read no faster than the browser takes it, an upload no faster than the app does.
 """
 
 from __future__ import annotations
@@ -14,15 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from tornado import httputil
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.tcpclient import TCPClient
 
 IDLE_SECONDS = 30.0
 MAX_IDLE_PER_TARGET = 64
-PARAMS = HTTP1ConnectionParameters(
-    no_keep_alive=False, decompress=False, max_body_size=1 << 50, chunk_size=1 << 16
-)
+MAX_HEAD = 65536
+BUFFER_HIGH = 1 << 20  # stop reading from the app while this much is waiting to be relayed
 
 
 class UpstreamError(Exception):
@@ -33,55 +31,130 @@ class UpstreamError(Exception):
         self.timeout = timeout
 
 
-class _Relay(httputil.HTTPMessageDelegate):
-    def __init__(
-        self, on_headers: Callable[[Any, Any], None], on_chunk: Callable[[bytes], Awaitable[None] | None]
-    ) -> None:
-        self.on_headers = on_headers
-        self.on_chunk = on_chunk
-        self.headers: httputil.HTTPHeaders | None = None
-        self.start_line: Any = None
+class _Connection(asyncio.Protocol):
+    """One connection to a session app: a buffer of what it sent, and waiting for more."""
 
-    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
-        if start_line.code == 100:
-            return
-        self.start_line, self.headers = start_line, headers
-        self.on_headers(start_line, headers)
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.closed = False
+        self.reading_paused = False
+        self._data: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
 
-    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        return self.on_chunk(chunk)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > BUFFER_HIGH and not self.reading_paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    def _wake(self) -> None:
+        if self._data is not None and not self._data.done():
+            self._data.set_result(None)
+
+    async def more(self) -> bool:
+        """Wait for more bytes; False once the app has closed the connection."""
+        if self.closed:
+            return False
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        self._data = asyncio.get_running_loop().create_future()
+        await self._data
+        self._data = None
+        return bool(self.buffer) or not self.closed
+
+    def take(self, n: int | None = None) -> bytes:
+        if n is None or n >= len(self.buffer):
+            data = bytes(self.buffer)
+            self.buffer.clear()
+        else:
+            data = bytes(self.buffer[:n])
+            del self.buffer[:n]
+        if self.reading_paused and len(self.buffer) < BUFFER_HIGH // 2 and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise ConnectionResetError("the session closed the connection")
+        self.transport.write(data)
+        if self._drain is not None:
+            await self._drain
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _request_head(method: str, uri: str, headers: httputil.HTTPHeaders) -> bytes:
+    lines = [f"{method} {uri} HTTP/1.1"]
+    for name, value in headers.get_all():
+        lines.append(f"{name}: {value}")
+    text = "\r\n".join(lines)
+    if "\n" in text.replace("\r\n", ""):  # a bare CR or LF would split a header line
+        raise UpstreamError("refusing a header with a line break")
+    return (text + "\r\n\r\n").encode("latin1")
+
+
+class _Closed(Exception):
+    pass
 
 
 class UpstreamPool:
     def __init__(self) -> None:
-        self.idle: collections.defaultdict[tuple[str, int], list[tuple[float, IOStream]]] = (
+        self.idle: collections.defaultdict[tuple[str, int], list[tuple[float, _Connection]]] = (
             collections.defaultdict(list)
         )
-        self.tcp = TCPClient()
 
-    async def _stream(self, host: str, port: int, connect_timeout: float) -> tuple[IOStream, bool]:
+    async def _connection(self, host: str, port: int, connect_timeout: float) -> tuple[_Connection, bool]:
         idle = self.idle[(host, port)]
         now = time.monotonic()
         while idle:
-            since, stream = idle.pop()
-            if not stream.closed() and now - since < IDLE_SECONDS:
-                return stream, True
-            stream.close()
+            since, conn = idle.pop()
+            if not conn.closed and not conn.buffer and now - since < IDLE_SECONDS:
+                return conn, True
+            conn.close()
+        loop = asyncio.get_running_loop()
         try:
-            stream = await asyncio.wait_for(self.tcp.connect(host, port), connect_timeout)
+            _, conn = await asyncio.wait_for(loop.create_connection(_Connection, host, port), connect_timeout)
         except TimeoutError:
             raise UpstreamError("connect timed out", timeout=True) from None
         except OSError as e:
             raise UpstreamError(f"connect failed: {e}") from None
-        stream.set_nodelay(True)
-        return stream, False
+        return conn, False
 
-    def _release(self, host: str, port: int, stream: IOStream) -> None:
+    def _release(self, host: str, port: int, conn: _Connection) -> None:
         idle = self.idle[(host, port)]
-        if stream.closed() or len(idle) >= MAX_IDLE_PER_TARGET:
-            stream.close()
+        if conn.closed or conn.buffer or len(idle) >= MAX_IDLE_PER_TARGET:
+            conn.close()
             return
-        idle.append((time.monotonic(), stream))
+        idle.append((time.monotonic(), conn))
 
     async def fetch(
         self,
@@ -128,42 +201,117 @@ class UpstreamPool:
         on_chunk: Callable[[bytes], Awaitable[None] | None],
         connect_timeout: float,
     ) -> None:
+        chunked = body is not None and "Content-Length" not in headers
+        if chunked:
+            headers = httputil.HTTPHeaders(headers)
+            headers["Transfer-Encoding"] = "chunked"
+        head = _request_head(method, uri, headers)
         for attempt in (1, 2):
-            stream, reused = await self._stream(host, port, connect_timeout)
-            connection = HTTP1Connection(stream, True, PARAMS)
-            relay = _Relay(on_headers, on_chunk)
+            conn, reused = await self._connection(host, port, connect_timeout)
+            answered = False
             try:
-                await connection.write_headers(httputil.RequestStartLine(method, uri, "HTTP/1.1"), headers)
+                await conn.write(head)
                 if body is not None:
                     async for chunk in body:
-                        await connection.write(chunk)
-                connection.finish()
-                await connection.read_response(relay)
-            except StreamClosedError:
-                stream.close()
+                        if chunk:
+                            await conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    if chunked:
+                        await conn.write(b"0\r\n\r\n")
+                start, response_headers = await self._read_head(conn)
+                answered = True
+                on_headers(start, response_headers)
+                reusable = await self._read_body(conn, method, start, response_headers, on_chunk)
+            except (_Closed, OSError) as e:  # either side went away (a client: StreamClosedError)
+                conn.close()
                 # A pooled connection the app had already closed: try once more on a new one,
                 # unless part of the answer or a body has already gone through.
-                if reused and attempt == 1 and relay.headers is None and body is None:
+                if reused and attempt == 1 and not answered and body is None:
                     continue
-                if relay.headers is None:
-                    raise UpstreamError("connection closed") from None
+                if not answered:
+                    raise UpstreamError(f"connection closed: {e}") from None
                 return
             except httputil.HTTPInputError as e:
-                stream.close()
+                conn.close()
                 raise UpstreamError(f"bad answer: {e}") from None
-            if relay.headers is None:
-                stream.close()
-                raise UpstreamError("connection closed before an answer")
-            if self._reusable(method, relay.start_line, relay.headers) and not stream.closed():
-                self._release(host, port, stream)
+            except BaseException:
+                conn.close()  # cancelled (timeout, client gone) halfway: not reusable
+                raise
+            if reusable:
+                self._release(host, port, conn)
             else:
-                stream.close()
+                conn.close()
             return
 
     @staticmethod
-    def _reusable(method: str, start_line: Any, headers: httputil.HTTPHeaders) -> bool:
-        if start_line.version != "HTTP/1.1" or "close" in headers.get("Connection", "").lower():
-            return False
-        if method == "HEAD" or start_line.code in (204, 304):
-            return True
-        return "Content-Length" in headers or headers.get("Transfer-Encoding", "").lower() == "chunked"
+    async def _read_head(conn: _Connection) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders]:
+        while True:
+            end = conn.buffer.find(b"\r\n\r\n")
+            while end < 0:
+                if len(conn.buffer) > MAX_HEAD:
+                    raise httputil.HTTPInputError("response header too long")
+                if not await conn.more():
+                    raise _Closed("before an answer")
+                end = conn.buffer.find(b"\r\n\r\n")
+            text = conn.take(end + 4)[:end].decode("latin1")
+            first, _, rest = text.partition("\r\n")
+            start = httputil.parse_response_start_line(first)
+            if 100 <= start.code < 200 and start.code != 101:
+                continue  # 100 Continue and other interim answers
+            return start, httputil.HTTPHeaders.parse(rest)
+
+    @staticmethod
+    async def _read_body(
+        conn: _Connection,
+        method: str,
+        start: httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+        on_chunk: Callable[[bytes], Awaitable[None] | None],
+    ) -> bool:
+        """Relay the body; whether the connection can carry another request."""
+
+        async def relay(size: int) -> None:
+            while size:
+                if not conn.buffer and not await conn.more():
+                    raise _Closed("in the middle of the answer")
+                data = conn.take(size)
+                size -= len(data)
+                result = on_chunk(data)
+                if result is not None:
+                    await result  # back-pressure: the client's pace
+
+        keep = start.version == "HTTP/1.1" and "close" not in headers.get("Connection", "").lower()
+        if method == "HEAD" or start.code in (204, 304):
+            return keep
+        if headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                line = await UpstreamPool._read_line(conn)
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise httputil.HTTPInputError("bad chunk size") from None
+                if size == 0:
+                    while await UpstreamPool._read_line(conn):  # trailers, then the empty line
+                        pass
+                    return keep
+                await relay(size)
+                if await UpstreamPool._read_line(conn):
+                    raise httputil.HTTPInputError("bad chunk framing")
+        if "Content-Length" in headers:
+            length = headers["Content-Length"]
+            if not length.isdigit():
+                raise httputil.HTTPInputError("bad Content-Length")
+            await relay(int(length))
+            return keep
+        while True:  # no length: the body ends when the app closes the connection
+            if not conn.buffer and not await conn.more():
+                return False
+            await relay(len(conn.buffer))
+
+    @staticmethod
+    async def _read_line(conn: _Connection) -> bytes:
+        while (end := conn.buffer.find(b"\r\n")) < 0:
+            if len(conn.buffer) > MAX_HEAD:
+                raise httputil.HTTPInputError("line too long")
+            if not await conn.more():
+                raise _Closed("in the middle of the answer")
+        return conn.take(end + 2)[:-2]

@@ -6,6 +6,8 @@ GET  {prefix}/hello           -> "hello"
 POST {prefix}/echo            -> sha256 and length of the body (read as a stream)
 GET  {prefix}/big?mb=N        -> N MiB of bytes, streamed
 GET  {prefix}/slow?s=N        -> answers after N seconds
+GET  {prefix}/chunked?n=N     -> "part0;part1;..." sent as N chunks (Transfer-Encoding: chunked)
+GET  {prefix}/empty           -> 204 No Content
 GET  {prefix}/headers         -> the request headers as JSON
 GET  {prefix}/count           -> how many requests reached /hello, /echo and /headers
 POST {prefix}/close-listener  -> stops listening and drops connections (the process stays)
@@ -41,6 +43,8 @@ class Hello(Counted):
     def get(self):
         self.write("hello")
 
+    head = get
+
 
 @web.stream_request_body
 class Echo(Counted):
@@ -73,6 +77,18 @@ class Slow(web.RequestHandler):
     async def get(self):
         await asyncio.sleep(float(self.get_argument("s", "1")))
         self.write("late")
+
+
+class Chunked(web.RequestHandler):
+    async def get(self):
+        for i in range(int(self.get_argument("n", "3"))):
+            self.write(f"part{i};")
+            await self.flush()
+
+
+class Empty(web.RequestHandler):
+    def get(self):
+        self.set_status(204)
 
 
 class Headers(Counted):
@@ -116,6 +132,8 @@ async def main():
             (PREFIX + "/close-listener", CloseListener),
             (PREFIX + "/ws", Echo_WS),
             (PREFIX + "/count", Count),
+            (PREFIX + "/chunked", Chunked),
+            (PREFIX + "/empty", Empty),
         ]
     )
     SERVER = HTTPServer(app, max_body_size=1 << 40, max_buffer_size=1 << 24)

@@ -45,6 +45,70 @@ def upstream_pool() -> UpstreamPool:
     return _pool
 
 
+def forward_headers(
+    request_headers: httputil.HTTPHeaders, host: str, remote_ip: str, protocol: str
+) -> httputil.HTTPHeaders:
+    """The request's headers as the session gets them: no hop-by-hop headers, no UWS
+    credentials (header or cookie), and X-Forwarded-* saying where the request came from."""
+    headers = httputil.HTTPHeaders()
+    connection_tokens = {t.strip().lower() for t in request_headers.get("Connection", "").split(",")}
+    for name, value in request_headers.get_all():
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in STRIP_TO_UPSTREAM or lname in connection_tokens:
+            continue
+        headers.add(name, value)
+    cookies = [
+        c.strip()
+        for c in request_headers.get("Cookie", "").split(";")
+        if c.strip() and not c.strip().startswith("uws-session-")
+    ]
+    if cookies:
+        headers["Cookie"] = "; ".join(cookies)
+    if "Content-Length" in request_headers:
+        headers["Content-Length"] = request_headers["Content-Length"]
+    headers["Host"] = host
+    headers["X-Forwarded-For"] = remote_ip
+    headers["X-Forwarded-Proto"] = protocol
+    headers["X-Forwarded-Host"] = host
+    return headers
+
+
+def response_headers(upstream: httputil.HTTPHeaders, keep_length: bool) -> httputil.HTTPHeaders:
+    """The session's response headers as the browser gets them: no hop-by-hop headers (but
+    Content-Length when `keep_length`), no Date (the server adds its own)."""
+    headers = httputil.HTTPHeaders()
+    connection_tokens = {t.strip().lower() for t in upstream.get("Connection", "").split(",")}
+    for name, value in upstream.get_all():
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in connection_tokens or lname == "date":
+            continue
+        headers.add(name, value)
+    if keep_length and "Content-Length" in upstream:
+        headers["Content-Length"] = upstream["Content-Length"]
+    return headers
+
+
+def upstream_uri(target: Target, uri: str) -> str:
+    """The request's path and query as the session gets them (without the prefix, for apps
+    that cannot serve under /passthrough/<id>/)."""
+    path = uri or "/"
+    if target.strip_prefix:
+        path = path[len(f"/passthrough/{target.job_id}") :] or "/"
+        if not path.startswith("/"):
+            path = "/" + path
+    return path
+
+
+async def header_user(uws: Any, header: str | None) -> int | None:
+    """The user a UWS-Authorization header names, or None."""
+    if not header:
+        return None
+    try:
+        return (await uws.auth_service.authenticate(header)).id
+    except APIError:
+        return None
+
+
 class PassthroughMixin:
     """Authentication and target resolution shared by the HTTP and websocket handlers."""
 
@@ -77,13 +141,7 @@ class PassthroughMixin:
         user_id = self.uws.proxy.cookie_user(job_id, cookie)
         if user_id is not None:
             return user_id
-        header = self.request.headers.get("UWS-Authorization")
-        if header:
-            try:
-                return (await self.uws.auth_service.authenticate(header)).id
-            except APIError:
-                return None
-        return None
+        return await header_user(self.uws, self.request.headers.get("UWS-Authorization"))
 
     def set_access_cookie(self, target: Target) -> None:
         secure = self.uws.public_origin().startswith("https://")
@@ -98,36 +156,11 @@ class PassthroughMixin:
         )
 
     def upstream_url(self, target: Target, scheme: str) -> str:
-        path = self.request.uri or "/"
-        if target.strip_prefix:
-            prefix = f"/passthrough/{target.job_id}"
-            path = path[len(prefix) :] or "/"
-            if not path.startswith("/"):
-                path = "/" + path
-        return f"{scheme}://{target.host}:{target.port}{path}"
+        return f"{scheme}://{target.host}:{target.port}{upstream_uri(target, self.request.uri or '/')}"
 
     def upstream_headers(self) -> httputil.HTTPHeaders:
-        headers = httputil.HTTPHeaders()
-        connection_tokens = {t.strip().lower() for t in self.request.headers.get("Connection", "").split(",")}
-        for name, value in self.request.headers.get_all():
-            lname = name.lower()
-            if lname in HOP_BY_HOP or lname in STRIP_TO_UPSTREAM or lname in connection_tokens:
-                continue
-            headers.add(name, value)
-        cookies = [
-            c.strip()
-            for c in self.request.headers.get("Cookie", "").split(";")
-            if c.strip() and not c.strip().startswith("uws-session-")
-        ]
-        if cookies:
-            headers["Cookie"] = "; ".join(cookies)
-        if "Content-Length" in self.request.headers:
-            headers["Content-Length"] = self.request.headers["Content-Length"]
-        headers["Host"] = self.request.host
-        headers["X-Forwarded-For"] = self.request.remote_ip or ""
-        headers["X-Forwarded-Proto"] = self.request.protocol
-        headers["X-Forwarded-Host"] = self.request.host
-        return headers
+        request = self.request
+        return forward_headers(request.headers, request.host, request.remote_ip or "", request.protocol)
 
 
 def _same(a: str, b: str) -> bool:
@@ -217,14 +250,8 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
         if self._finished:
             return
         self.set_status(start.code, start.reason)
-        connection_tokens = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
-        for name, value in headers.get_all():
-            lname = name.lower()
-            if lname in HOP_BY_HOP or lname in connection_tokens or lname == "date":
-                continue
+        for name, value in response_headers(headers, keep_length=self.request.method != "HEAD").get_all():
             self.add_header(name, value)
-        if "Content-Length" in headers and self.request.method != "HEAD":
-            self.set_header("Content-Length", headers["Content-Length"])
         self.headers_sent = True
 
     def on_chunk(self, chunk: bytes) -> Any:

@@ -1,0 +1,175 @@
+"""The passthrough's fast path: a bodyless GET or HEAD from a client that is already let in.
+
+That is nearly all of a session's traffic once its page is open (assets, XHR polling), and it
+costs most through Tornado's RequestHandler machinery. Such a request is relayed here, right on
+the HTTP/1.1 connection. Everything else goes to the full application unchanged: requests
+with bodies, websocket upgrades, token exchanges, refusals, sessions not known to be running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from tornado import httputil, web
+from tornado.iostream import StreamClosedError
+
+from ..access_log import log_access
+from ..proxy import cookie_name
+from ..upstream import UpstreamError
+from . import proxy as full
+
+PREFIX = "/passthrough/"
+
+
+class UWSWebApplication(web.Application):
+    """Tornado's Application, with the passthrough's fast path in front of its router."""
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        return FastPassthrough(self, server_conn, request_conn)
+
+
+class FastPassthrough(httputil.HTTPMessageDelegate):
+    def __init__(self, app: UWSWebApplication, server_conn: object, request_conn: Any) -> None:
+        self.app = app
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.inner: httputil.HTTPMessageDelegate | None = None
+        self.relay: tuple[Any, str, Any] | None = None  # (target, upstream uri, headers)
+        self.task: asyncio.Future[None] | None = None
+
+    # ---- choosing ----------------------------------------------------------------------------
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        if (
+            start_line.path.startswith(PREFIX)
+            and start_line.method in ("GET", "HEAD")
+            and "Content-Length" not in headers
+            and "Transfer-Encoding" not in headers
+            and "Upgrade" not in headers
+            and "token=" not in start_line.path
+        ):
+            return self._check(start_line, headers)
+        return self._to_application(start_line, headers)
+
+    def _to_application(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        self.inner = web.Application.start_request(self.app, self.server_conn, self.request_conn)
+        return self.inner.headers_received(start_line, headers)
+
+    async def _check(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
+        uws = self.app.settings["uws"]
+        job_part = start_line.path[len(PREFIX) :].split("/", 1)[0]
+        target = uws.proxy.targets.get(int(job_part)) if job_part.isdigit() else None
+        if target is not None and await self._user(uws, target.job_id, headers) == target.user_id:
+            context = self.request_conn.context
+            upstream_headers = full.forward_headers(
+                headers,
+                headers.get("Host", ""),
+                getattr(context, "remote_ip", ""),
+                getattr(context, "protocol", "http"),
+            )
+            self.relay = (target, full.upstream_uri(target, start_line.path), upstream_headers)
+            self.start = time.perf_counter()
+            self.start_line = start_line
+            return
+        result = self._to_application(start_line, headers)
+        if result is not None:
+            await result
+
+    @staticmethod
+    async def _user(uws: Any, job_id: int, headers: httputil.HTTPHeaders) -> int | None:
+        for part in headers.get("Cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == cookie_name(job_id):
+                return uws.proxy.cookie_user(job_id, value)
+        return await full.header_user(uws, headers.get("UWS-Authorization"))
+
+    def data_received(self, chunk: bytes) -> Any:
+        return self.inner.data_received(chunk) if self.inner is not None else None
+
+    def finish(self) -> None:
+        if self.inner is not None:
+            self.inner.finish()
+        elif self.relay is not None:
+            self.task = asyncio.ensure_future(self._relay(*self.relay))
+
+    def on_connection_close(self) -> None:
+        if self.inner is not None:
+            self.inner.on_connection_close()
+        elif self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # ---- relaying ----------------------------------------------------------------------------
+    async def _relay(self, target: Any, uri: str, headers: httputil.HTTPHeaders) -> None:
+        uws = self.app.settings["uws"]
+        conn = self.request_conn
+        status = [0]
+
+        # The head waits for the first piece of the body, so a small answer goes out in one write.
+        pending: list[Any] = []
+
+        def on_headers(start: httputil.ResponseStartLine, upstream: httputil.HTTPHeaders) -> None:
+            status[0] = start.code
+            headers = full.response_headers(upstream, keep_length=True)
+            if "Date" in upstream:
+                headers["Date"] = upstream["Date"]
+            pending[:] = [httputil.ResponseStartLine("HTTP/1.1", start.code, start.reason), headers]
+
+        def on_chunk(chunk: bytes) -> Any:
+            target.bytes_out += len(chunk)
+            if pending:
+                start, headers = pending
+                pending.clear()
+                return conn.write_headers(start, headers, chunk)
+            return conn.write(chunk)  # awaited by the upstream reader: back-pressure
+
+        target.last_activity = time.time()
+        try:
+            await full.upstream_pool().fetch(
+                target.host,
+                target.port,
+                self.start_line.method,
+                uri,
+                headers,
+                None,
+                on_headers,
+                on_chunk,
+                uws.proxy_connect_timeout,
+                uws.proxy_request_timeout,
+            )
+        except UpstreamError as e:
+            if status[0]:
+                conn.close()  # part of the answer went out: all that can be done is to end it
+                return
+            status[0] = 504 if e.timeout else 502
+            body = json.dumps(
+                {
+                    "success": False,
+                    "message": "The session did not answer in time."
+                    if e.timeout
+                    else "The session did not answer.",
+                }
+            ).encode()
+            conn.write_headers(
+                httputil.ResponseStartLine("HTTP/1.1", status[0], httputil.responses[status[0]]),
+                httputil.HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(body))}),
+                body,
+            )
+        except asyncio.CancelledError:
+            return  # the client went away
+        try:
+            if pending:  # an answer without a body
+                conn.write_headers(*pending)
+            conn.finish()
+        except (httputil.HTTPOutputError, StreamClosedError):
+            conn.close()  # the answer was cut short (either side went away): end the connection
+        log_access(
+            status[0],
+            self.start_line.method,
+            self.start_line.path,
+            getattr(conn.context, "remote_ip", ""),
+            time.perf_counter() - self.start,
+        )
