@@ -448,3 +448,43 @@ def test_job_that_never_starts_its_helper(backend: str) -> None:
         if c is not None:
             cancel_all(c.username)
         srv.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_rest_tokens_cached_and_renewed_before_expiry(backend: str, tmp_path) -> None:
+    """JWTs come from token_command, one per user, and are reused until fewer than 60 s are
+    left. With a 61 s lifespan every token is due for renewal a second after it was issued."""
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "token"
+    wrapper.write_text(
+        f'#!/bin/sh\necho "$1 $2" >> {calls}\nexec scontrol token username="$1" lifespan="$2"\n'
+    )
+    wrapper.chmod(0o755)
+    extra = (
+        f'c.SlurmRestSpawner.token_command = ["{wrapper}", "{{username}}", "{{lifespan}}"]\n'
+        "c.SlurmRestSpawner.token_renew_seconds = 60"
+    )
+    results = {}
+    for lifespan in (3600, 61):
+        srv = Server(
+            backend, slurm_config("slurm_rest", f"{extra}\nc.SlurmRestSpawner.token_lifespan = {lifespan}")
+        )
+        calls.write_text("")
+        srv.start()
+        c = None
+        try:
+            c = login(srv, srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1])
+            job = start(c, create(c)["id"], job_type="echo")
+            wait_ready(c, job["id"], 60)
+            time.sleep(4)  # status queries every second
+            assert c.put(f"/jobs/{job['id']}/stop").status_code == 200
+            wait_status(c, job["id"], "complete", timeout=60)
+            results[lifespan] = (c.username, calls.read_text().splitlines())
+        finally:
+            if c is not None:
+                cancel_all(c.username)
+            srv.close()
+    owner, lines = results[3600]
+    assert sorted(lines) == sorted(["root 3600", f"{owner} 3600"])  # one token each, then cached
+    owner, lines = results[61]
+    assert lines.count("root 61") >= 3, lines  # the status token, renewed again and again

@@ -30,6 +30,13 @@ class UWSWebApplication(web.Application):
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
     ) -> httputil.HTTPMessageDelegate:
+        stream = getattr(request_conn, "stream", None)
+        if stream is not None and not getattr(stream, "uws_nodelay", False):
+            # Tornado turns Nagle's algorithm off at the end of every answer and back on after
+            # it: two system calls per request. Off for good, as most proxies run.
+            stream.set_nodelay(True)
+            stream.set_nodelay = lambda value: None
+            stream.uws_nodelay = True
         return FastPassthrough(self, server_conn, request_conn)
 
 
