@@ -53,6 +53,10 @@ def down(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         problems.append("#/job/environment/: expected a list of NAME=value strings")
     else:
         job["environment"] = dict(e.split("=", 1) for e in env)
+    if "gres" in job:
+        problems.append("#/job/gres/: unknown field in this version (use tres_per_node)")
+    if "tres_per_node" in job:
+        job["gres"] = job.pop("tres_per_node").removeprefix("gres/")
     for key in ("time_limit", "memory_per_node"):
         problems += unwrap(job, key)
     if "nodes" in job:

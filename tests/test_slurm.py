@@ -153,6 +153,24 @@ def w_dir(server: Server, user: Client, ws_id: int) -> str:
     return os.path.join(server.dir, "workspaces", user.username, str(ws_id))
 
 
+def test_scheduler_refusal_reaches_the_user(slurm_server: Server, user: Client) -> None:
+    """A GPU on a cluster without GPUs: Slurm refuses the job; the user reads why, and the job
+    is recorded as failed (B5), not left pending."""
+    w = create(user)
+    r = user.put(
+        f"/workspaces/{w['id']}/start/", {"job_type": "echo", "resource_options": {"gpu_enabled": True}}
+    )
+    assert r.status_code == 500
+    said = r.json()["message"]
+    # sbatch says "Invalid generic resource (gres) specification"; slurmrestd 22.05 answers only
+    # "Failure during parsing" (the reason goes to its log).
+    assert said.startswith("Launch failed: ")
+    assert "(gres)" in said or "slurmrestd: Failure during parsing" in said
+    (job,) = user.get(f"/jobs/?workspace_id={w['id']}").json()["data"]["jobs"]
+    assert job["status"] == "failed" and job["job_details"]["current_job_details"]["message"] == said
+    assert get_ws(user, w["id"])["status"] == "idle"
+
+
 def test_failure_is_reported_with_log(slurm_server: Server, user: Client) -> None:
     w = create(user)
     job = start(user, w["id"], job_type="crash")

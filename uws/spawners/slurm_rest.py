@@ -260,15 +260,25 @@ class SlurmRestSpawner(SlurmBase):
             job["time_limit"] = num(wanted["time_limit"])
         if "partition" in wanted:
             job["partition"] = wanted["partition"]
-        if wanted.get("gpu"):
-            job["tres_per_job"] = "gres/gpu=1"
+        if wanted.get("gpu"):  # as sbatch --gres=gpu:1 (v0.0.38 has no tres_per_* fields)
+            if newer:
+                job["tres_per_node"] = "gres/gpu:1"
+            else:
+                job["gres"] = "gpu:1"
         if self.version >= 40:
             job["script"] = script
             return {"job": job}
         return {"job": job, "script": script}
 
     async def submit(self, spec: dict[str, Any], script: str) -> int:
-        data = await self.call("POST", "job/submit", self.account.username, self.submit_body(spec, script))
+        try:
+            data = await self.call(
+                "POST", "job/submit", self.account.username, self.submit_body(spec, script)
+            )
+        except SchedulerUnavailable as e:
+            # slurmrestd 22.05 says only "Failure during parsing" for options the cluster lacks.
+            asked = ", ".join(f"{k}={v}" for k, v in self.job_options(spec).items())
+            raise SchedulerUnavailable(f"{e} (the session asked for {asked})") from None
         job_id = number(data.get("job_id"))
         if job_id is None:
             raise SchedulerUnavailable(f"slurmrestd accepted the job but gave no job id: {data}")
