@@ -94,6 +94,11 @@ def test_generate_config_documents_options() -> None:
         "c.SudoSpawner.sudo",
         "c.UWSApp.idle_timeout_seconds",
         "c.UWSApp.session_channel_url",
+        "c.UWSApp.lost_contact_seconds",
+        "c.SlurmBase.poll_interval",
+        "c.SlurmSpawner.sudo",
+        "c.SlurmRestSpawner.url",
+        "c.SlurmRestSpawner.token_command",
     ]:
         assert option in out, option
     assert "Largest request body in bytes" in out
