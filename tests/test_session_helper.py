@@ -359,6 +359,30 @@ def test_helper_signal_ends_the_session(session_factory: Any) -> None:
     assert gone(app)
 
 
+def test_replayed_and_stale_messages_are_refused(session_factory: Any) -> None:
+    """Whoever captures a signed "stop" cannot replay it: a seq already seen, a message older
+    than five minutes, and one from an older server process are all dropped."""
+    s = session_factory([sys.executable, "-c", "import time; time.sleep(60)"])
+    s.recv("hello")
+    assert s.router is not None
+    s.seq += 1
+    stop = protocol.encode(s.secret, {"type": "stop", "job_id": s.job_id, "seq": s.seq, "grace_seconds": 1})
+    report = {"type": "report", "job_id": s.job_id}
+    s.send("report")  # a later seq from the same sender: the stop above is now a replay
+    s.recv("hello")
+    s.router.send_multipart([protocol.identity(s.job_id), *stop])
+    stale = protocol.encode(s.secret, {**report, "seq": s.seq + 10, "time": time.time() - 600})
+    s.router.send_multipart([protocol.identity(s.job_id), *stale])
+    older = protocol.encode(s.secret, {**report, "seq": 1, "sender": "old", "started": 0.0})
+    s.router.send_multipart([protocol.identity(s.job_id), *older])
+    with pytest.raises(AssertionError):
+        s.recv("hello", timeout=1.5)  # no "report" got through
+    assert s.proc.poll() is None  # ...and no "stop"
+    assert s.helper_log().count("dropped a message that failed verification") == 3
+    s.send("stop", grace_seconds=1)  # the real server's next message still works
+    assert s.recv("exited", timeout=10)["state"]["exit"]["reason"] == "stopped"
+
+
 def test_no_secret_is_an_error() -> None:
     d = tempfile.mkdtemp(prefix="uwsh-")
     try:

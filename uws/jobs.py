@@ -634,6 +634,7 @@ class JobService:
         self.recorded.pop(job_id, None)
         self.stop_requested.discard(job_id)
         self.unanswered.pop(job_id, None)
+        self.channel.guard.forget(job_id)
         self._locks.pop(job_id, None)
 
     def publish(self, user_id: int, model: dict[str, Any], source_time: float | None = None) -> None:

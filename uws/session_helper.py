@@ -166,6 +166,7 @@ class Helper:
         self.last_heard = time.monotonic()
         self.signalled: int | None = None
         self.dropped = 0
+        self.replay_guard = protocol.ReplayGuard()
         self.rejected = 0
         self.subreaper = False
         self.ctx: zmq.Context | None = None
@@ -274,12 +275,16 @@ class Helper:
             except zmq.Again:
                 return
             message = protocol.decode(self.secret, frames)
-            if message is None or message.get("job_id", self.job_id) != self.job_id:
+            if (
+                message is None
+                or message.get("job_id", self.job_id) != self.job_id
+                or not self.replay_guard.accept("server", message)
+            ):
                 self.rejected += 1
                 if self.rejected <= 10 or self.rejected % 100 == 0:
                     log(
-                        f"job {self.job_id}: dropped a message that failed verification "
-                        f"({len(frames)} frames; {self.rejected} so far)"
+                        f"job {self.job_id}: dropped a message that failed verification (signature, "
+                        f"job, age or order; {len(frames)} frames; {self.rejected} so far)"
                     )
                 continue
             self.handle(message)

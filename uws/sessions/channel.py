@@ -28,6 +28,7 @@ class SessionChannel:
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        self.guard = protocol.ReplayGuard()
 
     def bind(self) -> None:
         """Bind the ROUTER socket; call from the running event loop."""
@@ -62,9 +63,12 @@ class SessionChannel:
             job_id = protocol.job_id_from_identity(ident)
             secret = await self.secret_for(job_id) if job_id is not None else None
             message = protocol.decode(secret, body) if secret else None
-            if message is None or message.get("job_id") != job_id:
+            if message is None or message.get("job_id") != job_id or not self.guard.accept(job_id, message):
                 self.dropped += 1
-                log.warning("Dropped a session message that could not be verified (sender %r)", ident[:40])
+                log.warning(
+                    "Dropped a session message that failed verification (signature, job, age or order; sender %r)",
+                    ident[:40],
+                )
                 continue
             if message.get("type") == "exited":
                 await self.send(job_id, secret, {"type": "ack", "ack_seq": message.get("seq")})

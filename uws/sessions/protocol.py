@@ -11,7 +11,10 @@ input (never on a command line, in the environment of other users, or in a log).
 whose signature does not verify, or whose job_id differs from the sender's identity, is dropped.
 
 Payload fields, always: "type", "job_id" (int), "seq" (int, increasing per sender), "time"
-(float, UNIX seconds).
+(float, UNIX seconds), "sender" (random, one per process) and "started" (when that process
+started). A receiver takes each sender's messages only in increasing seq, and a new sender
+only if it started no earlier than the one before; messages older than MAX_AGE_SECONDS are
+dropped. So a captured message (say, "stop") cannot be replayed.
 
 Helper -> server ("type"):
   "hello"      {"state": STATE}            on start and after every (re)connection
@@ -51,10 +54,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from typing import Any
 
 PROTOCOL_VERSION = 1
+# As munge (which Slurm needs anyway), senders' and receivers' clocks may differ by 5 minutes.
+MAX_AGE_SECONDS = 300.0
+SENDER = secrets.token_hex(8)
+STARTED = time.time()
 
 
 def identity(job_id: int) -> bytes:
@@ -74,6 +82,8 @@ def sign(secret: str, payload: bytes) -> bytes:
 
 def encode(secret: str, message: dict[str, Any]) -> list[bytes]:
     message.setdefault("time", time.time())
+    message.setdefault("sender", SENDER)
+    message.setdefault("started", STARTED)
     payload = json.dumps(message, separators=(",", ":")).encode()
     return [payload, sign(secret, payload)]
 
@@ -92,3 +102,35 @@ def decode(secret: str, frames: list[bytes]) -> dict[str, Any] | None:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         return None
     return message
+
+
+class ReplayGuard:
+    """Remembers, per peer, the last sender and seq accepted, and refuses what could be a
+    replay: an old message, a seq not above the last, or a sender older than the last."""
+
+    def __init__(self) -> None:
+        self.last: dict[Any, tuple[float, str, int]] = {}
+
+    def accept(self, peer: Any, message: dict[str, Any]) -> bool:
+        sender, started, seq, sent = (message.get(k) for k in ("sender", "started", "seq", "time"))
+        if not (
+            isinstance(sender, str)
+            and isinstance(started, int | float)
+            and isinstance(seq, int)
+            and isinstance(sent, int | float)
+        ):
+            return False
+        if abs(time.time() - sent) > MAX_AGE_SECONDS:
+            return False
+        previous = self.last.get(peer)
+        if previous is not None:
+            last_started, last_sender, last_seq = previous
+            if sender == last_sender and seq <= last_seq:
+                return False
+            if sender != last_sender and started < last_started:
+                return False
+        self.last[peer] = (started, sender, seq)
+        return True
+
+    def forget(self, peer: Any) -> None:
+        self.last.pop(peer, None)
