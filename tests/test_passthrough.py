@@ -138,6 +138,22 @@ def test_answers_of_every_shape(pserver: Server, owner: Client, session: dict) -
         assert browser.get(f"{base}/hello", timeout=5).text == "hello"
 
 
+def test_answer_cut_short_is_not_passed_off_as_whole(pserver: Server, owner: Client, session: dict) -> None:
+    """The app drops the connection halfway through an answer: the browser must see a broken
+    answer, not a short one that looks complete (and gets cached). Through the fast path (GET)
+    and the full handler (POST), with a Content-Length and chunked."""
+    browser = requests.Session()
+    browser.get(session["link"], timeout=5)
+    base = f"{pserver.base}/passthrough/{session['id']}"
+    for method in ("GET", "POST"):
+        for length in ("1", "0"):
+            with pytest.raises(requests.exceptions.ChunkedEncodingError):
+                browser.request(
+                    method, f"{base}/cut?length={length}", data=b"" if method == "POST" else None, timeout=5
+                )
+    assert browser.get(f"{base}/hello", timeout=5).text == "hello"  # and the session still answers
+
+
 def test_owner_header_gets_through(pserver: Server, owner: Client, session: dict) -> None:
     r = requests.get(f"{pserver.base}/passthrough/{session['id']}/hello", headers=owner.headers(), timeout=5)
     assert r.text == "hello"

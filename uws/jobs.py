@@ -360,9 +360,12 @@ class JobService:
             if spawner is not None:
                 await spawner.stop()
                 # A scheduler takes a moment to record the cancellation.
-                deadline = time.monotonic() + 15
+                deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
-                    ended = await spawner.poll()
+                    try:
+                        ended = await spawner.poll()
+                    except LaunchError:  # the scheduler is slow to answer: not yet known
+                        ended = None
                     if ended is not None:
                         await self.apply_exit(job_id, ended)
                         return
@@ -654,12 +657,24 @@ class JobService:
         helper is silent too, for lost_contact_seconds on end, is given up as failed."""
         log.warning("Checking job %s failed (%s); keeping its status", job_id, error)
         since = self.unanswered.setdefault(job_id, time.monotonic())
-        if not helper_alive and time.monotonic() - since > self.app.lost_contact_seconds:
+        # A queued job has no helper yet: it waits for the scheduler to come back, however long.
+        gone = not helper_alive and status != "pending"
+        if gone and time.monotonic() - since > self.app.lost_contact_seconds:
+            spawner = self.spawners.get(job_id)
             await self._finish(job_id, "failed", "Lost contact with the job on the resource.")
+            if spawner is not None:  # so it cannot run on unowned, should it come back
+                asyncio.ensure_future(self._cancel_quietly(job_id, spawner))
             return
         await self._update(
             job_id, message=f"The resource is not answering; the session keeps its status. ({error})"
         )
+
+    @staticmethod
+    async def _cancel_quietly(job_id: int, spawner: Spawner) -> None:
+        try:
+            await spawner.stop()
+        except Exception as e:
+            log.warning("Cancelling job %s, given up on, failed too: %s", job_id, e)
 
     async def reconcile(self, startup: bool = False) -> None:
         rows = await self.db.run(

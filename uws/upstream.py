@@ -229,7 +229,11 @@ class UpstreamPool:
                     continue
                 if not answered:
                     raise UpstreamError(f"connection closed: {e}") from None
-                return
+                if isinstance(e, _Closed):  # cut short: the caller must not pass it off as whole
+                    raise UpstreamError(
+                        "the session closed the connection in the middle of the answer"
+                    ) from None
+                return  # the client went away
             except httputil.HTTPInputError as e:
                 conn.close()
                 raise UpstreamError(f"bad answer: {e}") from None
@@ -298,7 +302,7 @@ class UpstreamPool:
                     raise httputil.HTTPInputError("bad chunk framing")
         if "Content-Length" in headers:
             length = headers["Content-Length"]
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise httputil.HTTPInputError("bad Content-Length")
             await relay(int(length))
             return keep

@@ -8,6 +8,8 @@ GET  {prefix}/big?mb=N        -> N MiB of bytes, streamed
 GET  {prefix}/slow?s=N        -> answers after N seconds
 GET  {prefix}/chunked?n=N     -> "part0;part1;..." sent as N chunks (Transfer-Encoding: chunked)
 GET  {prefix}/empty           -> 204 No Content
+GET|POST {prefix}/cut?length=1 -> starts an answer (with Content-Length: 1000 when length=1,
+                                 chunked otherwise), then drops the connection halfway
 GET  {prefix}/headers         -> the request headers as JSON
 GET  {prefix}/count           -> how many requests reached /hello, /echo and /headers
 POST {prefix}/close-listener  -> stops listening and drops connections (the process stays)
@@ -86,6 +88,18 @@ class Chunked(web.RequestHandler):
             await self.flush()
 
 
+class Cut(web.RequestHandler):
+    async def get(self):
+        if self.get_argument("length", "1") == "1":
+            self.set_header("Content-Length", "1000")
+        self.write("x" * 100)
+        await self.flush()
+        self.request.connection.close()
+        self._finished = True  # nothing more may be sent: the point is an answer cut short
+
+    post = get
+
+
 class Empty(web.RequestHandler):
     def get(self):
         self.set_status(204)
@@ -134,6 +148,7 @@ async def main():
             (PREFIX + "/count", Count),
             (PREFIX + "/chunked", Chunked),
             (PREFIX + "/empty", Empty),
+            (PREFIX + "/cut", Cut),
         ]
     )
     SERVER = HTTPServer(app, max_body_size=1 << 40, max_buffer_size=1 << 24)

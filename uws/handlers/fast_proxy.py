@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..upstream import UpstreamError
 from . import proxy as full
 
 PREFIX = "/passthrough/"
+log = logging.getLogger("uws.proxy")
 
 
 class UWSWebApplication(web.Application):
@@ -69,7 +71,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
     async def _check(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
         uws = self.app.settings["uws"]
         job_part = start_line.path[len(PREFIX) :].split("/", 1)[0]
-        target = uws.proxy.targets.get(int(job_part)) if job_part.isdigit() else None
+        target = uws.proxy.targets.get(int(job_part)) if job_part.isascii() and job_part.isdigit() else None
         if target is not None and await self._user(uws, target.job_id, headers) == target.user_id:
             context = self.request_conn.context
             upstream_headers = full.forward_headers(
@@ -102,6 +104,9 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
             self.inner.finish()
         elif self.relay is not None:
             self.task = asyncio.ensure_future(self._relay(*self.relay))
+            # Tornado tells a delegate only of closes while the request is read; after that, a
+            # browser that leaves (a long poll, say) must still end the request to the app.
+            self.request_conn.set_close_callback(self.on_connection_close)
 
     def on_connection_close(self) -> None:
         if self.inner is not None:
@@ -167,6 +172,10 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
             )
         except asyncio.CancelledError:
             return  # the client went away
+        except Exception:
+            log.exception("Passthrough to job %s failed", target.job_id)
+            conn.close()
+            return
         try:
             if pending:  # an answer without a body
                 conn.write_headers(*pending)

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from tornado import httpclient, httputil, web, websocket
+from tornado.iostream import StreamClosedError
 
 from ..errors import APIError, not_authenticated
 from ..proxy import Target, cookie_name
@@ -178,6 +179,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
         self.upstream: asyncio.Future[Any] | None = None
         self.target: Target | None = None
         self.headers_sent = False
+        self.forward_done = False
 
     def set_default_headers(self) -> None:
         self.clear_header("Content-Type")
@@ -207,7 +209,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
             self.upstream = asyncio.ensure_future(self.forward(self.target))
 
     def data_received(self, chunk: bytes) -> Any:
-        if self.body_queue is None or self._finished:
+        if self.body_queue is None or self._finished or self.forward_done:
             return None
         assert self.target is not None
         self.uws.proxy.touch(self.target, bytes_in=len(chunk))
@@ -225,6 +227,15 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
         url = self.upstream_url(target, "http")
         uri = url[url.index("/", len("http://")) :]
         try:
+            await self._forward(target, uri, body)
+        finally:
+            # Uploads still arriving have nowhere to go: let a blocked data_received return.
+            self.forward_done = True
+            while self.body_queue is not None and not self.body_queue.empty():
+                self.body_queue.get_nowait()
+
+    async def _forward(self, target: Target, uri: str, body: Any) -> None:
+        try:
             await upstream_pool().fetch(
                 target.host,
                 target.port,
@@ -239,7 +250,12 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
             )
         except UpstreamError as e:
             log.debug("Passthrough to job %s failed: %s", target.job_id, e)
-            if self.headers_sent or self._finished:
+            if self._finished:
+                return
+            if self.headers_sent:
+                # Part of the answer went out: finishing would pass a truncated body off as whole.
+                self.request.connection.close()  # type: ignore[union-attr]
+                self._finished = True
                 return
             if e.timeout:
                 self.fail(APIError(504, "The session did not answer in time."))
@@ -256,7 +272,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
 
     def on_chunk(self, chunk: bytes) -> Any:
         if self._finished or self.request.connection.stream.closed():  # type: ignore[union-attr]
-            return None
+            raise StreamClosedError()  # the client went away: stop reading from the app
         assert self.target is not None
         self.uws.proxy.touch(self.target, bytes_out=len(chunk))
         self.write(chunk)
@@ -265,12 +281,15 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
     async def relay(self) -> None:
         if self._finished or self.target is None:
             return
-        if self.upstream is None:
-            await self.forward(self.target)  # no body: forward right here, no extra task
+        if self.upstream is None:  # no body: a task of its own, so a client leaving cancels it
+            self.upstream = asyncio.ensure_future(self.forward(self.target))
         else:
             assert self.body_queue is not None
             await self.body_queue.put(None)
+        try:
             await self.upstream
+        except asyncio.CancelledError:
+            return  # the client went away
         if self._finished:
             return
         if not self.headers_sent:

@@ -71,6 +71,7 @@ class SchedulerStatus:
     def __init__(self) -> None:
         self.tracked: set[int] = set()
         self.results: dict[int, SlurmJob] = {}
+        self.covered: set[int] = set()  # the ids the last answer asked about
         self.started_at = -math.inf  # monotonic start of the last answered query
         self.queries = 0
         self.failures = 0
@@ -79,19 +80,20 @@ class SchedulerStatus:
         self._lock: asyncio.Lock | None = None
 
     async def get(
-        self, fetch: Any, newer_than: float, interval: float, max_backoff: float
+        self, fetch: Any, job_id: int, newer_than: float, interval: float, max_backoff: float
     ) -> dict[int, SlurmJob]:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if self.started_at >= newer_than:
+            if self.started_at >= newer_than and job_id in self.covered:
                 return self.results
             started = time.monotonic()
             if started < self.retry_at:
                 wait = math.ceil(self.retry_at - started)
                 raise SchedulerUnavailable(f"{self.last_error} (retrying in {wait} s)")
+            asked = set(self.tracked) | {job_id}
             try:
-                results = await fetch(sorted(self.tracked))
+                results = await fetch(sorted(asked))
             except SchedulerUnavailable as e:
                 self.failures += 1
                 delay = min(max_backoff, interval * 2 ** (self.failures - 1))
@@ -102,7 +104,7 @@ class SchedulerStatus:
                 ) from None
             self.queries += 1
             self.failures, self.retry_at = 0, 0.0
-            self.results, self.started_at = results, started
+            self.results, self.covered, self.started_at = results, asked, started
             return results
 
 
@@ -269,8 +271,12 @@ class SlurmBase(Spawner):
         if newer_than is None:
             newer_than = max(now - self.poll_interval, self.submitted_at)
         status = self.scheduler_status()
-        results = await status.get(self.fetch, newer_than, self.poll_interval, self.max_backoff)
-        info = results.get(self.slurm_job_id) if self.slurm_job_id is not None else None
+        if self.slurm_job_id is None:
+            return None
+        results = await status.get(
+            self.fetch, self.slurm_job_id, newer_than, self.poll_interval, self.max_backoff
+        )
+        info = results.get(self.slurm_job_id)
         if info is not None:
             self.last_info, self.last_info_at = info, status.started_at
         return info
@@ -367,6 +373,11 @@ class SlurmBase(Spawner):
         if self.slurm_job_id is not None:
             await self.cancel()
 
+    async def reap(self) -> None:
+        # The session is finished as far as the server is concerned: stop asking about it.
+        if self.slurm_job_id is not None:
+            self.scheduler_status().tracked.discard(self.slurm_job_id)
+
 
 class SlurmSpawner(SlurmBase):
     """Submits with sbatch, checks with squeue and cancels with scancel. sbatch and scancel run
@@ -405,9 +416,14 @@ class SlurmSpawner(SlurmBase):
         if not ids:
             return {}
         # %C: allocated CPUs; %M: time used; %L: time left; %S: (expected) start.
-        out = await self.run(
-            "squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S|%C|%M", "-j", ",".join(map(str, ids))
-        )
+        try:
+            out = await self.run(
+                "squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S|%C|%M", "-j", ",".join(map(str, ids))
+            )
+        except SchedulerUnavailable as e:
+            if "Invalid job id" in str(e):
+                return {}  # squeue fails when no id it was given is known any more (all purged)
+            raise
         results = {}
         for line in out.splitlines():
             parts = line.strip().split("|")
