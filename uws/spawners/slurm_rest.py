@@ -212,8 +212,12 @@ class SlurmRestSpawner(SlurmBase):
             raise SchedulerUnavailable(f"slurmrestd at {self.url} did not answer: {e}") from None
         if response.code == 599:
             raise SchedulerUnavailable(f"slurmrestd at {self.url} did not answer: {response.error}")
+        body = response.body or b"{}"
         try:
-            data = json.loads(response.body or b"{}")
+            if len(body) < 1 << 20:
+                data = json.loads(body)
+            else:  # the job list of a big cluster: parsing it must not stall the event loop
+                data = await asyncio.get_running_loop().run_in_executor(None, json.loads, body)
         except ValueError:
             data = {}
         errors = [
