@@ -90,11 +90,11 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
 
     @staticmethod
     async def _user(uws: Any, job_id: int, headers: httputil.HTTPHeaders) -> int | None:
-        for part in headers.get("Cookie", "").split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == cookie_name(job_id):
-                return uws.proxy.cookie_user(job_id, value)
-        return await full.header_user(uws, headers.get("UWS-Authorization"))
+        try:
+            cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(job_id))
+        except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
+            cookie = None
+        return await full.credential_user(uws, job_id, cookie, headers.get("UWS-Authorization"))
 
     def data_received(self, chunk: bytes) -> Any:
         return self.inner.data_received(chunk) if self.inner is not None else None
@@ -131,14 +131,14 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
             pending[:] = [httputil.ResponseStartLine("HTTP/1.1", start.code, start.reason), headers]
 
         def on_chunk(chunk: bytes) -> Any:
-            target.bytes_out += len(chunk)
+            uws.proxy.touch(target, bytes_out=len(chunk))
             if pending:
                 start, headers = pending
                 pending.clear()
                 return conn.write_headers(start, headers, chunk)
             return conn.write(chunk)  # awaited by the upstream reader: back-pressure
 
-        target.last_activity = time.time()
+        uws.proxy.touch(target)
         try:
             await full.upstream_pool().fetch(
                 target.host,

@@ -100,10 +100,11 @@ def upstream_uri(target: Target, uri: str) -> str:
     return path
 
 
-async def header_user(uws: Any, header: str | None) -> int | None:
-    """The user a UWS-Authorization header names, or None."""
-    if not header:
-        return None
+async def credential_user(uws: Any, job_id: int, cookie: str | None, header: str | None) -> int | None:
+    """The user a request's job cookie names or, failing that, its UWS-Authorization header."""
+    user_id = uws.proxy.cookie_user(job_id, cookie)
+    if user_id is not None or not header:
+        return user_id
     try:
         return (await uws.auth_service.authenticate(header)).id
     except APIError:
@@ -139,10 +140,7 @@ class PassthroughMixin:
 
     async def credential_user(self, job_id: int) -> int | None:
         cookie = self.get_cookie(cookie_name(job_id))  # type: ignore[attr-defined]
-        user_id = self.uws.proxy.cookie_user(job_id, cookie)
-        if user_id is not None:
-            return user_id
-        return await header_user(self.uws, self.request.headers.get("UWS-Authorization"))
+        return await credential_user(self.uws, job_id, cookie, self.request.headers.get("UWS-Authorization"))
 
     def set_access_cookie(self, target: Target) -> None:
         secure = self.uws.public_origin().startswith("https://")
