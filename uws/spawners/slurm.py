@@ -73,7 +73,6 @@ class SchedulerStatus:
         self.results: dict[int, SlurmJob] = {}
         self.covered: set[int] = set()  # the ids the last answer asked about
         self.started_at = -math.inf  # monotonic start of the last answered query
-        self.queries = 0
         self.failures = 0
         self.retry_at = 0.0
         self.last_error = ""
@@ -102,7 +101,6 @@ class SchedulerStatus:
                 raise SchedulerUnavailable(
                     f"{e} (attempt {self.failures}; retrying in {math.ceil(delay)} s)"
                 ) from None
-            self.queries += 1
             self.failures, self.retry_at = 0, 0.0
             self.results, self.covered, self.started_at = results, asked, started
             return results
@@ -167,6 +165,12 @@ class SlurmBase(Spawner):
         the resource's `time_pending_catch`.""",
     )
 
+    command_timeout = Float(
+        30.0,
+        config=True,
+        help="Seconds a Slurm command (sbatch, squeue, scancel, scontrol, the token command) may take.",
+    )
+
     slurm_job_id: int | None = None
     status_message: str | None = None
     last_info: SlurmJob | None = None
@@ -183,13 +187,28 @@ class SlurmBase(Spawner):
         return SlurmBase._status[cls]
 
     def get_state(self) -> dict[str, Any]:
-        return {**super().get_state(), "slurm_job_id": self.slurm_job_id}
+        return {**super().get_state(), "slurm_job_id": self.slurm_job_id, "submitted_at": self.submitted_at}
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.slurm_job_id = state.get("slurm_job_id")
+        self.submitted_at = state.get("submitted_at")
         if self.slurm_job_id:
             self.scheduler_status().tracked.add(self.slurm_job_id)
+
+    async def run(self, *argv: str) -> str:
+        def _run() -> subprocess.CompletedProcess:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=self.command_timeout, cwd="/")
+
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(None, _run)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SchedulerUnavailable(f"{shlex.join(argv)} did not answer: {e}") from None
+        if result.returncode != 0:
+            raise SchedulerUnavailable(
+                (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
+            )
+        return result.stdout
 
     # ---- what each interface provides --------------------------------------------------------
     async def submit(self, spec: dict[str, Any], script: str) -> int:
@@ -256,20 +275,20 @@ class SlurmBase(Spawner):
 
         await asyncio.get_running_loop().run_in_executor(None, _prepare)
         self.slurm_job_id = await self.submit(spec, script)
-        self.submitted_at = time.monotonic()
+        self.submitted_at = time.time()
         self.scheduler_status().tracked.add(self.slurm_job_id)
         self.messages.append(f"Submitted to Slurm as job {self.slurm_job_id}.")
         return self.slurm_job_id
 
     # ---- status ------------------------------------------------------------------------------
-    submitted_at: float = -math.inf
+    submitted_at: float | None = None  # UNIX time, kept in the state: it outlives a restart
+    noticed_long_wait = False
 
     async def query(self, newer_than: float | None = None) -> SlurmJob | None:
         """This job as of a batched query started after `newer_than` (default: within the poll
         interval). Raises SchedulerUnavailable when Slurm does not answer."""
-        now = time.monotonic()
         if newer_than is None:
-            newer_than = max(now - self.poll_interval, self.submitted_at)
+            newer_than = time.monotonic() - self.poll_interval
         status = self.scheduler_status()
         if self.slurm_job_id is None:
             return None
@@ -320,10 +339,12 @@ class SlurmBase(Spawner):
             start = info.expected_start or "not known yet"
             why = f" ({info.reason})" if info.reason not in ("None", "") else ""
             self.status_message = f"Waiting in the Slurm queue{why}; expected start: {start}."
-            waited = time.monotonic() - self.submitted_at
+            waited = time.time() - self.submitted_at if self.submitted_at else 0.0
             if self.pending_notice_seconds and waited > self.pending_notice_seconds:
                 self.status_message += " The wait is longer than usual."
-                self.log.warning("Slurm job %s has been pending for %d s", self.slurm_job_id, waited)
+                if not self.noticed_long_wait:
+                    self.noticed_long_wait = True
+                    self.log.warning("Slurm job %s has been pending for %d s", self.slurm_job_id, waited)
             return None
         self.status_message = None
         if state in ENDED:
@@ -389,24 +410,9 @@ class SlurmSpawner(SlurmBase):
         config=True,
         help="Prefix that runs sbatch and scancel as the workspace owner (`-u USER --` follows).",
     )
-    command_timeout = Float(30.0, config=True, help="Seconds sbatch, squeue or scancel may take.")
 
     def as_user(self) -> list[str]:
         return [*self.sudo, "-u", self.account.username, "--"] if os.geteuid() != self.account.uid else []
-
-    async def run(self, *argv: str) -> str:
-        def _run() -> subprocess.CompletedProcess:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=self.command_timeout, cwd="/")
-
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(None, _run)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise SchedulerUnavailable(f"{shlex.join(argv)} did not answer: {e}") from None
-        if result.returncode != 0:
-            raise SchedulerUnavailable(
-                (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
-            )
-        return result.stdout
 
     async def submit(self, spec: dict[str, Any], script: str) -> int:
         out = await self.run(*self.as_user(), "sbatch", "--parsable", os.path.join(self.job_dir, "job.sh"))

@@ -19,8 +19,6 @@ import json
 import os
 import pwd
 import re
-import shlex
-import subprocess
 import time
 from datetime import datetime
 from typing import Any, ClassVar
@@ -171,18 +169,12 @@ class SlurmRestSpawner(SlurmBase):
             argv = [
                 part.format(username=username, lifespan=self.token_lifespan) for part in self.token_command
             ]
-
-            def _run() -> subprocess.CompletedProcess:
-                return subprocess.run(argv, capture_output=True, text=True, timeout=self.request_timeout)
-
             try:
-                result = await asyncio.get_running_loop().run_in_executor(None, _run)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise SchedulerUnavailable(f"{shlex.join(argv)} failed: {e}") from None
-            out = result.stdout.strip()
-            if result.returncode != 0 or not out:
-                detail = (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
-                raise SchedulerUnavailable(f"Could not get a Slurm token for {username}: {detail}")
+                out = (await self.run(*argv)).strip()
+            except SchedulerUnavailable as e:
+                raise SchedulerUnavailable(f"Could not get a Slurm token for {username}: {e}") from None
+            if not out:
+                raise SchedulerUnavailable(f"Could not get a Slurm token for {username}: no output")
             token = out.splitlines()[-1].removeprefix("SLURM_JWT=").strip()
             expiry = jwt_expiry(token) or time.time() + self.token_lifespan
             self._tokens[username] = (token, expiry)
