@@ -705,11 +705,12 @@ class JobService:
             # queue's reason reaches the user, and so are those of resources that answer for all
             # sessions at once (Slurm: time left); the others once their helper goes silent.
             helper_alive = now - self.last_seen.get(job_id, 0) < silent_after
-            spawner = self.spawners.get(job_id)
-            if status != "pending" and helper_alive and not (spawner and spawner.poll_while_alive):
-                continue
             try:
-                spawner = spawner or await self._spawner(job_id)
+                # Loaded (once, then cached) even for a live helper: after a restart, whether
+                # its resource answers for all sessions at once is known only from the spawner.
+                spawner = await self._spawner(job_id)
+                if status != "pending" and helper_alive and not (spawner and spawner.poll_while_alive):
+                    continue
                 ended = await spawner.poll() if spawner is not None else None
             except Exception as e:
                 await self._unanswered(job_id, status, helper_alive, e)
