@@ -153,6 +153,9 @@ class Server:
         raise RuntimeError(f"server did not start: {self.log()}")
 
     def stop(self) -> None:
+        if self.proc and self.proc.poll() not in (None, 0, -9):
+            # It died on its own (not killed by a test): keep the why in the test's output.
+            print(f"server exited with {self.proc.returncode}:\n{self.log()}", file=sys.stderr)
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
