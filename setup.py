@@ -33,6 +33,7 @@ setup(
         "psycopg[binary]>=3.1",
         "requests>=2.31",
         "pyyaml>=6",
+        "uvloop>=0.19",
     ],
     extras_require={
         # jupyterlab: the passthrough's end-to-end tests run a real JupyterLab.

@@ -17,6 +17,8 @@ from typing import Any
 
 from tornado import httputil
 
+from .http_head import Head
+
 IDLE_SECONDS = 30.0
 MAX_IDLE_PER_TARGET = 64
 MAX_HEAD = 65536
@@ -112,14 +114,11 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _request_head(method: str, uri: str, headers: httputil.HTTPHeaders) -> bytes:
-    lines = [f"{method} {uri} HTTP/1.1"]
-    for name, value in headers.get_all():
-        lines.append(f"{name}: {value}")
-    text = "\r\n".join(lines)
-    if "\n" in text.replace("\r\n", ""):  # a bare CR or LF would split a header line
-        raise UpstreamError("refusing a header with a line break")
-    return (text + "\r\n\r\n").encode("latin1")
+def _request_head(method: str, uri: str, headers: Head) -> bytes:
+    try:
+        return headers.encode(f"{method} {uri} HTTP/1.1")
+    except ValueError:
+        raise UpstreamError("refusing a header with a line break") from None
 
 
 class _Closed(Exception):
@@ -162,7 +161,7 @@ class UpstreamPool:
         port: int,
         method: str,
         uri: str,
-        headers: httputil.HTTPHeaders,
+        headers: Head,
         body: AsyncIterator[bytes] | None,
         on_headers: Callable[[Any, Any], None],
         on_chunk: Callable[[bytes], Awaitable[None] | None],
@@ -195,7 +194,7 @@ class UpstreamPool:
         port: int,
         method: str,
         uri: str,
-        headers: httputil.HTTPHeaders,
+        headers: Head,
         body: AsyncIterator[bytes] | None,
         on_headers: Callable[[Any, Any], None],
         on_chunk: Callable[[bytes], Awaitable[None] | None],
@@ -203,7 +202,7 @@ class UpstreamPool:
     ) -> None:
         chunked = body is not None and "Content-Length" not in headers
         if chunked:
-            headers = httputil.HTTPHeaders(headers)
+            headers = Head(headers.get_all())
             headers["Transfer-Encoding"] = "chunked"
         head = _request_head(method, uri, headers)
         for attempt in (1, 2):
@@ -247,7 +246,7 @@ class UpstreamPool:
             return
 
     @staticmethod
-    async def _read_head(conn: _Connection) -> tuple[httputil.ResponseStartLine, httputil.HTTPHeaders]:
+    async def _read_head(conn: _Connection) -> tuple[httputil.ResponseStartLine, Head]:
         while True:
             end = conn.buffer.find(b"\r\n\r\n")
             while end < 0:
@@ -261,14 +260,14 @@ class UpstreamPool:
             start = httputil.parse_response_start_line(first)
             if 100 <= start.code < 200 and start.code != 101:
                 continue  # 100 Continue and other interim answers
-            return start, httputil.HTTPHeaders.parse(rest)
+            return start, Head.parse(rest)
 
     @staticmethod
     async def _read_body(
         conn: _Connection,
         method: str,
         start: httputil.ResponseStartLine,
-        headers: httputil.HTTPHeaders,
+        headers: Head,
         on_chunk: Callable[[bytes], Awaitable[None] | None],
     ) -> bool:
         """Relay the body; whether the connection can carry another request."""

@@ -6,6 +6,8 @@ GET  {prefix}/hello           -> "hello"
 POST {prefix}/echo            -> sha256 and length of the body (read as a stream)
 GET  {prefix}/big?mb=N        -> N MiB of bytes, streamed
 GET  {prefix}/slow?s=N        -> answers after N seconds
+GET  {prefix}/in-flight       -> how many /slow requests are under way (a proxy that lets go of a
+                                 request its client left ends it, and this goes down)
 GET  {prefix}/chunked?n=N     -> "part0;part1;..." sent as N chunks (Transfer-Encoding: chunked)
 GET  {prefix}/empty           -> 204 No Content
 GET|POST {prefix}/cut?length=1 -> starts an answer (with Content-Length: 1000 when length=1,
@@ -75,10 +77,25 @@ class Big(web.RequestHandler):
             await self.flush()
 
 
+IN_FLIGHT = set()
+
+
 class Slow(web.RequestHandler):
     async def get(self):
-        await asyncio.sleep(float(self.get_argument("s", "1")))
-        self.write("late")
+        IN_FLIGHT.add(self)
+        try:
+            await asyncio.sleep(float(self.get_argument("s", "1")))
+            self.write("late")
+        finally:
+            IN_FLIGHT.discard(self)
+
+    def on_connection_close(self):
+        IN_FLIGHT.discard(self)
+
+
+class InFlight(web.RequestHandler):
+    def get(self):
+        self.write(str(len(IN_FLIGHT)))
 
 
 class Chunked(web.RequestHandler):
@@ -149,6 +166,7 @@ async def main():
             (PREFIX + "/chunked", Chunked),
             (PREFIX + "/empty", Empty),
             (PREFIX + "/cut", Cut),
+            (PREFIX + "/in-flight", InFlight),
         ]
     )
     SERVER = HTTPServer(app, max_body_size=1 << 40, max_buffer_size=1 << 24)

@@ -18,12 +18,60 @@ from tornado import httputil, web
 from tornado.iostream import StreamClosedError
 
 from ..access_log import log_access
+from ..http_head import Head
 from ..proxy import cookie_name
 from ..upstream import UpstreamError
 from . import proxy as full
 
 PREFIX = "/passthrough/"
 log = logging.getLogger("uws.proxy")
+
+
+def may_take(method: str, path: str, headers: Head | httputil.HTTPHeaders) -> bool:
+    """Whether a request is of the kind the fast path relays: a bodyless GET or HEAD to a
+    session, without a token to exchange or an upgrade. (Whether its sender is let in is
+    `admitted_target`'s question.)"""
+    return (
+        path.startswith(PREFIX)
+        and method in ("GET", "HEAD")
+        and "Content-Length" not in headers
+        and "Transfer-Encoding" not in headers
+        and "Upgrade" not in headers
+        and "token=" not in path
+        and "," not in headers.get("Host", ",")  # one Host, as Tornado's full path insists
+    )
+
+
+async def admitted_target(uws: Any, path: str, headers: Head | httputil.HTTPHeaders) -> Any:
+    """The running session a request's path names, if its cookie or header is the owner's;
+    None sends the request to the full handlers (which explain a refusal)."""
+    job_part = path[len(PREFIX) :].split("/", 1)[0]
+    if not (job_part.isascii() and job_part.isdigit()):
+        return None
+    target = uws.proxy.targets.get(int(job_part))
+    if target is None:
+        return None
+    try:
+        cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(target.job_id))
+    except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
+        cookie = None
+    user = await full.credential_user(uws, target.job_id, cookie, headers.get("UWS-Authorization"))
+    return target if user == target.user_id else None
+
+
+def answer_headers(upstream: Head) -> Head:
+    """The session's answer's headers as the fast path relays them: its own Date and length."""
+    headers = full.response_headers(upstream, keep_length=True)
+    date = upstream.get("Date")
+    if date is not None:
+        headers.add("Date", date)
+    return headers
+
+
+def failure_body(timeout: bool) -> bytes:
+    """The JSON answer when the session cannot be reached (502) or is too slow (504)."""
+    message = "The session did not answer in time." if timeout else "The session did not answer."
+    return json.dumps({"success": False, "message": message}).encode()
 
 
 class UWSWebApplication(web.Application):
@@ -53,14 +101,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
 
     # ---- choosing ----------------------------------------------------------------------------
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
-        if (
-            start_line.path.startswith(PREFIX)
-            and start_line.method in ("GET", "HEAD")
-            and "Content-Length" not in headers
-            and "Transfer-Encoding" not in headers
-            and "Upgrade" not in headers
-            and "token=" not in start_line.path
-        ):
+        if may_take(start_line.method, start_line.path, headers):
             return self._check(start_line, headers)
         return self._to_application(start_line, headers)
 
@@ -70,9 +111,8 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
 
     async def _check(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
         uws = self.app.settings["uws"]
-        job_part = start_line.path[len(PREFIX) :].split("/", 1)[0]
-        target = uws.proxy.targets.get(int(job_part)) if job_part.isascii() and job_part.isdigit() else None
-        if target is not None and await self._user(uws, target.job_id, headers) == target.user_id:
+        target = await admitted_target(uws, start_line.path, headers)
+        if target is not None:
             context = self.request_conn.context
             upstream_headers = full.forward_headers(
                 headers,
@@ -87,14 +127,6 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
         result = self._to_application(start_line, headers)
         if result is not None:
             await result
-
-    @staticmethod
-    async def _user(uws: Any, job_id: int, headers: httputil.HTTPHeaders) -> int | None:
-        try:
-            cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(job_id))
-        except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
-            cookie = None
-        return await full.credential_user(uws, job_id, cookie, headers.get("UWS-Authorization"))
 
     def data_received(self, chunk: bytes) -> Any:
         return self.inner.data_received(chunk) if self.inner is not None else None
@@ -123,12 +155,13 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
         # The head waits for the first piece of the body, so a small answer goes out in one write.
         pending: list[Any] = []
 
-        def on_headers(start: httputil.ResponseStartLine, upstream: httputil.HTTPHeaders) -> None:
+        def on_headers(start: httputil.ResponseStartLine, upstream: Head) -> None:
             status[0] = start.code
-            headers = full.response_headers(upstream, keep_length=True)
-            if "Date" in upstream:
-                headers["Date"] = upstream["Date"]
-            pending[:] = [httputil.ResponseStartLine("HTTP/1.1", start.code, start.reason), headers]
+            headers = answer_headers(upstream)
+            pending[:] = [
+                httputil.ResponseStartLine("HTTP/1.1", start.code, start.reason),
+                headers.to_tornado(),
+            ]
 
         def on_chunk(chunk: bytes) -> Any:
             uws.proxy.touch(target, bytes_out=len(chunk))
@@ -157,14 +190,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
                 conn.close()  # part of the answer went out: all that can be done is to end it
                 return
             status[0] = 504 if e.timeout else 502
-            body = json.dumps(
-                {
-                    "success": False,
-                    "message": "The session did not answer in time."
-                    if e.timeout
-                    else "The session did not answer.",
-                }
-            ).encode()
+            body = failure_body(e.timeout)
             conn.write_headers(
                 httputil.ResponseStartLine("HTTP/1.1", status[0], httputil.responses[status[0]]),
                 httputil.HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(body))}),

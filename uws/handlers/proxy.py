@@ -16,6 +16,7 @@ from tornado import httpclient, httputil, web, websocket
 from tornado.iostream import StreamClosedError
 
 from ..errors import APIError, not_authenticated
+from ..http_head import Head
 from ..proxy import Target, cookie_name
 from ..upstream import UpstreamError, UpstreamPool
 
@@ -46,46 +47,48 @@ def upstream_pool() -> UpstreamPool:
     return _pool
 
 
-def forward_headers(
-    request_headers: httputil.HTTPHeaders, host: str, remote_ip: str, protocol: str
-) -> httputil.HTTPHeaders:
-    """The request's headers as the session gets them: no hop-by-hop headers, no UWS
-    credentials (header or cookie), and X-Forwarded-* saying where the request came from."""
-    headers = httputil.HTTPHeaders()
-    connection_tokens = {t.strip().lower() for t in request_headers.get("Connection", "").split(",")}
+def forward_headers(request_headers: Any, host: str, remote_ip: str, protocol: str) -> Head:
+    """The request's headers (HTTPHeaders or Head) as the session gets them: no hop-by-hop
+    headers, no UWS credentials (header or cookie), and X-Forwarded-* saying where the request
+    came from."""
+    headers = Head()
+    connection = request_headers.get("Connection")
+    connection_tokens = {t.strip().lower() for t in connection.split(",")} if connection else set()
     for name, value in request_headers.get_all():
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in STRIP_TO_UPSTREAM or lname in connection_tokens:
             continue
         headers.add(name, value)
-    cookies = [
-        c.strip()
-        for c in request_headers.get("Cookie", "").split(";")
-        if c.strip() and not c.strip().startswith("uws-session-")
-    ]
-    if cookies:
-        headers["Cookie"] = "; ".join(cookies)
+    cookie = request_headers.get("Cookie")
+    if cookie:
+        cookies = [
+            c.strip() for c in cookie.split(";") if c.strip() and not c.strip().startswith("uws-session-")
+        ]
+        if cookies:
+            headers.add("Cookie", "; ".join(cookies))
     if "Content-Length" in request_headers:
-        headers["Content-Length"] = request_headers["Content-Length"]
-    headers["Host"] = host
+        headers.add("Content-Length", request_headers["Content-Length"])
+    headers.add("Host", host)
     headers["X-Forwarded-For"] = remote_ip
     headers["X-Forwarded-Proto"] = protocol
     headers["X-Forwarded-Host"] = host
     return headers
 
 
-def response_headers(upstream: httputil.HTTPHeaders, keep_length: bool) -> httputil.HTTPHeaders:
-    """The session's response headers as the browser gets them: no hop-by-hop headers (but
-    Content-Length when `keep_length`), no Date (the server adds its own)."""
-    headers = httputil.HTTPHeaders()
-    connection_tokens = {t.strip().lower() for t in upstream.get("Connection", "").split(",")}
+def response_headers(upstream: Any, keep_length: bool) -> Head:
+    """The session's response headers (HTTPHeaders or Head) as the browser gets them: no
+    hop-by-hop headers (but Content-Length when `keep_length`), no Date (the server adds its
+    own)."""
+    headers = Head()
+    connection = upstream.get("Connection")
+    connection_tokens = {t.strip().lower() for t in connection.split(",")} if connection else set()
     for name, value in upstream.get_all():
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in connection_tokens or lname == "date":
             continue
         headers.add(name, value)
     if keep_length and "Content-Length" in upstream:
-        headers["Content-Length"] = upstream["Content-Length"]
+        headers.add("Content-Length", upstream["Content-Length"])
     return headers
 
 
@@ -157,7 +160,7 @@ class PassthroughMixin:
     def upstream_url(self, target: Target, scheme: str) -> str:
         return f"{scheme}://{target.host}:{target.port}{upstream_uri(target, self.request.uri or '/')}"
 
-    def upstream_headers(self) -> httputil.HTTPHeaders:
+    def upstream_headers(self) -> Head:
         request = self.request
         return forward_headers(request.headers, request.host, request.remote_ip or "", request.protocol)
 
@@ -260,7 +263,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
             else:
                 self.fail(APIError(502, "The session did not answer."))
 
-    def send_upstream_headers(self, start: httputil.ResponseStartLine, headers: httputil.HTTPHeaders) -> None:
+    def send_upstream_headers(self, start: httputil.ResponseStartLine, headers: Head) -> None:
         if self._finished:
             return
         self.set_status(start.code, start.reason)
@@ -332,7 +335,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"success": False, "message": e.message}))
             return
-        headers = self.upstream_headers()
+        headers = self.upstream_headers().to_tornado()
         for name in (
             "Sec-Websocket-Key",
             "Sec-Websocket-Version",

@@ -1,0 +1,245 @@
+"""The server's front door (uws/handlers/front.py): it relays a let-in client's bodyless GETs and
+HEADs to the session itself, and hands a connection to Tornado at its first other request.
+These tests talk raw HTTP/1.1 over one socket, so that what one connection carries, in which
+order and split how, is under the test's control (an HTTP library would open new connections).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+
+import pytest
+import test_passthrough
+
+from conftest import Client, Server, login
+
+# The passthrough tests' server and echo session (module-scoped: this module gets its own).
+pserver, owner, session = test_passthrough.pserver, test_passthrough.owner, test_passthrough.session
+
+
+class Connection:
+    """One client connection: send bytes, read whole answers in order."""
+
+    def __init__(self, server: Server) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def answer(self, head_request: bool = False) -> tuple[int, dict[str, str], bytes]:
+        status_line = self.file.readline()
+        assert status_line, "the server closed the connection"
+        version, code = status_line.split(b" ", 2)[:2]
+        assert version in (b"HTTP/1.1", b"HTTP/1.0"), status_line
+        headers: dict[str, str] = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if head_request or int(code) in (204, 304):
+            return int(code), headers, b""
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while size := int(self.file.readline().split(b";")[0], 16):
+                body += self.file.read(size)
+                assert self.file.readline() == b"\r\n"
+            assert self.file.readline() == b"\r\n"
+            return int(code), headers, body
+        if "content-length" in headers:
+            return int(code), headers, self.file.read(int(headers["content-length"]))
+        return int(code), headers, self.file.read()  # to the end of the connection
+
+    def closed_by_server(self) -> bool:
+        return self.file.read(1) == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def request(
+    method: str, path: str, headers: dict[str, str], body: bytes = b"", version: str = "1.1"
+) -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: uws.test"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_one_connection_mixes_relayed_and_full_requests(
+    pserver: Server, owner: Client, session: dict
+) -> None:
+    """Relayed GETs, then an upload and an API call (Tornado's from then on), then GETs again:
+    all on one connection, each answered in full."""
+    auth = owner.headers()
+    base = f"/passthrough/{session['id']}"
+    conn = Connection(pserver)
+    try:
+        conn.send(request("GET", f"{base}/hello", auth))
+        assert conn.answer()[::2] == (200, b"hello")
+        conn.send(request("GET", f"{base}/headers", {**auth, "X-Real-Ip": "10.1.2.3"}))
+        status, _, body = conn.answer()
+        seen = {k.lower(): v for k, v in json.loads(body).items()}
+        assert status == 200
+        assert seen["x-forwarded-for"] == "10.1.2.3"  # the server sits behind nginx: xheaders
+        assert "uws-authorization" not in seen  # the credential is not passed on
+        payload = b"z" * 100_000
+        conn.send(request("POST", f"{base}/echo", auth, payload))
+        status, _, body = conn.answer()
+        assert status == 200
+        assert json.loads(body) == {"sha256": hashlib.sha256(payload).hexdigest(), "length": len(payload)}
+        conn.send(request("GET", "/workspaces/", auth))
+        status, headers, body = conn.answer()
+        assert status == 200 and json.loads(body)["success"] is True
+        conn.send(request("GET", f"{base}/hello", auth))
+        assert conn.answer()[::2] == (200, b"hello")
+        conn.send(request("HEAD", f"{base}/hello", auth))
+        status, headers, _ = conn.answer(head_request=True)
+        assert status == 200 and headers["content-length"] == "5"
+    finally:
+        conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(pserver: Server, owner: Client, session: dict) -> None:
+    """Requests sent together in one write, among them one the front hands over while later
+    ones already sit in its buffer: Tornado gets those bytes too."""
+    auth = owner.headers()
+    base = f"/passthrough/{session['id']}"
+    conn = Connection(pserver)
+    try:
+        conn.send(
+            request("GET", f"{base}/hello", auth)
+            + request("GET", f"{base}/chunked?n=3", auth)
+            + request("HEAD", f"{base}/hello", auth)
+            + request("GET", "/workspaces/", auth)
+            + request("GET", f"{base}/hello", auth)
+        )
+        assert conn.answer()[::2] == (200, b"hello")
+        assert conn.answer()[::2] == (200, b"part0;part1;part2;")
+        assert conn.answer(head_request=True)[0] == 200
+        status, _, body = conn.answer()
+        assert status == 200 and json.loads(body)["success"] is True
+        assert conn.answer()[::2] == (200, b"hello")
+    finally:
+        conn.close()
+
+
+def test_heads_split_across_writes(pserver: Server, owner: Client, session: dict) -> None:
+    """A request head that arrives in pieces is waited for, on both paths."""
+    auth = owner.headers()
+    base = f"/passthrough/{session['id']}"
+    conn = Connection(pserver)
+    try:
+        for data in (request("GET", f"{base}/hello", auth), request("POST", f"{base}/echo", auth, b"abc")):
+            for i in range(0, len(data), 7):
+                conn.send(data[i : i + 7])
+                time.sleep(0.002)
+            status, _, body = conn.answer()
+            assert status == 200
+            assert body == b"hello" if b"GET" in data[:3] else json.loads(body) == echo_of(b"abc")
+    finally:
+        conn.close()
+
+
+def echo_of(payload: bytes) -> dict:
+    return {"sha256": hashlib.sha256(payload).hexdigest(), "length": len(payload)}
+
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        # HTTP/1.0: Tornado's, as are its keep-alive rules
+        (b"GET /passthrough/{id}/hello HTTP/1.0\r\nUWS-Authorization: {auth}\r\n\r\n", 200),
+        # asks to close after the answer
+        (
+            b"GET /passthrough/{id}/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"UWS-Authorization: {auth}\r\n\r\n",
+            200,
+        ),
+        # malformed: Tornado's 400
+        (b"GET /passthrough/{id}/hello HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),
+        (b"NOT-HTTP\r\n\r\n", 400),
+        # a token to exchange: the full handler sets the cookie
+        (b"GET /passthrough/{id}/hello?token=wrong HTTP/1.1\r\nHost: x\r\n\r\n", 403),
+        # HTTP/1.1 without a Host, or with two: Tornado's 400
+        (b"GET /passthrough/{id}/hello HTTP/1.1\r\nUWS-Authorization: {auth}\r\n\r\n", 400),
+        (
+            b"GET /passthrough/{id}/hello HTTP/1.1\r\nHost: a\r\nHost: b\r\nUWS-Authorization: {auth}\r\n\r\n",
+            400,
+        ),
+    ],
+)
+def test_requests_the_front_leaves_to_tornado(
+    pserver: Server, owner: Client, session: dict, raw: bytes, status: int
+) -> None:
+    conn = Connection(pserver)
+    try:
+        raw = raw.replace(b"{id}", str(session["id"]).encode())
+        conn.send(raw.replace(b"{auth}", f"Token {owner.token}".encode()))
+        got, _, body = conn.answer()
+        assert got == status
+        if status == 200:
+            assert body == b"hello"
+        if status == 403:
+            assert json.loads(body) == {
+                "success": False,
+                "message": "You do not have access to this session.",
+            }
+        if b"HTTP/1.0" in raw or b"close" in raw or status == 400:
+            assert conn.closed_by_server()
+    finally:
+        conn.close()
+
+
+def test_refused_on_a_relayed_connection(pserver: Server, owner: Client, session: dict) -> None:
+    """After relayed requests, another user's request on the same connection still gets the
+    JSON 403, and nothing reaches the session."""
+    other = login(pserver, pserver.client_token)
+    base = f"/passthrough/{session['id']}"
+    conn = Connection(pserver)
+    try:
+        conn.send(request("GET", f"{base}/count", owner.headers()))
+        before = int(conn.answer()[2])
+        conn.send(request("GET", f"{base}/hello", other.headers()))
+        status, _, body = conn.answer()
+        assert status == 403
+        assert json.loads(body) == {"success": False, "message": "You do not have access to this session."}
+        conn.close()  # (Tornado ends a connection after a refusal made before reading the body)
+        conn = Connection(pserver)
+        conn.send(request("GET", f"{base}/count", owner.headers()))
+        assert int(conn.answer()[2]) == before
+    finally:
+        conn.close()
+
+
+def test_client_leaving_ends_the_request_to_the_session(
+    pserver: Server, owner: Client, session: dict
+) -> None:
+    """A browser that gives up on a long request (a long poll) must not leave it open at the app."""
+    base = f"/passthrough/{session['id']}"
+    auth = owner.headers()
+
+    def in_flight() -> int:
+        probe = Connection(pserver)
+        try:
+            probe.send(request("GET", f"{base}/in-flight", auth))
+            return int(probe.answer()[2])
+        finally:
+            probe.close()
+
+    assert in_flight() == 0
+    conn = Connection(pserver)
+    conn.send(request("GET", f"{base}/slow?s=30", auth))
+    deadline = time.monotonic() + 5
+    while in_flight() != 1:
+        assert time.monotonic() < deadline, "the slow request never reached the app"
+        time.sleep(0.05)
+    conn.close()
+    deadline = time.monotonic() + 1.5  # well before the proxy's own timeout (3 s) would end it
+    while in_flight() != 0:
+        assert time.monotonic() < deadline, "the app still serves a request nobody waits for"
+        time.sleep(0.05)

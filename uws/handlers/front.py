@@ -1,0 +1,318 @@
+"""The server's HTTP/1.1 front door: every connection starts here.
+
+Tornado's HTTP/1.1 server does a lot for each request: a connection object, a header timeout,
+a future at every step. For the passthrough's bulk traffic (bodyless GETs and HEADs for assets
+and polling, from a browser or client that is already let in), that costs more than relaying
+the request does. The front reads request heads itself and relays those straight to the
+session. At the first request it does not take (an API call, a body, a websocket, a refusal,
+anything unusual), it hands the connection to Tornado's HTTPServer for the rest of the
+connection's life, with the bytes read so far. Tornado then serves it exactly as it would have
+served it from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from tornado import httputil, netutil
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
+
+from ..access_log import log_access
+from ..http_head import Head
+from ..upstream import UpstreamError
+from . import proxy as full
+from .fast_proxy import admitted_target, answer_headers, failure_body, may_take
+
+log = logging.getLogger("uws.proxy")
+
+MAX_HEAD = 65536  # as Tornado's max_header_size: a longer head goes to Tornado, which refuses it
+SMALL_WRITE = 65536  # a head and a first piece of body up to this size go out in one write
+
+
+class FrontServer:
+    """Listens on the server's port; serves the fast path itself, the rest through Tornado."""
+
+    def __init__(self, uws: Any, tornado_server: HTTPServer, idle_seconds: float) -> None:
+        self.uws = uws
+        self.tornado_server = tornado_server
+        self.idle_seconds = idle_seconds
+        self.connections: set[FrontConnection] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def listen(self, port: int, address: str) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in netutil.bind_sockets(port, address):
+            self._servers.append(await loop.create_server(lambda: FrontConnection(self), sock=sock))
+        self._sweeper = loop.call_later(min(60.0, self.idle_seconds), self._sweep)
+
+    def _sweep(self) -> None:
+        # Tornado's idle_connection_timeout, for connections still here: one timer for all of
+        # them rather than one per request.
+        deadline = time.monotonic() - self.idle_seconds
+        for conn in list(self.connections):
+            if conn.task is None and conn.last_active < deadline:
+                conn.close()
+        self._sweeper = asyncio.get_running_loop().call_later(min(60.0, self.idle_seconds), self._sweep)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            conn.close()
+
+
+class _PrefilledIOStream(IOStream):
+    """An IOStream that first yields the bytes the front had already read from its socket."""
+
+    def __init__(self, sock: socket.socket, prefix: bytes) -> None:
+        super().__init__(sock)
+        self._prefix = memoryview(prefix)
+
+    def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
+        if self._prefix:
+            n = min(len(buf), len(self._prefix))
+            buf[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return super().read_from_fd(buf)
+
+
+class FrontConnection(asyncio.Protocol):
+    """One browser connection while the front serves it: one request at a time, in order."""
+
+    def __init__(self, front: FrontServer) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        self.last_active = time.monotonic()
+        self.peer_ip = ""
+        self.reading_paused = False
+        self.gone = False
+        self.handing_off = False
+        self._drain: asyncio.Future[None] | None = None
+
+    # ---- the transport's events --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.front.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.last_active = time.monotonic()
+        if self.task is None:
+            self._next()
+        elif len(self.buffer) > MAX_HEAD and not self.reading_paused:
+            # A client sending ahead while its answer is relayed: wait for it to take the answer.
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.reading_paused = True
+
+    def eof_received(self) -> bool:
+        return False  # as Tornado: a client that stops sending has left (connection_lost follows)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        self.front.connections.discard(self)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # the browser went away: end the request to the app too
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writer()
+        if self.handing_off:
+            self._hand_off()
+
+    def _wake_writer(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    def close(self) -> None:
+        if self.transport is not None and not self.gone:
+            self.transport.close()
+
+    # ---- requests ----------------------------------------------------------------------------
+    def _next(self) -> None:
+        """Start on the next request in the buffer, if its head has arrived."""
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_HEAD:
+                self._hand_off()
+            return
+        try:
+            first, _, rest = self.buffer[:end].decode("latin1").partition("\r\n")
+            start = httputil.parse_request_start_line(first)
+            headers = Head.parse(rest)
+        except Exception:  # Tornado answers a malformed request with its 400
+            self._hand_off()
+            return
+        if (
+            start.version != "HTTP/1.1"
+            or not may_take(start.method, start.path, headers)
+            or "Expect" in headers
+            or "close" in headers.get("Connection", "").lower()
+        ):
+            self._hand_off()
+            return
+        self.task = asyncio.ensure_future(self._serve(start, headers, end + 4))
+
+    async def _serve(
+        self, start: httputil.RequestStartLine, headers: httputil.HTTPHeaders, size: int
+    ) -> None:
+        try:
+            target = await admitted_target(self.front.uws, start.path, headers)
+            if target is None:
+                self.task = None
+                if not self.gone:
+                    self._hand_off()  # the full handlers give the refusal or the token exchange
+                return
+            del self.buffer[:size]
+            began = time.perf_counter()
+            remote_ip, protocol = self._origin(headers)
+            status = await self._relay(target, start, headers, remote_ip, protocol)
+            log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
+        except asyncio.CancelledError:
+            return  # the browser went away
+        finally:
+            if self.task is asyncio.current_task():
+                self.task = None
+        if self.gone or self.handing_off:
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        if self.buffer:
+            self._next()
+
+    def _origin(self, headers: Head) -> tuple[str, str]:
+        """The client's address and scheme, as Tornado's xheaders=True works them out (the server
+        runs behind nginx in production)."""
+        ip = self.peer_ip
+        candidate = headers.get("X-Real-Ip")
+        if candidate is None:
+            forwarded = headers.get("X-Forwarded-For")
+            candidate = forwarded.split(",")[-1].strip() if forwarded else None
+        if candidate is not None and netutil.is_valid_ip(candidate):
+            ip = candidate
+        scheme = headers.get("X-Scheme") or headers.get("X-Forwarded-Proto")
+        if scheme:
+            scheme = scheme.split(",")[-1].strip()
+        return ip, scheme if scheme in ("http", "https") else "http"
+
+    async def _relay(
+        self,
+        target: Any,
+        start: httputil.RequestStartLine,
+        headers: Head,
+        remote_ip: str,
+        protocol: str,
+    ) -> int:
+        """Relay one request to the session and its answer back; the status sent."""
+        uws = self.front.uws
+        transport = self.transport
+        assert transport is not None
+        upstream_headers = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol)
+        status = 0
+        head: bytes | None = None
+        chunked = False
+
+        def on_headers(answer: httputil.ResponseStartLine, upstream: Head) -> None:
+            nonlocal status, head, chunked
+            status = answer.code
+            out = answer_headers(upstream)
+            bodyless = start.method == "HEAD" or status in (204, 304) or status < 200
+            if not bodyless and "Content-Length" not in out:
+                out.add("Transfer-Encoding", "chunked")  # the app's own framing, or none (read to close)
+                chunked = True
+            head = out.encode(f"HTTP/1.1 {status} {answer.reason}")
+
+        def on_chunk(chunk: bytes) -> asyncio.Future[None] | None:
+            nonlocal head
+            if not chunk:
+                return None
+            uws.proxy.touch(target, bytes_out=len(chunk))
+            data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+            if head is not None:
+                if len(data) <= SMALL_WRITE:
+                    data = head + data
+                else:
+                    transport.write(head)
+                head = None
+            transport.write(data)
+            return self._drain  # awaited by the upstream reader: back-pressure
+
+        uws.proxy.touch(target)
+        try:
+            await full.upstream_pool().fetch(
+                target.host,
+                target.port,
+                start.method,
+                full.upstream_uri(target, start.path),
+                upstream_headers,
+                None,
+                on_headers,
+                on_chunk,
+                uws.proxy_connect_timeout,
+                uws.proxy_request_timeout,
+            )
+        except UpstreamError as e:
+            if status:
+                self.close()  # part of the answer went out: all that can be done is to end it
+                return status
+            status = 504 if e.timeout else 502
+            body = failure_body(e.timeout)
+            transport.write(
+                b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (status, httputil.responses[status].encode(), len(body), body)
+            )
+            return status
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Passthrough to job %s failed", target.job_id)
+            self.close()
+            return status or 502
+        if head is not None:  # an answer without a body
+            transport.write(head)
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        return status
+
+    # ---- handing over to Tornado -------------------------------------------------------------
+    def _hand_off(self) -> None:
+        """Give the connection, and what has been read from it, to Tornado's HTTPServer."""
+        transport = self.transport
+        if transport is None or self.gone:
+            return
+        if transport.get_write_buffer_size():
+            # An earlier answer is still going out: hand over once it has (resume_writing).
+            self.handing_off = True
+            transport.pause_reading()
+            transport.set_write_buffer_limits(high=0, low=0)
+            return
+        self.handing_off = False
+        transport.pause_reading()
+        original = transport.get_extra_info("socket")
+        sock = socket.socket(fileno=os.dup(original.fileno()))
+        peer = transport.get_extra_info("peername")
+        prefix = bytes(self.buffer)
+        self.buffer.clear()
+        self.gone = True
+        self.front.connections.discard(self)
+        # abort() closes only this protocol's descriptor: the connection lives on in the copy.
+        transport.abort()
+        self.front.tornado_server.handle_stream(_PrefilledIOStream(sock, prefix), peer)
