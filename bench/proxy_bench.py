@@ -8,7 +8,7 @@ tests/apps/echo_app.py, then measures with wrk (Debian package `wrk`) from separ
   - websocket echo round trips (1,000 sequential messages): direct, through UWS, through CHP;
   - a 1 GB download through UWS: the server's RSS growth while it streams.
 
-    python bench/proxy_bench.py [--duration 10]
+    python bench/proxy_bench.py [--duration 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -80,6 +80,14 @@ def median_ms(values: list[float]) -> float:
     return ordered[len(ordered) // 2] * 1000
 
 
+def median_run(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The median requests/s and the median p99 of a peer's runs."""
+    return (
+        sorted(rps for rps, _ in runs)[len(runs) // 2],
+        sorted(p99 for _, p99 in runs)[len(runs) // 2],
+    )
+
+
 def chp_binary(workdir: str) -> str | None:
     local = os.path.join(HERE, ".work", "chp", "node_modules", ".bin", "configurable-http-proxy")
     if os.path.exists(local):
@@ -98,7 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per peer and concurrency")
     parser.add_argument("--workdir", default=WORK)
     parser.add_argument("--download-mb", type=int, default=1024)
     args = parser.parse_args()
@@ -161,18 +170,36 @@ def main() -> None:
                     break
                 except requests.ConnectionError:
                     time.sleep(0.1)
-        print("HTTP GET of a 5-byte answer (wrk, one thread):")
+        print(
+            f"HTTP GET of a 5-byte answer (wrk, one thread; median of {args.rounds} interleaved "
+            f"{args.duration} s runs each):"
+        )
         for c in (1, 16):
-            d_rps, d_p99 = wrk(direct, c, args.duration, {})
-            u_rps, u_p99 = wrk(proxied, c, args.duration, auth)
+            # Interleaved rounds, medians: this 2-core VM's speed drifts by tens of percent from
+            # one run to the next, which would otherwise land on whichever peer ran then.
+            runs: dict[str, list[tuple[float, float]]] = {"direct": [], "UWS": [], "CHP": []}
+            for _ in range(args.rounds):
+                runs["direct"].append(wrk(direct, c, args.duration, {}))
+                runs["UWS"].append(wrk(proxied, c, args.duration, auth))
+                if chp_url:
+                    runs["CHP"].append(wrk(chp_url, c, args.duration, {}))
+            (d_rps, d_p99), (u_rps, u_p99) = median_run(runs["direct"]), median_run(runs["UWS"])
             line = (
                 f"  c={c:<2}  direct {d_rps:8,.0f} req/s p99 {d_p99:6.2f} ms | UWS {u_rps:8,.0f} req/s "
                 f"p99 {u_p99:6.2f} ms ({u_rps / d_rps:.0%} of direct)"
             )
             if chp_url:
-                c_rps, c_p99 = wrk(chp_url, c, args.duration, {})
+                c_rps, c_p99 = median_run(runs["CHP"])
                 line += f" | CHP {c_rps:8,.0f} req/s p99 {c_p99:6.2f} ms (UWS/CHP {u_rps / c_rps:.2f}x)"
             print(line)
+            print(
+                "        runs, req/s: "
+                + "; ".join(
+                    f"{name} " + ", ".join(f"{rps:,.0f}" for rps, _ in values)
+                    for name, values in runs.items()
+                    if values
+                )
+            )
 
         ws_path = f"/passthrough/{job['id']}/ws"
         d = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{app_port}{ws_path}", {})))

@@ -48,7 +48,7 @@ async def admitted_target(uws: Any, path: str, headers: Head | httputil.HTTPHead
     job_part = path[len(PREFIX) :].split("/", 1)[0]
     if not (job_part.isascii() and job_part.isdigit()):
         return None
-    target = uws.proxy.targets.get(int(job_part))
+    target = await uws.proxy.target(int(job_part))  # cached; the first request after a restart loads it
     if target is None:
         return None
     try:
