@@ -93,6 +93,7 @@ class FrontConnection(asyncio.Protocol):
         self.front = front
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
+        self.scanned = 0  # how much of the buffer is known to hold no complete head
         self.task: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
         self.peer_ip = ""
@@ -148,11 +149,15 @@ class FrontConnection(asyncio.Protocol):
     # ---- requests ----------------------------------------------------------------------------
     def _next(self) -> None:
         """Start on the next request in the buffer, if its head has arrived."""
-        end = self.buffer.find(b"\r\n\r\n")
+        # Resume the search where the last one stopped: a head trickling in a byte at a time
+        # must not cost a scan of everything so far for each byte.
+        end = self.buffer.find(b"\r\n\r\n", max(0, self.scanned - 3))
         if end < 0:
+            self.scanned = len(self.buffer)
             if len(self.buffer) > MAX_HEAD:
                 self._hand_off()
             return
+        self.scanned = 0
         try:
             first, _, rest = self.buffer[:end].decode("latin1").partition("\r\n")
             start = httputil.parse_request_start_line(first)
@@ -170,9 +175,7 @@ class FrontConnection(asyncio.Protocol):
             return
         self.task = asyncio.ensure_future(self._serve(start, headers, end + 4))
 
-    async def _serve(
-        self, start: httputil.RequestStartLine, headers: httputil.HTTPHeaders, size: int
-    ) -> None:
+    async def _serve(self, start: httputil.RequestStartLine, headers: Head, size: int) -> None:
         try:
             target = await admitted_target(self.front.uws, start.path, headers)
             if target is None:
