@@ -243,3 +243,41 @@ def test_client_leaving_ends_the_request_to_the_session(
     while in_flight() != 0:
         assert time.monotonic() < deadline, "the app still serves a request nobody waits for"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("path, status", [("/ws", 101), ("/hello", 502), ("/no-such-page", 404)])
+def test_websocket_handshake_answers(
+    pserver: Server, owner: Client, session: dict, path: str, status: int
+) -> None:
+    """The front door passes the app's own handshake answer on; when the app answers with
+    anything but 101, the browser gets the websocket handler's JSON refusal (the app's status,
+    or 502 when that status was not an error)."""
+    conn = Connection(pserver)
+    try:
+        conn.send(
+            request(
+                "GET",
+                f"/passthrough/{session['id']}{path}",
+                {
+                    **owner.headers(),
+                    "Connection": "Upgrade",
+                    "Upgrade": "websocket",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Sec-WebSocket-Version": "13",
+                },
+            )
+        )
+        if status == 101:
+            assert conn.file.readline().startswith(b"HTTP/1.1 101 ")
+            lines = []
+            while (line := conn.file.readline()) != b"\r\n":
+                lines.append(line.decode().lower())
+            # the app's own answer to the key: the handshake went end to end
+            assert "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n" in lines
+            return
+        got, headers, body = conn.answer()
+        assert got == status
+        assert json.loads(body) == {"success": False, "message": "The session did not accept the websocket."}
+        assert conn.closed_by_server()
+    finally:
+        conn.close()

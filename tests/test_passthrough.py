@@ -204,19 +204,38 @@ def test_app_served_at_root_gets_prefix_stripped(pserver: Server, owner: Client)
     wait_status(owner, job["id"], "complete")
 
 
-def test_websocket_relay(pserver: Server, owner: Client, session: dict) -> None:
+@pytest.mark.parametrize("credential", ["header", "link token"])
+def test_websocket_relay(pserver: Server, owner: Client, session: dict, credential: str) -> None:
+    """With the header, the front door relays the websocket as bytes; with the link's token (to
+    exchange for a cookie) Tornado's websocket handler relays it frame by frame. Both pass
+    frames, pings both ways, big messages and close codes."""
     url = pserver.base.replace("http", "ws") + f"/passthrough/{session['id']}/ws"
+    token = session["url_path"].split("token=", 1)[1]
+    opened = (
+        HTTPRequest(url, headers=owner.headers())
+        if credential == "header"
+        else HTTPRequest(f"{url}?token={token}")
+    )
 
     async def scenario():
-        conn = await websocket_connect(HTTPRequest(url, headers=owner.headers()), subprotocols=["echo.v1"])
+        conn = await websocket_connect(opened, subprotocols=["echo.v1"])
         assert conn.selected_subprotocol == "echo.v1"
         await conn.write_message("text frame")
         assert await conn.read_message() == "text frame"
         await conn.write_message(b"\x00\x01binary", binary=True)
         assert await conn.read_message() == b"\x00\x01binary"
-        conn.ping(b"hi")  # relayed to the session; the connection carries on
+        pings: list[bytes] = []
+        pongs: list[bytes] = []
+        conn.on_ping = pings.append  # type: ignore[method-assign]
+        conn.on_pong = pongs.append  # type: ignore[method-assign]
+        conn.ping(b"hi")  # relayed to the session, which answers
+        await conn.write_message("ping:from the app")  # the session pings the browser
         await conn.write_message("after ping")
         assert await conn.read_message() == "after ping"
+        assert pongs == [b"hi"] and pings == [b"from the app"]
+        big = os.urandom(3 << 20)  # more than either side's buffers: back-pressure both ways
+        await conn.write_message(big, binary=True)
+        assert await conn.read_message() == big
         await conn.write_message("close:4005")
         assert await conn.read_message() is None
         return conn.close_code

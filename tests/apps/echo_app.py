@@ -15,7 +15,8 @@ GET|POST {prefix}/cut?length=1 -> starts an answer (with Content-Length: 1000 wh
 GET  {prefix}/headers         -> the request headers as JSON
 GET  {prefix}/count           -> how many requests reached /hello, /echo and /headers
 POST {prefix}/close-listener  -> stops listening and drops connections (the process stays)
-WS   {prefix}/ws              -> echoes text and binary; "close:<code>" closes with that code
+WS   {prefix}/ws              -> echoes text and binary; "close:<code>" closes with that code,
+                                 "ping:<data>" sends a ping
 """
 
 import asyncio
@@ -147,6 +148,9 @@ class Echo_WS(websocket.WebSocketHandler):
     def on_message(self, message):
         if isinstance(message, str) and message.startswith("close:"):
             self.close(int(message[6:]), "asked to")
+            return
+        if isinstance(message, str) and message.startswith("ping:"):
+            self.ping(message[5:].encode())
             return
         self.write_message(message, binary=isinstance(message, bytes))
 

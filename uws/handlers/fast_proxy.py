@@ -42,6 +42,20 @@ def may_take(method: str, path: str, headers: Head | httputil.HTTPHeaders) -> bo
     )
 
 
+def is_websocket(method: str, path: str, headers: Head) -> bool:
+    """Whether a request opens a websocket to a session (without a token to exchange)."""
+    return (
+        path.startswith(PREFIX)
+        and method == "GET"
+        and headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in headers.get("Connection", "").lower()
+        and "Content-Length" not in headers
+        and "Transfer-Encoding" not in headers
+        and "token=" not in path
+        and "," not in headers.get("Host", ",")
+    )
+
+
 async def admitted_target(uws: Any, path: str, headers: Head | httputil.HTTPHeaders) -> Any:
     """The running session a request's path names, if its cookie or header is the owner's;
     None sends the request to the full handlers (which explain a refusal)."""

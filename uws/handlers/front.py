@@ -13,6 +13,7 @@ served it from the start.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ from ..access_log import log_access
 from ..http_head import Head
 from ..upstream import UpstreamError
 from . import proxy as full
-from .fast_proxy import admitted_target, answer_headers, failure_body, may_take
+from .fast_proxy import admitted_target, answer_headers, failure_body, is_websocket, may_take
 
 log = logging.getLogger("uws.proxy")
 
@@ -57,7 +58,7 @@ class FrontServer:
         # them rather than one per request.
         deadline = time.monotonic() - self.idle_seconds
         for conn in list(self.connections):
-            if conn.task is None and conn.last_active < deadline:
+            if conn.task is None and conn.splice is None and conn.last_active < deadline:
                 conn.close()
         self._sweeper = asyncio.get_running_loop().call_later(min(60.0, self.idle_seconds), self._sweep)
 
@@ -101,6 +102,7 @@ class FrontConnection(asyncio.Protocol):
         self.gone = False
         self.handing_off = False
         self._drain: asyncio.Future[None] | None = None
+        self.splice: _WebSocketUpstream | None = None  # a relayed websocket: bytes both ways
 
     # ---- the transport's events --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,6 +112,9 @@ class FrontConnection(asyncio.Protocol):
         self.front.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.send(data)
+            return
         self.buffer += data
         self.last_active = time.monotonic()
         if self.task is None:
@@ -127,12 +132,20 @@ class FrontConnection(asyncio.Protocol):
         self.front.connections.discard(self)
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the browser went away: end the request to the app too
+        if self.splice is not None:
+            self.splice.close()
         self._wake_writer()
 
     def pause_writing(self) -> None:
+        if self.splice is not None:
+            self.splice.pause_reading()  # the browser is slow to take the app's frames
+            return
         self._drain = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
+        if self.splice is not None:
+            self.splice.resume_reading()
+            return
         self._wake_writer()
         if self.handing_off:
             self._hand_off()
@@ -164,6 +177,9 @@ class FrontConnection(asyncio.Protocol):
             headers = Head.parse(rest)
         except Exception:  # Tornado answers a malformed request with its 400
             self._hand_off()
+            return
+        if start.version == "HTTP/1.1" and is_websocket(start.method, start.path, headers):
+            self.task = asyncio.ensure_future(self._serve_websocket(start, headers, end + 4))
             return
         if (
             start.version != "HTTP/1.1"
@@ -295,6 +311,72 @@ class FrontConnection(asyncio.Protocol):
             transport.write(b"0\r\n\r\n")
         return status
 
+    # ---- websockets ----------------------------------------------------------------------------
+    async def _serve_websocket(self, start: httputil.RequestStartLine, headers: Head, size: int) -> None:
+        """Relay a websocket as bytes: the app's own handshake answer, then whatever either side
+        sends, frames, pings and close codes alike, untouched."""
+        uws = self.front.uws
+        upstream: _WebSocketUpstream | None = None
+        try:
+            target = await admitted_target(uws, start.path, headers)
+            if target is None:
+                self.task = None
+                if not self.gone:
+                    self._hand_off()  # the websocket handler gives the refusal
+                return
+            del self.buffer[:size]
+            began = time.perf_counter()
+            remote_ip, protocol = self._origin(headers)
+            out = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol)
+            out.add("Connection", "Upgrade")
+            out.add("Upgrade", headers["Upgrade"])
+            loop = asyncio.get_running_loop()
+            try:
+                _, upstream = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _WebSocketUpstream(self, target), target.host, target.port
+                    ),
+                    uws.proxy_connect_timeout,
+                )
+                upstream.transport.write(out.encode(f"GET {full.upstream_uri(target, start.path)} HTTP/1.1"))
+                end = await asyncio.wait_for(upstream.answered, uws.proxy_connect_timeout)
+                status = httputil.parse_response_start_line(
+                    upstream.head[: upstream.head.index(b"\r\n")].decode("latin1")
+                ).code
+            except (OSError, TimeoutError, ValueError, httputil.HTTPInputError):
+                status = 502
+            if status != 101:
+                # As the websocket handler answers: the app's refusal, or 502 when there was none.
+                if upstream is not None:
+                    upstream.close()
+                status = status if 400 <= status < 599 else 502  # a 200 is no websocket either
+                body = json.dumps({"success": False, "message": "The session did not accept the websocket."})
+                self.transport.write(  # type: ignore[union-attr]
+                    b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                    b"Connection: close\r\n\r\n%s"
+                    % (status, httputil.responses.get(status, "Error").encode(), len(body), body.encode())
+                )
+                self.close()
+                log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
+                return
+            uws.proxy.touch(target)
+            self.splice = upstream
+            early_client = bytes(self.buffer)
+            self.buffer.clear()
+            upstream.start_splicing(end)  # the app's handshake answer and any frames after it
+            if early_client:
+                upstream.send(early_client)
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            log_access(101, start.method, start.path, remote_ip, time.perf_counter() - began)
+        except asyncio.CancelledError:
+            if upstream is not None:
+                upstream.close()
+        finally:
+            if self.task is asyncio.current_task():
+                self.task = None
+
     # ---- handing over to Tornado -------------------------------------------------------------
     def _hand_off(self) -> None:
         """Give the connection, and what has been read from it, to Tornado's HTTPServer."""
@@ -319,3 +401,75 @@ class FrontConnection(asyncio.Protocol):
         # abort() closes only this protocol's descriptor: the connection lives on in the copy.
         transport.abort()
         self.front.tornado_server.handle_stream(_PrefilledIOStream(sock, prefix), peer)
+
+
+class _WebSocketUpstream(asyncio.Protocol):
+    """The app's side of a relayed websocket: its handshake answer, then bytes both ways with
+    back-pressure (a side that is slow to take bytes stops the other side being read)."""
+
+    def __init__(self, client: FrontConnection, target: Any) -> None:
+        self.client = client
+        self.target = target
+        self.proxy = client.front.uws.proxy
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray()
+        self.splicing = False
+        self.answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.splicing:
+            self.proxy.touch(self.target, bytes_out=len(data))
+            self.client.transport.write(data)  # type: ignore[union-attr]
+            return
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end >= 0 and not self.answered.done():
+            self.answered.set_result(end + 4)
+        elif len(self.head) > MAX_HEAD and not self.answered.done():
+            self.answered.set_exception(ValueError("handshake answer too long"))
+
+    def start_splicing(self, head_size: int) -> None:
+        """Pass the app's handshake answer on, and from now on every byte it sends."""
+        self.splicing = True
+        data = bytes(self.head)
+        self.head.clear()
+        self.proxy.touch(self.target, bytes_out=len(data) - head_size)
+        self.client.transport.write(data)  # type: ignore[union-attr]
+
+    def send(self, data: bytes) -> None:
+        self.proxy.touch(self.target, bytes_in=len(data))
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answered.done():
+            self.answered.set_exception(ConnectionResetError("the session closed the connection"))
+        if self.splicing:
+            self.client.close()  # after what is already on its way to the browser
+
+    # The browser's side calls these when it is slow to take bytes, and the other way round.
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None and not self.client.gone:
+            self.client.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

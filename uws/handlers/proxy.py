@@ -368,7 +368,16 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
                 json.dumps({"success": False, "message": "The session did not accept the websocket."})
             )
             return
+        # The session's pings reach the browser too (Tornado's client has already answered them).
+        self.upstream.on_ping = self.forward_ping  # type: ignore[method-assign]
         await super().get(*args, **kwargs)
+
+    def forward_ping(self, data: bytes) -> None:
+        if self.ws_connection is not None:
+            try:
+                self.ping(data)
+            except websocket.WebSocketClosedError:
+                pass
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return self.upstream.selected_subprotocol if self.upstream is not None else None
