@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tornado import httputil, web
@@ -80,6 +81,31 @@ def answer_headers(upstream: Head) -> Head:
     if date is not None:
         headers.add("Date", date)
     return headers
+
+
+async def fetch_bodyless(
+    uws: Any,
+    target: Any,
+    method: str,
+    uri: str,
+    headers: Head,
+    on_headers: Callable[[httputil.ResponseStartLine, Head], None],
+    on_chunk: Callable[[bytes], Any],
+) -> None:
+    """Relay a bodyless request to the session, counting it as activity."""
+    uws.proxy.touch(target)
+    await full.upstream_pool().fetch(
+        target.host,
+        target.port,
+        method,
+        uri,
+        headers,
+        None,
+        on_headers,
+        on_chunk,
+        uws.proxy_connect_timeout,
+        uws.proxy_request_timeout,
+    )
 
 
 def failure_body(timeout: bool) -> bytes:
@@ -185,20 +211,8 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
                 return conn.write_headers(start, headers, chunk)
             return conn.write(chunk)  # awaited by the upstream reader: back-pressure
 
-        uws.proxy.touch(target)
         try:
-            await full.upstream_pool().fetch(
-                target.host,
-                target.port,
-                self.start_line.method,
-                uri,
-                headers,
-                None,
-                on_headers,
-                on_chunk,
-                uws.proxy_connect_timeout,
-                uws.proxy_request_timeout,
-            )
+            await fetch_bodyless(uws, target, self.start_line.method, uri, headers, on_headers, on_chunk)
         except UpstreamError as e:
             if status[0]:
                 conn.close()  # part of the answer went out: all that can be done is to end it

@@ -28,7 +28,7 @@ from ..access_log import log_access
 from ..http_head import Head
 from ..upstream import UpstreamError
 from . import proxy as full
-from .fast_proxy import admitted_target, answer_headers, failure_body, is_websocket, may_take
+from .fast_proxy import admitted_target, answer_headers, failure_body, fetch_bodyless, is_websocket, may_take
 
 log = logging.getLogger("uws.proxy")
 
@@ -274,19 +274,15 @@ class FrontConnection(asyncio.Protocol):
             transport.write(data)
             return self._drain  # awaited by the upstream reader: back-pressure
 
-        uws.proxy.touch(target)
         try:
-            await full.upstream_pool().fetch(
-                target.host,
-                target.port,
+            await fetch_bodyless(
+                uws,
+                target,
                 start.method,
                 full.upstream_uri(target, start.path),
                 upstream_headers,
-                None,
                 on_headers,
                 on_chunk,
-                uws.proxy_connect_timeout,
-                uws.proxy_request_timeout,
             )
         except UpstreamError as e:
             if status:
