@@ -12,6 +12,7 @@ import socket
 import time
 
 import pytest
+import requests
 import test_passthrough
 
 from conftest import Client, Server, login
@@ -281,3 +282,64 @@ def test_websocket_handshake_answers(
         assert conn.closed_by_server()
     finally:
         conn.close()
+
+
+def test_answer_with_two_framings_is_refused(pserver: Server, owner: Client, session: dict) -> None:
+    """An app answer with both Content-Length and Transfer-Encoding is a 502, never passed on
+    (with the length kept, the rest of the body would read as the next answer)."""
+    conn = Connection(pserver)
+    try:
+        conn.send(request("GET", f"/passthrough/{session['id']}/both-lengths", owner.headers()))
+        status, _, body = conn.answer()
+        assert status == 502
+        assert json.loads(body) == {"success": False, "message": "The session did not answer."}
+        conn.send(request("GET", f"/passthrough/{session['id']}/hello", owner.headers()))
+        assert conn.answer()[::2] == (200, b"hello")
+    finally:
+        conn.close()
+
+
+def test_cut_answer_ends_the_connection_before_the_next_request(
+    pserver: Server, owner: Client, session: dict
+) -> None:
+    """A request pipelined behind an answer the app cut short is not served on that connection:
+    its answer would read as the rest of the broken one."""
+    base = f"/passthrough/{session['id']}"
+    conn = Connection(pserver)
+    try:
+        conn.send(
+            request("GET", f"{base}/cut?length=1", owner.headers())
+            + request("POST", f"{base}/echo", owner.headers(), b"x")
+        )
+        assert conn.file.readline().startswith(b"HTTP/1.1 200")
+        while conn.file.readline() != b"\r\n":
+            pass
+        rest = conn.file.read()  # to the end of the connection
+        assert len(rest) < 1000 and b"HTTP/1.1" not in rest
+    finally:
+        conn.close()
+
+
+def test_pathological_head_does_not_stall_the_server(pserver: Server, owner: Client, session: dict) -> None:
+    """A header value of 60,000 spaces and tabs (which once took a regular expression minutes)
+    is parsed in passing: another client is answered meanwhile, and so is this one."""
+    conn = Connection(pserver)
+    try:
+        evil = "a" + " \t" * 30_000 + "b"
+        conn.send(request("GET", f"/passthrough/{session['id']}/hello", {**owner.headers(), "X-Pad": evil}))
+        r = requests.get(
+            f"{pserver.base}/passthrough/{session['id']}/hello", headers=owner.headers(), timeout=5
+        )
+        assert r.text == "hello"
+        assert conn.answer()[0] in (200, 431)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/passthrough/{n}/hello", "/workspaces/{n}/", "/jobs/{n}/"])
+def test_ids_too_long_for_a_number_are_no_route(pserver: Server, owner: Client, path: str) -> None:
+    """A 5,000-digit id (Python's int() refuses over 4,300 digits) gets the JSON 404 of a path
+    that names nothing, not a server error."""
+    r = requests.get(pserver.base + path.format(n="9" * 5000), headers=owner.headers(), timeout=5)
+    assert r.status_code == 404 and r.headers["Content-Type"].startswith("application/json")
+    assert r.json()["success"] is False

@@ -521,7 +521,8 @@ class UWSApp(Application):
         from .handlers import base, jobs, meta, proxy, quota, shares, tokens, users, workspaces, ws
         from .handlers.fast_proxy import UWSWebApplication
 
-        i = r"([0-9]+)"
+        # Ids past 4,300 digits are no route (a JSON 404): Python's int() refuses them.
+        i = r"([0-9]{1,4300})"
         routes = [
             (r"/tokens/?", tokens.TokensHandler),
             (r"/workspaces/?", workspaces.WorkspacesHandler),

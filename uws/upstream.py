@@ -260,7 +260,13 @@ class UpstreamPool:
             start = httputil.parse_response_start_line(first)
             if 100 <= start.code < 200 and start.code != 101:
                 continue  # 100 Continue and other interim answers
-            return start, Head.parse(rest)
+            headers = Head.parse(rest)
+            encoding = headers.get("Transfer-Encoding")
+            if encoding is not None and (encoding.lower() != "chunked" or "Content-Length" in headers):
+                # As Tornado's own client: chunked only, and never with a length beside it (a
+                # relay passing that length on would frame the answer wrongly).
+                raise httputil.HTTPInputError(f"unsupported Transfer-Encoding {encoding!r}")
+            return start, headers
 
     @staticmethod
     async def _read_body(
@@ -285,7 +291,7 @@ class UpstreamPool:
         keep = start.version == "HTTP/1.1" and "close" not in headers.get("Connection", "").lower()
         if method == "HEAD" or start.code in (204, 304):
             return keep
-        if headers.get("Transfer-Encoding", "").lower() == "chunked":
+        if "Transfer-Encoding" in headers:  # chunked: _read_head let nothing else through
             while True:
                 line = await UpstreamPool._read_line(conn)
                 try:

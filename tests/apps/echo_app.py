@@ -12,6 +12,8 @@ GET  {prefix}/chunked?n=N     -> "part0;part1;..." sent as N chunks (Transfer-En
 GET  {prefix}/empty           -> 204 No Content
 GET|POST {prefix}/cut?length=1 -> starts an answer (with Content-Length: 1000 when length=1,
                                  chunked otherwise), then drops the connection halfway
+GET  {prefix}/both-lengths    -> an answer with both Content-Length and Transfer-Encoding (which
+                                 a proxy must not pass on as framed by either)
 GET  {prefix}/headers         -> the request headers as JSON
 GET  {prefix}/count           -> how many requests reached /hello, /echo and /headers
 POST {prefix}/close-listener  -> stops listening and drops connections (the process stays)
@@ -118,6 +120,16 @@ class Cut(web.RequestHandler):
     post = get
 
 
+class BothLengths(web.RequestHandler):
+    async def get(self):
+        stream = self.request.connection.detach()
+        await stream.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"A\r\n0123456789\r\n0\r\n\r\n"
+        )
+        stream.close()
+
+
 class Empty(web.RequestHandler):
     def get(self):
         self.set_status(204)
@@ -171,6 +183,7 @@ async def main():
             (PREFIX + "/empty", Empty),
             (PREFIX + "/cut", Cut),
             (PREFIX + "/in-flight", InFlight),
+            (PREFIX + "/both-lengths", BothLengths),
         ]
     )
     SERVER = HTTPServer(app, max_body_size=1 << 40, max_buffer_size=1 << 24)

@@ -61,8 +61,8 @@ async def admitted_target(uws: Any, path: str, headers: Head | httputil.HTTPHead
     """The running session a request's path names, if its cookie or header is the owner's;
     None sends the request to the full handlers (which explain a refusal)."""
     job_part = path[len(PREFIX) :].split("/", 1)[0]
-    if not (job_part.isascii() and job_part.isdigit()):
-        return None
+    if not (job_part.isascii() and job_part.isdigit()) or len(job_part) > 18:
+        return None  # (no job has an id past 64 bits; the full handlers answer such a path)
     target = await uws.proxy.target(int(job_part))  # cached; the first request after a restart loads it
     if target is None:
         return None

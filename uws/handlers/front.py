@@ -59,7 +59,7 @@ class FrontServer:
         deadline = time.monotonic() - self.idle_seconds
         for conn in list(self.connections):
             if conn.task is None and conn.splice is None and conn.last_active < deadline:
-                conn.close()
+                conn.close(abort=True)  # (a close would wait for a client that takes nothing)
         self._sweeper = asyncio.get_running_loop().call_later(min(60.0, self.idle_seconds), self._sweep)
 
     def close(self) -> None:
@@ -101,6 +101,7 @@ class FrontConnection(asyncio.Protocol):
         self.reading_paused = False
         self.gone = False
         self.handing_off = False
+        self.closing = False
         self._drain: asyncio.Future[None] | None = None
         self.splice: _WebSocketUpstream | None = None  # a relayed websocket: bytes both ways
 
@@ -115,8 +116,9 @@ class FrontConnection(asyncio.Protocol):
         if self.splice is not None:
             self.splice.send(data)
             return
+        if not self.buffer:
+            self.last_active = time.monotonic()  # a head's time runs from its first byte
         self.buffer += data
-        self.last_active = time.monotonic()
         if self.task is None:
             self._next()
         elif len(self.buffer) > MAX_HEAD and not self.reading_paused:
@@ -155,13 +157,20 @@ class FrontConnection(asyncio.Protocol):
             self._drain.set_result(None)
         self._drain = None
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """End the connection: after what is already written, or (abort) at once."""
+        self.closing = True
         if self.transport is not None and not self.gone:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     # ---- requests ----------------------------------------------------------------------------
     def _next(self) -> None:
         """Start on the next request in the buffer, if its head has arrived."""
+        if self.closing:
+            return
         # Resume the search where the last one stopped: a head trickling in a byte at a time
         # must not cost a scan of everything so far for each byte.
         end = self.buffer.find(b"\r\n\r\n", max(0, self.scanned - 3))
@@ -171,6 +180,9 @@ class FrontConnection(asyncio.Protocol):
                 self._hand_off()
             return
         self.scanned = 0
+        if end > MAX_HEAD:
+            self._hand_off()  # Tornado refuses a head this long
+            return
         try:
             first, _, rest = self.buffer[:end].decode("latin1").partition("\r\n")
             start = httputil.parse_request_start_line(first)
@@ -206,11 +218,16 @@ class FrontConnection(asyncio.Protocol):
             log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
         except asyncio.CancelledError:
             return  # the browser went away
+        except Exception:
+            log.exception("Passthrough request %s %s failed", start.method, start.path[:200])
+            self.close(abort=True)
+            return
         finally:
             if self.task is asyncio.current_task():
                 self.task = None
-        if self.gone or self.handing_off:
+        if self.gone or self.handing_off or self.closing:
             return
+        self.last_active = time.monotonic()
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
@@ -227,7 +244,7 @@ class FrontConnection(asyncio.Protocol):
             candidate = forwarded.split(",")[-1].strip() if forwarded else None
         if candidate is not None and netutil.is_valid_ip(candidate):
             ip = candidate
-        scheme = headers.get("X-Scheme") or headers.get("X-Forwarded-Proto")
+        scheme = headers.get("X-Scheme", headers.get("X-Forwarded-Proto", "http"))
         if scheme:
             scheme = scheme.split(",")[-1].strip()
         return ip, scheme if scheme in ("http", "https") else "http"
@@ -286,7 +303,7 @@ class FrontConnection(asyncio.Protocol):
             )
         except UpstreamError as e:
             if status:
-                self.close()  # part of the answer went out: all that can be done is to end it
+                self.close(abort=True)  # part of the answer went out: all that can be done is to end it
                 return status
             status = 504 if e.timeout else 502
             body = failure_body(e.timeout)
@@ -299,7 +316,7 @@ class FrontConnection(asyncio.Protocol):
             raise
         except Exception:
             log.exception("Passthrough to job %s failed", target.job_id)
-            self.close()
+            self.close(abort=True)
             return status or 502
         if head is not None:  # an answer without a body
             transport.write(head)
@@ -345,7 +362,7 @@ class FrontConnection(asyncio.Protocol):
                 # As the websocket handler answers: the app's refusal, or 502 when there was none.
                 if upstream is not None:
                     upstream.close()
-                status = status if 400 <= status < 599 else 502  # a 200 is no websocket either
+                status = status if 300 <= status < 599 else 502  # as the websocket handler answers
                 body = json.dumps({"success": False, "message": "The session did not accept the websocket."})
                 self.transport.write(  # type: ignore[union-attr]
                     b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
@@ -369,6 +386,11 @@ class FrontConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             if upstream is not None:
                 upstream.close()
+        except Exception:
+            log.exception("Passthrough websocket %s failed", start.path[:200])
+            if upstream is not None:
+                upstream.close()
+            self.close(abort=True)
         finally:
             if self.task is asyncio.current_task():
                 self.task = None
@@ -377,7 +399,7 @@ class FrontConnection(asyncio.Protocol):
     def _hand_off(self) -> None:
         """Give the connection, and what has been read from it, to Tornado's HTTPServer."""
         transport = self.transport
-        if transport is None or self.gone:
+        if transport is None or self.gone or self.closing or transport.is_closing():
             return
         if transport.get_write_buffer_size():
             # An earlier answer is still going out: hand over once it has (resume_writing).
@@ -410,6 +432,7 @@ class _WebSocketUpstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.head = bytearray()
         self.splicing = False
+        self.lost = False
         self.answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -434,16 +457,19 @@ class _WebSocketUpstream(asyncio.Protocol):
         self.head.clear()
         self.proxy.touch(self.target, bytes_out=len(data) - head_size)
         self.client.transport.write(data)  # type: ignore[union-attr]
+        if self.lost:  # the app answered and left at once: the browser gets what it sent
+            self.client.close()
 
     def send(self, data: bytes) -> None:
         self.proxy.touch(self.target, bytes_in=len(data))
-        if self.transport is not None:
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if not self.answered.done():
             self.answered.set_exception(ConnectionResetError("the session closed the connection"))
         if self.splicing:
