@@ -207,13 +207,18 @@ def kill_sessions(directory: str) -> None:
     import psutil
 
     victims = []
-    for proc in psutil.process_iter(["cmdline"]):
+    inside = directory.rstrip("/") + "/"
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
         if "uws.session_helper" in cmdline and directory in cmdline:
             try:
                 victims += [proc, *proc.children(recursive=True)]
             except psutil.Error:
                 pass
+        elif (proc.info["cwd"] or "").startswith(inside):
+            # A session app whose helper a test killed: an orphan now, which Slurm's
+            # proctrack/linuxproc (used on the test cluster) does not find to end with its job.
+            victims.append(proc)
     for proc in victims:
         try:
             proc.kill()
