@@ -27,6 +27,9 @@ from .config_json import ConfigError, validate
 from .errors import APIError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# A browser connection with no request under way is closed after this long: by Tornado's
+# HTTPServer and, for the connections it still serves, by the passthrough's front door.
+IDLE_CONNECTION_SECONDS = 3600
 
 AUTHENTICATORS = {
     "local": "uws.auth.base.LocalAuthenticator",
@@ -727,11 +730,11 @@ class UWSApp(Application):
             # API handlers refuse oversize bodies themselves (a JSON 413, counted as the body
             # streams in); the passthrough streams bodies of any size to sessions.
             max_body_size=1 << 40,
-            idle_connection_timeout=3600,
+            idle_connection_timeout=IDLE_CONNECTION_SECONDS,
         )
         from .handlers.front import FrontServer
 
-        front = FrontServer(self, server, idle_seconds=3600)
+        front = FrontServer(self, server, idle_seconds=IDLE_CONNECTION_SECONDS)
         await front.listen(self.port, self.ip)
         await self.workspaces.resume()
         await self.jobs.begin()

@@ -28,32 +28,32 @@ PREFIX = "/passthrough/"
 log = logging.getLogger("uws.proxy")
 
 
+def _bodyless_to_session(path: str, headers: Head | httputil.HTTPHeaders) -> bool:
+    """A request to a session without a body or a token to exchange, with one Host (as
+    Tornado's full path insists): what both relays may take on."""
+    return (
+        path.startswith(PREFIX)
+        and "Content-Length" not in headers
+        and "Transfer-Encoding" not in headers
+        and "token=" not in path
+        and "," not in headers.get("Host", ",")
+    )
+
+
 def may_take(method: str, path: str, headers: Head | httputil.HTTPHeaders) -> bool:
     """Whether a request is of the kind the fast path relays: a bodyless GET or HEAD to a
     session, without a token to exchange or an upgrade. (Whether its sender is let in is
     `admitted_target`'s question.)"""
-    return (
-        path.startswith(PREFIX)
-        and method in ("GET", "HEAD")
-        and "Content-Length" not in headers
-        and "Transfer-Encoding" not in headers
-        and "Upgrade" not in headers
-        and "token=" not in path
-        and "," not in headers.get("Host", ",")  # one Host, as Tornado's full path insists
-    )
+    return method in ("GET", "HEAD") and "Upgrade" not in headers and _bodyless_to_session(path, headers)
 
 
 def is_websocket(method: str, path: str, headers: Head) -> bool:
     """Whether a request opens a websocket to a session (without a token to exchange)."""
     return (
-        path.startswith(PREFIX)
-        and method == "GET"
+        method == "GET"
         and headers.get("Upgrade", "").lower() == "websocket"
         and "upgrade" in headers.get("Connection", "").lower()
-        and "Content-Length" not in headers
-        and "Transfer-Encoding" not in headers
-        and "token=" not in path
-        and "," not in headers.get("Host", ",")
+        and _bodyless_to_session(path, headers)
     )
 
 

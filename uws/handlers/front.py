@@ -203,15 +203,23 @@ class FrontConnection(asyncio.Protocol):
             return
         self.task = asyncio.ensure_future(self._serve(start, headers, end + 4))
 
+    async def _admit(self, start: httputil.RequestStartLine, headers: Head, size: int) -> Any:
+        """The request's session, its head taken from the buffer; or None, the connection handed
+        to Tornado, whose handlers give the refusal or the token exchange."""
+        target = await admitted_target(self.front.uws, start.path, headers)
+        if target is None:
+            self.task = None
+            if not self.gone:
+                self._hand_off()
+            return None
+        del self.buffer[:size]
+        return target
+
     async def _serve(self, start: httputil.RequestStartLine, headers: Head, size: int) -> None:
         try:
-            target = await admitted_target(self.front.uws, start.path, headers)
+            target = await self._admit(start, headers, size)
             if target is None:
-                self.task = None
-                if not self.gone:
-                    self._hand_off()  # the full handlers give the refusal or the token exchange
                 return
-            del self.buffer[:size]
             began = time.perf_counter()
             remote_ip, protocol = self._origin(headers)
             status = await self._relay(target, start, headers, remote_ip, protocol)
@@ -306,11 +314,7 @@ class FrontConnection(asyncio.Protocol):
                 self.close(abort=True)  # part of the answer went out: all that can be done is to end it
                 return status
             status = 504 if e.timeout else 502
-            body = failure_body(e.timeout)
-            transport.write(
-                b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (status, httputil.responses[status].encode(), len(body), body)
-            )
+            self._answer_json(status, failure_body(e.timeout))
             return status
         except asyncio.CancelledError:
             raise
@@ -324,6 +328,19 @@ class FrontConnection(asyncio.Protocol):
             transport.write(b"0\r\n\r\n")
         return status
 
+    def _answer_json(self, status: int, body: bytes, close: bool = False) -> None:
+        """A JSON answer of the server's own (an error), written straight to the browser."""
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (
+                status,
+                httputil.responses.get(status, "Error").encode(),
+                len(body),
+                b"Connection: close\r\n" if close else b"",
+                body,
+            )
+        )
+
     # ---- websockets ----------------------------------------------------------------------------
     async def _serve_websocket(self, start: httputil.RequestStartLine, headers: Head, size: int) -> None:
         """Relay a websocket as bytes: the app's own handshake answer, then whatever either side
@@ -331,13 +348,9 @@ class FrontConnection(asyncio.Protocol):
         uws = self.front.uws
         upstream: _WebSocketUpstream | None = None
         try:
-            target = await admitted_target(uws, start.path, headers)
+            target = await self._admit(start, headers, size)
             if target is None:
-                self.task = None
-                if not self.gone:
-                    self._hand_off()  # the websocket handler gives the refusal
                 return
-            del self.buffer[:size]
             began = time.perf_counter()
             remote_ip, protocol = self._origin(headers)
             out = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol)
@@ -362,13 +375,9 @@ class FrontConnection(asyncio.Protocol):
                 # As the websocket handler answers: the app's refusal, or 502 when there was none.
                 if upstream is not None:
                     upstream.close()
-                status = status if 300 <= status < 599 else 502  # as the websocket handler answers
-                body = json.dumps({"success": False, "message": "The session did not accept the websocket."})
-                self.transport.write(  # type: ignore[union-attr]
-                    b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                    b"Connection: close\r\n\r\n%s"
-                    % (status, httputil.responses.get(status, "Error").encode(), len(body), body.encode())
-                )
+                status = status if 300 <= status < 599 else 502
+                body = json.dumps({"success": False, "message": full.WEBSOCKET_REFUSED}).encode()
+                self._answer_json(status, body, close=True)
                 self.close()
                 log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
                 return

@@ -36,6 +36,7 @@ HOP_BY_HOP = {
 }
 STRIP_TO_UPSTREAM = {"uws-authorization", "host", "cookie"}
 QUEUE_CHUNKS = 8
+WEBSOCKET_REFUSED = "The session did not accept the websocket."
 
 _pool: UpstreamPool | None = None
 
@@ -364,9 +365,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
             status = e.code if isinstance(e, httpclient.HTTPClientError) and e.code < 599 else 502
             self.set_status(status)
             self.set_header("Content-Type", "application/json")
-            self.finish(
-                json.dumps({"success": False, "message": "The session did not accept the websocket."})
-            )
+            self.finish(json.dumps({"success": False, "message": WEBSOCKET_REFUSED}))
             return
         # The session's pings reach the browser too (Tornado's client has already answered them).
         self.upstream.on_ping = self.forward_ping  # type: ignore[method-assign]
