@@ -1,0 +1,521 @@
+"""uws/spawners/slurm.py in process: squeue's output parsed, Slurm's states mapped to how a
+session ended, the batched status query and its backoff, the options a session asks Slurm for,
+and the core seconds it is charged. Slurm itself is replaced by canned answers in the shapes its
+documentation gives (squeue -o "%i|%T|%r|%L|%S|%C|%M", sbatch --parsable, scontrol ping)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from uws.auth.accounts import Account
+from uws.spawners.slurm import (
+    ENDED,
+    LOG_TAIL_BYTES,
+    PENDING,
+    RUNNING,
+    SchedulerStatus,
+    SchedulerUnavailable,
+    SlurmBase,
+    SlurmJob,
+    SlurmSpawner,
+    parse_duration,
+)
+
+
+@pytest.fixture(scope="session")
+def remove_test_os_accounts() -> Iterator[None]:
+    """Overrides tests/conftest.py's: in-process tests create no OS accounts, and must not
+    remove those of an end-to-end run going on at the same time."""
+    yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_scheduler_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own batched-query state (it is shared per spawner class)."""
+    monkeypatch.setattr(SlurmBase, "_status", {})
+
+
+def account(uid: int | None = None) -> Account:
+    uid = os.geteuid() if uid is None else uid
+    return Account("uwsunit", uid, os.getegid(), frozenset())
+
+
+def spawner(tmp_path: Any, cls: type = SlurmSpawner, uid: int | None = None, **kw: Any) -> Any:
+    return cls(7, account(uid), str(tmp_path), "ipc:///nonexistent/uws-unit", **kw)
+
+
+def canned_run(s: Any, answer: str | Exception) -> list[tuple[str, ...]]:
+    """Replace the spawner's command runner; returns the list of argv it was called with."""
+    calls: list[tuple[str, ...]] = []
+
+    async def run(*argv: str) -> str:
+        calls.append(argv)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    s.run = run
+    return calls
+
+
+def canned_fetch(s: Any, answers: dict[int, SlurmJob]) -> list[list[int]]:
+    calls: list[list[int]] = []
+
+    async def fetch(ids: list[int]) -> dict[int, SlurmJob]:
+        calls.append(ids)
+        return {i: answers[i] for i in ids if i in answers}
+
+    s.fetch = fetch
+    return calls
+
+
+# ---- parse_duration: squeue's %L / %M ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("0:00", 0),  # minutes:seconds, as squeue prints short times
+        ("5:03", 5 * 60 + 3),
+        ("59:59", 59 * 60 + 59),
+        ("1:00:00", 3600),  # hours:minutes:seconds
+        ("12:34:56", 12 * 3600 + 34 * 60 + 56),
+        ("1-00:00:00", 86400),  # days-hours:minutes:seconds
+        ("2-03:04:05", 2 * 86400 + 3 * 3600 + 4 * 60 + 5),
+        ("  7:30\n", 7 * 60 + 30),
+        ("45", 45 * 60),  # a bare number is minutes, as in Slurm's time format
+    ],
+)
+def test_parse_duration(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["UNLIMITED", "NOT_SET", "INVALID", "N/A", "", "x-1:00", "1:2:3:4", "-5:00"])
+def test_parse_duration_without_a_time(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+# ---- the state tables ---------------------------------------------------------------------------
+
+
+def test_state_sets_do_not_overlap() -> None:
+    assert not PENDING & RUNNING
+    assert not PENDING & set(ENDED)
+    assert not RUNNING & set(ENDED)
+
+
+@pytest.mark.parametrize(
+    "state, reason",
+    [
+        ("COMPLETED", "completed"),
+        ("CANCELLED", "stopped"),
+        ("TIMEOUT", "time_limit"),
+        ("FAILED", "failed"),
+        ("NODE_FAIL", "failed"),
+        ("OUT_OF_MEMORY", "failed"),
+        ("BOOT_FAIL", "failed"),
+        ("DEADLINE", "failed"),
+        ("PREEMPTED", "failed"),
+    ],
+)
+def test_slurm_end_states_map_to_session_endings(tmp_path: Any, state: str, reason: str) -> None:
+    s = spawner(tmp_path)
+    ended = s.ended(state, None)
+    assert ended["reason"] == reason and ended["slurm_state"] == state
+    assert ended["message"] and ended["log_tail"] == ""
+
+
+def test_end_messages_say_what_to_do() -> None:
+    assert "time limit" in ENDED["TIMEOUT"][1] and "longer" in ENDED["TIMEOUT"][1]
+    assert "memory" in ENDED["OUT_OF_MEMORY"][1]
+    assert "preempted" in ENDED["PREEMPTED"][1]
+
+
+# ---- SlurmSpawner.fetch: squeue -------------------------------------------------------------------
+
+SQUEUE = "\n".join(
+    [
+        "101|RUNNING|None|1:58:30|2026-12-01T07:00:00|4|1:30",
+        "102|PENDING|Priority|2:00:00|2026-12-01T09:30:00|2|0:00",
+        "103|PENDING|Resources|1-00:00:00|N/A|1|0:00",
+        "104|COMPLETED|None|0:00|2026-12-01T06:00:00|2|12:34",
+        "105|RUNNING|None|UNLIMITED|2026-12-01T05:00:00|8|1-02:00:00",
+        "106|CANCELLED by 1000|None|0:00|2026-12-01T06:30:00|1|0:05",
+        "107_3|RUNNING|None|10:00|2026-12-01T07:00:00|1|1:00",  # an array task: not ours
+        "JOBID|STATE|REASON|TIME_LEFT|START_TIME|CPUS|TIME",  # a header line: skipped
+        "108|RUNNING|None",  # truncated: skipped
+        "",
+    ]
+)
+
+
+def test_fetch_parses_squeue(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    calls = canned_run(s, SQUEUE)
+    jobs = asyncio.run(s.fetch([101, 102, 103, 104, 105, 106]))
+    assert calls == [
+        ("squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S|%C|%M", "-j", "101,102,103,104,105,106")
+    ]
+    assert set(jobs) == {101, 102, 103, 104, 105, 106}
+    assert jobs[101] == SlurmJob(
+        state="RUNNING",
+        reason="None",
+        expected_start="2026-12-01T07:00:00",
+        time_left=3600 + 58 * 60 + 30,
+        cpus=4,
+        elapsed=90,
+    )
+    # pending: Slurm's estimate of the start; nothing allocated, nothing elapsed
+    assert jobs[102] == SlurmJob(
+        state="PENDING",
+        reason="Priority",
+        expected_start="2026-12-01T09:30:00",
+        time_left=7200,
+        cpus=None,
+        elapsed=None,
+    )
+    assert jobs[103].expected_start == "" and jobs[103].time_left == 86400 and jobs[103].reason == "Resources"
+    assert jobs[104].state == "COMPLETED" and jobs[104].elapsed == 12 * 60 + 34 and jobs[104].cpus == 2
+    assert jobs[105].time_left is None and jobs[105].elapsed == 86400 + 2 * 3600
+    assert jobs[106].state == "CANCELLED"  # "CANCELLED by <uid>" as sacct-style output says it
+
+
+def test_fetch_asks_nothing_for_no_ids(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    calls = canned_run(s, SQUEUE)
+    assert asyncio.run(s.fetch([])) == {} and calls == []
+
+
+def test_fetch_all_ids_purged_is_an_empty_answer(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    canned_run(s, SchedulerUnavailable("slurm_load_jobs error: Invalid job id specified"))
+    assert asyncio.run(s.fetch([5])) == {}
+
+
+def test_fetch_other_errors_mean_unknown(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    canned_run(s, SchedulerUnavailable("slurm_load_jobs error: Unable to contact slurm controller"))
+    with pytest.raises(SchedulerUnavailable, match="Unable to contact"):
+        asyncio.run(s.fetch([5]))
+
+
+def test_submit_reads_sbatch_parsable(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    calls = canned_run(s, "4242;cluster\n")
+    assert asyncio.run(s.submit({}, "#!/bin/bash\n")) == 4242
+    assert calls == [("sbatch", "--parsable", os.path.join(str(tmp_path), ".7", "job.sh"))]
+    canned_run(s, "4243\n")
+    assert asyncio.run(s.submit({}, "")) == 4243
+
+
+def test_commands_run_as_the_workspace_owner(tmp_path: Any) -> None:
+    same = spawner(tmp_path)
+    assert same.as_user() == []
+    other = spawner(tmp_path, uid=os.geteuid() + 1)
+    assert other.as_user() == ["sudo", "-n", "-H", "-u", "uwsunit", "--"]
+    other.slurm_job_id = 99
+    calls = canned_run(other, "")
+    asyncio.run(other.cancel())
+    assert calls == [("sudo", "-n", "-H", "-u", "uwsunit", "--", "scancel", "99")]
+
+
+def test_health_from_scontrol_ping(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    canned_run(s, "Slurmctld(primary) at head is UP\n")
+    assert asyncio.run(s.health()) == (True, "Connected successfully.")
+    canned_run(s, "Slurmctld(primary) at head is DOWN\n")
+    assert asyncio.run(s.health()) == (False, "Slurmctld(primary) at head is DOWN")
+    canned_run(s, SchedulerUnavailable("scontrol ping did not answer: timed out"))
+    assert asyncio.run(s.health()) == (False, "scontrol ping did not answer: timed out")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="health() looks for the substring 'UP' anywhere in scontrol ping's output, so a "
+    "controller whose host name contains 'UP' reads as up while it is DOWN",
+)
+def test_health_down_controller_on_a_host_named_with_up(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    canned_run(s, "Slurmctld(primary) at BACKUP-CTL is DOWN\n")
+    assert asyncio.run(s.health())[0] is False
+
+
+# ---- the options a session asks for ---------------------------------------------------------------
+
+
+def test_sbatch_options_from_resource_options(tmp_path: Any) -> None:
+    s = spawner(tmp_path, partition="RM-shared", gpu_partition="GPU-shared")
+    spec = {
+        "resource_options": {"cpus_per_task": "4", "memory_per_node": "2048", "time_limit": "90"},
+        "cpus": 1,
+        "time_limit_seconds": 60,
+        "gpu": True,
+    }
+    assert s.sbatch_options(spec) == [
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=2048M",
+        "#SBATCH --time=90",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --partition=GPU-shared",
+    ]
+
+
+@pytest.mark.parametrize("seconds, minutes", [(1, 1), (59, 1), (60, 1), (61, 2), (3600, 60), (3601, 61)])
+def test_time_limit_in_seconds_rounds_up_to_minutes(tmp_path: Any, seconds: int, minutes: int) -> None:
+    options = spawner(tmp_path).job_options({"time_limit_seconds": seconds})
+    assert options == {"cpus": 1, "time_limit": minutes}
+
+
+def test_job_options_defaults_and_partitions(tmp_path: Any) -> None:
+    assert spawner(tmp_path).job_options({}) == {"cpus": 1}
+    assert spawner(tmp_path).job_options({"cpus": 3}) == {"cpus": 3}
+    s = spawner(tmp_path, partition="cpu")
+    assert s.job_options({"gpu": True}) == {"cpus": 1, "gpu": True, "partition": "cpu"}
+    assert s.job_options({}) == {"cpus": 1, "partition": "cpu"}
+    assert s.sbatch_options({}) == ["#SBATCH --cpus-per-task=1", "#SBATCH --partition=cpu"]
+
+
+# ---- the batched status query ------------------------------------------------------------------
+
+
+def test_one_query_answers_for_every_job_within_the_interval() -> None:
+    status = SchedulerStatus()
+    status.tracked = {3, 1}
+    calls: list[list[int]] = []
+
+    async def fetch(ids: list[int]) -> dict[int, SlurmJob]:
+        calls.append(ids)
+        return {i: SlurmJob(state="RUNNING") for i in ids}
+
+    async def scenario() -> None:
+        now = time.monotonic()
+        first = await status.get(fetch, 2, now - 2, 2.0, 60.0)
+        assert set(first) == {1, 2, 3}
+        again = await status.get(fetch, 3, now - 2, 2.0, 60.0)  # fresh and covered: reused
+        assert again is first
+        await status.get(fetch, 4, now - 2, 2.0, 60.0)  # not asked about yet: asks again
+        await status.get(fetch, 1, time.monotonic() + 1, 2.0, 60.0)  # wants newer: asks again
+
+    asyncio.run(scenario())
+    assert calls == [[1, 2, 3], [1, 3, 4], [1, 3]]  # only tracked ids and the asker
+
+
+def test_failures_back_off_and_a_success_resets() -> None:
+    status = SchedulerStatus()
+    answers: list[Any] = [
+        SchedulerUnavailable("down"),
+        SchedulerUnavailable("down"),
+        SchedulerUnavailable("down"),
+        {1: SlurmJob(state="PENDING")},
+    ]
+    calls = 0
+
+    async def fetch(ids: list[int]) -> dict[int, SlurmJob]:
+        nonlocal calls
+        calls += 1
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def attempt() -> Any:
+        return await status.get(fetch, 1, time.monotonic(), 2.0, 5.0)
+
+    with pytest.raises(SchedulerUnavailable, match=r"^down \(attempt 1; retrying in 2 s\)$"):
+        asyncio.run(attempt())
+    # within the backoff Slurm is not asked again
+    with pytest.raises(SchedulerUnavailable, match=r"^down \(retrying in [12] s\)$"):
+        asyncio.run(attempt())
+    assert calls == 1
+    status.retry_at = time.monotonic() - 0.001  # the backoff has passed
+    with pytest.raises(SchedulerUnavailable, match=r"attempt 2; retrying in 4 s"):  # 2 × interval
+        asyncio.run(attempt())
+    status.retry_at = time.monotonic() - 0.001
+    with pytest.raises(SchedulerUnavailable, match=r"attempt 3; retrying in 5 s"):  # capped at max_backoff
+        asyncio.run(attempt())
+    status.retry_at = time.monotonic() - 0.001
+    assert asyncio.run(attempt()) == {1: SlurmJob(state="PENDING")}
+    assert (status.failures, status.retry_at, calls) == (0, 0.0, 4)
+
+
+# ---- poll: what the server makes of Slurm's answer ----------------------------------------------
+
+
+def write_exit(s: Any, data: dict[str, Any]) -> None:
+    os.makedirs(s.job_dir, exist_ok=True)
+    with open(os.path.join(s.job_dir, "exit.json"), "w") as f:
+        json.dump(data, f)
+
+
+def write_slurm_out(s: Any, text: str) -> None:
+    os.makedirs(s.job_dir, exist_ok=True)
+    with open(os.path.join(s.job_dir, "slurm.out"), "w") as f:
+        f.write(text)
+
+
+def test_poll_pending_says_why_and_when(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    s.slurm_job_id = 11
+    canned_fetch(s, {11: SlurmJob(state="PENDING", reason="Priority", expected_start="2026-12-01T09:30:00")})
+    assert asyncio.run(s.poll()) is None
+    assert s.status_message == "Waiting in the Slurm queue (Priority); expected start: 2026-12-01T09:30:00."
+    assert s.scheduler_status().covered == {11}
+
+
+def test_poll_pending_without_reason_or_estimate(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    s.slurm_job_id = 11
+    canned_fetch(s, {11: SlurmJob(state="CONFIGURING", reason="None")})
+    assert asyncio.run(s.poll()) is None
+    assert s.status_message == "Waiting in the Slurm queue; expected start: not known yet."
+
+
+def test_poll_long_wait_is_noticed_once(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    s = spawner(tmp_path, pending_notice_seconds=60.0)
+    s.slurm_job_id = 12
+    s.submitted_at = time.time() - 120
+    canned_fetch(s, {12: SlurmJob(state="PENDING", reason="Resources")})
+    asyncio.run(s.poll())
+    assert s.status_message.endswith(" The wait is longer than usual.")
+    assert s.noticed_long_wait
+    assert [r for r in caplog.records if "has been pending" in r.getMessage()]
+    s2 = spawner(tmp_path, pending_notice_seconds=600.0)
+    s2.slurm_job_id = 12
+    s2.submitted_at = time.time() - 120
+    canned_fetch(s2, {12: SlurmJob(state="PENDING", reason="Resources")})
+    asyncio.run(s2.poll())
+    assert "longer than usual" not in s2.status_message and not s2.noticed_long_wait
+
+
+def test_poll_running_and_unknown_states_keep_the_job(tmp_path: Any) -> None:
+    for job_id, state in enumerate(("RUNNING", "COMPLETING", "SOME_FUTURE_STATE"), start=13):
+        s = spawner(tmp_path)
+        s.slurm_job_id = job_id
+        s.status_message = "stale"
+        s.scheduler_status().tracked.add(job_id)
+        calls = canned_fetch(s, {job_id: SlurmJob(state=state)})
+        assert asyncio.run(s.poll()) is None and calls
+        assert s.status_message is None and job_id in s.scheduler_status().tracked
+
+
+def test_poll_end_state_untracks_and_reports(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    s.slurm_job_id = 14
+    s.scheduler_status().tracked.add(14)
+    write_slurm_out(s, "slurmstepd: error: *** JOB 14 CANCELLED DUE TO TIME LIMIT ***\n")
+    write_exit(s, {"exit_code": None, "reason": "stopped", "log_tail": "app log"})
+    canned_fetch(s, {14: SlurmJob(state="TIMEOUT")})
+    result = asyncio.run(s.poll())
+    assert result == {
+        "reason": "time_limit",
+        "message": ENDED["TIMEOUT"][1],
+        "log_tail": "app log",  # the helper's tail is preferred to slurm.out
+        "slurm_state": "TIMEOUT",
+    }
+    assert 14 not in s.scheduler_status().tracked
+
+
+def test_poll_job_gone_from_slurm(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    s.slurm_job_id = 15
+    s.scheduler_status().tracked.add(15)
+    write_slurm_out(s, "x" * 100 + "the end")
+    canned_fetch(s, {})
+    assert asyncio.run(s.poll()) == {"reason": "disappeared", "log_tail": "x" * 100 + "the end"}
+    assert 15 not in s.scheduler_status().tracked
+    write_exit(s, {"exit_code": 0, "reason": "completed", "log_tail": ""})  # the helper's word wins
+    assert asyncio.run(s.poll()) == {"exit_code": 0, "reason": "completed", "log_tail": ""}
+
+
+def test_poll_without_a_slurm_job(tmp_path: Any) -> None:
+    assert asyncio.run(spawner(tmp_path).poll()) == {"reason": "disappeared"}
+
+
+def test_poll_scheduler_down_is_unknown(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    s.slurm_job_id = 16
+
+    async def fetch(ids: list[int]) -> dict[int, SlurmJob]:
+        raise SchedulerUnavailable("slurmctld not responding")
+
+    s.fetch = fetch
+    with pytest.raises(SchedulerUnavailable, match="slurmctld not responding"):
+        asyncio.run(s.poll())
+
+
+def test_ended_trusts_the_helper_only_where_slurm_knows_less(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    app_failed = {"exit_code": 3, "reason": "failed", "log_tail": "Traceback"}
+    # Slurm's FAILED is the app's own exit status: the helper knows the code and the log
+    assert s.ended("FAILED", app_failed) == {**app_failed, "slurm_state": "FAILED"}
+    done = {"exit_code": 0, "reason": "completed", "log_tail": ""}
+    assert s.ended("COMPLETED", done) == {**done, "slurm_state": "COMPLETED"}
+    # a signalled helper says "stopped"; Slurm says why
+    stopped = {"exit_code": None, "reason": "stopped", "log_tail": "t"}
+    assert s.ended("FAILED", stopped)["reason"] == "failed"
+    assert s.ended("CANCELLED", stopped)["reason"] == "stopped"
+    assert s.ended("PREEMPTED", stopped)["reason"] == "failed"
+    assert s.ended("OUT_OF_MEMORY", app_failed)["message"] == ENDED["OUT_OF_MEMORY"][1]
+
+
+def test_log_tail_is_the_end_of_slurm_out(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    assert s.log_tail() == ""
+    text = "".join(f"line {i}\n" for i in range(1000))
+    write_slurm_out(s, text)
+    assert s.log_tail() == text[-LOG_TAIL_BYTES:]
+
+
+# ---- time left and core seconds --------------------------------------------------------------------
+
+
+def test_time_left_counts_down_from_the_last_query(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    assert s.time_left is None
+    s.last_info = SlurmJob(state="RUNNING", time_left=600)
+    s.last_info_at = time.monotonic() - 100
+    assert s.time_left in (499, 500)
+    s.last_info_at = time.monotonic() - 1000
+    assert s.time_left == 0
+    s.last_info = SlurmJob(state="RUNNING", time_left=None)  # UNLIMITED
+    assert s.time_left is None
+    s.last_info = SlurmJob(state="PENDING", time_left=600)
+    assert s.time_left is None
+
+
+def test_core_seconds_are_cpus_times_elapsed(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    assert s.allocated_core_seconds() is None
+    s.last_info = SlurmJob(state="COMPLETED", cpus=4, elapsed=90.0)
+    s.last_info_at = time.monotonic() - 50  # ended: no more time accrues
+    assert s.allocated_core_seconds() == 360.0
+    s.last_info = SlurmJob(state="RUNNING", cpus=2, elapsed=100.0)
+    s.last_info_at = time.monotonic() - 10  # running: it has run on since the query
+    assert 220.0 <= s.allocated_core_seconds() < 221.0
+    s.last_info = SlurmJob(state="PENDING")
+    assert s.allocated_core_seconds() is None
+
+
+def test_core_seconds_from_squeue(tmp_path: Any) -> None:
+    """squeue's %C × %M for a finished job: 2 CPUs for 12:34 is 1508 core seconds."""
+    s = spawner(tmp_path)
+    s.slurm_job_id = 104
+    canned_run(s, SQUEUE)
+    assert asyncio.run(s.usage()) == 2 * (12 * 60 + 34)
+
+
+def test_state_survives_a_restart(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    s.slurm_job_id, s.submitted_at = 77, 1700000000.0
+    state = json.loads(json.dumps(s.get_state()))
+    again = spawner(tmp_path)
+    again.load_state(state)
+    assert (again.slurm_job_id, again.submitted_at, again.job_dir) == (77, 1700000000.0, s.job_dir)
+    assert 77 in again.scheduler_status().tracked
