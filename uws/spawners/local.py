@@ -131,9 +131,12 @@ class SudoSpawner(LocalProcessSpawner):
     for example (visudo -f /etc/sudoers.d/uws):
 
         Defaults:uws !requiretty
-        uws ALL=(%uwsusers) NOPASSWD: /usr/bin/python3 -m uws.session_helper *
+        uws ALL=(%uwsusers) NOPASSWD: /usr/bin/python3 -I -m uws.session_helper *
 
-    where `uws` is the server's account and `uwsusers` the group of session users."""
+    where `uws` is the server's account and `uwsusers` the group of session users (set
+    UWSApp.session_group to it, so their helpers can reach the session channel). With
+    helper_pythonpath the command is `/usr/bin/env PYTHONPATH=<path> /usr/bin/python3 -P -s -m
+    uws.session_helper *`."""
 
     sudo = List(
         Unicode(),
