@@ -300,7 +300,10 @@ def test_database_error_does_not_stop_the_channel(cserver: Server) -> None:
     finally:
         cserver.sql("ALTER TABLE jobs_away RENAME TO jobs")
     job = start(c, w["id"], job_type="local_test_job", job_details={})
-    assert wait_status(c, job["id"], "running", "complete")
+    try:
+        wait_status(c, job["id"], "running", "complete")
+    except AssertionError:
+        raise AssertionError(f"the new session never ran; server log:\n{cserver.log()}") from None
 
 
 def test_squatter_on_a_job_identity_gets_nothing(cserver: Server) -> None:
