@@ -359,3 +359,43 @@ def test_misconfigured_channel_stops_the_server_with_a_message(backend: str) -> 
         assert "Traceback" not in srv.log()
     finally:
         srv.close()
+
+
+def test_helper_speaks_curve_with_the_server_key(tmp_path: Any) -> None:
+    """A real helper given --server-key reaches a tcp:// channel; its "hello" verifies."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_port
+
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    job = {
+        "job_id": JOB,
+        "command": [sys.executable, "-c", "import time; time.sleep(30)"],
+        "cwd": str(job_dir),
+    }
+    (job_dir / "job.json").write_text(json.dumps(job))
+
+    async def body(channel: SessionChannel, recorder: Recorder, url: str) -> None:
+        helper = subprocess.Popen(
+            [sys.executable, "-m", "uws.session_helper", "--job-dir", str(job_dir), "--endpoint", url]
+            + ["--server-key", channel.public_key.decode()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,  # this checkout's uws
+        )
+        try:
+            assert helper.stdin is not None
+            helper.stdin.write(SECRET.encode() + b"\n")
+            helper.stdin.close()
+            await eventually(lambda: any(m["type"] == "hello" for m in recorder.messages))
+            assert await channel.send(JOB, SECRET, {"type": "stop", "grace_seconds": 1})
+            await eventually(lambda: any(m["type"] == "exited" for m in recorder.messages))
+        finally:
+            helper.kill()
+            helper.wait()
+
+    with_channel(tmp_path, body, url=f"tcp://127.0.0.1:{free_port()}")
