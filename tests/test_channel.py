@@ -399,3 +399,20 @@ def test_helper_speaks_curve_with_the_server_key(tmp_path: Any) -> None:
             helper.wait()
 
     with_channel(tmp_path, body, url=f"tcp://127.0.0.1:{free_port()}")
+
+
+@pytest.mark.skipif(not SUDO_AVAILABLE, reason="needs root and sudo (sessions as other OS accounts)")
+def test_account_outside_the_session_group_gets_a_clear_refusal(cserver: Server) -> None:
+    """An existing OS account the server did not create, not in session_group, could not reach
+    the channel: its start is refused with a message instead of a session pending forever."""
+    import subprocess
+
+    from conftest import unique_name
+
+    name = unique_name("ng")
+    subprocess.run(["useradd", "--create-home", "--", name], check=True, capture_output=True)
+    c = login(cserver, cserver.client_token, username=name)
+    w = create(c)
+    r = c.put(f"/workspaces/{w['id']}/start/", {"job_type": "local_test_job", "job_details": {}})
+    assert r.status_code == 500 and r.json()["success"] is False
+    assert "not a member of the server's session group" in r.json()["message"]

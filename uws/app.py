@@ -611,6 +611,7 @@ class UWSApp(Application):
         jobs = getattr(self, "jobs", None)
         if jobs is not None:
             spawner.channel_server_key = jobs.channel.public_key.decode()
+            spawner.channel_gid = jobs.channel.socket_gid
         return spawner
 
     def public_origin(self) -> str:

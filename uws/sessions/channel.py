@@ -158,6 +158,11 @@ class SessionChannel:
         return self.url.startswith("tcp://")
 
     @property
+    def socket_gid(self) -> int | None:
+        """The group whose members may reach the socket; None when it is not an ipc:// one."""
+        return self._gid if self.ipc_path is not None else None
+
+    @property
     def ipc_path(self) -> str | None:
         return self.url[len("ipc://") :] if self.url.startswith("ipc://") else None
 

@@ -60,6 +60,8 @@ class Spawner(LoggingConfigurable):
     poll_while_alive = False
     # The server's CURVE public key (Z85) for a tcp:// session channel; set by the app.
     channel_server_key = ""
+    # The group that may reach an ipc:// session channel (None for tcp://); set by the app.
+    channel_gid: int | None = None
 
     def __init__(
         self, job_id: int, account: Account, workspace_dir: str, channel_url: str, **kw: Any
@@ -144,6 +146,17 @@ class Spawner(LoggingConfigurable):
             self.channel_url,
             *key,
         ]
+
+    def check_channel_access(self) -> None:
+        """Refuse to start a helper that could not reach the ipc:// session channel (its
+        account outside session_group): it would only leave the session pending."""
+        if self.channel_gid is None or self.account.uid in (os.geteuid(), 0):
+            return
+        if self.channel_gid not in self.account.groups:
+            raise LaunchError(
+                f"The OS account {self.account.username} is not a member of the server's session group,"
+                " so its sessions cannot report to the server. Please contact your administrator."
+            )
 
     def prepare_job_dir(self, spec: dict[str, Any]) -> None:
         """Create <workspace>/.<job id>/ and job.json, owned by the session's account, without

@@ -31,6 +31,7 @@ class LocalProcessSpawner(Spawner):
         return await loop.run_in_executor(None, self._start_sync, spec, secret)
 
     def _start_sync(self, spec: dict[str, Any], secret: str) -> int:
+        self.check_channel_access()
         self.prepare_job_dir(spec)
         fd = os.open(
             os.path.join(self.job_dir, "helper.log"),
