@@ -205,6 +205,15 @@ def test_socket_directory_must_be_the_sockets_own(tmp_path: Any) -> None:
         prepare_socket_dir(str(tmp_path / "plain" / "s.sock"), os.getegid())
 
 
+@pytest.mark.parametrize("url", ["ipc://@uws-abstract", "inproc://x", "udp://127.0.0.1:1", "ipc://"])
+def test_endpoints_without_access_control_are_refused(url: str) -> None:
+    async def nothing(*args: Any) -> None:
+        return None
+
+    with pytest.raises(ChannelError):
+        SessionChannel(url, nothing, nothing)
+
+
 def test_tcp_channel_is_encrypted_with_curve(tmp_path: Any) -> None:
     """On tcp:// only a CURVE client that knows the server's public key gets through; the
     server's key pair is kept in a 0600 file and stays the same across restarts."""

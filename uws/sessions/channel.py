@@ -145,6 +145,12 @@ class SessionChannel:
         self.public_key = b""
         self._secret_key = b""
         # Checked here, at start-up, so a misconfiguration stops the server with a clear message.
+        if not (self.is_tcp or self.ipc_path):
+            raise ChannelError(
+                f"session_channel_url must be ipc://<path> or tcp://<address>:<port>, not {url!r}"
+            )
+        if (self.ipc_path or "").startswith("@"):
+            raise ChannelError("an abstract ipc:// socket (ipc://@...) has no access control; give a path")
         self._gid = group_id(group)
         if self.ipc_path is not None:
             prepare_socket_dir(self.ipc_path, self._gid)
