@@ -257,6 +257,9 @@ def shared_dir() -> str:
     return shared
 
 
+SESSION_GROUP = f"uwstg{os.getpid()}"
+
+
 def session_python_config() -> str:
     """As root, sessions run as other OS accounts (SudoSpawner); those accounts cannot read this
     checkout's virtualenv (often under /root), so helpers run on the system Python (with Debian's
@@ -267,7 +270,13 @@ def session_python_config() -> str:
     if probe.returncode != 0:
         return 'c.UWSApp.spawner_class = "local"\n'
     shared = shared_dir()
-    return f'c.Spawner.python = "/usr/bin/python3"\nc.Spawner.helper_pythonpath = "{shared}"\n'
+    # Only members of the session group reach the session channel; accounts the server creates
+    # join it.
+    subprocess.run(["groupadd", "--", SESSION_GROUP], capture_output=True)
+    return (
+        f'c.Spawner.python = "/usr/bin/python3"\nc.Spawner.helper_pythonpath = "{shared}"\n'
+        f'c.UWSApp.session_group = "{SESSION_GROUP}"\n'
+    )
 
 
 SUDO_AVAILABLE = IS_ROOT and "spawner_class" not in session_python_config()
@@ -353,3 +362,4 @@ def remove_test_os_accounts() -> Iterator[None]:
     for entry in pwd.getpwall():
         if entry.pw_name.startswith("uwst"):
             subprocess.run(["userdel", "-r", "--", entry.pw_name], capture_output=True)
+    subprocess.run(["groupdel", "--", SESSION_GROUP], capture_output=True)

@@ -55,6 +55,7 @@ class Session:
         self.endpoint = f"ipc://{self.dir}/channel"
         self.ctx = zmq.Context()
         self.router: zmq.Socket | None = None
+        self.ident = b""  # the helper's routing identity, learnt from its first message
         self.bind()
         self.secret = os.urandom(16).hex()
         self.job_id = job_id
@@ -108,7 +109,9 @@ class Session:
             if left <= 0 or not self.router.poll(int(left * 1000)):
                 raise AssertionError(f"no {mtype or 'message'} from the helper within {timeout} s")
             ident, *frames = self.router.recv_multipart()
-            assert ident == protocol.identity(self.job_id)
+            assert protocol.job_id_from_identity(ident) == self.job_id
+            assert self.ident in (b"", ident), "the helper's identity changed"
+            self.ident = ident
             message = protocol.decode(self.secret, frames)
             assert message is not None, "the helper's message does not verify"
             assert message["job_id"] == self.job_id
@@ -120,7 +123,7 @@ class Session:
         self.seq += 1
         message = {"type": mtype, "job_id": self.job_id, "seq": self.seq, **fields}
         frames = protocol.encode(secret or self.secret, message)
-        self.router.send_multipart([protocol.identity(self.job_id), *frames])
+        self.router.send_multipart([self.ident, *frames])
 
     def wait_exit(self, timeout: float) -> int | None:
         try:
@@ -370,11 +373,11 @@ def test_replayed_and_stale_messages_are_refused(session_factory: Any) -> None:
     report = {"type": "report", "job_id": s.job_id}
     s.send("report")  # a later seq from the same sender: the stop above is now a replay
     s.recv("hello")
-    s.router.send_multipart([protocol.identity(s.job_id), *stop])
+    s.router.send_multipart([s.ident, *stop])
     stale = protocol.encode(s.secret, {**report, "seq": s.seq + 10, "time": time.time() - 600})
-    s.router.send_multipart([protocol.identity(s.job_id), *stale])
+    s.router.send_multipart([s.ident, *stale])
     older = protocol.encode(s.secret, {**report, "seq": 1, "sender": "old", "started": 0.0})
-    s.router.send_multipart([protocol.identity(s.job_id), *older])
+    s.router.send_multipart([s.ident, *older])
     with pytest.raises(AssertionError):
         s.recv("hello", timeout=1.5)  # no "report" got through
     assert s.proc.poll() is None  # ...and no "stop"

@@ -301,10 +301,21 @@ class UWSApp(Application):
         "",
         config=True,
         help="""ZeroMQ endpoint where session helpers reach the server. Default:
-        ipc://<data_dir>/sessions.sock (helpers on this machine). Use tcp://<address>:<port> when
-        sessions run on other hosts (Slurm); it must stay the same across restarts so running
+        ipc://<data_dir>-channel/sessions.sock (helpers on this machine). An ipc:// socket gets a
+        directory of its own (made if missing, mode 0750, group session_group): nothing else may
+        be in it. Use tcp://<address>:<port> when sessions run on other hosts (Slurm); the
+        connection is then encrypted with CURVE (the server's key pair is kept in
+        <data_dir>/session_channel.key). It must stay the same across restarts so running
         sessions reconnect.""",
     )
+    session_group = Unicode(
+        "",
+        help="""OS group whose members may connect to the ipc:// session channel: the group of
+        the accounts sessions run as (the one a SudoSpawner sudoers rule names, e.g. uwsusers).
+        The server's account must be a member (or root). OS accounts the server creates
+        (create_system_users) are added to it. Empty: the server's own group only, which suits
+        the local spawner (sessions as the server's own account).""",
+    ).tag(config=True)
     spawner_class = Unicode(
         "",
         config=True,
@@ -462,6 +473,9 @@ class UWSApp(Application):
         else:
             other = import_class(accounts_from, AUTHENTICATORS)(parent=self)
             self.account_provider = other.account_provider()
+        if self.session_group and hasattr(self.account_provider, "groups"):
+            # So that sessions of the accounts it creates can reach the session channel.
+            self.account_provider.groups = (self.session_group,)
         self._accounts: dict[str, tuple[float, Account]] = {}
 
     def init_storage(self) -> None:
@@ -495,7 +509,11 @@ class UWSApp(Application):
         self.tickets = TicketStore()
         self.job_templates = load_templates(self.share_dir)
         if not self.session_channel_url:
-            self.session_channel_url = "ipc://" + os.path.join(self.data_dir, "sessions.sock")
+            # Beside the data directory, not in it: helpers of other accounts must reach the
+            # socket, and the data directory is for the server alone.
+            self.session_channel_url = "ipc://" + os.path.join(
+                self.data_dir.rstrip("/") + "-channel", "sessions.sock"
+            )
         self.jobs = JobService(self)
         from .proxy import ProxyService
 
@@ -589,7 +607,12 @@ class UWSApp(Application):
         }.get(choice)
         if cls is None:
             cls = import_class(choice, {})
-        return cls(job_id, account, workspace_dir, self.session_channel_url, parent=self)
+        spawner = cls(job_id, account, workspace_dir, self.session_channel_url, parent=self)
+        jobs = getattr(self, "jobs", None)
+        if jobs is not None:
+            spawner.channel_server_key = jobs.channel.public_key.decode()
+            spawner.channel_gid = jobs.channel.socket_gid
+        return spawner
 
     def public_origin(self) -> str:
         return self.public_url or f"http://{self.ip}:{self.port}"
@@ -707,7 +730,13 @@ class UWSApp(Application):
             self.exit(1)
         self.init_auth()
         self.init_storage()
-        self.init_services()
+        from .sessions.channel import ChannelError
+
+        try:
+            self.init_services()
+        except ChannelError as e:
+            self.log.error("%s", e)
+            self.exit(1)
         self.init_build()
         self.init_webapp()
         # uvloop: asyncio's event loop written in C. A small request relayed by the passthrough

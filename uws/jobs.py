@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from typing import Any
@@ -61,7 +62,13 @@ class JobService:
         self.app = app
         self.db = app.db
         self.events = app.events
-        self.channel = SessionChannel(app.session_channel_url, self.secret_for, self.on_message)
+        self.channel = SessionChannel(
+            app.session_channel_url,
+            self.secret_for,
+            self.on_message,
+            group=app.session_group,
+            key_file=os.path.join(app.data_dir, "session_channel.key"),
+        )
         self.secrets: dict[int, str] = {}
         self.spawners: dict[int, Spawner] = {}
         self.last_seen: dict[int, float] = {}
@@ -637,7 +644,7 @@ class JobService:
         self.recorded.pop(job_id, None)
         self.stop_requested.discard(job_id)
         self.unanswered.pop(job_id, None)
-        self.channel.guard.forget(job_id)
+        self.channel.forget(job_id)
         self._locks.pop(job_id, None)
 
     def publish(self, user_id: int, model: dict[str, Any], source_time: float | None = None) -> None:

@@ -128,6 +128,8 @@ def write_json_atomic(path: str, data: Any) -> None:
 
 
 class Helper:
+    server_key = ""  # the server's CURVE public key (Z85) on a tcp:// channel
+
     def __init__(self, job_dir: str, endpoint: str, secret: str, job: dict[str, Any]) -> None:
         self.job_dir = job_dir
         self.endpoint = endpoint
@@ -220,7 +222,16 @@ class Helper:
     def connect(self) -> None:
         self.ctx = zmq.Context(io_threads=1)
         sock = self.ctx.socket(zmq.DEALER)
+        # A fresh random identity: nobody can claim it first, or take it over, to get this
+        # job's messages.
         sock.setsockopt(zmq.ROUTING_ID, protocol.identity(self.job_id))
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        if self.server_key:
+            # tcp://: encrypted, and only the server holding the matching secret key is spoken to.
+            public, secret = zmq.curve_keypair()
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key.encode())
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
@@ -642,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--job-dir", required=True, help="directory holding job.json")
     parser.add_argument("--endpoint", required=True, help="the server's ZeroMQ endpoint (ipc:// or tcp://)")
+    parser.add_argument("--server-key", default="", help="the server's CURVE public key (Z85), for tcp://")
     args = parser.parse_args(argv)
     secret = read_secret()
     if not secret:
@@ -654,7 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log(f"job {job['job_id']}: helper pid {os.getpid()}, endpoint {args.endpoint}")
     try:
-        return Helper(os.path.abspath(args.job_dir), args.endpoint, secret, job).run()
+        helper = Helper(os.path.abspath(args.job_dir), args.endpoint, secret, job)
+        helper.server_key = args.server_key
+        return helper.run()
     except zmq.ZMQError as e:
         log(f"job {job['job_id']}: ZeroMQ error: {e}")
         return 1

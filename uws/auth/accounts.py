@@ -61,6 +61,7 @@ class OSAccounts(AccountProvider):
 
     def __init__(self, create: bool = False) -> None:
         self.create = create
+        self.groups: tuple[str, ...] = ()  # supplementary groups of the accounts it creates
         self._lock = threading.Lock()
 
     def account(self, username: str) -> Account:
@@ -79,7 +80,15 @@ class OSAccounts(AccountProvider):
                 pass
             # The name always follows "--" so it can never be read as an option (S9).
             result = subprocess.run(
-                ["useradd", "--create-home", "--shell", "/bin/bash", "--", username],
+                [
+                    "useradd",
+                    "--create-home",
+                    "--shell",
+                    "/bin/bash",
+                    *(["--groups", ",".join(self.groups)] if self.groups else []),
+                    "--",
+                    username,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=30,

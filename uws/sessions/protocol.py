@@ -2,8 +2,17 @@
 
 Transport: ZeroMQ. The server binds a ROUTER socket (UWSApp.session_channel_url: an ipc:// path
 by default, tcp:// for helpers on other hosts). Each helper connects a DEALER socket whose
-routing identity is b"job-<job id>". ZeroMQ reconnects by itself, so a helper whose server went
-away keeps running and its next message reaches the restarted server.
+routing identity is b"job-<job id>.<32 random hex digits>", new for every helper process. ZeroMQ
+reconnects by itself, so a helper whose server went away keeps running and its next message
+reaches the restarted server.
+
+The identity only names the job whose secret checks the message: anyone who can connect may
+claim any identity. The server sends a job's messages to the identity of the last peer whose
+message for that job verified, never to an identity a peer merely claims, and the random part
+keeps a peer from taking over (ROUTER_HANDOVER) a helper's identity it cannot see. Frames larger
+than MAX_MESSAGE_BYTES make the receiving socket drop the connection (ZMQ_MAXMSGSIZE). On
+tcp:// the connection is encrypted with CURVE: the helper is given the server's public key
+(--server-key) and makes a key pair of its own; client authentication stays with the HMAC.
 
 Every message is two frames: [payload, signature]. payload is UTF-8 JSON; signature is the hex
 HMAC-SHA256 of payload under the job's secret. The secret reaches the helper on its standard
@@ -54,6 +63,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import re
 import secrets
 import time
 from typing import Any
@@ -61,19 +72,26 @@ from typing import Any
 PROTOCOL_VERSION = 1
 # As munge (which Slurm needs anyway), senders' and receivers' clocks may differ by 5 minutes.
 MAX_AGE_SECONDS = 300.0
+# Largest frame either end accepts. The biggest real message, "exited" with a 4 KiB log tail
+# escaped as JSON (at most 6 bytes a character), stays well below it.
+MAX_MESSAGE_BYTES = 64 * 1024
 SENDER = secrets.token_hex(8)
 STARTED = time.time()
 
 
+_IDENTITY_RE = re.compile(rb"job-([0-9]{1,18})(?:\.[0-9a-f]{32})?")
+
+
 def identity(job_id: int) -> bytes:
-    return f"job-{job_id}".encode()
+    """A helper's routing identity: the job id and a part nobody else can guess."""
+    return f"job-{job_id}.{os.urandom(16).hex()}".encode()
 
 
 def job_id_from_identity(ident: bytes) -> int | None:
-    text = ident.decode("ascii", "replace")
-    if text.startswith("job-") and text[4:].isdigit():
-        return int(text[4:])
-    return None
+    """The job id an identity claims (b"job-N", as helpers before the random part, or
+    b"job-N.<hex>"); None for anything else."""
+    match = _IDENTITY_RE.fullmatch(ident)
+    return int(match.group(1)) if match else None
 
 
 def sign(secret: str, payload: bytes) -> bytes:

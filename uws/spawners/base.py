@@ -16,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from traitlets import Float, Unicode
+from traitlets import Float, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from ..auth.accounts import Account
@@ -39,14 +39,29 @@ class Spawner(LoggingConfigurable):
         config=True,
         help="""PYTHONPATH for the helper, when `python` does not have the uws package installed
         (for example the system Python with python3-zmq and python3-psutil, and uws in a
-        directory every session account can read).""",
+        directory every session account can read): absolute directories separated by ':'.
+        The helper then starts with `python -P -s` (Python 3.11 or later) instead of `-I`.""",
     )
+
+    @validate("helper_pythonpath")
+    def _absolute_pythonpath(self, proposal: Any) -> str:
+        value = proposal["value"]
+        # An empty or relative entry would mean the helper's working directory: the job
+        # directory, which the session's account controls.
+        if value and not all(os.path.isabs(entry) for entry in value.split(":")):
+            raise TraitError(f"helper_pythonpath entries must be absolute directories: {value!r}")
+        return value
+
     grace_seconds = Float(
         5.0, config=True, help="Seconds a stopping session gets between SIGTERM and SIGKILL."
     )
 
     # Whether poll() is cheap enough to run on every reconcile pass, helper alive or not.
     poll_while_alive = False
+    # The server's CURVE public key (Z85) for a tcp:// session channel; set by the app.
+    channel_server_key = ""
+    # The group that may reach an ipc:// session channel (None for tcp://); set by the app.
+    channel_gid: int | None = None
 
     def __init__(
         self, job_id: int, account: Account, workspace_dir: str, channel_url: str, **kw: Any
@@ -107,18 +122,41 @@ class Spawner(LoggingConfigurable):
 
     # ---- shared helpers ----------------------------------------------------------------------
     def helper_command(self) -> list[str]:
-        # Through env(1): sudo resets the environment, and the PYTHONPATH must survive it.
-        prefix = ["env", f"PYTHONPATH={self.helper_pythonpath}"] if self.helper_pythonpath else []
+        # The helper runs in the job directory, which the session's account can write, and is
+        # handed the job secret: nothing there (nor the account's own site-packages or PYTHON*
+        # variables) may stand in for a uws module. -I keeps the working directory, the user's
+        # site-packages and the environment out of sys.path. It would ignore PYTHONPATH too, so
+        # with helper_pythonpath the helper gets -P (no working directory on sys.path) and -s
+        # (no user site-packages) instead, and the PYTHONPATH entries are absolute (checked).
+        if self.helper_pythonpath:
+            # Through env(1): sudo resets the environment, and the PYTHONPATH must survive it.
+            prefix, flags = ["env", f"PYTHONPATH={self.helper_pythonpath}"], ["-P", "-s"]
+        else:
+            prefix, flags = [], ["-I"]
+        key = ["--server-key", self.channel_server_key] if self.channel_server_key else []
         return [
             *prefix,
             self.python,
+            *flags,
             "-m",
             "uws.session_helper",
             "--job-dir",
             self.job_dir,
             "--endpoint",
             self.channel_url,
+            *key,
         ]
+
+    def check_channel_access(self) -> None:
+        """Refuse to start a helper that could not reach the ipc:// session channel (its
+        account outside session_group): it would only leave the session pending."""
+        if self.channel_gid is None or self.account.uid in (os.geteuid(), 0):
+            return
+        if self.channel_gid not in self.account.groups:
+            raise LaunchError(
+                f"The OS account {self.account.username} is not a member of the server's session group,"
+                " so its sessions cannot report to the server. Please contact your administrator."
+            )
 
     def prepare_job_dir(self, spec: dict[str, Any]) -> None:
         """Create <workspace>/.<job id>/ and job.json, owned by the session's account, without

@@ -31,6 +31,7 @@ class LocalProcessSpawner(Spawner):
         return await loop.run_in_executor(None, self._start_sync, spec, secret)
 
     def _start_sync(self, spec: dict[str, Any], secret: str) -> int:
+        self.check_channel_access()
         self.prepare_job_dir(spec)
         fd = os.open(
             os.path.join(self.job_dir, "helper.log"),
@@ -131,9 +132,12 @@ class SudoSpawner(LocalProcessSpawner):
     for example (visudo -f /etc/sudoers.d/uws):
 
         Defaults:uws !requiretty
-        uws ALL=(%uwsusers) NOPASSWD: /usr/bin/python3 -m uws.session_helper *
+        uws ALL=(%uwsusers) NOPASSWD: /usr/bin/python3 -I -m uws.session_helper *
 
-    where `uws` is the server's account and `uwsusers` the group of session users."""
+    where `uws` is the server's account and `uwsusers` the group of session users (set
+    UWSApp.session_group to it, so their helpers can reach the session channel). With
+    helper_pythonpath the command is `/usr/bin/env PYTHONPATH=<path> /usr/bin/python3 -P -s -m
+    uws.session_helper *`."""
 
     sudo = List(
         Unicode(),
