@@ -60,16 +60,18 @@ def is_websocket(uws: Any, method: str, path: str, headers: Head) -> Route | Non
     return None
 
 
-async def admitted_target(uws: Any, route: Route, headers: Head | httputil.HTTPHeaders) -> Any:
+async def admitted_target(uws: Any, route: Route, method: str, headers: Head | httputil.HTTPHeaders) -> Any:
     """The running session a request is for, if its cookie or header is the owner's; None sends
     the request to the full handlers (which explain a refusal)."""
     target = await uws.proxy.target(route[0])  # cached; the first request after a restart loads it
     if target is None or not full.label_matches(target, route[1]):
         return None
-    try:
-        cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(target.job_id))
-    except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
-        cookie = None
+    cookie = None
+    if full.cookie_counts(method, headers):
+        try:
+            cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(target.job_id))
+        except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
+            pass
     user = await full.credential_user(uws, target, cookie, headers.get("UWS-Authorization"))
     return target if user == target.user_id else None
 
@@ -152,7 +154,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
 
     async def _check(self, route: Route, start_line: Any, headers: httputil.HTTPHeaders) -> None:
         uws = self.app.settings["uws"]
-        target = await admitted_target(uws, route, headers)
+        target = await admitted_target(uws, route, start_line.method, headers)
         if target is not None:
             context = self.request_conn.context
             upstream_headers = full.forward_headers(

@@ -212,10 +212,10 @@ class FrontConnection(asyncio.Protocol):
             return
         self.task = asyncio.ensure_future(self._serve(start, headers, end + 4, route))
 
-    async def _admit(self, headers: Head, size: int, route: Route) -> Any:
+    async def _admit(self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route) -> Any:
         """The request's session, its head taken from the buffer; or None, the connection handed
         to Tornado, whose handlers give the refusal or the token exchange."""
-        target = await admitted_target(self.front.uws, route, headers)
+        target = await admitted_target(self.front.uws, route, start.method, headers)
         if target is None:
             self.task = None
             if not self.gone:
@@ -226,7 +226,7 @@ class FrontConnection(asyncio.Protocol):
 
     async def _serve(self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route) -> None:
         try:
-            target = await self._admit(headers, size, route)
+            target = await self._admit(start, headers, size, route)
             if target is None:
                 return
             began = time.perf_counter()
@@ -359,7 +359,7 @@ class FrontConnection(asyncio.Protocol):
         uws = self.front.uws
         upstream: _WebSocketUpstream | None = None
         try:
-            target = await self._admit(headers, size, route)
+            target = await self._admit(start, headers, size, route)
             if target is None:
                 return
             began = time.perf_counter()

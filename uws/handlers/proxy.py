@@ -168,6 +168,17 @@ async def credential_user(uws: Any, target: Target, cookie: str | None, header: 
         return None
 
 
+def cookie_counts(method: str, headers: Any) -> bool:
+    """Whether the session cookie may vouch for a request. Browsers attach it to requests other
+    pages make too (sibling session hosts are the same site for SameSite), and some of those
+    act without the page reading the answer: websockets and form posts. Those count only from
+    the session's own origin (or from no browser page at all: no Origin header)."""
+    origin = headers.get("Origin")
+    if origin is None or (method in ("GET", "HEAD") and "Upgrade" not in headers):
+        return True
+    return origin.partition("://")[2].lower() == headers.get("Host", "").lower()
+
+
 def session_route(uws: Any, path: str, host: str) -> tuple[int, str | None] | None:
     """The job a request is for, and the label its host name carries: from the Host header in
     origin mode (label checked against the job's), from /passthrough/<id>/ in path mode (None)."""
@@ -228,7 +239,9 @@ class PassthroughMixin:
                 return (await self.uws.auth_service.authenticate(header)).id if header else None
             except APIError:
                 return None
-        cookie = self.get_cookie(cookie_name(job_id))  # type: ignore[attr-defined]
+        cookie = None
+        if cookie_counts(self.request.method or "", self.request.headers):
+            cookie = self.get_cookie(cookie_name(job_id))  # type: ignore[attr-defined]
         return await credential_user(self.uws, target, cookie, header)
 
     def set_access_cookie(self, target: Target) -> None:
