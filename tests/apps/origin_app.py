@@ -12,6 +12,7 @@ GET  {prefix}/tossing   -> an answer that tries to act beyond its session: cooki
                            "/" and Clear-Site-Data
 POST {prefix}/poke      -> counts a state-changing request (a form post, say) that got through
 GET  {prefix}/pokes     -> how many did
+GET  {prefix}/sw.js     -> a service worker script that asks for the scope "/"
 WS   {prefix}/ws        -> sends the secret, then echoes
 """
 
@@ -57,6 +58,13 @@ class Tossing(web.RequestHandler):
         self.write("tossing")
 
 
+class ServiceWorker(web.RequestHandler):
+    def get(self):
+        self.set_header("Content-Type", "text/javascript")
+        self.set_header("Service-Worker-Allowed", "/")
+        self.write("self.addEventListener('fetch', () => {});")
+
+
 class Poke(web.RequestHandler):
     def check_xsrf_cookie(self):
         pass
@@ -93,6 +101,7 @@ async def main():
             (PREFIX + "/poke", Poke),
             (PREFIX + "/pokes", Pokes),
             (PREFIX + "/ws", Socket),
+            (PREFIX + "/sw.js", ServiceWorker),
         ]
     )
     HTTPServer(app).listen(PORT, "127.0.0.1")
