@@ -38,17 +38,19 @@ ORIGIN_CONFIG = LOCAL_CONFIG + ORIGIN_MODE + JOB_TYPES
 PATH_CONFIG = LOCAL_CONFIG + JOB_TYPES  # the harness's LOCAL_CONFIG asks for path mode
 
 
-def at(url: str, method: str = "GET", headers: dict[str, str] | None = None, **kw) -> requests.Response:
-    """A request to `url` as a browser resolving its host name to this machine sends it."""
+def loopback(url: str) -> tuple[str, str]:
+    """`url` with its host name swapped for 127.0.0.1, and the Host header it needs."""
     parts = urlsplit(url)
     query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://127.0.0.1:{parts.port}{parts.path or '/'}{query}", parts.netloc
+
+
+def at(url: str, method: str = "GET", headers: dict[str, str] | None = None, **kw) -> requests.Response:
+    """A request to `url` as a browser resolving its host name to this machine sends it."""
+    direct, host = loopback(url)
+    kw.setdefault("timeout", 30)
     return requests.request(
-        method,
-        f"http://127.0.0.1:{parts.port}{parts.path or '/'}{query}",
-        headers={"Host": parts.netloc, **(headers or {})},
-        timeout=10,
-        allow_redirects=False,
-        **kw,
+        method, direct, headers={"Host": host, **(headers or {})}, allow_redirects=False, **kw
     )
 
 
