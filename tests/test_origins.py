@@ -361,3 +361,72 @@ def test_path_mode_logout_ends_the_session_cookies(pserver: Server) -> None:
 
 def test_path_mode_deactivation_ends_the_session_cookies(pserver: Server) -> None:
     check_deactivation_ends_cookies(pserver)
+
+
+# ---- in-process: the pieces ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("set_cookie", "request_path", "kept_in_path_mode", "kept_in_origin_mode"),
+    [
+        ("a=1; Path=/passthrough/7/", "/passthrough/7/x", True, True),
+        ("a=1; Path=/passthrough/7", "/passthrough/7/x", True, True),
+        ("a=1", "/passthrough/7/lab/x", True, True),  # default path /passthrough/7/lab
+        ("a=1", "/passthrough/7", False, True),  # default path /passthrough: every job's
+        ("a=1; Path=/", "/passthrough/7/x", False, True),
+        ("a=1; Path=/passthrough/77/", "/passthrough/7/x", False, True),
+        ("a=1; Path=/passthrough/7/; Path=/", "/passthrough/7/x", False, True),  # the last one counts
+        ("a=1; Path=/passthrough/7x", "/passthrough/7/x", False, True),
+        ("a=1; Domain=localhost", "/passthrough/7/x", False, False),
+        ("a=1; path=/passthrough/7/; DOMAIN=", "/passthrough/7/x", False, False),
+    ],
+)
+def test_which_session_cookies_reach_the_browser(
+    set_cookie: str, request_path: str, kept_in_path_mode: bool, kept_in_origin_mode: bool
+) -> None:
+    from uws.handlers.proxy import cookie_stays_in_session
+
+    assert cookie_stays_in_session(set_cookie, "/passthrough/7", request_path) is kept_in_path_mode
+    assert cookie_stays_in_session(set_cookie, None, request_path) is kept_in_origin_mode
+
+
+def test_session_host_names() -> None:
+    from uws.proxy import SessionHosts
+
+    hosts = SessionHosts("Sessions.Example.org")
+    assert hosts.name(12, "ab12") == "j12-ab12.sessions.example.org"
+    assert hosts.job("j12-ab12.sessions.example.org:8443") == (12, "ab12")
+    assert hosts.job("J12-AB12.Sessions.Example.Org") == (12, "ab12")
+    for other in (
+        "sessions.example.org",
+        "j12.sessions.example.org",
+        "x.j12-ab.sessions.example.org",
+        "j12-ab12.sessions.example.org.evil",
+        "j-ab.sessions.example.org",
+        "j12-ab_1.sessions.example.org",
+    ):
+        assert hosts.job(other) is None, other
+    assert hosts.is_session_host("x.y.sessions.example.org") and not hosts.is_session_host("example.org")
+
+
+def test_passthrough_domain_of_an_original_config() -> None:
+    from uws.config_json import session_domain
+
+    assert session_domain("sessions.example.org") == "sessions.example.org"
+    assert session_domain("https://sessions.example.org:8443/") == "sessions.example.org"
+    assert session_domain("127.0.0.1:8000") is None and session_domain("bad name") is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ('c.UWSApp.session_host = "bad host:80"', "session_host must be a DNS name"),
+        ('c.UWSApp.public_url = "http://api.localhost:1"', "is under UWSApp.session_host"),
+    ],
+)
+def test_unusable_session_host_is_refused_at_start_up(setting: str, message: str) -> None:
+    srv = Server("sqlite", ORIGIN_CONFIG + setting + "\n")
+    try:
+        with pytest.raises(RuntimeError, match="server exited"):
+            srv.start()
+        assert message in srv.log()
+    finally:
+        srv.close()
