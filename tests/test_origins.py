@@ -430,3 +430,23 @@ def test_unusable_session_host_is_refused_at_start_up(setting: str, message: str
         assert message in srv.log()
     finally:
         srv.close()
+
+
+def test_which_origins_the_session_cookie_counts_from() -> None:
+    from uws.handlers.proxy import cookie_counts
+    from uws.http_head import Head
+
+    def counts(method: str, **headers: str) -> bool:
+        head = Head()
+        for name, value in headers.items():
+            head.add(name.replace("_", "-"), value)
+        return cookie_counts(method, head)
+
+    host = "j7-ab.sessions.example.org"
+    assert counts("GET", Host=host, Origin="https://j8-cd.sessions.example.org")  # reads: the SOP's job
+    assert counts("POST", Host=host)  # no page behind it
+    assert counts("POST", Host=host, Origin=f"https://{host}")
+    assert counts("POST", Host=host, Origin=f"https://{host}:8443")  # a proxy may drop the port
+    assert not counts("POST", Host=host, Origin="https://j8-cd.sessions.example.org")
+    assert not counts("GET", Host=host, Upgrade="websocket", Origin="https://j8-cd.sessions.example.org")
+    assert not counts("POST", Host=host, Origin="null")

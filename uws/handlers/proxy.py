@@ -18,7 +18,7 @@ from tornado.iostream import StreamClosedError
 
 from ..errors import APIError, not_authenticated
 from ..http_head import Head
-from ..proxy import Target, cookie_name
+from ..proxy import Target, cookie_name, host_name
 from ..upstream import UpstreamError, UpstreamPool
 from .base import BaseHandler
 
@@ -172,11 +172,14 @@ def cookie_counts(method: str, headers: Any) -> bool:
     """Whether the session cookie may vouch for a request. Browsers attach it to requests other
     pages make too (sibling session hosts are the same site for SameSite), and some of those
     act without the page reading the answer: websockets and form posts. Those count only from
-    the session's own origin (or from no browser page at all: no Origin header)."""
+    the session's own origin (or from no browser page at all: no Origin header). Host names
+    are compared without ports: a TLS proxy in front may drop the port from Host, and sessions
+    differ by host name."""
     origin = headers.get("Origin")
     if origin is None or (method in ("GET", "HEAD") and "Upgrade" not in headers):
         return True
-    return origin.partition("://")[2].lower() == headers.get("Host", "").lower()
+    origin_host = host_name(origin.partition("://")[2])
+    return bool(origin_host) and origin_host == host_name(headers.get("Host", ""))
 
 
 def session_route(uws: Any, path: str, host: str) -> tuple[int, str | None] | None:
