@@ -1,4 +1,5 @@
-"""/passthrough/<job id>/...: the authenticated proxy from the browser to a running session.
+"""The authenticated proxy from the browser to a running session: every path on a session's
+own host name (passthrough_mode "origin"), or /passthrough/<job id>/... on the server's (path).
 
 HTTP bodies stream both ways with back-pressure (a multi-GB download or upload never sits in
 memory); websockets relay text and binary frames, pings and close codes. Requests that are not
