@@ -1,8 +1,9 @@
 """Passthrough benchmarks: UWS's proxy against the session app directly and against
 configurable-http-proxy (the npm package JupyterHub uses).
 
-Starts one `uws` server (SQLite, development login) with one session running
-tests/apps/echo_app.py, then measures with wrk (Debian package `wrk`) from separate processes:
+Starts one `uws` server (SQLite, development login, the default passthrough_mode: the session on
+a host name of its own, j<id>-<label>.localhost, sent to 127.0.0.1 with that Host header) with one
+session running tests/apps/echo_app.py, then measures with wrk (Debian package `wrk`) from separate processes:
   - small-response HTTP requests/s and p99 at concurrency 1 and 16: direct, through UWS, through
     configurable-http-proxy (installed with npm into bench/.work/chp when missing);
   - websocket echo round trips (1,000 sequential messages): direct, through UWS, through CHP;
@@ -133,11 +134,14 @@ def main() -> None:
             current = requests.get(f"{base}/jobs/{job['id']}", headers=auth).json()["data"]["jobs"][0][
                 "job_details"
             ]["current_job_details"]
-            if "proxy_details" in current:
+            if "connection_details" in current:
                 break
             time.sleep(0.1)
         app_port = int(current["proxy_details"]["port"])
-        path = f"/passthrough/{job['id']}/hello"
+        # The session's origin, reached at this machine's address with its host name as Host.
+        session_host = current["connection_details"]["url_domain"].split("://", 1)[1]
+        auth["Host"] = session_host
+        path = "/hello"
         direct = f"http://127.0.0.1:{app_port}{path}"
         proxied = f"{base}{path}"
         binary = chp_binary(workdir)
@@ -201,7 +205,7 @@ def main() -> None:
                 )
             )
 
-        ws_path = f"/passthrough/{job['id']}/ws"
+        ws_path = "/ws"
         d = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{app_port}{ws_path}", {})))
         u = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{port}{ws_path}", auth)))
         line = f"websocket echo round trip, p50: direct {d:.3f} ms, UWS {u:.3f} ms (overhead {u - d:.3f} ms)"
@@ -223,9 +227,7 @@ def main() -> None:
         sampler = threading.Thread(target=sample)
         sampler.start()
         t0 = time.time()
-        r = requests.get(
-            f"{base}/passthrough/{job['id']}/big?mb={args.download_mb}", headers=auth, stream=True
-        )
+        r = requests.get(f"{base}/big?mb={args.download_mb}", headers=auth, stream=True)
         total = sum(len(chunk) for chunk in r.iter_content(1 << 20))
         seconds = time.time() - t0
         done.set()

@@ -281,6 +281,12 @@ def session_python_config() -> str:
 
 SUDO_AVAILABLE = IS_ROOT and "spawner_class" not in session_python_config()
 
+# Most modules reach sessions under /passthrough/<id>/ on the server's own origin (path mode,
+# set explicitly as an installation must); test_origins.py, test_browser_isolation.py and
+# test_jupyterlab.py run the default, one origin per session, with ORIGIN_MODE.
+PATH_MODE = 'c.UWSApp.passthrough_mode = "path"\n'
+ORIGIN_MODE = 'c.UWSApp.passthrough_mode = "origin"\n'
+
 # The project's own start-up contract (api-contract 5.3): local logins, OS accounts created on
 # demand when the tests run as root; otherwise every user's files belong to the test runner.
 LOCAL_CONFIG = (
@@ -296,6 +302,7 @@ c.UWSApp.job_types = {{
 }}
 """.format(create=IS_ROOT, accounts="local" if IS_ROOT else "dev")
     + session_python_config()
+    + PATH_MODE
 )
 
 

@@ -16,20 +16,22 @@ import uuid
 from typing import Any
 
 import pytest
-import requests
+from test_origins import at, loopback
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server
+from conftest import LOCAL_CONFIG, ORIGIN_MODE, Client, Server, login, running_server
 from test_sessions import get_job, start, wait_ready, wait_status
 from test_workspaces import create
 
 pytest.importorskip("jupyterlab", reason="JupyterLab is installed with the test extras")
 
 # JupyterLab comes from this checkout's virtualenv, so these sessions run as the server's own
-# user (LocalProcessSpawner); SudoSpawner is covered by test_sessions.py.
+# user (LocalProcessSpawner); SudoSpawner is covered by test_sessions.py. Each session on an
+# origin of its own (the default), reached as test_origins.py explains.
 LAB_CONFIG = (
     LOCAL_CONFIG
+    + ORIGIN_MODE
     + """
 c.UWSApp.spawner_class = "local"
 c.UWSApp.heartbeat_seconds = 1
@@ -80,38 +82,39 @@ def lab(owner: Client):
 
 
 def test_link_opens_lab(lab: dict[str, Any]) -> None:
-    assert lab["url_path"] == f"/passthrough/{lab['id']}/lab?token={lab['token']}"
-    browser = requests.Session()
-    r = browser.get(lab["url_domain"] + lab["url_path"], timeout=30)
+    assert lab["url_path"] == f"/lab?token={lab['token']}"
+    assert lab["url_domain"].startswith(f"http://j{lab['id']}-")
+    r = at(lab["url_domain"] + lab["url_path"])
     assert r.status_code == 200
     assert "JupyterLab" in r.text
-    assert any(c.name == f"uws-session-{lab['id']}" for c in browser.cookies)
+    assert any(c.startswith(f"uws-session-{lab['id']}=") for c in r.raw.headers.getlist("Set-Cookie"))
 
 
 def test_notebook_opens_by_path(lab: dict[str, Any]) -> None:
     base, query = lab["url_path"].split("?")
-    r = requests.get(f"{lab['url_domain']}{base}/tree/analysis/nb.ipynb?{query}", timeout=30)
+    r = at(f"{lab['url_domain']}{base}/tree/analysis/nb.ipynb?{query}")
     assert r.status_code == 200 and "JupyterLab" in r.text
-    r = requests.get(
-        f"{lab['url_domain']}/passthrough/{lab['id']}/api/contents/analysis/nb.ipynb?{query}", timeout=30
-    )
+    r = at(f"{lab['url_domain']}/api/contents/analysis/nb.ipynb?{query}")
     assert r.status_code == 200
     assert r.json()["type"] == "notebook" and r.json()["content"]["nbformat"] == 4
 
 
 def test_kernel_runs_code_over_websocket(lab: dict[str, Any]) -> None:
-    api = f"{lab['url_domain']}/passthrough/{lab['id']}/api/kernels"
-    r = requests.post(api, params={"token": lab["token"]}, json={"name": "python3"}, timeout=60)
+    api = f"{lab['url_domain']}/api/kernels"
+    r = at(f"{api}?token={lab['token']}", "POST", json={"name": "python3"})
     assert r.status_code == 201, r.text
     kernel = r.json()["id"]
     url = api.replace("http", "ws") + f"/{kernel}/channels?token={lab['token']}"
     assert run_code(url, "print(6 * 7)") == "42\n"
-    requests.delete(f"{api}/{kernel}", params={"token": lab["token"]}, timeout=30)
+    at(f"{api}/{kernel}?token={lab['token']}", "DELETE")
 
 
 def run_code(url: str, code: str, headers: dict[str, str] | None = None, wait_output: bool = True) -> str:
+    url, host = loopback(url)
+
     async def scenario() -> str:
-        conn = await websocket_connect(HTTPRequest(url, headers=headers or {}, request_timeout=30))
+        request = HTTPRequest(url, headers={"Host": host, **(headers or {})}, request_timeout=30)
+        conn = await websocket_connect(request)
         msg_id = uuid.uuid4().hex
         await conn.write_message(
             json.dumps(
@@ -156,14 +159,14 @@ def run_code(url: str, code: str, headers: dict[str, str] | None = None, wait_ou
 
 
 def test_stranger_refused_at_every_step(lab: dict[str, Any], stranger: Client) -> None:
-    base = f"{lab['url_domain']}/passthrough/{lab['id']}"
+    base = lab["url_domain"]
     h = stranger.headers()
     for r in (
-        requests.get(f"{base}/lab", headers=h, timeout=10),
-        requests.get(f"{base}/lab/tree/analysis/nb.ipynb", headers=h, timeout=10),
-        requests.post(f"{base}/api/kernels", headers=h, json={"name": "python3"}, timeout=10),
-        requests.get(f"{base}/api/contents/analysis/nb.ipynb", headers=h, timeout=10),
-        requests.get(f"{base}/api/kernels?token=not-the-token", timeout=10),
+        at(f"{base}/lab", headers=h),
+        at(f"{base}/lab/tree/analysis/nb.ipynb", headers=h),
+        at(f"{base}/api/kernels", "POST", headers=h, json={"name": "python3"}),
+        at(f"{base}/api/contents/analysis/nb.ipynb", headers=h),
+        at(f"{base}/api/kernels?token=not-the-token"),
     ):
         assert r.status_code == 403
         assert r.json()["message"] == "You do not have access to this session."
@@ -203,10 +206,8 @@ def test_chromium_renders_lab(lab: dict[str, Any]) -> None:
 
 def test_busy_kernel_keeps_session_alive_then_culled(owner: Client) -> None:
     session = launch(owner, "jupyter_idle")
-    api = f"{session['url_domain']}/passthrough/{session['id']}/api/kernels"
-    kernel = requests.post(
-        api, params={"token": session["token"]}, json={"name": "python3"}, timeout=60
-    ).json()["id"]
+    api = f"{session['url_domain']}/api/kernels"
+    kernel = at(f"{api}?token={session['token']}", "POST", json={"name": "python3"}).json()["id"]
     url = api.replace("http", "ws") + f"/{kernel}/channels?token={session['token']}"
     started = time.time()
     # Busy for 12 s, twice the idle timeout: the session must survive it.

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import uvloop
 from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.routing import PathMatches, Rule
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default
+from traitlets import validate as validate_trait
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
@@ -47,6 +49,11 @@ ORIGINAL_AUTH_NAMES = {
     "psc": "PSCAPIUserAuthentication",
     "globus": "GlobusUserAuthentication",
 }
+# A host name as DNS has it (letters, digits, hyphens; dot-separated labels): sessions get names
+# under it, and it ends up in Host headers and cookies.
+_DOMAIN = re.compile(
+    r"(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
 ORIGINAL_STORAGE_NAMES = {"local": "LocalFileSystemStorage", "hubmap": "HubmapLocalFileSystemStorage"}
 
 DEFAULT_PARAMETERS = [
@@ -197,10 +204,42 @@ class UWSApp(Application):
     passthrough_url = Unicode(
         "",
         config=True,
-        help="""Origin (scheme://host[:port]) of the session links in connection_details.url_domain.
-        Set it to a host name of its own (pointing at this same server) to serve sessions from
-        their own origin, apart from the API. Default: public_url.""",
+        help="""Scheme and port of session links (scheme://host[:port]). With
+        passthrough_mode 'origin', only its scheme and port are used (each session has its own
+        host name under session_host); with 'path', it is connection_details.url_domain itself.
+        Default: public_url.""",
     )
+    passthrough_mode = Enum(
+        ["origin", "path"],
+        "origin",
+        config=True,
+        help="""How browsers reach sessions. 'origin' (the default): each session is served from
+        a host name of its own, https://j<job id>-<random>.<session_host>/, so the browser keeps
+        one session's pages from reading or driving any other; this needs a wildcard DNS record
+        (and a wildcard TLS certificate) for *.<session_host> pointing at this server. 'path':
+        every session under /passthrough/<job id>/ on the server's own origin, where a page in
+        one session can act in every other session the same browser opens: only for
+        single-user or fully trusted installations.""",
+    )
+    session_host = Unicode(
+        "localhost",
+        config=True,
+        help="""The domain under which sessions get their host names (passthrough_mode
+        'origin'), e.g. 'sessions.example.org' for https://j12-3f9c0a1b2d4e5f60.sessions.example.org/.
+        Use a domain of its own where nothing else sets cookies, not the API's host or a parent
+        of it. The default, 'localhost', suits development: browsers resolve *.localhost to this
+        machine.""",
+    )
+
+    @validate_trait("session_host")
+    def _check_session_host(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip().lower().rstrip(".")
+        if not _DOMAIN.fullmatch(value):
+            raise TraitError(
+                f"session_host must be a DNS name without scheme or port, not {proposal['value']!r}"
+            )
+        return value
+
     authenticator_class = Unicode(
         "dev",
         config=True,
@@ -563,14 +602,20 @@ class UWSApp(Application):
             (r"/status/?", meta.StatusHandler),
             (r"/openapi.yaml", meta.OpenAPIHandler),
         ]
-        passthrough = [(rf"/passthrough/{i}(?:/.*)?", proxy.PassthroughHandler)]
+        passthrough: list[Any] = [(rf"/passthrough/{i}(?:/.*)?", proxy.PassthroughHandler)]
+        passthrough_upgrades = [
+            Rule(UpgradeMatches(rf"/passthrough/{i}(?:/.*)?"), proxy.PassthroughWebSocket)
+        ]
+        if self.passthrough_mode == "origin":
+            passthrough = [(r"/passthrough/.*", proxy.SessionElsewhereHandler)]
+            passthrough_upgrades = []
         ws_routes = [
             (r"/ws/events/?", ws.EventsHandler),
             (r"/ws/jobs/?", ws.JobStreamHandler),
             (rf"/ws/jobs/{i}/?", ws.JobStreamHandler),
         ]
         upgrade_routes = [
-            Rule(UpgradeMatches(rf"/passthrough/{i}(?:/.*)?"), proxy.PassthroughWebSocket),
+            *passthrough_upgrades,
             Rule(UpgradeMatches(r"/jobs/?"), ws.JobStreamHandler),
             Rule(UpgradeMatches(rf"/jobs/{i}/?"), ws.JobStreamHandler),
         ]
@@ -585,6 +630,29 @@ class UWSApp(Application):
             compress_response=False,
             xheaders=True,
         )
+        if self.passthrough_mode == "origin":
+            # Every path on a session's host goes to that session, before any API route is tried.
+            self.webapp.add_handlers(
+                ".*" + re.escape(self.session_hosts.suffix),
+                [
+                    Rule(UpgradeMatches(r".*"), proxy.PassthroughWebSocket),
+                    (r".*", proxy.PassthroughHandler),
+                ],
+            )
+
+    def check_session_host(self) -> None:
+        """An API host name under the session domain would be routed to sessions (and share
+        cookies with them): refuse to start."""
+        if self.passthrough_mode != "origin":
+            return
+        from urllib.parse import urlsplit
+
+        for url in (self.public_origin(), self.passthrough_url):
+            name = (urlsplit(url).hostname or "").lower() if url else ""
+            if name and self.session_hosts.is_session_host(name):
+                raise ConfigError(
+                    [f"The API's host name {name!r} is under UWSApp.session_host {self.session_host!r}"]
+                )
 
     # ---- sessions ----------------------------------------------------------------------------
     def make_spawner(self, job_id: int, account: Account, workspace_dir: str, name: str | None = None) -> Any:
@@ -617,18 +685,43 @@ class UWSApp(Application):
     def public_origin(self) -> str:
         return self.public_url or f"http://{self.ip}:{self.port}"
 
-    def connection_url(self, job_id: int, ready: dict[str, Any]) -> tuple[str, str]:
+    @property
+    def session_hosts(self) -> Any:
+        from .proxy import SessionHosts
+
+        hosts = getattr(self, "_session_hosts", None)
+        if hosts is None:
+            hosts = self._session_hosts = SessionHosts(self.session_host)
+        return hosts
+
+    def sessions_base(self) -> str:
+        """scheme://host[:port] that session links start from, before origin mode swaps the host."""
+        return (self.passthrough_url or self.public_origin()).rstrip("/")
+
+    def session_origin(self, job_id: int, label: str) -> str:
+        """A session's own origin: the scheme and port of passthrough_url (or public_url, or the
+        server's own), the host name j<id>-<label>.<session_host>."""
+        scheme, _, rest = self.sessions_base().partition("://")
+        authority = rest.split("/", 1)[0]
+        port = ""
+        if not authority.endswith("]") and ":" in authority:
+            port = ":" + authority.rsplit(":", 1)[1]
+        return f"{scheme}://{self.session_hosts.name(job_id, label)}{port}"
+
+    def connection_url(self, job_id: int, ready: dict[str, Any], label: str) -> tuple[str, str]:
         """url_domain and url_path of a ready session, through this server's passthrough.
 
-        The link carries the job's token (exchanged for a cookie on first use) and has exactly
-        one '?', so clients can insert /tree/<path> before the query."""
-        prefix = f"/passthrough/{job_id}"
+        url_domain is an origin (no path, no trailing slash); url_path starts with '/' and has
+        at most one '?', so clients can insert /tree/<path> before the query."""
         path = ready.get("path") or "/"
+        if not path.startswith("/"):
+            path = "/" + path
+        if self.passthrough_mode == "origin":
+            return self.session_origin(job_id, label), with_link_token(path, ready)
+        prefix = f"/passthrough/{job_id}"
         if not path.startswith(prefix + "/"):
-            path = prefix + (path if path.startswith("/") else "/" + path)
-        if "token=" not in path and ready.get("token"):
-            path += ("&" if "?" in path else "?") + f"token={ready['token']}"
-        return (self.passthrough_url or self.public_origin()).rstrip("/"), path
+            path = prefix + path
+        return self.sessions_base(), with_link_token(path, ready)
 
     # ---- helpers used by services ------------------------------------------------------------
     async def storage_account(self, username: str) -> Account:
@@ -728,6 +821,11 @@ class UWSApp(Application):
         except Exception as e:
             self.log.error("%s", e)
             self.exit(1)
+        try:
+            self.check_session_host()
+        except ConfigError as e:
+            self.log.error("%s", e)
+            self.exit(2)
         self.init_auth()
         self.init_storage()
         from .sessions.channel import ChannelError
@@ -775,6 +873,14 @@ class UWSApp(Application):
             url,
             self.db.engine.url.render_as_string(hide_password=True),
         )
+        if self.passthrough_mode == "path":
+            self.log.warning(
+                "Sessions are served under /passthrough/<id>/ on one origin (passthrough_mode = "
+                "'path'): a page in one session can act in any other session the same browser "
+                "opens. Use this only for a single user or fully trusted users."
+            )
+        else:
+            self.log.info("Sessions are served from their own origins under *.%s", self.session_host)
         if self.authenticator_class == "dev":
             self.log.info(
                 "Development login: no client token needed. Try:\n"
@@ -805,6 +911,13 @@ class UpgradeMatches(PathMatches):
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return None
         return super().match(request)
+
+
+def with_link_token(path: str, ready: dict[str, Any]) -> str:
+    """A session link with the job's token in its query (exchanged for a cookie on first use)."""
+    if "token=" not in path and ready.get("token"):
+        path += ("&" if "?" in path else "?") + f"token={ready['token']}"
+    return path
 
 
 def log_request(handler: web.RequestHandler) -> None:

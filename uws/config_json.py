@@ -7,9 +7,11 @@ the server never knows which format it was started with.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from traitlets.config import Config
 
@@ -171,6 +173,11 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
             problems.append(f"{path}.parameter_mapping must map option names to strings")
         if not isinstance(entry.get("passthrough_domain", ""), str):
             problems.append(f"{path}.passthrough_domain must be a string")
+        elif entry.get("passthrough_domain") and session_domain(entry["passthrough_domain"]) is None:
+            warnings.append(
+                f"{path}.passthrough_domain {entry['passthrough_domain']!r} is not a domain name: "
+                "sessions get host names under UWSApp.session_host instead"
+            )
         if kind == "SlurmAPIResource":
             for field in ("root_url", "api_token"):
                 if not details.get(field):
@@ -230,6 +237,23 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
+def session_domain(value: str) -> str | None:
+    """The host name part of a passthrough_domain (which may carry a scheme or port), or None
+    for an address or anything else that cannot have session host names under it."""
+    host = (urlsplit(value if "://" in value else "//" + value).hostname or "").rstrip(".")
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if not host or not all(
+        label and label.replace("-", "").isalnum() and label.isascii() for label in labels
+    ):
+        return None
+    return host
+
+
 def load(path: str) -> tuple[Config, list[str]]:
     """Read and validate an original-format file; return traitlets config and warnings."""
     try:
@@ -279,6 +303,10 @@ def to_traitlets(raw: dict[str, Any], base_dir: str) -> Config:
         c.PSCAuthenticator.health_check_url = details.get("health_check_url", "")
 
     resource = raw["available_resources"][raw["main_resource"]]
+    domain = session_domain(resource.get("passthrough_domain") or "")
+    if domain:
+        # The original served sessions from host names under this domain; so does UWS.
+        c.UWSApp.session_host = domain
     if resource["resource_type"] == "SlurmAPIResource":
         # The original submitted through PSC's job-control service (root_url, api_token); UWS
         # talks to slurmrestd itself, so those two do not carry over (set SlurmRestSpawner.url).

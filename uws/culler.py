@@ -94,13 +94,17 @@ class IdleCuller:
     async def last_activity(self, job_id: int, job_type_id: str, state: dict[str, Any]) -> float:
         job_type = self.app.job_types.get(job_type_id, {})
         if job_type.get("job_type") == "JupyterLabJob":
-            return await self.jupyter_activity(job_id, state["ready"])
+            return await self.jupyter_activity(job_id, state["ready"], state.get("base_url"))
         target = self.app.proxy.targets.get(job_id)
         return target.last_activity if target is not None else 0.0
 
-    async def jupyter_activity(self, job_id: int, ready: dict[str, Any]) -> float:
+    async def jupyter_activity(
+        self, job_id: int, ready: dict[str, Any], base_url: str | None = None
+    ) -> float:
         """Busy kernel: now. Otherwise the newest kernel activity (0 without kernels)."""
-        url = f"http://{ready.get('host', '127.0.0.1')}:{ready['port']}/passthrough/{job_id}/api/kernels"
+        # (Jobs started before base_url was recorded all served under /passthrough/<id>/.)
+        base = base_url or f"/passthrough/{job_id}/"
+        url = f"http://{ready.get('host', '127.0.0.1')}:{ready['port']}{base}api/kernels"
         try:
             response = await AsyncHTTPClient().fetch(
                 url,

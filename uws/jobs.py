@@ -23,6 +23,7 @@ from .errors import APIError
 from .jobtypes import JobTypeError, build_spec, minutes, settings_for
 from .models import job_model
 from .params import translate, validate_resource_options
+from .proxy import new_host_label
 from .spawners.base import LaunchError, Spawner
 from .utils import utcnow
 from .workspaces import ACTIVE_JOB_STATUSES, DIR_FAILURE_JOBS
@@ -206,6 +207,7 @@ class JobService:
     ) -> dict[str, Any]:
         app = self.app
         secret = secrets.token_hex(32)
+        label = new_host_label()
 
         def _create(session: Any) -> int:
             job = orm.Job(
@@ -225,6 +227,7 @@ class JobService:
                     "cpus": cpus,
                     "time_limit_minutes": limit,
                     "resource_options": translated,
+                    "host_label": label,
                 },
             )
             session.add(job)
@@ -236,6 +239,9 @@ class JobService:
         self.owners[job_id] = user.id
         self.launching.add(job_id)
         spawner = app.make_spawner(job_id, account, ws.file_path)
+        # On an origin of its own, a session's app serves from "/".
+        by_origin = app.passthrough_mode == "origin"
+        base_url = "/" if by_origin else f"/passthrough/{job_id}/"
         try:
             spec = build_spec(
                 app.job_templates,
@@ -244,9 +250,9 @@ class JobService:
                 job_id=job_id,
                 workspace_dir=ws.file_path,
                 job_dir=spawner.job_dir,
-                base_url=f"/passthrough/{job_id}/",
+                base_url=base_url,
                 time_limit_minutes=limit,
-                origin=app.public_origin(),
+                origin=app.session_origin(job_id, label) if by_origin else app.public_origin(),
             )
             spec["heartbeat_seconds"] = app.heartbeat_seconds
             spec["resource_options"] = translated
@@ -272,6 +278,8 @@ class JobService:
             "time_limit_minutes": limit,
             "spawner": type(spawner).__name__,
             "proxy_strip_prefix": strip,
+            "host_label": label,
+            "base_url": base_url,
             "idle_timeout_seconds": settings.get("idle_timeout_seconds"),
         }
 
@@ -487,7 +495,8 @@ class JobService:
                     metrics["time_pending"] = round(
                         (job.datetime_start - job.datetime_created).total_seconds(), 6
                     )
-                url_domain, url_path = app.connection_url(job_id, ready)
+                label = str((job.spawner_state or {}).get("host_label") or "")
+                url_domain, url_path = app.connection_url(job_id, ready, label)
                 job.spawner_state = {**(job.spawner_state or {}), "ready": ready}
                 current["message"] = "Webserver ready."
                 current["proxy_details"] = {

@@ -12,6 +12,7 @@ import re
 import shlex
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 KNOWN_TYPES = ("LocalTestJob", "JupyterLabJob", "AppyterJob", "CommandJob", "YACJob")
 HELPER_PLACEHOLDERS = ("port", "base_url", "token")
@@ -76,6 +77,8 @@ def build_spec(
     values.update(
         {"python": sys.executable, "workspace": workspace_dir, "job_dir": job_dir, "origin": origin}
     )
+    # The host name browsers reach the session by, which apps that check Host must accept.
+    values["host_name"] = urlsplit(origin).hostname or "localhost"
     if kind == "JupyterLabJob":
         values["python"] = jupyter_python(settings, workspace_dir)
     command = template["command"]

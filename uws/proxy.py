@@ -1,10 +1,18 @@
-"""Passthrough: who may reach a session through /passthrough/<job id>/, and where it is.
+"""Passthrough: who may reach a session, where it is, and which browser origin it lives on.
 
 The target host and port always come from the job record (what the job's helper reported),
 never from the request (S5). A request gets through when it carries the job owner's
 UWS-Authorization header, the job's access cookie, or the job's token in ?token= (the link in
-connection_details): the token is then exchanged for an HttpOnly cookie scoped to the job's
-path, so later requests (assets, XHR, websockets) need nothing more.
+connection_details): the token is then exchanged for an HttpOnly cookie, so later requests
+(assets, XHR, websockets) need nothing more.
+
+Two ways to reach a session (UWSApp.passthrough_mode):
+- "origin" (the default): each session has a host name of its own, j<id>-<label>.<session_host>,
+  so the browser's same-origin policy keeps one session's pages out of every other session.
+  The label is random per job, so a session's origin cannot be guessed from its id.
+- "path": /passthrough/<id>/ on the server's own origin. Every session shares one origin there,
+  so any session's page can script any other the same browser has open: for single-user or
+  trusted installations only.
 """
 
 from __future__ import annotations
@@ -12,14 +20,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+
 from . import orm
 
 COOKIE_SECONDS = 12 * 3600
+# A user's deactivation is seen by passthrough cookies within this long (as by login tokens).
+USER_CACHE_SECONDS = 2.0
+# j<id>-<label>: ids as the API's routes take them (no job has an id past 64 bits), labels as
+# new_host_label makes them.
+_SESSION_LABEL = re.compile(r"j([0-9]{1,18})-([a-z0-9]{1,40})")
+
+
+def new_host_label() -> str:
+    """The random part of a new job's host name (64 bits, lower-case hex: valid in DNS)."""
+    return secrets.token_hex(8)
 
 
 @dataclass
@@ -31,6 +52,12 @@ class Target:
     token: str
     strip_prefix: bool
     job_type: str
+    label: str = ""
+    # /passthrough/<id> when sessions share the server's origin (path mode); None on their own.
+    path_prefix: str | None = None
+    # Cookies issued before this (microseconds since the epoch) no longer let anyone in: the
+    # owner logged out or revoked tokens since.
+    cookies_not_before: int = 0
     last_activity: float = field(default_factory=time.time)
     bytes_in: int = 0
     bytes_out: int = 0
@@ -40,12 +67,44 @@ def cookie_name(job_id: int) -> str:
     return f"uws-session-{job_id}"
 
 
+class SessionHosts:
+    """Host names of sessions: j<id>-<label>.<domain>, any port."""
+
+    def __init__(self, domain: str) -> None:
+        self.suffix = "." + domain.lower().strip(".")
+
+    def is_session_host(self, host: str) -> bool:
+        """Whether a Host header names something under the session domain (a session, or a
+        name that only looks like one): such requests never reach the API."""
+        return host_name(host).endswith(self.suffix)
+
+    def job(self, host: str) -> tuple[int, str] | None:
+        """(job id, label) of a session's Host header, or None."""
+        name = host_name(host)
+        if not name.endswith(self.suffix):
+            return None
+        match = _SESSION_LABEL.fullmatch(name[: -len(self.suffix)])
+        return (int(match.group(1)), match.group(2)) if match else None
+
+    def name(self, job_id: int, label: str) -> str:
+        return f"j{job_id}-{label}{self.suffix}"
+
+
+def host_name(host: str) -> str:
+    """A Host header without its port, lower case (host names are case-blind)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class ProxyService:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.db = app.db
         self.targets: dict[int, Target] = {}
         self.secret = self._load_secret()
+        self._active: dict[int, tuple[float, bool]] = {}
 
     def _load_secret(self) -> bytes:
         """Cookie signing key, kept in the data directory so cookies survive restarts."""
@@ -68,6 +127,9 @@ class ProxyService:
         target = self.targets.get(job_id)
         if target is not None:
             return target
+        # Prefixes are only ever stripped from /passthrough/<id>/ paths: a session on an origin of
+        # its own gets every path as the browser sent it.
+        path_mode = self.app.passthrough_mode == "path"
 
         def _load(session: Any) -> Target | None:
             job = session.get(orm.Job, job_id)
@@ -85,8 +147,11 @@ class ProxyService:
                 ready.get("host") or "127.0.0.1",
                 int(ready["port"]),
                 ready.get("token") or "",
-                bool(state.get("proxy_strip_prefix")),
+                path_mode and bool(state.get("proxy_strip_prefix")),
                 job.job_type,
+                str(state.get("host_label") or ""),
+                f"/passthrough/{job.id}" if path_mode else None,
+                int(state.get("cookies_not_before") or 0),
             )
 
         target = await self.db.run(_load)
@@ -102,22 +167,61 @@ class ProxyService:
         return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()
 
     def make_cookie(self, job_id: int, user_id: int) -> str:
-        payload = f"{job_id}.{user_id}.{int(time.time()) + COOKIE_SECONDS}"
+        """job.user.issued (microseconds).signature: the issue time lets a logout end it."""
+        payload = f"{job_id}.{user_id}.{time.time_ns() // 1000}"
         return f"{payload}.{self._sign(payload)}"
 
-    def cookie_user(self, job_id: int, value: str | None) -> int | None:
-        if not value:
-            return None
+    async def cookie_user(self, target: Target, value: str | None) -> int | None:
+        """The user a job's cookie lets in: signed by us for this job, under 12 hours old, issued
+        after the owner's last logout, and the owner still active."""
+        if not value or not value.isascii():
+            return None  # (what is not ASCII was never ours, and compare_digest refuses it)
         payload, _, signature = value.rpartition(".")
         if not hmac.compare_digest(self._sign(payload), signature):
             return None
         parts = payload.split(".")
         if len(parts) != 3 or not all(p.isdigit() for p in parts):
             return None
-        cookie_job, user_id, expires = (int(p) for p in parts)
-        if cookie_job != job_id or expires < time.time():
+        cookie_job, user_id, issued = (int(p) for p in parts)
+        if cookie_job != target.job_id or issued <= target.cookies_not_before:
+            return None
+        if issued / 1e6 + COOKIE_SECONDS < time.time():
+            return None
+        if not await self.user_active(user_id):
             return None
         return user_id
+
+    async def user_active(self, user_id: int) -> bool:
+        cached = self._active.get(user_id)
+        now = time.monotonic()
+        if cached is None or now - cached[0] > USER_CACHE_SECONDS:
+
+            def _load(session: Any) -> bool:
+                return bool(session.scalar(select(orm.User.is_active).where(orm.User.id == user_id)))
+
+            cached = (now, await self.db.run(_load))
+            if len(self._active) > 100_000:
+                self._active.clear()
+            self._active[user_id] = cached
+        return cached[1]
+
+    async def end_cookies(self, user_id: int) -> None:
+        """Refuse every passthrough cookie issued so far for the user's sessions (logout, token
+        revocation). Kept with each job, so it holds across restarts."""
+        now = time.time_ns() // 1000
+
+        def _stamp(session: Any) -> list[int]:
+            jobs = session.scalars(
+                select(orm.Job).where(orm.Job.user_id == user_id, orm.Job.status.in_(("pending", "running")))
+            ).all()
+            for job in jobs:
+                job.spawner_state = {**(job.spawner_state or {}), "cookies_not_before": now}
+            return [job.id for job in jobs]
+
+        for job_id in await self.db.run(_stamp):
+            target = self.targets.get(job_id)
+            if target is not None:
+                target.cookies_not_before = now
 
     # ---- activity --------------------------------------------------------------------------
     def touch(self, target: Target, bytes_in: int = 0, bytes_out: int = 0) -> None:

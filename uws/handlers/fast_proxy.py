@@ -24,59 +24,61 @@ from ..proxy import cookie_name
 from ..upstream import UpstreamError
 from . import proxy as full
 
-PREFIX = "/passthrough/"
 log = logging.getLogger("uws.proxy")
+Route = tuple[int, str | None]  # job id and, on a session's own host, the host name's label
 
 
-def _bodyless_to_session(path: str, headers: Head | httputil.HTTPHeaders) -> bool:
-    """A request to a session without a body or a token to exchange, with one Host (as
-    Tornado's full path insists): what both relays may take on."""
+def _bodyless(path: str, headers: Head | httputil.HTTPHeaders) -> bool:
+    """A request without a body or a token to exchange, with one Host (as Tornado's full path
+    insists): what both relays may take on."""
     return (
-        path.startswith(PREFIX)
-        and "Content-Length" not in headers
+        "Content-Length" not in headers
         and "Transfer-Encoding" not in headers
         and "token=" not in path
         and "," not in headers.get("Host", ",")
     )
 
 
-def may_take(method: str, path: str, headers: Head | httputil.HTTPHeaders) -> bool:
-    """Whether a request is of the kind the fast path relays: a bodyless GET or HEAD to a
-    session, without a token to exchange or an upgrade. (Whether its sender is let in is
+def may_take(uws: Any, method: str, path: str, headers: Head | httputil.HTTPHeaders) -> Route | None:
+    """The session a request is for, if it is of the kind the fast path relays: a bodyless GET
+    or HEAD, without a token to exchange or an upgrade. (Whether its sender is let in is
     `admitted_target`'s question.)"""
-    return method in ("GET", "HEAD") and "Upgrade" not in headers and _bodyless_to_session(path, headers)
+    if method in ("GET", "HEAD") and "Upgrade" not in headers and _bodyless(path, headers):
+        return full.session_route(uws, path, headers.get("Host", ""))
+    return None
 
 
-def is_websocket(method: str, path: str, headers: Head) -> bool:
-    """Whether a request opens a websocket to a session (without a token to exchange)."""
-    return (
+def is_websocket(uws: Any, method: str, path: str, headers: Head) -> Route | None:
+    """The session a request opens a websocket to (without a token to exchange), if it does."""
+    if (
         method == "GET"
         and headers.get("Upgrade", "").lower() == "websocket"
         and "upgrade" in headers.get("Connection", "").lower()
-        and _bodyless_to_session(path, headers)
-    )
+        and _bodyless(path, headers)
+    ):
+        return full.session_route(uws, path, headers.get("Host", ""))
+    return None
 
 
-async def admitted_target(uws: Any, path: str, headers: Head | httputil.HTTPHeaders) -> Any:
-    """The running session a request's path names, if its cookie or header is the owner's;
-    None sends the request to the full handlers (which explain a refusal)."""
-    job_part = path[len(PREFIX) :].split("/", 1)[0]
-    if not (job_part.isascii() and job_part.isdigit()) or len(job_part) > 18:
-        return None  # (no job has an id past 64 bits; the full handlers answer such a path)
-    target = await uws.proxy.target(int(job_part))  # cached; the first request after a restart loads it
-    if target is None:
+async def admitted_target(uws: Any, route: Route, method: str, headers: Head | httputil.HTTPHeaders) -> Any:
+    """The running session a request is for, if its cookie or header is the owner's; None sends
+    the request to the full handlers (which explain a refusal)."""
+    target = await uws.proxy.target(route[0])  # cached; the first request after a restart loads it
+    if target is None or not full.label_matches(target, route[1]):
         return None
-    try:
-        cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(target.job_id))
-    except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
-        cookie = None
-    user = await full.credential_user(uws, target.job_id, cookie, headers.get("UWS-Authorization"))
+    cookie = None
+    if full.cookie_counts(method, headers):
+        try:
+            cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(target.job_id))
+        except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
+            pass
+    user = await full.credential_user(uws, target, cookie, headers.get("UWS-Authorization"))
     return target if user == target.user_id else None
 
 
-def answer_headers(upstream: Head) -> Head:
+def answer_headers(upstream: Head, target: Any, request_path: str) -> Head:
     """The session's answer's headers as the fast path relays them: its own Date and length."""
-    headers = full.response_headers(upstream, keep_length=True)
+    headers = full.response_headers(upstream, True, target, request_path)
     date = upstream.get("Date")
     if date is not None:
         headers.add("Date", date)
@@ -141,17 +143,18 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
 
     # ---- choosing ----------------------------------------------------------------------------
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
-        if may_take(start_line.method, start_line.path, headers):
-            return self._check(start_line, headers)
+        route = may_take(self.app.settings["uws"], start_line.method, start_line.path, headers)
+        if route is not None:
+            return self._check(route, start_line, headers)
         return self._to_application(start_line, headers)
 
     def _to_application(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         self.inner = web.Application.start_request(self.app, self.server_conn, self.request_conn)
         return self.inner.headers_received(start_line, headers)
 
-    async def _check(self, start_line: Any, headers: httputil.HTTPHeaders) -> None:
+    async def _check(self, route: Route, start_line: Any, headers: httputil.HTTPHeaders) -> None:
         uws = self.app.settings["uws"]
-        target = await admitted_target(uws, start_line.path, headers)
+        target = await admitted_target(uws, route, start_line.method, headers)
         if target is not None:
             context = self.request_conn.context
             upstream_headers = full.forward_headers(
@@ -159,6 +162,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
                 headers.get("Host", ""),
                 getattr(context, "remote_ip", ""),
                 getattr(context, "protocol", "http"),
+                target,
             )
             self.relay = (target, full.upstream_uri(target, start_line.path), upstream_headers)
             self.start = time.perf_counter()
@@ -197,7 +201,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
 
         def on_headers(start: httputil.ResponseStartLine, upstream: Head) -> None:
             status[0] = start.code
-            headers = answer_headers(upstream)
+            headers = answer_headers(upstream, target, self.start_line.path)
             pending[:] = [
                 httputil.ResponseStartLine("HTTP/1.1", start.code, start.reason),
                 headers.to_tornado(),

@@ -28,7 +28,15 @@ from ..access_log import log_access
 from ..http_head import Head
 from ..upstream import UpstreamError
 from . import proxy as full
-from .fast_proxy import admitted_target, answer_headers, failure_body, fetch_bodyless, is_websocket, may_take
+from .fast_proxy import (
+    Route,
+    admitted_target,
+    answer_headers,
+    failure_body,
+    fetch_bodyless,
+    is_websocket,
+    may_take,
+)
 
 log = logging.getLogger("uws.proxy")
 
@@ -190,23 +198,24 @@ class FrontConnection(asyncio.Protocol):
         except Exception:  # Tornado answers a malformed request with its 400
             self._hand_off()
             return
-        if start.version == "HTTP/1.1" and is_websocket(start.method, start.path, headers):
-            self.task = asyncio.ensure_future(self._serve_websocket(start, headers, end + 4))
-            return
-        if (
-            start.version != "HTTP/1.1"
-            or not may_take(start.method, start.path, headers)
-            or "Expect" in headers
-            or "close" in headers.get("Connection", "").lower()
-        ):
+        uws = self.front.uws
+        if start.version != "HTTP/1.1":
             self._hand_off()
             return
-        self.task = asyncio.ensure_future(self._serve(start, headers, end + 4))
+        route = is_websocket(uws, start.method, start.path, headers)
+        if route is not None:
+            self.task = asyncio.ensure_future(self._serve_websocket(start, headers, end + 4, route))
+            return
+        route = may_take(uws, start.method, start.path, headers)
+        if route is None or "Expect" in headers or "close" in headers.get("Connection", "").lower():
+            self._hand_off()
+            return
+        self.task = asyncio.ensure_future(self._serve(start, headers, end + 4, route))
 
-    async def _admit(self, start: httputil.RequestStartLine, headers: Head, size: int) -> Any:
+    async def _admit(self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route) -> Any:
         """The request's session, its head taken from the buffer; or None, the connection handed
         to Tornado, whose handlers give the refusal or the token exchange."""
-        target = await admitted_target(self.front.uws, start.path, headers)
+        target = await admitted_target(self.front.uws, route, start.method, headers)
         if target is None:
             self.task = None
             if not self.gone:
@@ -215,9 +224,9 @@ class FrontConnection(asyncio.Protocol):
         del self.buffer[:size]
         return target
 
-    async def _serve(self, start: httputil.RequestStartLine, headers: Head, size: int) -> None:
+    async def _serve(self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route) -> None:
         try:
-            target = await self._admit(start, headers, size)
+            target = await self._admit(start, headers, size, route)
             if target is None:
                 return
             began = time.perf_counter()
@@ -269,7 +278,7 @@ class FrontConnection(asyncio.Protocol):
         uws = self.front.uws
         transport = self.transport
         assert transport is not None
-        upstream_headers = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol)
+        upstream_headers = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
         status = 0
         head: bytes | None = None
         chunked = False
@@ -277,7 +286,7 @@ class FrontConnection(asyncio.Protocol):
         def on_headers(answer: httputil.ResponseStartLine, upstream: Head) -> None:
             nonlocal status, head, chunked
             status = answer.code
-            out = answer_headers(upstream)
+            out = answer_headers(upstream, target, start.path)
             bodyless = start.method == "HEAD" or status in (204, 304) or status < 200
             if not bodyless and "Content-Length" not in out:
                 out.add("Transfer-Encoding", "chunked")  # the app's own framing, or none (read to close)
@@ -342,18 +351,20 @@ class FrontConnection(asyncio.Protocol):
         )
 
     # ---- websockets ----------------------------------------------------------------------------
-    async def _serve_websocket(self, start: httputil.RequestStartLine, headers: Head, size: int) -> None:
+    async def _serve_websocket(
+        self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route
+    ) -> None:
         """Relay a websocket as bytes: the app's own handshake answer, then whatever either side
         sends, frames, pings and close codes alike, untouched."""
         uws = self.front.uws
         upstream: _WebSocketUpstream | None = None
         try:
-            target = await self._admit(start, headers, size)
+            target = await self._admit(start, headers, size, route)
             if target is None:
                 return
             began = time.perf_counter()
             remote_ip, protocol = self._origin(headers)
-            out = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol)
+            out = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
             out.add("Connection", "Upgrade")
             out.add("Upgrade", headers["Upgrade"])
             loop = asyncio.get_running_loop()

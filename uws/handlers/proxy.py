@@ -1,4 +1,5 @@
-"""/passthrough/<job id>/...: the authenticated proxy from the browser to a running session.
+"""The authenticated proxy from the browser to a running session: every path on a session's
+own host name (passthrough_mode "origin"), or /passthrough/<job id>/... on the server's (path).
 
 HTTP bodies stream both ways with back-pressure (a multi-GB download or upload never sits in
 memory); websockets relay text and binary frames, pings and close codes. Requests that are not
@@ -8,6 +9,7 @@ the owner's get 403 before anything reaches the session.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import Any
@@ -17,8 +19,9 @@ from tornado.iostream import StreamClosedError
 
 from ..errors import APIError, not_authenticated
 from ..http_head import Head
-from ..proxy import Target, cookie_name
+from ..proxy import Target, cookie_name, host_name
 from ..upstream import UpstreamError, UpstreamPool
+from .base import BaseHandler
 
 log = logging.getLogger("uws.proxy")
 
@@ -34,9 +37,32 @@ HOP_BY_HOP = {
     "upgrade",
     "content-length",
 }
-STRIP_TO_UPSTREAM = {"uws-authorization", "host", "cookie"}
+# Never forwarded: UWS's own credentials, and what the client says about where the request came
+# from (the passthrough says that itself; apps that trust X-Forwarded-* must not be lied to).
+STRIP_TO_UPSTREAM = frozenset(
+    {
+        "uws-authorization",
+        "host",
+        "cookie",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-scheme",
+    }
+)
+# On the server's own origin (path mode), the browser's Authorization belongs to that origin
+# (basic auth in front of the server, say), not to the session.
+STRIP_TO_UPSTREAM_BY_PATH = STRIP_TO_UPSTREAM | {"authorization"}
+# On the shared origin (path mode) these would let one session act on every other: a service
+# worker scoped to "/" sees later navigations to other sessions; Clear-Site-Data wipes their
+# cookies and storage.
+ORIGIN_WIDE_ANSWERS = frozenset({"service-worker-allowed", "clear-site-data"})
 QUEUE_CHUNKS = 8
 WEBSOCKET_REFUSED = "The session did not accept the websocket."
+PREFIX = "/passthrough/"
 
 _pool: UpstreamPool | None = None
 
@@ -48,16 +74,17 @@ def upstream_pool() -> UpstreamPool:
     return _pool
 
 
-def forward_headers(request_headers: Any, host: str, remote_ip: str, protocol: str) -> Head:
+def forward_headers(request_headers: Any, host: str, remote_ip: str, protocol: str, target: Target) -> Head:
     """The request's headers (HTTPHeaders or Head) as the session gets them: no hop-by-hop
-    headers, no UWS credentials (header or cookie), and X-Forwarded-* saying where the request
-    came from."""
+    headers, no UWS credentials (header or cookie), no Authorization of the shared origin in
+    path mode, and X-Forwarded-* saying where the request came from."""
     headers = Head()
+    strip = STRIP_TO_UPSTREAM if target.path_prefix is None else STRIP_TO_UPSTREAM_BY_PATH
     connection = request_headers.get("Connection")
     connection_tokens = {t.strip().lower() for t in connection.split(",")} if connection else set()
     for name, value in request_headers.get_all():
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in STRIP_TO_UPSTREAM or lname in connection_tokens:
+        if lname in HOP_BY_HOP or lname in strip or lname in connection_tokens:
             continue
         headers.add(name, value)
     cookie = request_headers.get("Cookie")
@@ -76,16 +103,22 @@ def forward_headers(request_headers: Any, host: str, remote_ip: str, protocol: s
     return headers
 
 
-def response_headers(upstream: Any, keep_length: bool) -> Head:
+def response_headers(upstream: Any, keep_length: bool, target: Target, request_path: str) -> Head:
     """The session's response headers (HTTPHeaders or Head) as the browser gets them: no
     hop-by-hop headers (but Content-Length when `keep_length`), no Date (the server adds its
-    own)."""
+    own), no cookie that would reach beyond the session, and in path mode nothing that acts
+    on the whole shared origin."""
     headers = Head()
+    prefix = target.path_prefix
     connection = upstream.get("Connection")
     connection_tokens = {t.strip().lower() for t in connection.split(",")} if connection else set()
     for name, value in upstream.get_all():
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in connection_tokens or lname == "date":
+            continue
+        if lname == "set-cookie" and not cookie_stays_in_session(value, prefix, request_path):
+            continue
+        if prefix is not None and lname in ORIGIN_WIDE_ANSWERS:
             continue
         headers.add(name, value)
     if keep_length and "Content-Length" in upstream:
@@ -93,26 +126,78 @@ def response_headers(upstream: Any, keep_length: bool) -> Head:
     return headers
 
 
+def cookie_stays_in_session(set_cookie: str, prefix: str | None, request_path: str) -> bool:
+    """Whether a session's Set-Cookie reaches only that session: never with a Domain attribute
+    (sibling session hosts would get it), and in path mode (`prefix` /passthrough/<id>) only
+    with a path inside the session's, as the browser works it out (RFC 6265 5.2.4, 5.1.4)."""
+    path = ""
+    for attribute in set_cookie.split(";")[1:]:
+        name, _, value = attribute.partition("=")
+        name = name.strip().lower()
+        if name == "domain":
+            return False
+        if name == "path":
+            path = value.strip()  # the last one counts
+    if prefix is None:
+        return True
+    if not path.startswith("/"):
+        uri_path = request_path.split("?", 1)[0]
+        path = uri_path[: uri_path.rfind("/")] if uri_path.startswith("/") else ""
+        path = path or "/"
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def upstream_uri(target: Target, uri: str) -> str:
     """The request's path and query as the session gets them (without the prefix, for apps
     that cannot serve under /passthrough/<id>/)."""
     path = uri or "/"
-    if target.strip_prefix:
-        path = path[len(f"/passthrough/{target.job_id}") :] or "/"
+    if target.strip_prefix and target.path_prefix is not None:
+        path = path[len(target.path_prefix) :] or "/"
         if not path.startswith("/"):
             path = "/" + path
     return path
 
 
-async def credential_user(uws: Any, job_id: int, cookie: str | None, header: str | None) -> int | None:
+async def credential_user(uws: Any, target: Target, cookie: str | None, header: str | None) -> int | None:
     """The user a request's job cookie names or, failing that, its UWS-Authorization header."""
-    user_id = uws.proxy.cookie_user(job_id, cookie)
+    user_id = await uws.proxy.cookie_user(target, cookie)
     if user_id is not None or not header:
         return user_id
     try:
         return (await uws.auth_service.authenticate(header)).id
     except APIError:
         return None
+
+
+def cookie_counts(method: str, headers: Any) -> bool:
+    """Whether the session cookie may vouch for a request. Browsers attach it to requests other
+    pages make too (sibling session hosts are the same site for SameSite), and some of those
+    act without the page reading the answer: websockets and form posts. Those count only from
+    the session's own origin (or from no browser page at all: no Origin header). Host names
+    are compared without ports: a TLS proxy in front may drop the port from Host, and sessions
+    differ by host name."""
+    origin = headers.get("Origin")
+    if origin is None or (method in ("GET", "HEAD") and "Upgrade" not in headers):
+        return True
+    origin_host = host_name(origin.partition("://")[2])
+    return bool(origin_host) and origin_host == host_name(headers.get("Host", ""))
+
+
+def session_route(uws: Any, path: str, host: str) -> tuple[int, str | None] | None:
+    """The job a request is for, and the label its host name carries: from the Host header in
+    origin mode (label checked against the job's), from /passthrough/<id>/ in path mode (None)."""
+    if uws.passthrough_mode == "origin":
+        return uws.session_hosts.job(host)
+    if not path.startswith(PREFIX):
+        return None
+    job_part = path[len(PREFIX) :].split("/", 1)[0].split("?", 1)[0]
+    if not (job_part.isascii() and job_part.isdigit()) or len(job_part) > 18:
+        return None  # (no job has an id past 64 bits; the full handlers answer such a path)
+    return int(job_part), None
+
+
+def label_matches(target: Target, label: str | None) -> bool:
+    return label is None or (bool(target.label) and hmac.compare_digest(target.label, label))
 
 
 class PassthroughMixin:
@@ -124,14 +209,23 @@ class PassthroughMixin:
     def uws(self) -> Any:
         return self.application.settings["uws"]  # type: ignore[attr-defined]
 
-    async def resolve(self, job_id: str) -> Target:
+    async def resolve(self) -> Target:
         """The session this request may reach, or APIError 403/404/503."""
-        proxy = self.uws.proxy
-        jid = int(job_id)
-        user_id = await self.credential_user(jid)
-        target = await proxy.target(jid)
+        uws = self.uws
+        path_args = self.path_args  # type: ignore[attr-defined]
+        if path_args:
+            route: tuple[int, str | None] | None = (int(path_args[0]), None)
+        else:
+            route = uws.session_hosts.job(self.request.host or "")
+        if route is None:
+            raise APIError(404, "No session has this address.")
+        jid, label = route
+        target = await uws.proxy.target(jid)
+        if target is not None and not label_matches(target, label):
+            raise APIError(403, "You do not have access to this session.")
+        user_id = await self.credential_user(jid, target)
         if target is None:
-            owner = await self.uws.jobs.owner_of(jid)
+            owner = await uws.jobs.owner_of(jid)
             if user_id is not None and owner == user_id:
                 raise APIError(503, "The session is not running or not ready yet.")
             raise APIError(403, "You do not have access to this session.")
@@ -142,18 +236,27 @@ class PassthroughMixin:
             self.set_access_cookie(target)
         return target
 
-    async def credential_user(self, job_id: int) -> int | None:
-        cookie = self.get_cookie(cookie_name(job_id))  # type: ignore[attr-defined]
-        return await credential_user(self.uws, job_id, cookie, self.request.headers.get("UWS-Authorization"))
+    async def credential_user(self, job_id: int, target: Target | None) -> int | None:
+        header = self.request.headers.get("UWS-Authorization")
+        if target is None:  # (no cookie opens a session that is not running)
+            try:
+                return (await self.uws.auth_service.authenticate(header)).id if header else None
+            except APIError:
+                return None
+        cookie = None
+        if cookie_counts(self.request.method or "", self.request.headers):
+            cookie = self.get_cookie(cookie_name(job_id))  # type: ignore[attr-defined]
+        return await credential_user(self.uws, target, cookie, header)
 
     def set_access_cookie(self, target: Target) -> None:
-        secure = self.uws.public_origin().startswith("https://")
+        """HttpOnly, and host-only (no Domain) on a session's own origin: no other session's
+        host gets it."""
         self.set_cookie(  # type: ignore[attr-defined]
             cookie_name(target.job_id),
             self.uws.proxy.make_cookie(target.job_id, target.user_id),
-            path=f"/passthrough/{target.job_id}/",
+            path="/" if target.path_prefix is None else target.path_prefix + "/",
             httponly=True,
-            secure=secure,
+            secure=self.uws.sessions_base().startswith("https://"),
             samesite="Lax",
             expires_days=0.5,
         )
@@ -161,15 +264,35 @@ class PassthroughMixin:
     def upstream_url(self, target: Target, scheme: str) -> str:
         return f"{scheme}://{target.host}:{target.port}{upstream_uri(target, self.request.uri or '/')}"
 
-    def upstream_headers(self) -> Head:
+    def upstream_headers(self, target: Target) -> Head:
         request = self.request
-        return forward_headers(request.headers, request.host, request.remote_ip or "", request.protocol)
+        return forward_headers(
+            request.headers, request.host, request.remote_ip or "", request.protocol, target
+        )
 
 
 def _same(a: str, b: str) -> bool:
-    import hmac
-
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+class SessionElsewhereHandler(BaseHandler):
+    """/passthrough/... in origin mode: sessions are not on the API's origin."""
+
+    auth_required = False
+
+    async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            return
+        raise APIError(
+            404,
+            "Sessions are served from their own host names: use url_domain and url_path from the "
+            "job's connection_details.",
+        )
+
+    async def get(self, *args: Any) -> None:  # (prepare has answered every method)
+        pass
+
+    post = put = patch = delete = head = get  # type: ignore[assignment]
 
 
 @web.stream_request_body
@@ -200,7 +323,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
 
     async def prepare(self) -> None:
         try:
-            self.target = await self.resolve(self.path_args[0])
+            self.target = await self.resolve()
         except APIError as e:
             self.fail(e)
             return
@@ -243,7 +366,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
                 target.port,
                 self.request.method or "GET",
                 uri,
-                self.upstream_headers(),
+                self.upstream_headers(target),
                 body() if self.body_queue is not None else None,
                 self.send_upstream_headers,
                 self.on_chunk,
@@ -268,7 +391,9 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
         if self._finished:
             return
         self.set_status(start.code, start.reason)
-        for name, value in response_headers(headers, keep_length=self.request.method != "HEAD").get_all():
+        assert self.target is not None
+        answer = response_headers(headers, self.request.method != "HEAD", self.target, self.request.uri or "")
+        for name, value in answer.get_all():
             self.add_header(name, value)
         self.headers_sent = True
 
@@ -330,13 +455,13 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
-            self.target = await self.resolve(args[0])
+            self.target = await self.resolve()
         except APIError as e:
             self.set_status(e.status)
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"success": False, "message": e.message}))
             return
-        headers = self.upstream_headers().to_tornado()
+        headers = self.upstream_headers(self.target).to_tornado()
         for name in (
             "Sec-Websocket-Key",
             "Sec-Websocket-Version",

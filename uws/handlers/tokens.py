@@ -19,6 +19,8 @@ class TokensHandler(BaseHandler):
         user = await self.uws.auth_service.authenticate(header)
         everything = bool(self.query_bool("all"))
         await self.uws.auth_service.revoke(header, user.id, everything)
+        # A logout also ends the browser's access to the user's sessions.
+        await self.uws.proxy.end_cookies(user.id)
         # Open websockets of this user re-check their own token and close with 4401 if revoked.
         self.uws.events.publish(user.id, "token_revoked", {})
         self.ok("Successful logout.")
