@@ -47,6 +47,10 @@ ORIGINAL_AUTH_NAMES = {
     "psc": "PSCAPIUserAuthentication",
     "globus": "GlobusUserAuthentication",
 }
+NO_LOGIN_METHOD = (
+    "no login method configured: set c.UWSApp.authenticator_class (e.g. 'local' or 'globus') in the "
+    "config file, or pass --dev for the development login (no client token; never on a shared machine)"
+)
 ORIGINAL_STORAGE_NAMES = {"local": "LocalFileSystemStorage", "hubmap": "HubmapLocalFileSystemStorage"}
 
 DEFAULT_PARAMETERS = [
@@ -99,7 +103,8 @@ class UWSApp(Application):
     description = """The User Workspaces Server: workspaces and interactive sessions over HTTP.
 
     With no --config it runs on embedded defaults: a SQLite database and workspaces under
-    ./uws-data, and a development login that needs no client token."""
+    ./uws-data. A login method must be named: c.UWSApp.authenticator_class in the config, or
+    --dev for the development login that needs no client token (what scripts/serve does)."""
 
     aliases = {
         "config": "UWSApp.config_file",
@@ -112,6 +117,11 @@ class UWSApp(Application):
         "debug": (
             {"Application": {"log_level": logging.DEBUG}, "UWSApp": {"debug": True}},
             "Log debug messages and show more detail.",
+        ),
+        "dev": (
+            {"UWSApp": {"authenticator_class": "dev"}},
+            """Development login: no client token needed, and every user's files belong to the
+            server's own OS account. Never on a shared machine.""",
         ),
     }
     classes = List()
@@ -202,11 +212,12 @@ class UWSApp(Application):
         their own origin, apart from the API. Default: public_url.""",
     )
     authenticator_class = Unicode(
-        "dev",
+        "",
         config=True,
         help="""How users log in (POST /tokens/): 'local' (API client token, OS accounts),
-        'globus' (Globus Auth), 'psc', 'dev' (no client token; development only), or the
-        import path of an Authenticator subclass.""",
+        'globus' (Globus Auth), 'psc', 'dev' (no client token; development only, also set by
+        --dev), or the import path of an Authenticator subclass. There is no default: the
+        server does not start until a login method is named.""",
     )
     storage_class = Unicode(
         "local",
@@ -376,7 +387,8 @@ class UWSApp(Application):
             return
         self.load_uws_config()
 
-    def load_uws_config(self) -> None:
+    def load_uws_config(self, require_login: bool = True) -> None:
+        """Read the config file; `require_login` is off for subcommands that only use the database."""
         self.config_warnings: list[str] = []
         if self.config_file:
             if self.config_file.endswith(".json"):
@@ -391,6 +403,9 @@ class UWSApp(Application):
             # The command line wins over the file.
             self.update_config(self.cli_config)
         problems, warnings = validate(self.as_original_config())
+        if require_login and not self.authenticator_class:
+            # Fail closed: a config that forgets the line must not fall back to a login anyone can use.
+            problems.append(NO_LOGIN_METHOD)
         if problems:
             raise ConfigError(problems)
         self.config_warnings += [w for w in warnings if w not in self.config_warnings]
@@ -747,8 +762,9 @@ class UWSApp(Application):
             self.db.engine.url.render_as_string(hide_password=True),
         )
         if self.authenticator_class == "dev":
-            self.log.info(
-                "Development login: no client token needed. Try:\n"
+            self.log.warning(
+                "Development login: anyone who can reach this server logs in as any user, without a "
+                "client token. Never use it on a shared machine. Try:\n"
                 '  TOKEN=$(curl -s -X POST %s/tokens/ -d \'{"user_info": {"username": "alice", '
                 '"email": "alice@example.org"}}\' | python3 -c \'import json,sys; print(json.load(sys.stdin)["token"])\')\n'
                 '  curl -s -H "UWS-Authorization: Token $TOKEN" %s/workspaces/',
