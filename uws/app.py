@@ -299,7 +299,27 @@ class UWSApp(Application):
     max_body_size = Integer(
         100 * 1024 * 1024,
         config=True,
-        help="Largest request body in bytes (uploads included); larger ones get 413.",
+        help="""Largest request body in bytes for uploads (PUT /workspaces/<id>/upload/); larger
+        ones get 413. Every other request has max_json_body_size. An original deployment's
+        DATA_UPLOAD_MAX_MEMORY_SIZE sets this.""",
+    )
+    max_json_body_size = Integer(
+        1024 * 1024,
+        config=True,
+        help="""Largest JSON request body in bytes (every request but uploads, POST /tokens/
+        included, which anyone may send); larger ones get 413 before they are read.""",
+    )
+    max_description_length = Integer(
+        10_000,
+        config=True,
+        help="Most characters a workspace description may have (0: no limit); longer gets 400.",
+    )
+    max_details_bytes = Integer(
+        64 * 1024,
+        config=True,
+        help="""Largest job_details of a session start, and workspace_details of a workspace
+        (the files' content not counted: it goes to disk, not to the database), in bytes of
+        JSON (0: no limit). They are stored and sent back in every listing; larger gets 400.""",
     )
     token_expiry_seconds = Integer(
         0, config=True, help="Seconds a login token stays valid; 0 means until logout."

@@ -24,8 +24,10 @@ class Authenticator(LoggingConfigurable):
 
     def parse_body(self, raw: bytes) -> dict[str, Any]:
         """/tokens/ reports parse errors as the decoder error's repr, and treats non-objects as {}."""
+        from ..handlers.base import decode_json
+
         try:
-            body = json.loads(raw.decode("utf-8") if raw else "")
+            body = decode_json(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, repr(e)) from None
         return body if isinstance(body, dict) else {}
