@@ -164,11 +164,8 @@ def test_a_config_naming_no_login_method_does_not_start(workdir: str) -> None:
 
 
 def test_dev_login_only_when_named(workdir: str) -> None:
-    config = os.path.join(workdir, "uws_config.py")
-    with open(config, "w") as f:
-        f.write('c.UWSApp.authenticator_class = "local"\n')
-        f.write(f'c.LocalFileSystemStorage.root_dir = "{workdir}/workspaces"\n')
-    srv = Server("sqlite", open(config).read()).start()
+    config = f'c.UWSApp.authenticator_class = "local"\nc.LocalFileSystemStorage.root_dir = "{workdir}/ws"\n'
+    srv = Server("sqlite", config).start()
     try:
         r = srv.client().post("/tokens/", {"user_info": {"username": "dev", "email": "dev@localhost"}})
         assert r.status_code == 400
@@ -176,7 +173,7 @@ def test_dev_login_only_when_named(workdir: str) -> None:
     finally:
         srv.close()
     # --dev names it: a login without a client token works (what scripts/serve passes).
-    srv = Server("sqlite", open(config).read().replace('"local"', '"globus"'), extra_args=["--dev"]).start()
+    srv = Server("sqlite", config.replace('"local"', '"globus"'), extra_args=["--dev"]).start()
     try:
         r = srv.client().post("/tokens/", {"user_info": {"username": "dev", "email": "dev@localhost"}})
         assert r.status_code == 200, r.text
