@@ -29,7 +29,8 @@ c.LocalFileSystemStorage.root_dir = "/srv/uws/workspaces"
 # Symlinks may point only into these directories (e.g. a read-only dataset mount):
 # c.LocalFileSystemStorage.allowed_symlink_roots = ["/datasets"]
 
-c.UWSApp.max_body_size = 100 * 1024 * 1024
+c.UWSApp.max_body_size = 100 * 1024 * 1024  # uploads
+c.UWSApp.max_json_body_size = 1024 * 1024  # every other request, logins included
 c.UWSApp.token_expiry_seconds = 0  # 0: tokens last until logout
 c.UWSApp.cors_allowed_origins = ["*"]
 

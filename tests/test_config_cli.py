@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from conftest import ROOT, Server, free_port, uws_command
+from conftest import IS_ROOT, ROOT, Server, free_port, unique_name, uws_command
 
 REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference", "original-config")
 EXAMPLE = os.path.join(ROOT, "example_config.json")
@@ -120,8 +120,17 @@ def test_server_runs_original_test_config(backend: str) -> None:
         r = c.post("/workspaces/", {"name": "x", "description": ""})
         assert r.status_code == 400
         assert r.json()["message"] == "User could not be found/created on main storage system."
-        # ...one with an OS account can, under <config dir>/<username>/<id>.
+        # ...nor one named after the server's own account (or root, or a system account)...
         me = pwd.getpwuid(os.getuid()).pw_name
+        r = srv.client().post(
+            "/tokens/", {"client_token": ct, "user_info": {"username": me, "email": "me@x"}}
+        )
+        assert r.status_code == 400, r.text
+        if not IS_ROOT:
+            return  # files can be given to another person's account only by a root server
+        # ...one with a person's OS account can, under <config dir>/<username>/<id>.
+        me = unique_name("cfg")
+        subprocess.run(["useradd", "--no-create-home", "--", me], check=True, capture_output=True)
         r = srv.client().post(
             "/tokens/", {"client_token": ct, "user_info": {"username": me, "email": "me@x"}}
         )
@@ -156,10 +165,11 @@ def test_server_runs_original_example_config(backend: str) -> None:
 
 
 def test_embedded_defaults_print_how_to_start() -> None:
+    """`uws --dev` (what scripts/serve runs): embedded defaults and the development login."""
     cwd = tempfile.mkdtemp(prefix="uws-defaults-")
     port = free_port()
     proc = subprocess.Popen(
-        uws_command() + ["--port", str(port)],
+        uws_command() + ["--dev", "--port", str(port)],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

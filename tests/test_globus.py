@@ -6,6 +6,8 @@ the servers reach it through globus-sdk's service-URL environment overrides.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import secrets
 import subprocess
@@ -17,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import Client, Server
+from conftest import IS_ROOT, Client, Server
 from fake_globus import GROUPS_SCOPE, FakeGlobus
 
 INVALID = "Incorrect authentication credentials."
@@ -59,6 +61,17 @@ def _server(backend: str, fake: FakeGlobus, config: str) -> Server:
 @pytest.fixture(scope="module")
 def token_server(backend: str, fake: FakeGlobus) -> Iterator[Server]:
     srv = _server(backend, fake, globus_config(fake, "token", []))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def linking_server(backend: str, fake: FakeGlobus) -> Iterator[Server]:
+    """Existing users may be taken over by email; storage accounts come from the OS when root."""
+    extra = "c.GlobusAuthenticator.link_existing_users_by_email = True\n"
+    if IS_ROOT:
+        extra += 'c.UWSApp.storage_accounts_from = "local"\n'
+    srv = _server(backend, fake, globus_config(fake, "token", [], extra))
     yield srv
     srv.close()
 
@@ -194,36 +207,70 @@ def test_same_email_local_part_gets_a_suffix(token_server: Server, fake: FakeGlo
     ]
 
 
-def test_existing_user_with_same_name_and_email_is_linked(token_server: Server, fake: FakeGlobus) -> None:
+def add_user(server: Server, username: str, email: str) -> int:
+    """A user made outside Globus (the client-token login, or migrated from the original)."""
     from sqlalchemy.orm import Session
 
     from uws import orm
     from uws.db import make_engine
 
-    local = uniq("dave")
-    engine = make_engine(token_server.db_url)
+    engine = make_engine(server.db_url)
     try:
         with Session(engine) as session:
-            user = orm.User(username=local, email=f"{local}@example.org", first_name="Dave", last_name="Pre")
+            user = orm.User(username=username, email=email, first_name="Dave", last_name="Pre")
             session.add(user)
             session.commit()
-            user_id = user.id
+            return user.id
     finally:
         engine.dispose()
+
+
+def test_existing_user_with_same_name_and_email_is_not_taken_over(
+    token_server: Server, fake: FakeGlobus
+) -> None:
+    """Whether an identity provider verified the email is not known here: by default a first
+    Globus login never becomes an existing user, however well the email matches."""
+    local = uniq("erin")
+    user_id = add_user(token_server, local, f"{local}@example.org")
+    ident = fake.add_identity(f"{local}@example.org", "Erin Claims")
+    client = login_ok(token_server, fake.add_token(ident))
+    mapped = mapping_of(token_server, ident.sub)["user_id"]
+    assert mapped != user_id
+    names = {u["id"]: u["username"] for u in db_rows(token_server)["users"]}
+    assert (names[user_id], names[mapped]) == (local, f"{local}1")
+    assert client.get("/workspaces/").json()["data"]["workspaces"] == []
+
+
+def test_existing_user_with_same_name_and_email_is_linked_when_allowed(
+    linking_server: Server, fake: FakeGlobus
+) -> None:
+    local = uniq("dave")
+    user_id = add_user(linking_server, local, f"{local}@example.org")
     # The same person (username and email match, no Globus link yet) is linked, not duplicated...
     first = fake.add_identity(f"{local.upper()}@Example.org", "Dave Globus")
-    login_ok(token_server, fake.add_token(first))
-    assert mapping_of(token_server, first.sub)["user_id"] == user_id
+    login_ok(linking_server, fake.add_token(first))
+    assert mapping_of(linking_server, first.sub)["user_id"] == user_id
     # ...but a second Globus identity with the same email is a different user.
     second = fake.add_identity(f"{local}@example.org", "Dave Other")
-    login_ok(token_server, fake.add_token(second))
-    other = mapping_of(token_server, second.sub)["user_id"]
+    login_ok(linking_server, fake.add_token(second))
+    other = mapping_of(linking_server, second.sub)["user_id"]
     assert other != user_id
-    names = {u["id"]: u["username"] for u in db_rows(token_server)["users"]}
+    names = {u["id"]: u["username"] for u in db_rows(linking_server)["users"]}
     assert (names[user_id], names[other]) == (local, f"{local}1")
     # Profile fields of the existing user are left alone.
-    row = next(u for u in db_rows(token_server)["users"] if u["id"] == user_id)
+    row = next(u for u in db_rows(linking_server)["users"] if u["id"] == user_id)
     assert (row["first_name"], row["last_name"]) == ("Dave", "Pre")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="storage accounts come from the OS only when the tests run as root")
+def test_system_account_names_are_never_given_out(linking_server: Server, fake: FakeGlobus) -> None:
+    """With OS storage accounts, an email whose local part is a system account's name (or root's,
+    or the server's own) gets a numbered name instead, which is no such account."""
+    watcher = observer(linking_server, fake)
+    for local in ("daemon", "nobody", pwd.getpwuid(os.getuid()).pw_name):
+        email = f"{local}@{uniq('corp')}.example"
+        login_ok(linking_server, fake.add_token(fake.add_identity(email, "Sys Tem")))
+        assert [u["username"] for u in users_matching(watcher, email)] == [f"{local}1"]
 
 
 def test_usernames_are_sanitised(token_server: Server, fake: FakeGlobus) -> None:

@@ -54,6 +54,10 @@ ORIGINAL_AUTH_NAMES = {
 _DOMAIN = re.compile(
     r"(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
 )
+NO_LOGIN_METHOD = (
+    "no login method configured: set c.UWSApp.authenticator_class (e.g. 'local' or 'globus') in the "
+    "config file, or pass --dev for the development login (no client token; never on a shared machine)"
+)
 ORIGINAL_STORAGE_NAMES = {"local": "LocalFileSystemStorage", "hubmap": "HubmapLocalFileSystemStorage"}
 
 DEFAULT_PARAMETERS = [
@@ -106,7 +110,8 @@ class UWSApp(Application):
     description = """The User Workspaces Server: workspaces and interactive sessions over HTTP.
 
     With no --config it runs on embedded defaults: a SQLite database and workspaces under
-    ./uws-data, and a development login that needs no client token."""
+    ./uws-data. A login method must be named: c.UWSApp.authenticator_class in the config, or
+    --dev for the development login that needs no client token (what scripts/serve does)."""
 
     aliases = {
         "config": "UWSApp.config_file",
@@ -119,6 +124,11 @@ class UWSApp(Application):
         "debug": (
             {"Application": {"log_level": logging.DEBUG}, "UWSApp": {"debug": True}},
             "Log debug messages and show more detail.",
+        ),
+        "dev": (
+            {"UWSApp": {"authenticator_class": "dev"}},
+            """Development login: no client token needed, and every user's files belong to the
+            server's own OS account. Never on a shared machine.""",
         ),
     }
     classes = List()
@@ -241,11 +251,12 @@ class UWSApp(Application):
         return value
 
     authenticator_class = Unicode(
-        "dev",
+        "",
         config=True,
         help="""How users log in (POST /tokens/): 'local' (API client token, OS accounts),
-        'globus' (Globus Auth), 'psc', 'dev' (no client token; development only), or the
-        import path of an Authenticator subclass.""",
+        'globus' (Globus Auth), 'psc', 'dev' (no client token; development only, also set by
+        --dev), or the import path of an Authenticator subclass. There is no default: the
+        server does not start until a login method is named.""",
     )
     storage_class = Unicode(
         "local",
@@ -327,7 +338,27 @@ class UWSApp(Application):
     max_body_size = Integer(
         100 * 1024 * 1024,
         config=True,
-        help="Largest request body in bytes (uploads included); larger ones get 413.",
+        help="""Largest request body in bytes for uploads (PUT /workspaces/<id>/upload/); larger
+        ones get 413. Every other request has max_json_body_size. An original deployment's
+        DATA_UPLOAD_MAX_MEMORY_SIZE sets this.""",
+    )
+    max_json_body_size = Integer(
+        1024 * 1024,
+        config=True,
+        help="""Largest JSON request body in bytes (every request but uploads, POST /tokens/
+        included, which anyone may send); larger ones get 413 before they are read.""",
+    )
+    max_description_length = Integer(
+        10_000,
+        config=True,
+        help="Most characters a workspace description may have (0: no limit); longer gets 400.",
+    )
+    max_details_bytes = Integer(
+        64 * 1024,
+        config=True,
+        help="""Largest job_details of a session start, and workspace_details of a workspace
+        (the files' content not counted: it goes to disk, not to the database), in bytes of
+        JSON (0: no limit). They are stored and sent back in every listing; larger gets 400.""",
     )
     token_expiry_seconds = Integer(
         0, config=True, help="Seconds a login token stays valid; 0 means until logout."
@@ -426,7 +457,8 @@ class UWSApp(Application):
             return
         self.load_uws_config()
 
-    def load_uws_config(self) -> None:
+    def load_uws_config(self, require_login: bool = True) -> None:
+        """Read the config file; `require_login` is off for subcommands that only use the database."""
         self.config_warnings: list[str] = []
         if self.config_file:
             if self.config_file.endswith(".json"):
@@ -441,6 +473,9 @@ class UWSApp(Application):
             # The command line wins over the file.
             self.update_config(self.cli_config)
         problems, warnings = validate(self.as_original_config())
+        if require_login and not self.authenticator_class:
+            # Fail closed: a config that forgets the line must not fall back to a login anyone can use.
+            problems.append(NO_LOGIN_METHOD)
         if problems:
             raise ConfigError(problems)
         self.config_warnings += [w for w in warnings if w not in self.config_warnings]
@@ -882,8 +917,9 @@ class UWSApp(Application):
         else:
             self.log.info("Sessions are served from their own origins under *.%s", self.session_host)
         if self.authenticator_class == "dev":
-            self.log.info(
-                "Development login: no client token needed. Try:\n"
+            self.log.warning(
+                "Development login: anyone who can reach this server logs in as any user, without a "
+                "client token. Never use it on a shared machine. Try:\n"
                 '  TOKEN=$(curl -s -X POST %s/tokens/ -d \'{"user_info": {"username": "alice", '
                 '"email": "alice@example.org"}}\' | python3 -c \'import json,sys; print(json.load(sys.stdin)["token"])\')\n'
                 '  curl -s -H "UWS-Authorization: Token $TOKEN" %s/workspaces/',

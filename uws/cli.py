@@ -15,13 +15,15 @@ class _ConfiguredApp(Application):
     """A subcommand that needs the server's configuration (for the database URL)."""
 
     aliases = {"config": "UWSApp.config_file", "db-url": "UWSApp.db_url"}
+    # Database-only subcommands run without a login method; check-config requires one.
+    require_login = False
 
     def server_app(self) -> Any:
         from .app import UWSApp
 
         app = UWSApp(parent=None, config=self.config)
         app.cli_config = self.cli_config
-        app.load_uws_config()
+        app.load_uws_config(require_login=self.require_login)
         return app
 
     def database(self) -> Any:
@@ -38,6 +40,7 @@ class _ConfiguredApp(Application):
 class CheckConfigApp(_ConfiguredApp):
     name = "uws check-config"
     description = "Validate a configuration file: uws check-config FILE. Exit code 0 means valid."
+    require_login = True
 
     def start(self) -> None:
         if self.extra_args:

@@ -46,6 +46,34 @@ def check_name_fields(body: dict[str, Any]) -> None:
         raise APIError(400, "description must be a string.")
 
 
+def check_stored_sizes(body: dict[str, Any], app: Any) -> None:
+    """Descriptions and details are stored as sent and go out again in every listing: capped."""
+    limit = app.max_description_length
+    if limit and isinstance(body.get("description"), str) and len(body["description"]) > limit:
+        raise APIError(400, f"description must be at most {limit} characters.")
+    details = body.get("workspace_details")
+    if isinstance(details, dict):
+        files = details.get("files")
+        if isinstance(files, list):
+            # File content is written to disk, never stored: only the rest counts.
+            stored = [
+                {k: v for k, v in f.items() if k != "content"} if isinstance(f, dict) else f for f in files
+            ]
+            details = {**details, "files": stored}
+        check_json_size(details, "workspace_details", app.max_details_bytes)
+
+
+def check_json_size(value: Any, field: str, limit: int) -> None:
+    if not limit:
+        return
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace"))
+    except (RecursionError, ValueError):
+        raise APIError(400, f"{field} is nested too deeply.") from None
+    if size > limit:
+        raise APIError(400, f"{field} must be at most {limit} bytes of JSON.")
+
+
 def unaccepted_share_clause() -> Any:
     return exists().where(
         and_(
@@ -185,6 +213,7 @@ class WorkspaceService:
         if "name" not in body or "description" not in body:
             raise APIError(400, "Missing required fields.")
         check_name_fields(body)
+        check_stored_sizes(body, self.app)
         default_job_type = body.get("default_job_type")
         self.check_job_type(default_job_type)
         details = body.get("workspace_details", {})
@@ -248,6 +277,7 @@ class WorkspaceService:
         account, ws = await self.owned_for_put(user, ws_id, None)
         body = parse()
         check_name_fields(body)
+        check_stored_sizes(body, self.app)
         if "default_job_type" in body:
             self.check_job_type(body["default_job_type"])
         details = body.get("workspace_details", {})

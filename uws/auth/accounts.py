@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
 import re
@@ -12,7 +13,13 @@ from dataclasses import dataclass
 
 from ..errors import NO_STORAGE_ACCOUNT, APIError
 
-USERNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+log = logging.getLogger("uws.auth.accounts")
+
+# Matched whole (fullmatch): "$" would also accept a trailing newline.
+USERNAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+LOGIN_DEFS = "/etc/login.defs"
+# shadow-utils' own defaults when login.defs does not say.
+DEFAULT_UID_RANGE = {"UID_MIN": 1000, "UID_MAX": 60000}
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,24 @@ class Account:
 
 
 def valid_username(name: object) -> bool:
-    return isinstance(name, str) and bool(USERNAME_RE.match(name))
+    return isinstance(name, str) and USERNAME_RE.fullmatch(name) is not None
+
+
+def login_defs_uid_range(path: str = LOGIN_DEFS) -> tuple[int, int]:
+    """UID_MIN and UID_MAX from login.defs: the uids useradd gives to people's accounts."""
+    values = dict(DEFAULT_UID_RANGE)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] in values:
+                    try:
+                        values[parts[0]] = int(parts[1], 0)
+                    except ValueError:
+                        pass
+    except OSError:
+        pass
+    return values["UID_MIN"], values["UID_MAX"]
 
 
 def _account(entry: pwd.struct_passwd) -> Account:
@@ -44,6 +68,10 @@ class AccountProvider:
     def account(self, username: str) -> Account:
         raise APIError(400, NO_STORAGE_ACCOUNT)
 
+    def reserved(self, username: str) -> bool:
+        """True when the name is an OS account no UWS user may have (blocking: NSS lookup)."""
+        return False
+
 
 class NoAccounts(AccountProvider):
     """For authentication methods that cannot give storage accounts (Globus, B13)."""
@@ -57,27 +85,55 @@ class ServerAccount(AccountProvider):
 
 
 class OSAccounts(AccountProvider):
-    """An OS account of the same name, created with useradd when allowed."""
+    """An OS account of the same name, created with useradd when allowed.
 
-    def __init__(self, create: bool = False) -> None:
+    Only people's accounts qualify: never root, a system account (uid outside
+    [min_uid, max_uid]) or the server's own account. Sessions and files of such a user would
+    run as, or belong to, that account (the server's own account even gets the local spawner,
+    with the database and every workspace in reach)."""
+
+    def __init__(self, create: bool = False, min_uid: int | None = None, max_uid: int | None = None) -> None:
         self.create = create
         self.groups: tuple[str, ...] = ()  # supplementary groups of the accounts it creates
+        default_min, default_max = login_defs_uid_range()
+        self.min_uid = default_min if min_uid is None else min_uid
+        self.max_uid = default_max if max_uid is None else max_uid
         self._lock = threading.Lock()
+
+    def usable(self, entry: pwd.struct_passwd) -> bool:
+        uid = entry.pw_uid
+        return uid != 0 and uid != os.getuid() and self.min_uid <= uid <= self.max_uid
+
+    def reserved(self, username: str) -> bool:
+        if not valid_username(username):
+            return False  # never an account: account() refuses it anyway
+        try:
+            return not self.usable(pwd.getpwnam(username))
+        except KeyError:
+            return False
+
+    def _existing(self, username: str) -> Account | None:
+        try:
+            entry = pwd.getpwnam(username)
+        except KeyError:
+            return None
+        if not self.usable(entry):
+            log.warning("Refusing OS account %s (uid %d) as a user's storage account", username, entry.pw_uid)
+            raise APIError(400, NO_STORAGE_ACCOUNT)
+        return _account(entry)
 
     def account(self, username: str) -> Account:
         if not valid_username(username):
             raise APIError(400, NO_STORAGE_ACCOUNT)
-        try:
-            return _account(pwd.getpwnam(username))
-        except KeyError:
-            pass
+        found = self._existing(username)
+        if found is not None:
+            return found
         if not self.create:
             raise APIError(400, NO_STORAGE_ACCOUNT)
         with self._lock:
-            try:
-                return _account(pwd.getpwnam(username))
-            except KeyError:
-                pass
+            found = self._existing(username)
+            if found is not None:
+                return found
             # The name always follows "--" so it can never be read as an option (S9).
             result = subprocess.run(
                 [
@@ -95,7 +151,7 @@ class OSAccounts(AccountProvider):
             )
             if result.returncode != 0 and "already exists" not in result.stderr:
                 raise APIError(400, NO_STORAGE_ACCOUNT)
-            try:
-                return _account(pwd.getpwnam(username))
-            except KeyError:
-                raise APIError(400, NO_STORAGE_ACCOUNT) from None
+            found = self._existing(username)
+            if found is None:
+                raise APIError(400, NO_STORAGE_ACCOUNT)
+            return found

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from sqlalchemy import select
-from traitlets import Bool, Unicode
+from traitlets import Bool, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .. import orm
 from ..errors import APIError, not_authenticated
-from .accounts import AccountProvider, OSAccounts, ServerAccount, valid_username
+from .accounts import AccountProvider, OSAccounts, ServerAccount, login_defs_uid_range, valid_username
 from .tokens import client_token_valid
 
 
@@ -23,8 +24,10 @@ class Authenticator(LoggingConfigurable):
 
     def parse_body(self, raw: bytes) -> dict[str, Any]:
         """/tokens/ reports parse errors as the decoder error's repr, and treats non-objects as {}."""
+        from ..handlers.base import decode_json
+
         try:
-            body = json.loads(raw.decode("utf-8") if raw else "")
+            body = decode_json(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise APIError(400, repr(e)) from None
         return body if isinstance(body, dict) else {}
@@ -38,6 +41,11 @@ class Authenticator(LoggingConfigurable):
 
     async def health(self) -> tuple[bool, str]:
         return True, "Connected successfully."
+
+    async def reserved_username(self, app: Any, username: str) -> bool:
+        """Whether the name is an OS account no user may map onto (looked up off the loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, app.account_provider.reserved, username)
 
     async def issue_token(self, app: Any, user_id: int) -> dict[str, Any]:
         def _issue(session: Any) -> tuple[str, Any]:
@@ -54,6 +62,9 @@ class Authenticator(LoggingConfigurable):
 
             payload["expires_at"] = isoformat(expires_at)
         return payload
+
+
+RESERVED_USERNAME = "Invalid username in user_info: it names a system account."
 
 
 def find_or_create_user(session: Any, info: dict[str, Any]) -> orm.User:
@@ -94,6 +105,8 @@ class ClientTokenAuthenticator(Authenticator):
             raise APIError(400, "Missing username or email in user_info.")
         if self.validate_username and not valid_username(info["username"]):
             raise APIError(400, "Invalid username in user_info.")
+        if await self.reserved_username(app, info["username"]):
+            raise APIError(400, RESERVED_USERNAME)
 
         def _login(session: Any) -> int:
             try:
@@ -119,9 +132,31 @@ class LocalAuthenticator(ClientTokenAuthenticator):
         needed. Only valid usernames are ever created. Requires the server to run as root.
         The original config's `create_external_users` with `operating_system: linux` sets this.""",
     )
+    min_account_uid = Integer(
+        config=True,
+        help="""Lowest uid a user's OS account may have. Accounts below it (system accounts such
+        as daemon or www-data) are refused as logins and as storage accounts, as are root and
+        the server's own account whatever this says. Default: UID_MIN from /etc/login.defs
+        (1000 when it is not set).""",
+    )
+    max_account_uid = Integer(
+        config=True,
+        help="""Highest uid a user's OS account may have (above it: nobody and other
+        special accounts). Default: UID_MAX from /etc/login.defs (60000 when it is not set).""",
+    )
+
+    @default("min_account_uid")
+    def _min_account_uid(self) -> int:
+        return login_defs_uid_range()[0]
+
+    @default("max_account_uid")
+    def _max_account_uid(self) -> int:
+        return login_defs_uid_range()[1]
 
     def account_provider(self) -> AccountProvider:
-        return OSAccounts(create=self.create_system_users)
+        return OSAccounts(
+            create=self.create_system_users, min_uid=self.min_account_uid, max_uid=self.max_account_uid
+        )
 
 
 class DevAuthenticator(ClientTokenAuthenticator):

@@ -5,7 +5,8 @@ globus_sdk is imported only when a Globus login happens, so start-up stays fast.
 - Every SDK call blocks, so it runs on a worker thread, with connect and read timeouts on the
   SDK's transport and at most one retry (S10).
 - Users are found by their Globus identity id (`sub`) through an ExternalUserMapping. A new user
-  gets the local part of the Globus email as username; a collision gets a numeric suffix.
+  gets the local part of the Globus email as username; a collision gets a numeric suffix. An
+  existing user with that name and email is taken over only with link_existing_users_by_email.
 - With `allowed_globus_groups`, group membership is checked at every login and the result is
   recorded in the mapping's `external_user_details` (B13); Groups API failures fail closed.
 - The Globus tokens are never stored.
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from traitlets import Enum, Float, List, Unicode
+from traitlets import Bool, Enum, Float, List, Unicode
 
 from .. import orm
 from ..errors import APIError, not_authenticated
@@ -103,6 +104,16 @@ class GlobusAuthenticator(Authenticator):
     health_check_url = Unicode("", config=True, help="URL whose 200 answer means Globus is reachable.")
     connect_timeout = Float(5.0, config=True, help="Seconds to connect to Globus Auth and Groups.")
     read_timeout = Float(30.0, config=True, help="Seconds to wait for each Globus answer.")
+    link_existing_users_by_email = Bool(
+        False,
+        config=True,
+        help="""On a Globus identity's first login, take over an existing UWS user not yet
+        linked to Globus whose username is the email's local part and whose email matches
+        (for users created by the API-client login or migrated from the original server).
+        Only turn this on when every identity provider your Globus logins accept verifies
+        email addresses: otherwise an identity claiming someone's email gets their account.
+        Off: such a login gets a new user with a numbered username.""",
+    )
 
     def account_provider(self) -> AccountProvider:
         return NoAccounts()
@@ -155,7 +166,7 @@ class GlobusAuthenticator(Authenticator):
             if not member_of:
                 await self._record_denied(app, identity, details)
                 raise APIError(403, NOT_A_MEMBER)
-        user_id = await self._find_or_create(app, identity, details)
+        user_id = await self._find_or_create(app, identity, details, app.account_provider.reserved)
         return await self.issue_token(app, user_id)
 
     # ---- Globus calls (blocking, run on a worker thread) ----------------------------------
@@ -300,17 +311,27 @@ class GlobusAuthenticator(Authenticator):
         except Exception:
             log.exception("Could not record the failed Globus group check")
 
-    async def _find_or_create(self, app: Any, identity: dict[str, str], details: dict[str, Any]) -> int:
+    async def _find_or_create(
+        self, app: Any, identity: dict[str, str], details: dict[str, Any], reserved: Callable[[str], bool]
+    ) -> int:
         # Each attempt is one transaction. A concurrent login may take the same identity or
         # username first (unique constraints): the next attempt then sees it.
         for _attempt in range(5):
             try:
-                return await app.db.run(lambda session: self._find_or_create_sync(session, identity, details))
+                return await app.db.run(
+                    lambda session: self._find_or_create_sync(session, identity, details, reserved)
+                )
             except IntegrityError:
                 log.info("Concurrent Globus login for %s; retrying", identity["sub"])
         raise APIError(500, SERVER_ERROR)
 
-    def _find_or_create_sync(self, session: Any, identity: dict[str, str], details: dict[str, Any]) -> int:
+    def _find_or_create_sync(
+        self,
+        session: Any,
+        identity: dict[str, str],
+        details: dict[str, Any],
+        reserved: Callable[[str], bool],
+    ) -> int:
         mapping = self._mapping(session, identity["sub"])
         if mapping is not None:
             mapping.external_username = identity["username"][:255]
@@ -327,7 +348,9 @@ class GlobusAuthenticator(Authenticator):
             # Past a thousand taken names, stop counting and pick a random suffix.
             candidate = username_candidate(base, n if n <= 1000 else 1000 + secrets.randbelow(10**9))
             n += 1
-            if candidate in RESERVED_USERNAMES:
+            # A name that is root's, a system account's or the server's own is never given out
+            # when storage accounts come from the OS: the user would act as that account.
+            if candidate in RESERVED_USERNAMES or reserved(candidate):
                 continue
             existing = session.scalar(select(orm.User).where(orm.User.username == candidate))
             if existing is None:
@@ -336,9 +359,12 @@ class GlobusAuthenticator(Authenticator):
                 session.add(user)
                 session.flush()
             elif (
-                email and existing.email.lower() == email.lower() and not self._has_mapping(session, existing)
+                self.link_existing_users_by_email
+                and email
+                and existing.email.lower() == email.lower()
+                and not self._has_mapping(session, existing)
             ):
-                # The same person (same email), not yet linked to Globus: link, don't duplicate.
+                # Trusted to be the same person (same email), not yet linked to Globus.
                 user = existing
         session.add(
             orm.ExternalUserMapping(

@@ -18,6 +18,21 @@ ALLOW_HEADERS = (
     "accept, authorization, content-type, user-agent, x-csrftoken, x-requested-with, uws-authorization"
 )
 HANDLER_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
+BODY_TOO_LARGE = "Request body too large."
+# A body up to this much over its limit is still read (and dropped) before the 413 goes out: a
+# client that is still sending when the server closes the connection can lose the answer to the
+# reset. Beyond it, the 413 goes out at once and the connection is closed.
+DRAIN_BYTES = 4 * 1024 * 1024
+
+
+def decode_json(raw: bytes) -> Any:
+    """json.loads of a request body. Nesting deeper than the decoder's recursion allows is a
+    client mistake like any other (400), not a server error; other decoding errors are left to
+    the caller, whose messages differ."""
+    try:
+        return json.loads(raw.decode("utf-8") if raw else "")
+    except RecursionError:
+        raise APIError(400, "Invalid JSON: nested too deeply.") from None
 
 
 @web.stream_request_body
@@ -31,6 +46,7 @@ class BaseHandler(web.RequestHandler):
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
         self._received = 0
+        self._body_limit = self.uws.max_json_body_size  # prepare() settles it per request
         self.user: Any = None
 
     @property
@@ -65,18 +81,23 @@ class BaseHandler(web.RequestHandler):
         self.finish()
 
     # ---- body ----------------------------------------------------------------------------
+    def body_limit(self) -> int:
+        """Largest body this request may send. JSON bodies are parsed on the event loop (and
+        /tokens/ takes them from anyone), so they get the small limit; uploads override it."""
+        return self.uws.max_json_body_size
+
     async def prepare(self) -> None:
+        self._body_limit = self.body_limit()
         if self.request.method == "OPTIONS":
             return
-        limit = self.uws.max_body_size
         length = self.request.headers.get("Content-Length")
         if length is not None:
             try:
-                too_big = int(length) > limit
+                too_big = int(length) > self._body_limit + DRAIN_BYTES
             except ValueError:
                 raise APIError(400, "Invalid Content-Length header.") from None
             if too_big:
-                raise APIError(413, "Request body too large.")
+                raise APIError(413, BODY_TOO_LARGE)
         if self.request.method not in self.allowed_methods():
             return  # answered with 405 by the method itself
         if self.auth_required:
@@ -88,24 +109,35 @@ class BaseHandler(web.RequestHandler):
         if self._finished:
             return
         self._received += len(chunk)
-        if self._received > self.uws.max_body_size:
-            self.send_api_error(APIError(413, "Request body too large."))
-            # Nothing more of this request is wanted; closing stops the client sending.
-            self.request.connection.close()
+        if self._received <= self._body_limit:
+            self._chunks.append(chunk)
             return
-        self._chunks.append(chunk)
+        # Over the limit (a chunked body has no Content-Length to check up front): nothing more
+        # is kept, and body_chunks() answers 413 once the rest has been read and dropped.
+        self._chunks = []
+        if self._received > self._body_limit + DRAIN_BYTES:
+            self.send_api_error(APIError(413, BODY_TOO_LARGE))
+            # Not worth reading any further; closing stops the client sending.
+            self.request.connection.close()
+
+    def body_chunks(self) -> list[bytes]:
+        """The body as received, or 413 when it went over the limit (it was dropped as it came)."""
+        if self._received > self._body_limit:
+            raise APIError(413, BODY_TOO_LARGE)
+        return self._chunks
 
     @property
     def body(self) -> bytes:
-        if self._chunks:
-            self.request.body = b"".join(self._chunks)
+        chunks = self.body_chunks()
+        if chunks:
+            self.request.body = b"".join(chunks)
             self._chunks = [self.request.body]
         return self.request.body or b""
 
     def json_body(self) -> dict[str, Any]:
         """The body as a JSON object, whatever the Content-Type (contract 1.6)."""
         try:
-            value = json.loads(self.body.decode("utf-8") if self.body else "")
+            value = decode_json(self.body)
         except UnicodeDecodeError as e:
             raise APIError(400, f"Invalid JSON: {e}") from None
         except json.JSONDecodeError as e:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from tornado import httputil
 
 from ..errors import APIError
+from ..workspaces import check_json_size
 from .base import BaseHandler
 
 FILTER_KEYS = ("name", "description", "status")
@@ -43,30 +47,49 @@ class WorkspaceHandler(WorkspaceListMixin):
 class WorkspaceActionHandler(BaseHandler):
     """PUT /workspaces/<id>/<put_type>/: upload here; start arrives with the sessions work."""
 
+    def body_limit(self) -> int:
+        if self.request.method == "PUT" and self.path_args[1].lower() == "upload":
+            return self.uws.max_body_size
+        return super().body_limit()
+
     async def put(self, ws_id: str, put_type: str) -> None:
         workspace_id = int(ws_id)
         kind = put_type.lower()
         if kind == "upload":
-            await self.uws.workspaces.upload(self.user, workspace_id, self.uploaded_files())
+            await self.uws.workspaces.upload(self.user, workspace_id, await self.uploaded_files())
             self.ok("Successful upload.")
             return
         if kind == "start":
             job = await self.uws.jobs.start(
-                self.user, workspace_id, self.json_body, self.request.headers.get("Idempotency-Key")
+                self.user, workspace_id, self.start_body, self.request.headers.get("Idempotency-Key")
             )
             self.ok("Successful start.", {"job": job})
             return
         await self.uws.workspaces.owned_for_put(self.user, workspace_id, put_type)
         raise APIError(400, "Invalid PUT type passed.")
 
-    def uploaded_files(self) -> list[tuple[str, bytes]]:
+    def start_body(self) -> dict[str, Any]:
+        body = self.json_body()
+        if isinstance(body.get("job_details"), dict):
+            # Stored with the job and sent back in every listing (the portal polls them).
+            check_json_size(body["job_details"], "job_details", self.uws.max_details_bytes)
+        return body
+
+    async def uploaded_files(self) -> list[tuple[str, bytes]]:
         content_type = self.request.headers.get("Content-Type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             return []
-        args: dict = {}
-        files: dict = {}
-        try:
-            httputil.parse_body_arguments(content_type, self.body, args, files)
-        except Exception:
-            return []
-        return [(f.filename, f.body) for parts in files.values() for f in parts if f.filename]
+        # Up to max_body_size (100 MiB by default): joined and parsed off the event loop.
+        chunks, self._chunks = self.body_chunks(), []
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, parse_multipart, content_type, chunks)
+
+
+def parse_multipart(content_type: str, chunks: list[bytes]) -> list[tuple[str, bytes]]:
+    args: dict = {}
+    files: dict = {}
+    try:
+        httputil.parse_body_arguments(content_type, b"".join(chunks), args, files)
+    except Exception:
+        return []
+    return [(f.filename, f.body) for parts in files.values() for f in parts if f.filename]
