@@ -184,3 +184,24 @@ def test_chown_tree_does_not_follow_links(tmp_path) -> None:
     assert os.stat(top / "d").st_uid == nobody.pw_uid
     assert os.lstat(top / "d" / "link").st_uid == nobody.pw_uid
     assert os.stat(outside).st_uid == 0
+
+
+def test_job_files_are_not_read_through_a_swapped_job_dir(tmp_path) -> None:
+    """In process (no Slurm cluster needed): Slurm's output file and exit.json of another job,
+    reached through this job's directory swapped for a symlink, are not read."""
+    from uws.spawners.base import Spawner
+    from uws.spawners.slurm import SlurmSpawner
+
+    ws = tmp_path / "ws"
+    (ws / ".5").mkdir(parents=True)
+    (ws / ".5" / "slurm.out").write_text("SECRET slurm output\n")
+    (ws / ".5" / "exit.json").write_text('{"exit_code": 0, "log_tail": "SECRET"}')
+    account = Account("nobody", 65534, 65534, frozenset([65534]))
+    assert SlurmSpawner(5, account, str(ws), "ipc:///nowhere").log_tail() == "SECRET slurm output\n"
+    assert Spawner(5, account, str(ws), "ipc:///nowhere").read_exit()["log_tail"] == "SECRET"
+    os.symlink(ws / ".5", ws / ".6")
+    assert SlurmSpawner(6, account, str(ws), "ipc:///nowhere").log_tail() == ""
+    assert Spawner(6, account, str(ws), "ipc:///nowhere").read_exit() is None
+    # nor through a workspace directory swapped for a symlink (the .N below it is real)
+    os.symlink(ws, tmp_path / "ws2")
+    assert SlurmSpawner(5, account, str(tmp_path / "ws2"), "ipc:///nowhere").log_tail() == ""
