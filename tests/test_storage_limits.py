@@ -3,12 +3,15 @@ the recipient's disk quota, a full disk, and names that are not text."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
 
 import pytest
 from test_shares import user_id
+
+from uws.storage import safepath
 
 from conftest import IS_ROOT, LOCAL_CONFIG, Client, Server, login, running_server
 from test_workspaces import create, get_ws, wait_for, ws_dir
@@ -110,6 +113,30 @@ def test_lone_surrogate_in_a_name_is_400(server: Server, alice: Client, kind: st
     assert r.json()["message"].startswith("Invalid ")
     assert workspace_ids(alice) == []
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("field", ["name", "description"])
+def test_lone_surrogate_in_workspace_fields_is_400(server: Server, alice: Client, field: str) -> None:
+    body = {"name": "ws", "description": ""}
+    raw = json.dumps(body).replace(f'"{field}": "', f'"{field}": "\\udc80')
+    r = alice.post("/workspaces/", raw=raw)
+    assert r.status_code == 400
+    assert r.json() == {
+        "success": False,
+        "message": "Invalid JSON: a string holds a lone surrogate (not text).",
+    }
+    assert workspace_ids(alice) == []
+    # a proper pair is text
+    ok = json.dumps({"name": "\U0001f600", "description": ""})
+    assert "\\ud83d\\ude00" in ok
+    assert alice.post("/workspaces/", raw=ok).status_code == 200
+
+
+def test_split_destination_refuses_lone_surrogates() -> None:
+    for name in ("a\ud800", "d/\udcff.txt"):
+        with pytest.raises(safepath.UnsafePath):
+            safepath.split_destination(name)
+    assert safepath.split_destination("d/\U0001f600.txt") == ["d", "\U0001f600.txt"]
 
 
 # ---- shares ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from tornado import web
@@ -13,6 +14,7 @@ from ..utils import parse_bool
 
 log = logging.getLogger("uws.web")
 
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 ALLOW_METHODS = "DELETE, GET, OPTIONS, PATCH, POST, PUT"
 ALLOW_HEADERS = (
     "accept, authorization, content-type, user-agent, x-csrftoken, x-requested-with, uws-authorization"
@@ -105,7 +107,14 @@ class BaseHandler(web.RequestHandler):
     def json_body(self) -> dict[str, Any]:
         """The body as a JSON object, whatever the Content-Type (contract 1.6)."""
         try:
-            value = json.loads(self.body.decode("utf-8") if self.body else "")
+            text = self.body.decode("utf-8") if self.body else ""
+            value = json.loads(text)
+            if SURROGATE_ESCAPE.search(text):
+                # A \ud800 escape without its pair parses to a string no file system,
+                # database or UTF-8 answer can hold: refuse it here, whatever field it is in.
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "Invalid JSON: a string holds a lone surrogate (not text).") from None
         except UnicodeDecodeError as e:
             raise APIError(400, f"Invalid JSON: {e}") from None
         except json.JSONDecodeError as e:
