@@ -19,6 +19,7 @@ from .safepath import UnsafePath
 # The file system is out of space (or the account out of its file system quota): not the
 # client's fault, and not a bad name either.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+SCAN_TRIES = 3
 
 
 def write_error(e: BaseException, kind: str, name: str) -> APIError:
@@ -263,8 +264,14 @@ class LocalFileSystemStorage(LoggingConfigurable):
 
     # ---- scanning and copying --------------------------------------------------------------
     def scan(self, workspace_dir: str) -> tuple[int, dict[str, Any]]:
-        total, files, links = safepath.scan(workspace_dir, self.max_path_depth)
-        return total, {"files": files, "symlinks": links}
+        # A session moving directories around can spoil a walk: a few tries, then say so.
+        for _ in range(SCAN_TRIES):
+            try:
+                total, files, links = safepath.scan(workspace_dir, self.max_path_depth)
+                return total, {"files": files, "symlinks": links}
+            except safepath.TreeChanged:
+                pass
+        raise APIError(409, "The workspace's files changed while they were being listed; try again.")
 
     def copy_workspace(self, src: str, dst: str, account: Account, max_bytes: int | None = None) -> None:
         def keep_link(target: str) -> bool:
