@@ -186,6 +186,38 @@ def test_share_is_charged_to_the_recipients_quota(server: Server, alice: Client,
     assert "requested 50 bytes" in r.json()["message"]
 
 
+def test_copy_stops_at_what_the_quota_leaves(backend: str) -> None:
+    """A copy that finds more bytes than the recipient's quota leaves (here: a copy resumed
+    after a restart, the maximum lowered meanwhile) ends in error, holding and charging nothing."""
+    srv = Server(backend, LOCAL_CONFIG).start()
+    try:
+        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        alice = login(srv, ct, first_name="Alice", last_name="Liddell")
+        bob = login(srv, ct, first_name="Bob", last_name="Builder")
+        w = create(alice, workspace_details={"files": [{"name": "a.txt", "content": "x" * 150}]})
+        r = alice.post(
+            "/shared_workspaces/",
+            {"original_workspace_id": w["id"], "shared_user_ids": [user_id(alice, bob)]},
+        )
+        assert r.status_code == 200, r.text
+        copy_id = r.json()["data"]["shared_workspaces"][0]["shared_workspace_id"]["id"]
+        status = f"SELECT status, status_message, disk_space FROM workspaces WHERE id = {copy_id}"
+        assert wait_for(lambda: (row := srv.sql(status)[0])[0] != "initializing" and row) == ("idle", "", 150)
+        srv.stop()
+        srv.sql(f"UPDATE workspaces SET status = 'initializing' WHERE id = {copy_id}")
+        srv.cli("quota", "set", bob.username, "--disk-bytes", "100")
+        srv.start()
+        assert wait_for(lambda: (row := srv.sql(status)[0])[0] != "initializing" and row) == (
+            "error",
+            "Copy failed: the workspace is larger than the recipient's remaining disk quota.",
+            0,
+        )
+        assert not os.path.exists(ws_dir(srv, bob, copy_id))
+        assert bob.get("/quota/").json()["data"]["quota"]["disk_bytes"]["used"] == 0
+    finally:
+        srv.close()
+
+
 # ---- a full disk -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def full_disk_server(backend: str):

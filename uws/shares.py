@@ -218,7 +218,7 @@ class ShareService:
             try:
                 disk, _ = await self.workspaces.to_background_thread(storage.scan, original.file_path)
                 return disk
-            except OSError:
+            except (OSError, APIError):
                 log.warning("Could not measure workspace %s; using its recorded size", original.id)
         return original.disk_space or 0
 
@@ -262,13 +262,15 @@ class ShareService:
             path = await background(storage.create_workspace_dir, account, copy_id)
             await background(storage.copy_workspace, original.file_path, path, account, room)
             disk, current = await background(storage.scan, path)
-        except TooLarge:
-            log.warning("Shared workspace %s is larger than its recipient's disk quota", copy_id)
-            status, disk, current = "error", 0, None
-            message = "Copy failed: the workspace is larger than the recipient's remaining disk quota."
         except Exception as e:
-            log.exception("Copying shared workspace %s failed", copy_id)
-            status, message, disk, current = "error", f"Copy failed: {e}", 0, None
+            if isinstance(e, TooLarge):
+                log.warning("Shared workspace %s is larger than its recipient's disk quota", copy_id)
+                message = "Copy failed: the workspace is larger than the recipient's remaining disk quota."
+            else:
+                log.exception("Copying shared workspace %s failed", copy_id)
+                message = f"Copy failed: {e}"
+            status, disk, current = "error", 0, None
+            path = await self._discard_partial(path, copy_id)
 
         def _finish(session: Any) -> None:
             row = session.get(orm.Workspace, copy_id)
@@ -280,11 +282,23 @@ class ShareService:
                 row.file_path = path
             if current is not None:
                 row.current_details = current
-                row.disk_space = disk
+            row.disk_space = disk  # a failed copy holds no files, so it is charged nothing
 
         await self.db.run(_finish)
         self.workspaces.invalidate(recipient.id)
         self.app.mailer.share_invitation(recipient, copy)
+
+    async def _discard_partial(self, path: str, copy_id: int) -> str:
+        """Remove what a failed copy wrote, as the recipient is charged nothing for it; the
+        directory path the copy keeps ("" once removed)."""
+        storage = self.app.storage
+        if path and storage.valid_workspace_dir(path):
+            try:
+                await self.workspaces.to_background_thread(storage.delete_dir, path)
+                return ""
+            except Exception:
+                log.exception("Could not clear the failed copy of shared workspace %s", copy_id)
+        return path
 
     # ---- accept / delete -------------------------------------------------------------------
     async def accept(self, user: CurrentUser, copy_id: int, put_type: str) -> None:
