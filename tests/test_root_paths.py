@@ -168,22 +168,41 @@ def test_open_dir_and_read_file_refuse_links_fifos_and_hard_links(tmp_path) -> N
     assert safepath.read_file(str(job), "fifo", 1000) is None  # and did not block
 
 
-def test_chown_tree_does_not_follow_links(tmp_path) -> None:
+def test_chown_tree_does_not_follow_a_directory_swapped_for_a_symlink(tmp_path, monkeypatch) -> None:
+    """Right after the first file in d/ is chowned, d/ becomes a symlink to a directory of root's
+    files: the rest of d/ must not be reached through it."""
     if os.geteuid() != 0:
         pytest.skip("chown needs root")
     import pwd
 
     nobody = pwd.getpwnam("nobody")
-    outside = tmp_path / "outside.txt"
-    outside.write_text("x")
+    account = Account("nobody", nobody.pw_uid, nobody.pw_gid, frozenset([nobody.pw_gid]))
     top = tmp_path / "new"
     (top / "d").mkdir(parents=True)
-    os.symlink(outside, top / "d" / "link")
-    account = Account("nobody", nobody.pw_uid, nobody.pw_gid, frozenset([nobody.pw_gid]))
-    safepath.chown_tree(str(top), account)
-    assert os.stat(top / "d").st_uid == nobody.pw_uid
-    assert os.lstat(top / "d" / "link").st_uid == nobody.pw_uid
-    assert os.stat(outside).st_uid == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("x", "y"):
+        (top / "d" / name).write_text(name)
+        (outside / name).write_text(name)
+    real_chown = os.chown
+    swapped: list[bool] = []
+
+    def chown(path, *args, **kw):  # noqa: ANN001, ANN002, ANN003
+        real_chown(path, *args, **kw)
+        if os.path.basename(os.fspath(path)) in ("x", "y") and not swapped:
+            swapped.append(True)
+            os.rename(top / "d", tmp_path / "moved")
+            os.symlink(outside, top / "d")
+
+    monkeypatch.setattr(os, "chown", chown)
+    try:
+        safepath.chown_tree(str(top), account)
+    except OSError:
+        pass  # the walk may also notice that d/ has moved: stopping is fine, following is not
+    monkeypatch.undo()
+    assert swapped
+    assert [os.stat(outside / n).st_uid for n in ("x", "y")] == [0, 0]
+    assert [os.stat(tmp_path / "moved" / n).st_uid for n in ("x", "y")] == [nobody.pw_uid] * 2
 
 
 def test_job_files_are_not_read_through_a_swapped_job_dir(tmp_path) -> None:
