@@ -263,6 +263,10 @@ def _ident(fd: int) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _idents(fds: list[int]) -> list[tuple[int, int]]:
+    return [_ident(fd) for fd in fds]
+
+
 def _open_all(fds: list[int], name: str) -> list[int] | None:
     """name opened as a directory in every tree, or None when it is gone or not a directory
     (a symlink included) in one of them."""
@@ -298,7 +302,7 @@ def walk(fds: Sequence[int], visit: Visit, leave: Leave | None = None, state: An
     try:
         stack = [(_idents(current), list(reversed(visit(tuple(current), parts, state))))]
         while stack:
-            idents, pending = stack[-1]
+            pending = stack[-1][1]
             if pending:
                 name, child_state = pending.pop()
                 children = _open_all(current, name)
@@ -313,8 +317,10 @@ def walk(fds: Sequence[int], visit: Visit, leave: Leave | None = None, state: An
             stack.pop()
             if not stack:
                 break
-            _replace(current, [os.open("..", DIR_FLAGS, dir_fd=fd) for fd in current])
-            if _idents(current) != stack[-1][0]:
+            parents = _open_all(current, "..")
+            if parents is not None:
+                _replace(current, parents)
+            if parents is None or _idents(current) != stack[-1][0]:
                 raise TreeChanged(errno.ESTALE, "a directory was moved during the walk")
             name = parts.pop()
             if leave is not None:
@@ -322,10 +328,6 @@ def walk(fds: Sequence[int], visit: Visit, leave: Leave | None = None, state: An
     finally:
         for fd in current:
             os.close(fd)
-
-
-def _idents(fds: list[int]) -> list[tuple[int, int]]:
-    return [_ident(fd) for fd in fds]
 
 
 def chown_tree(path: str, account: Account | None) -> None:
