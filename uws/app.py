@@ -411,6 +411,12 @@ class UWSApp(Application):
     stop_grace_seconds = Float(
         5.0, config=True, help="Seconds a stopping session gets between SIGTERM and SIGKILL."
     )
+    background_fs_threads = Integer(
+        2,
+        config=True,
+        help="""Threads for slow file work in the background (share copies, workspace deletion),
+        kept apart from the threads that serve creates, uploads, updates and rescans.""",
+    )
     max_concurrent_starts = Integer(
         20,
         config=True,
@@ -560,6 +566,10 @@ class UWSApp(Application):
         self.storage.root_dir = os.path.abspath(self.storage.root_dir)
         self.storage.ensure_root()
         self.fs_executor = ThreadPoolExecutor(2, thread_name_prefix="uws-fs")
+        # Share copies and deletions can take minutes: never on the pool every request waits for.
+        self.background_fs_executor = ThreadPoolExecutor(
+            max(1, self.background_fs_threads), thread_name_prefix="uws-fs-background"
+        )
 
     def init_services(self) -> None:
         from .mail import Mailer

@@ -22,6 +22,25 @@ def disk_used(session: Any, user_id: int) -> int:
     )
 
 
+def disk_limit(session: Any, user_id: int, lock: bool = False) -> tuple[int | None, int]:
+    """(maximum or None, bytes used). lock=True holds the quota row for the transaction, so
+    two writes charged to the same user are checked one after the other."""
+    quota = session.get(orm.Quota, user_id, with_for_update=lock)
+    if quota is None or quota.max_disk_bytes is None:
+        return None, 0
+    return quota.max_disk_bytes, disk_used(session, user_id)
+
+
+def check_disk(maximum: int | None, used: int, requested: int, whose: str = "") -> None:
+    """Raise the 400 for a write of `requested` bytes that would pass the maximum."""
+    if maximum is not None and used + requested > maximum:
+        raise APIError(
+            400,
+            f"Disk quota {whose}exceeded: used {used} bytes, requested {requested} bytes, "
+            f"maximum {maximum} bytes.",
+        )
+
+
 class QuotaService:
     """Maximums are set by `uws quota set` in another process, so they are cached only briefly."""
 
@@ -38,23 +57,12 @@ class QuotaService:
         if seen is not None and time.monotonic() - seen < self.CACHE_SECONDS:
             return False  # most users have no maximum: no query on their every write
 
-        def _check(session: Any) -> tuple[int | None, int]:
-            quota = session.get(orm.Quota, user_id)
-            if quota is None or quota.max_disk_bytes is None:
-                return None, 0
-            return quota.max_disk_bytes, disk_used(session, user_id)
-
-        maximum, used = await self.db.run(_check)
+        maximum, used = await self.db.run(lambda session: disk_limit(session, user_id))
         if maximum is None:
             self._unlimited_disk[user_id] = time.monotonic()
         else:
             self._unlimited_disk.pop(user_id, None)
-        if maximum is not None and used + requested > maximum:
-            raise APIError(
-                400,
-                f"Disk quota exceeded: used {used} bytes, requested {requested} bytes, "
-                f"maximum {maximum} bytes.",
-            )
+        check_disk(maximum, used, requested)
         return maximum is not None
 
     async def check_core_hours(self, user_id: int, requested: float) -> None:

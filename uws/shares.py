@@ -12,6 +12,8 @@ from . import orm
 from .auth.tokens import CurrentUser
 from .errors import APIError
 from .models import share_model
+from .quotas import check_disk, disk_limit
+from .storage.safepath import TooLarge
 from .utils import utcnow
 from .workspaces import DIR_FAILURE_DELETE
 
@@ -109,6 +111,9 @@ class ShareService:
         user_ids = [_as_int(i) for i in ids]
         if any(i is None for i in user_ids) or len(set(user_ids)) != len(user_ids):
             raise APIError(400, "Invalid user id provided.")
+        cap = self.app.storage.max_share_recipients
+        if len(user_ids) > cap:
+            raise APIError(400, f"A workspace can be shared with at most {cap} users at once.")
 
         def _recipients(session: Any) -> list[orm.User] | None:
             found = []
@@ -151,7 +156,15 @@ class ShareService:
                     f"User {recipient.first_name} {recipient.last_name} does not have permission on the file system.",
                 ) from None
 
+        size = await self._size(original)
+
         def _create(session: Any) -> tuple[list[dict[str, Any]], list[int]]:
+            # Each copy is charged to its recipient now, before any byte is copied, so shares
+            # made meanwhile see it; the copy itself stops at what the quota leaves.
+            for recipient in recipients:
+                maximum, used = disk_limit(session, recipient.id, lock=True)
+                whose = f"of user {recipient.first_name} {recipient.last_name} "
+                check_disk(maximum, used, size, whose)
             last_job = session.scalar(
                 select(orm.Job).where(orm.Job.workspace_id == ws_id).order_by(orm.Job.id.desc()).limit(1)
             )
@@ -173,6 +186,7 @@ class ShareService:
                     request_details=orig.request_details,
                     current_details=orig.current_details,
                     status="initializing",
+                    disk_space=size,
                 )
                 session.add(copy)
                 session.flush()
@@ -196,6 +210,18 @@ class ShareService:
             self.workspaces.spawn(self.initialise_copy(copy_id))
         return models
 
+    async def _size(self, original: orm.Workspace) -> int:
+        """Bytes a copy of the original takes: counted afresh, as sessions write without
+        updating the recorded size."""
+        storage = self.app.storage
+        if storage.valid_workspace_dir(original.file_path):
+            try:
+                disk, _ = await self.workspaces.to_background_thread(storage.scan, original.file_path)
+                return disk
+            except (OSError, APIError):
+                log.warning("Could not measure workspace %s; using its recorded size", original.id)
+        return original.disk_space or 0
+
     async def initialise_copy(self, copy_id: int) -> None:
         """Copy the original's files into the recipient's directory, then idle (or error)."""
 
@@ -214,12 +240,15 @@ class ShareService:
                 else None
             )
             recipient = session.get(orm.User, copy.user_id)
-            return copy, original, recipient
+            maximum, used = disk_limit(session, copy.user_id)
+            # What the quota leaves once this copy's own charge is taken back.
+            room = None if maximum is None else max(0, maximum - used + (copy.disk_space or 0))
+            return copy, original, recipient, room
 
         loaded = await self.db.run(_load)
         if loaded is None:
             return
-        copy, original, recipient = loaded
+        copy, original, recipient, room = loaded
         storage = self.app.storage
         status, message, path = "idle", "", ""
         try:
@@ -227,14 +256,21 @@ class ShareService:
             if original is None or not storage.valid_workspace_dir(original.file_path):
                 raise OSError("the original workspace is gone")
             path = storage.workspace_dir(account, copy_id)
+            background = self.workspaces.to_background_thread
             if storage.valid_workspace_dir(path):
-                await self.workspaces.to_thread(storage.delete_dir, path)
-            path = await self.workspaces.to_thread(storage.create_workspace_dir, account, copy_id)
-            await self.workspaces.to_thread(storage.copy_workspace, original.file_path, path, account)
-            disk, current = await self.workspaces.to_thread(storage.scan, path)
+                await background(storage.delete_dir, path)
+            path = await background(storage.create_workspace_dir, account, copy_id)
+            await background(storage.copy_workspace, original.file_path, path, account, room)
+            disk, current = await background(storage.scan, path)
         except Exception as e:
-            log.exception("Copying shared workspace %s failed", copy_id)
-            status, message, disk, current = "error", f"Copy failed: {e}", 0, None
+            if isinstance(e, TooLarge):
+                log.warning("Shared workspace %s is larger than its recipient's disk quota", copy_id)
+                message = "Copy failed: the workspace is larger than the recipient's remaining disk quota."
+            else:
+                log.exception("Copying shared workspace %s failed", copy_id)
+                message = f"Copy failed: {e}"
+            status, disk, current = "error", 0, None
+            path = await self._discard_partial(path, copy_id)
 
         def _finish(session: Any) -> None:
             row = session.get(orm.Workspace, copy_id)
@@ -246,11 +282,23 @@ class ShareService:
                 row.file_path = path
             if current is not None:
                 row.current_details = current
-                row.disk_space = disk
+            row.disk_space = disk  # a failed copy holds no files, so it is charged nothing
 
         await self.db.run(_finish)
         self.workspaces.invalidate(recipient.id)
         self.app.mailer.share_invitation(recipient, copy)
+
+    async def _discard_partial(self, path: str, copy_id: int) -> str:
+        """Remove what a failed copy wrote, as the recipient is charged nothing for it; the
+        directory path the copy keeps ("" once removed)."""
+        storage = self.app.storage
+        if path and storage.valid_workspace_dir(path):
+            try:
+                await self.workspaces.to_background_thread(storage.delete_dir, path)
+                return ""
+            except Exception:
+                log.exception("Could not clear the failed copy of shared workspace %s", copy_id)
+        return path
 
     # ---- accept / delete -------------------------------------------------------------------
     async def accept(self, user: CurrentUser, copy_id: int, put_type: str) -> None:
@@ -330,7 +378,7 @@ class ShareService:
                 account = await self.app.storage_account(copy_owner.username)
                 path = storage.workspace_dir(account, copy_id)
                 if storage.valid_workspace_dir(path):
-                    await self.workspaces.to_thread(storage.delete_dir, path)
+                    await self.workspaces.to_background_thread(storage.delete_dir, path)
             except Exception:
                 log.exception("Could not clear the directory of cancelled share %s", copy_id)
         elif result == "queued":

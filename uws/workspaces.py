@@ -208,6 +208,10 @@ class WorkspaceService:
     async def to_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.app.fs_executor, fn, *args)
 
+    async def to_background_thread(self, fn: Any, *args: Any) -> Any:
+        """For work that may take long (copies, deletions), so it never delays requests."""
+        return await asyncio.get_running_loop().run_in_executor(self.app.background_fs_executor, fn, *args)
+
     # ---- create ----------------------------------------------------------------------------
     async def create(self, user: CurrentUser, body: dict[str, Any]) -> dict[str, Any]:
         if "name" not in body or "description" not in body:
@@ -413,7 +417,7 @@ class WorkspaceService:
             return
         try:
             if ws.file_path:
-                await self.to_thread(self.storage.delete_dir, ws.file_path)
+                await self.to_background_thread(self.storage.delete_dir, ws.file_path)
         except Exception as e:
             log.exception("Deleting workspace %s failed", ws_id)
             await self.set_status(ws_id, ws.user_id, "error", f"Deletion failed: {e}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from tornado import web
@@ -13,6 +14,7 @@ from ..utils import parse_bool
 
 log = logging.getLogger("uws.web")
 
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 ALLOW_METHODS = "DELETE, GET, OPTIONS, PATCH, POST, PUT"
 ALLOW_HEADERS = (
     "accept, authorization, content-type, user-agent, x-csrftoken, x-requested-with, uws-authorization"
@@ -29,10 +31,19 @@ def decode_json(raw: bytes) -> Any:
     """json.loads of a request body. Nesting deeper than the decoder's recursion allows is a
     client mistake like any other (400), not a server error; other decoding errors are left to
     the caller, whose messages differ."""
+    text = raw.decode("utf-8") if raw else ""
     try:
-        return json.loads(raw.decode("utf-8") if raw else "")
+        value = json.loads(text)
     except RecursionError:
         raise APIError(400, "Invalid JSON: nested too deeply.") from None
+    if SURROGATE_ESCAPE.search(text):
+        # A \ud800 escape without its pair parses to a string no file system, database or UTF-8
+        # answer can hold: refuse it here, whatever field it is in.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "Invalid JSON: a string holds a lone surrogate (not text).") from None
+    return value
 
 
 @web.stream_request_body

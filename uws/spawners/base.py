@@ -22,6 +22,9 @@ from traitlets.config import LoggingConfigurable
 from ..auth.accounts import Account
 from ..storage import safepath
 
+# exit.json holds an exit code, a reason and a short log tail; anything bigger is not the helper's.
+EXIT_FILE_MAX_BYTES = 1 << 20
+
 
 class LaunchError(Exception):
     """A session could not be launched, for a reason the user can read (and maybe fix)."""
@@ -161,7 +164,7 @@ class Spawner(LoggingConfigurable):
     def prepare_job_dir(self, spec: dict[str, Any]) -> None:
         """Create <workspace>/.<job id>/ and job.json, owned by the session's account, without
         following any symlink (S3)."""
-        fd = os.open(self.workspace_dir, safepath.DIR_FLAGS)
+        fd = safepath.open_dir_fd(self.workspace_dir)
         try:
             name = f".{self.job_id}"
             try:
@@ -174,13 +177,13 @@ class Spawner(LoggingConfigurable):
         safepath.write_file(self.job_dir, ["job.json"], json.dumps(spec, indent=1).encode(), self.account)
 
     def read_exit(self) -> dict[str, Any] | None:
-        try:
-            fd = os.open(os.path.join(self.job_dir, "exit.json"), os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
+        # The job directory is the user's: read through directory fds, so a .N swapped for a
+        # symlink (to another user's job, say) is not followed.
+        raw = safepath.read_file(self.job_dir, "exit.json", EXIT_FILE_MAX_BYTES)
+        if raw is None:
             return None
-        with os.fdopen(fd) as f:
-            try:
-                data = json.load(f)
-            except ValueError:
-                return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
         return data if isinstance(data, dict) else None

@@ -13,6 +13,7 @@ from typing import Any
 import psutil
 from traitlets import List, Unicode
 
+from ..storage import safepath
 from .base import Spawner
 
 
@@ -33,13 +34,10 @@ class LocalProcessSpawner(Spawner):
     def _start_sync(self, spec: dict[str, Any], secret: str) -> int:
         self.check_channel_access()
         self.prepare_job_dir(spec)
-        fd = os.open(
-            os.path.join(self.job_dir, "helper.log"),
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-        )
-        if os.geteuid() == 0:
-            os.fchown(fd, self.account.uid, self.account.gid)
+        # A fresh file, created through directory fds: the user may have swapped the job
+        # directory for a symlink since prepare_job_dir.
+        with safepath.open_dir(self.job_dir) as dir_fd:
+            fd = safepath.create_file_at("helper.log", dir_fd, self.account)
         log = os.fdopen(fd, "ab")
         try:
             proc = subprocess.Popen(

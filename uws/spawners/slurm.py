@@ -382,13 +382,8 @@ class SlurmBase(Spawner):
 
     def log_tail(self) -> str:
         """The end of the job's Slurm output file (for jobs whose helper never wrote exit.json)."""
-        try:
-            fd = os.open(os.path.join(self.job_dir, "slurm.out"), os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return ""
-        with os.fdopen(fd, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL_BYTES))
-            return f.read().decode(errors="replace")
+        raw = safepath.read_file(self.job_dir, "slurm.out", LOG_TAIL_BYTES, tail=True)
+        return "" if raw is None else raw.decode(errors="replace")
 
     async def stop(self) -> None:
         if self.slurm_job_id is not None:

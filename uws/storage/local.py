@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,17 @@ from ..auth.accounts import Account
 from ..errors import APIError
 from . import safepath
 from .safepath import UnsafePath
+
+# The file system is out of space (or the account out of its file system quota): not the
+# client's fault, and not a bad name either.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+SCAN_TRIES = 3
+
+
+def write_error(e: BaseException, kind: str, name: str) -> APIError:
+    if isinstance(e, OSError) and e.errno in NO_SPACE:
+        return APIError(507, f"Not enough disk space on the server to write {name}.")
+    return APIError(400, f"Invalid {kind} specified {name}")
 
 
 @dataclass
@@ -62,6 +73,19 @@ class LocalFileSystemStorage(LoggingConfigurable):
         config=True,
         help="""Largest total size of one upload request, in bytes; 0 means the server's
         request body limit (UWSApp.max_body_size) is the only limit.""",
+    )
+    max_path_depth = Integer(
+        64,
+        config=True,
+        help="""Most components (directories plus the name) a file or symlink path given to the
+        API may have; deeper ones are refused with 400. Workspace file lists also stop listing
+        names below this depth (their bytes still count towards disk use).""",
+    )
+    max_share_recipients = Integer(
+        20,
+        config=True,
+        help="""Most users one share request may name: each gets a full copy of the workspace,
+        charged to their disk quota.""",
     )
 
     def real_root(self) -> str:
@@ -121,15 +145,18 @@ class LocalFileSystemStorage(LoggingConfigurable):
 
     def remove_staging_dir(self, path: str) -> None:
         if os.path.basename(path).startswith(".creating-") and safepath.inside(path, self.real_root()):
-            shutil.rmtree(path, ignore_errors=True)
+            try:
+                safepath.remove_tree(path)
+            except OSError:
+                pass  # a leftover hidden directory; the create's own error is what matters
 
     def delete_dir(self, path: str) -> None:
-        """Remove a workspace directory; rmtree's fd-based walk never follows links."""
+        """Remove a workspace directory, however deep, never following links."""
         if not os.path.lexists(path):
             return
         if not self.valid_workspace_dir(path):
             raise OSError(f"refusing to delete {path!r}: not a workspace directory")
-        shutil.rmtree(path)
+        safepath.remove_tree(path)
 
     # ---- validation (contract 2.8) ---------------------------------------------------------
     def symlink_source_allowed(self, real: str, account: Account) -> bool:
@@ -193,6 +220,8 @@ class LocalFileSystemStorage(LoggingConfigurable):
             parts = safepath.split_destination(name)
         except UnsafePath:
             raise APIError(400, f"{message} {name}") from None
+        if len(parts) > self.max_path_depth:
+            raise APIError(400, f"{message}: a path may have at most {self.max_path_depth} components.")
         if workspace_dir and not safepath.existing_parent_is_safe(workspace_dir, parts):
             raise APIError(400, f"{message} {name}")
         return parts
@@ -202,15 +231,13 @@ class LocalFileSystemStorage(LoggingConfigurable):
         for op in plan.symlinks:
             try:
                 safepath.make_symlink(workspace_dir, op.parts, op.source, account)
-            except (UnsafePath, OSError):
-                raise APIError(
-                    400, f"Invalid symlink destination path specified {'/'.join(op.parts)}"
-                ) from None
+            except (UnsafePath, OSError) as e:
+                raise write_error(e, "symlink destination path", "/".join(op.parts)) from None
         for op in plan.files:
             try:
                 safepath.write_file(workspace_dir, op.parts, op.content, account)
-            except (UnsafePath, OSError):
-                raise APIError(400, f"Invalid file path specified {'/'.join(op.parts)}") from None
+            except (UnsafePath, OSError) as e:
+                raise write_error(e, "file path", "/".join(op.parts)) from None
 
     # ---- uploads ---------------------------------------------------------------------------
     @staticmethod
@@ -232,21 +259,27 @@ class LocalFileSystemStorage(LoggingConfigurable):
             name = self.upload_name(original)
             try:
                 safepath.write_file(workspace_dir, [name], body, account)
-            except (UnsafePath, OSError):
-                raise APIError(400, f"Invalid file path specified {original}") from None
+            except (UnsafePath, OSError) as e:
+                raise write_error(e, "file path", original) from None
 
     # ---- scanning and copying --------------------------------------------------------------
     def scan(self, workspace_dir: str) -> tuple[int, dict[str, Any]]:
-        total, files, links = safepath.scan(workspace_dir)
-        return total, {"files": files, "symlinks": links}
+        # A session moving directories around can spoil a walk: a few tries, then say so.
+        for _ in range(SCAN_TRIES):
+            try:
+                total, files, links = safepath.scan(workspace_dir, self.max_path_depth)
+                return total, {"files": files, "symlinks": links}
+            except safepath.TreeChanged:
+                pass
+        raise APIError(409, "The workspace's files changed while they were being listed; try again.")
 
-    def copy_workspace(self, src: str, dst: str, account: Account) -> None:
+    def copy_workspace(self, src: str, dst: str, account: Account, max_bytes: int | None = None) -> None:
         def keep_link(target: str) -> bool:
             if not os.path.isabs(target) or not os.path.exists(target):
                 return False
             return self.symlink_source_allowed(os.path.realpath(target), account)
 
-        safepath.copy_tree(src, dst, account, keep_link)
+        safepath.copy_tree(src, dst, account, keep_link, max_bytes)
 
     # ---- health ----------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:
