@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import orm
+from .keys import read_key
 
 COOKIE_SECONDS = 12 * 3600
 
@@ -49,19 +49,7 @@ class ProxyService:
 
     def _load_secret(self) -> bytes:
         """Cookie signing key, kept in the data directory so cookies survive restarts."""
-        path = os.path.join(self.app.data_dir, "cookie_secret")
-        try:
-            with open(path, "rb") as f:
-                data = f.read().strip()
-                if len(data) >= 32:
-                    return data
-        except FileNotFoundError:
-            pass
-        data = secrets.token_hex(32).encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return data
+        return read_key(os.path.join(self.app.data_dir, "cookie_secret"))
 
     # ---- targets ---------------------------------------------------------------------------
     async def target(self, job_id: int) -> Target | None:
