@@ -21,10 +21,11 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
-from .access_log import log_access
+from .access_log import RedactCredentials, log_access
 from .auth.accounts import Account
 from .config_json import ConfigError, validate
 from .errors import APIError
+from .models import link_with_token
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # A browser connection with no request under way is closed after this long: by Tornado's
@@ -440,11 +441,14 @@ class UWSApp(Application):
         )
         self.log.setLevel(self.log_level)
         logging.getLogger("tornado.access").setLevel(logging.DEBUG if self.debug else logging.WARNING)
+        for name in ("tornado.access", "tornado.application", "tornado.general"):
+            logging.getLogger(name).addFilter(RedactCredentials())
 
     def init_db(self) -> None:
         from . import db
 
-        os.makedirs(self.data_dir, exist_ok=True)
+        # Private from the start: the database, cookie_secret and session_key live here.
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         if not self.db_url:
             self.db_url = f"sqlite:///{os.path.join(self.data_dir, 'uws.sqlite')}"
         self.db = db.Database(self.db_url)
@@ -496,6 +500,11 @@ class UWSApp(Application):
         self.job_templates = load_templates(self.share_dir)
         if not self.session_channel_url:
             self.session_channel_url = "ipc://" + os.path.join(self.data_dir, "sessions.sock")
+        self.secure_data_dir()
+        from . import models
+        from .keys import SessionTokens
+
+        self.session_tokens = models.session_tokens = SessionTokens.load(self.data_dir)
         self.jobs = JobService(self)
         from .proxy import ProxyService
 
@@ -503,6 +512,20 @@ class UWSApp(Application):
         from .culler import IdleCuller
 
         self.culler = IdleCuller(self)
+
+    def secure_data_dir(self) -> None:
+        """No other account may list the data directory (its files are 0600 in any case). When
+        sessions run as other accounts and must pass through it, to the session socket or the
+        workspaces root inside it, it is 0711 (enter, not list); otherwise 0700."""
+        data = os.path.realpath(self.data_dir)
+        needed = [self.storage.root_dir]
+        if self.session_channel_url.startswith("ipc://"):
+            needed.append(self.session_channel_url[len("ipc://") :])
+        passed = any(os.path.realpath(p).startswith(data + os.sep) for p in needed)
+        others = self.spawner_class not in ("local", "LocalProcessSpawner")
+        mode = 0o711 if passed and others else 0o700
+        if os.stat(data).st_mode & 0o777 != mode:
+            os.chmod(data, mode)
 
     def init_build(self) -> None:
         if self.build:
@@ -597,14 +620,14 @@ class UWSApp(Application):
     def connection_url(self, job_id: int, ready: dict[str, Any]) -> tuple[str, str]:
         """url_domain and url_path of a ready session, through this server's passthrough.
 
-        The link carries the job's token (exchanged for a cookie on first use) and has exactly
-        one '?', so clients can insert /tree/<path> before the query."""
+        The owner's link carries the job's token (exchanged for a cookie on first use), added
+        when the job is shown to its owner (models.link_with_token)."""
         prefix = f"/passthrough/{job_id}"
         path = ready.get("path") or "/"
         if not path.startswith(prefix + "/"):
             path = prefix + (path if path.startswith("/") else "/" + path)
-        if "token=" not in path and ready.get("token"):
-            path += ("&" if "?" in path else "?") + f"token={ready['token']}"
+        # Stored without the token; models.job_model adds it for the owner.
+        path = link_with_token(path, "")
         return (self.passthrough_url or self.public_origin()).rstrip("/"), path
 
     # ---- helpers used by services ------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Passthrough: who may reach a session through /passthrough/<job id>/, and where it is.
 
-The target host and port always come from the job record (what the job's helper reported),
-never from the request (S5). A request gets through when it carries the job owner's
+The target host and port always come from the job record, never from the request (S5): the host
+is the session's node as the server knows it and the port one the server checked (see
+JobService.ready_target). A request gets through when it carries the job owner's
 UWS-Authorization header, the job's access cookie, or the job's token in ?token= (the link in
 connection_details): the token is then exchanged for an HttpOnly cookie scoped to the job's
-path, so later requests (assets, XHR, websockets) need nothing more.
+path, so later requests (assets, XHR, websockets) need nothing more. The token is derived by the
+server (uws.keys.SessionTokens), never read from the job record.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class ProxyService:
         target = self.targets.get(job_id)
         if target is not None:
             return target
+        token = self.app.session_tokens.token(job_id)
 
         def _load(session: Any) -> Target | None:
             job = session.get(orm.Job, job_id)
@@ -72,7 +75,7 @@ class ProxyService:
                 job.user_id,
                 ready.get("host") or "127.0.0.1",
                 int(ready["port"]),
-                ready.get("token") or "",
+                token,
                 bool(state.get("proxy_strip_prefix")),
                 job.job_type,
             )
