@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import psutil
@@ -80,18 +79,31 @@ def test_session_token_stays_out_of_command_lines_files_and_the_database(
     # job.json may be read by other accounts: no token there.
     with open(os.path.join(ws_dir(sserver, owner, w["id"]), f".{job['id']}", "job.json")) as f:
         assert token not in f.read()
-    # The database holds no usable link token: not in clear, nor the link with it.
-    rows = sserver.sql(f"SELECT * FROM jobs WHERE id = {int(job['id'])}")
+    assert_not_in_database(sserver, job["id"], token)
+    # The owner's link opens the session; the token goes in exchange for a cookie.
+    r = requests.get(link["url_domain"] + link["url_path"], timeout=30)
+    assert r.status_code == 200
+    owner.put(f"/jobs/{job['id']}/stop")
+
+
+def assert_not_in_database(server: Server, job_id: int, token: str) -> None:
+    """The database holds no usable link token: not in clear, nor the link with it."""
+    rows = server.sql(f"SELECT * FROM jobs WHERE id = {int(job_id)}")
     assert rows and token not in repr(rows)
-    if sserver.backend == "sqlite":
-        path = sserver.db_url[len("sqlite:///") :]
+    if server.backend == "sqlite":
+        path = server.db_url[len("sqlite:///") :]
         for name in (path, path + "-wal"):
             if os.path.exists(name):
                 with open(name, "rb") as f:
                     assert token.encode() not in f.read()
-    # The owner's link opens the session; the token goes in exchange for a cookie.
-    r = requests.get(link["url_domain"] + link["url_path"], timeout=30)
-    assert r.status_code == 200
+
+
+def test_database_holds_no_link_token(sserver: Server, owner: Client) -> None:
+    w = create(owner)
+    job = start(owner, w["id"], job_type="web")
+    ready = wait_ready(owner, job["id"])
+    token = ready["job_details"]["current_job_details"]["connection_details"]["url_path"].split("token=")[1]
+    assert_not_in_database(sserver, job["id"], token)
     owner.put(f"/jobs/{job['id']}/stop")
 
 
@@ -179,4 +191,3 @@ def test_check_config_warns_about_token_on_a_command_line(tmp_path: str) -> None
     assert (
         "warning: available_job_types.x.environment_details.main_resource.command puts {token}" in out.stdout
     )
-    assert sys.executable  # the same interpreter as the server tests
