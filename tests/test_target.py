@@ -123,8 +123,8 @@ def passthrough(server: Server, owner: Client, job_id: int) -> requests.Response
     return requests.get(f"{server.base}/passthrough/{job_id}/", headers=owner.headers(), timeout=10)
 
 
-def session_port(server: Server, job_id: int) -> int:
-    """The port the session's app listens on, found from the outside."""
+def session_port(server: Server, job_id: int) -> int | None:
+    """The port the session's app listens on, found from the outside (None: not yet)."""
     for proc in psutil.process_iter(["cmdline"]):
         if "uws.session_helper" not in " ".join(proc.info["cmdline"] or []) or server.dir not in str(
             proc.info["cmdline"]
@@ -139,7 +139,7 @@ def session_port(server: Server, job_id: int) -> int:
                         return c.laddr.port
             except psutil.Error:
                 continue
-    raise AssertionError(f"no listening app found for job {job_id}")
+    return None
 
 
 def test_forged_ready_cannot_point_at_a_server_port(
@@ -178,6 +178,7 @@ def test_forged_ready_cannot_choose_the_host_or_move_the_target(
     job = start(owner, w["id"], job_type="quiet_web")
     wait_status(owner, job["id"], "running")
     port = wait_for(lambda: session_port(tserver, job["id"]), 15)
+    assert port, "the session's app never listened"
     forger = Forger(tserver, job["id"])
     try:
         forger.ready(owner, host="192.0.2.1", port=port, path="/")
