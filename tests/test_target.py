@@ -226,3 +226,19 @@ def test_listening_uids_reads_the_socket_owner() -> None:
         assert os.geteuid() not in listening_uids(port)  # bound, not listening
         s.listen()
         assert os.geteuid() in listening_uids(port)
+
+
+def test_slurm_session_host_is_the_reported_node() -> None:
+    """Slurm sessions are reached at the node Slurm reports (this machine: its loopback), never
+    at a node list or a malformed name."""
+    from uws.spawners.slurm import session_node_host
+    from uws.spawners.slurm_rest import job_from_rest
+
+    assert session_node_host("node07") == "node07"
+    assert session_node_host(socket.gethostname()) == "127.0.0.1"
+    assert session_node_host("localhost") == "127.0.0.1"
+    for bad in ("", "n[1-2]", "n1,n2", "-x", "a b", "169.254.169.254:80"):
+        assert session_node_host(bad) is None, bad
+    record = {"job_id": 5, "job_state": ["RUNNING"], "start_time": 1, "nodes": "node07"}
+    assert job_from_rest(record, 2.0).node == "node07"
+    assert job_from_rest({**record, "job_state": ["PENDING"]}, 2.0).node == ""

@@ -39,9 +39,12 @@ def tighten(path: str, mode: int = PRIVATE_FILE) -> None:
 
 
 def create_private(path: str) -> None:
-    """Make sure `path` exists as a 0600 file (an empty one if it is new), whatever the umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
-    os.close(fd)
+    """Make sure `path` exists, as a 0600 file if it is new (empty) or a regular file, whatever
+    the umask."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE))
+    except FileExistsError:
+        pass
     tighten(path)
 
 
