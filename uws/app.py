@@ -25,7 +25,6 @@ from .access_log import RedactCredentials, log_access
 from .auth.accounts import Account
 from .config_json import ConfigError, validate
 from .errors import APIError
-from .models import link_with_token
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # A browser connection with no request under way is closed after this long: by Tornado's
@@ -622,6 +621,8 @@ class UWSApp(Application):
 
         The owner's link carries the job's token (exchanged for a cookie on first use), added
         when the job is shown to its owner (models.link_with_token)."""
+        from .models import link_with_token
+
         prefix = f"/passthrough/{job_id}"
         path = ready.get("path") or "/"
         if not path.startswith(prefix + "/"):
