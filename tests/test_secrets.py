@@ -76,9 +76,13 @@ def test_session_token_stays_out_of_command_lines_files_and_the_database(
     assert environments_with("UWS_SESSION_TOKEN", token)
     if job_type == "jupyter_lab":
         assert environments_with("JUPYTER_TOKEN", token)
-    # job.json may be read by other accounts: no token there.
-    with open(os.path.join(ws_dir(sserver, owner, w["id"]), f".{job['id']}", "job.json")) as f:
-        assert token not in f.read()
+    # The job directory (job.json, the helper's and the app's logs) may be read by other
+    # accounts: no token there.
+    job_dir = os.path.join(ws_dir(sserver, owner, w["id"]), f".{job['id']}")
+    assert "job.json" in os.listdir(job_dir)
+    for name in os.listdir(job_dir):
+        with open(os.path.join(job_dir, name), "rb") as f:
+            assert token.encode() not in f.read(), name
     assert_not_in_database(sserver, job["id"], token)
     # The owner's link opens the session; the token goes in exchange for a cookie.
     r = requests.get(link["url_domain"] + link["url_path"], timeout=30)
