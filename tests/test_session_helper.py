@@ -1,7 +1,7 @@
 """The per-session helper (`python -m uws.session_helper`), driven over its real ZeroMQ protocol.
 
 Each test binds its own ROUTER on an ipc:// path, writes job.json, starts the helper as a real
-subprocess with the secret on its standard input, and plays the server's part.
+subprocess with the secret and the session token on its standard input, and plays the server's part.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Session:
         self.ident = b""  # the helper's routing identity, learnt from its first message
         self.bind()
         self.secret = os.urandom(16).hex()
+        self.token = os.urandom(20).hex()
         self.job_id = job_id
         self.job = {
             "job_id": job_id,
@@ -87,7 +88,7 @@ class Session:
             cwd=ROOT,
         )
         assert self.proc.stdin is not None
-        self.proc.stdin.write(self.secret.encode() + b"\n")
+        self.proc.stdin.write(f"{self.secret}\n{self.token}\n".encode())
         self.proc.stdin.close()
 
     def bind(self) -> None:
@@ -152,6 +153,7 @@ class Session:
             self.ctx.term()
             shutil.rmtree(self.dir, ignore_errors=True)
         assert self.secret not in log, "the helper logged its secret"
+        assert self.token not in log, "the helper logged the session token"
 
 
 @pytest.fixture
@@ -172,8 +174,7 @@ def test_http_app_becomes_ready(session_factory: Any) -> None:
     s = session_factory(
         [sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1"],
         readiness={"path": "/?probe={token}", "timeout_seconds": 15},
-        url_path="{base_url}lab?token={token}",
-        advertise_host="node01",
+        url_path="{base_url}lab",
     )
     hello = s.recv()
     assert hello["type"] == "hello"
@@ -185,14 +186,13 @@ def test_http_app_becomes_ready(session_factory: Any) -> None:
     ready = s.recv("ready", timeout=15)["state"]
     assert ready["phase"] == "ready"
     info = ready["ready"]
-    assert re.fullmatch(r"[0-9a-f]{32}", info["token"])
-    assert info["host"] == "node01"
-    assert info["path"] == f"/jobs/7/lab?token={info['token']}"
+    # Only the port and path: the server decides the host, and adds the token to the link.
+    assert info == {"port": info["port"], "path": "/jobs/7/lab"}
     with urllib.request.urlopen(f"http://127.0.0.1:{info['port']}/", timeout=5) as r:
         assert r.status == 200
-    # The probe reached the app with the token substituted into readiness.path.
+    # The probe reached the app with the server's token substituted into readiness.path.
     with open(s.job["log_file"]) as f:
-        assert f"GET /?probe={info['token']} " in f.read()
+        assert f"GET /?probe={s.token} " in f.read()
 
     beat = s.recv("heartbeat", timeout=5)
     assert beat["state"]["phase"] == "ready"
@@ -223,8 +223,9 @@ def test_substitution_cwd_and_completed_exit(session_factory: Any) -> None:
     exited = s.recv("exited")
     end = exited["state"]["exit"]
     assert end["reason"] == "completed" and end["exit_code"] == 0
-    m = re.search(r"ARGS (\d+) (\S+) ([0-9a-f]{32}) (\S+) p=(\d+) (\S+)", end["log_tail"])
+    m = re.search(r"ARGS (\d+) (\S+) ([0-9a-f]+) (\S+) p=(\d+) (\S+)", end["log_tail"])
     assert m, end["log_tail"]
+    assert m.group(3) == s.token  # the server's, from standard input
     assert m.group(2) == "/jobs/7/"
     assert m.group(4) == "{other}"  # unknown braces are left alone
     assert m.group(1) == m.group(5)

@@ -9,9 +9,29 @@ log = logging.getLogger("tornado.access")
 
 
 def log_access(status: int, method: str, uri: str, remote_ip: str, seconds: float) -> None:
-    """One line per request; websocket tickets in the URI are redacted (they are credentials)."""
+    """One line per request, credentials in the URI redacted."""
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     if not log.isEnabledFor(level):
         return
-    uri = re.sub(r"(ticket=)[^&]*", r"\1[redacted]", uri)
-    log.log(level, "%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000.0 * seconds)
+    log.log(level, "%d %s %s (%s) %.2fms", status, method, redact(uri), remote_ip, 1000.0 * seconds)
+
+
+# Query parameters that are credentials: websocket tickets and session link tokens.
+CREDENTIAL_PARAMS = re.compile(r"([?&;](?:ticket|token)=)[^&#;]*", re.IGNORECASE)
+
+
+def redact(uri: str) -> str:
+    """uri with the values of credential query parameters replaced by [redacted]."""
+    return CREDENTIAL_PARAMS.sub(r"\1[redacted]", uri)
+
+
+class RedactCredentials(logging.Filter):
+    """Redacts credential query parameters from a logger's records: Tornado's error lines quote
+    the request URI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True

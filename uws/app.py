@@ -23,7 +23,7 @@ from traitlets import validate as validate_trait
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
-from .access_log import log_access
+from .access_log import RedactCredentials, log_access
 from .auth.accounts import Account
 from .config_json import ConfigError, validate
 from .errors import APIError
@@ -531,11 +531,14 @@ class UWSApp(Application):
         )
         self.log.setLevel(self.log_level)
         logging.getLogger("tornado.access").setLevel(logging.DEBUG if self.debug else logging.WARNING)
+        for name in ("tornado.access", "tornado.application", "tornado.general"):
+            logging.getLogger(name).addFilter(RedactCredentials())
 
     def init_db(self) -> None:
         from . import db
 
-        os.makedirs(self.data_dir, exist_ok=True)
+        # Private from the start: the database, cookie_secret and session_key live here.
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         if not self.db_url:
             self.db_url = f"sqlite:///{os.path.join(self.data_dir, 'uws.sqlite')}"
         self.db = db.Database(self.db_url)
@@ -598,6 +601,11 @@ class UWSApp(Application):
             self.session_channel_url = "ipc://" + os.path.join(
                 self.data_dir.rstrip("/") + "-channel", "sessions.sock"
             )
+        self.secure_data_dir()
+        from . import models
+        from .keys import SessionTokens
+
+        self.session_tokens = models.session_tokens = SessionTokens.load(self.data_dir)
         self.jobs = JobService(self)
         from .proxy import ProxyService
 
@@ -605,6 +613,20 @@ class UWSApp(Application):
         from .culler import IdleCuller
 
         self.culler = IdleCuller(self)
+
+    def secure_data_dir(self) -> None:
+        """No other account may list the data directory (its files are 0600 in any case). When
+        sessions run as other accounts and must pass through it, to the session socket or the
+        workspaces root inside it, it is 0711 (enter, not list); otherwise 0700."""
+        data = os.path.realpath(self.data_dir)
+        needed = [self.storage.root_dir]
+        if self.session_channel_url.startswith("ipc://"):
+            needed.append(self.session_channel_url[len("ipc://") :])
+        passed = any(os.path.realpath(p).startswith(data + os.sep) for p in needed)
+        others = self.spawner_class not in ("local", "LocalProcessSpawner")
+        mode = 0o711 if passed and others else 0o700
+        if os.stat(data).st_mode & 0o777 != mode:
+            os.chmod(data, mode)
 
     def init_build(self) -> None:
         if self.build:
@@ -757,16 +779,19 @@ class UWSApp(Application):
         """url_domain and url_path of a ready session, through this server's passthrough.
 
         url_domain is an origin (no path, no trailing slash); url_path starts with '/' and has
-        at most one '?', so clients can insert /tree/<path> before the query."""
+        at most one '?', so clients can insert /tree/<path> before the query. Stored without
+        the token: models.job_model adds it when the job is shown to its owner."""
+        from .models import link_with_token
+
         path = ready.get("path") or "/"
         if not path.startswith("/"):
             path = "/" + path
         if self.passthrough_mode == "origin":
-            return self.session_origin(job_id, label), with_link_token(path, ready)
+            return self.session_origin(job_id, label), link_with_token(path, "")
         prefix = f"/passthrough/{job_id}"
         if not path.startswith(prefix + "/"):
             path = prefix + path
-        return self.sessions_base(), with_link_token(path, ready)
+        return self.sessions_base(), link_with_token(path, "")
 
     # ---- helpers used by services ------------------------------------------------------------
     async def storage_account(self, username: str) -> Account:
@@ -957,13 +982,6 @@ class UpgradeMatches(PathMatches):
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return None
         return super().match(request)
-
-
-def with_link_token(path: str, ready: dict[str, Any]) -> str:
-    """A session link with the job's token in its query (exchanged for a cookie on first use)."""
-    if "token=" not in path and ready.get("token"):
-        path += ("&" if "?" in path else "?") + f"token={ready['token']}"
-    return path
 
 
 def log_request(handler: web.RequestHandler) -> None:

@@ -32,7 +32,7 @@ class _ConfiguredApp(Application):
         from . import db
 
         app = self.server_app()
-        os.makedirs(app.data_dir, exist_ok=True)
+        os.makedirs(app.data_dir, mode=0o700, exist_ok=True)
         url = app.db_url or f"sqlite:///{os.path.join(app.data_dir, 'uws.sqlite')}"
         return db, db.Database(url)
 

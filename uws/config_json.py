@@ -215,6 +215,12 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
             limit = settings.get("time_limit")
             if limit is not None and not _is_numeric(limit):
                 problems.append(f"{path}.environment_details.{rkey}.time_limit must be minutes")
+            if "{token}" in json.dumps(settings.get("command")):
+                warnings.append(
+                    f"{path}.environment_details.{rkey}.command puts {{token}} on the command line, "
+                    "where every account on the host can read it; the app gets it as "
+                    "$UWS_SESSION_TOKEN instead"
+                )
         if isinstance(main_resource, str) and main_resource not in env:
             warnings.append(
                 f"{path}.environment_details has no entry for main_resource '{main_resource}': "

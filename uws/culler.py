@@ -108,7 +108,7 @@ class IdleCuller:
         try:
             response = await AsyncHTTPClient().fetch(
                 url,
-                headers={"Authorization": f"token {ready.get('token', '')}"},
+                headers={"Authorization": f"token {self.app.session_tokens.token(job_id)}"},
                 connect_timeout=5,
                 request_timeout=10,
             )

@@ -12,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import orm
+from .keys import create_private, tighten
 
 log = logging.getLogger("uws.db")
 
@@ -30,8 +31,21 @@ class DatabaseOutdated(RuntimeError):
     pass
 
 
+def secure_sqlite_files(url: str) -> None:
+    """The database holds every session's helper secret: its file is 0600 whatever the umask,
+    created so before SQLite opens it (SQLite gives -wal and -shm the database file's mode), and
+    looser files left by an earlier version are tightened."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    create_private(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        tighten(path + suffix)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        secure_sqlite_files(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8)
 
         @event.listens_for(engine, "connect")
@@ -119,6 +133,7 @@ def upgrade(engine: Engine, url: str) -> str:
         if os.path.exists(path):
             backup = f"{path}.{before or 'unversioned'}.bak"
             shutil.copy2(path, backup)
+            tighten(backup)
             log.info("Backed up %s to %s", path, backup)
     command.upgrade(alembic_config(engine), "head")
     return f"upgraded from {before} to {HEAD_REVISION}"

@@ -30,6 +30,9 @@ from .workspaces import ACTIVE_JOB_STATUSES, DIR_FAILURE_JOBS
 
 log = logging.getLogger("uws.jobs")
 
+# Ports a session app may be reached at: unprivileged ones only (the others are the host's services).
+SESSION_PORTS = range(1024, 65536)
+
 FAILED_MESSAGE = "This job has failed. Support team has been notified and will investigate the error."
 IMPROPER = "Job Type improperly configured. Please contact a system administrator to resolve this."
 EXIT_MESSAGES = {
@@ -260,7 +263,7 @@ class JobService:
             spec["gpu"] = (request_details.get("resource_options") or {}).get("gpu_enabled") is True
             # Apps that cannot serve under /passthrough/<id>/ get the prefix stripped.
             strip = not any("{base_url}" in part for part in spec["command"])
-            pid = await spawner.start(spec, secret)
+            pid = await spawner.start(spec, f"{secret}\n{app.session_tokens.token(job_id)}")
         except Exception as e:
             self.launching.discard(job_id)
             self.owners.pop(job_id, None)
@@ -427,14 +430,62 @@ class JobService:
         now = time.monotonic()
         known = self.recorded.get(job_id)
         if known is None or known[0] != phase or now - known[1] >= 60:
-            if phase == "ready" and state.get("ready"):
-                await self._update(job_id, ready=state["ready"], running=True, source_time=seen)
+            settled = True
+            if phase == "ready" and isinstance(state.get("ready"), dict):
+                settled = await self._on_ready(job_id, state["ready"], seen)
             elif phase in ("running", "ready"):
                 await self._update(job_id, running=True, source_time=seen)
-            if phase in ("running", "ready"):
+            if phase in ("running", "ready") and settled:
                 self.recorded[job_id] = (phase, now)
         if kind == "heartbeat":
             await self._heartbeat(job_id, seen)
+
+    async def _on_ready(self, job_id: int, claim: dict[str, Any], seen: float | None) -> bool:
+        """Record the session's passthrough target from its helper's `ready`, once: a recorded
+        target never moves. False when the claim was refused (a genuine one may follow)."""
+
+        def _recorded(session: Any) -> bool:
+            row = session.get(orm.Job, job_id)
+            return bool(row is not None and (row.spawner_state or {}).get("ready"))
+
+        if await self.db.run(_recorded):
+            await self._update(job_id, running=True, source_time=seen)
+            return True
+        target = await self.ready_target(job_id, claim)
+        if target is None:
+            await self._update(
+                job_id,
+                running=True,
+                message="The session's app could not be verified; it cannot be reached yet.",
+                source_time=seen,
+            )
+            return False
+        await self._update(job_id, ready=target, running=True, source_time=seen)
+        return True
+
+    async def ready_target(self, job_id: int, claim: dict[str, Any]) -> dict[str, Any] | None:
+        """Where the passthrough may connect for a helper's `ready`, or None (logged) to refuse.
+
+        The helper runs as the session's owner, who can read its secret and sign anything, so
+        its `ready` is only the owner's claim: the host is the session's node as the spawner
+        knows it, and the port must be unprivileged and (where the spawner can tell) listened
+        on by the session's own processes."""
+        port = claim.get("port")
+        if isinstance(port, bool) or not isinstance(port, int) or port not in SESSION_PORTS:
+            log.warning("Job %s: refused a ready naming port %.20r (not an unprivileged port)", job_id, port)
+            return None
+        host = None
+        spawner = await self._spawner(job_id)
+        if spawner is not None:
+            try:
+                host = await spawner.session_host(port)
+            except Exception as e:
+                log.warning("Job %s: could not tell where the session runs: %s", job_id, e)
+        if not host:
+            log.warning("Job %s: refused a ready naming port %d: not the session's", job_id, port)
+            return None
+        path = claim.get("path")
+        return {"host": host, "port": port, "path": path[:2000] if isinstance(path, str) else ""}
 
     async def _spawner(self, job_id: int) -> Spawner | None:
         spawner = self.spawners.get(job_id)
@@ -488,7 +539,8 @@ class JobService:
                     (job.datetime_start - job.datetime_created).total_seconds(), 6
                 )
                 current["message"] = "Session running."
-            if ready and job.status in ("pending", "running") and "connection_details" not in current:
+            recorded = (job.spawner_state or {}).get("ready")
+            if ready and job.status in ("pending", "running") and not recorded:
                 if job.status == "pending":
                     job.status = "running"
                     job.datetime_start = utcnow()

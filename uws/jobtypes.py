@@ -107,7 +107,12 @@ def build_spec(
         "job_id": job_id,
         "job_type": kind,
         "command": argv,
-        "env": {"UWS_JOB_ID": str(job_id)},
+        # The token travels in the environment (readable by the session's account only).
+        "env": {
+            **{str(k): fill(str(v), values) for k, v in (template.get("env") or {}).items()},
+            "UWS_JOB_ID": str(job_id),
+            "UWS_SESSION_TOKEN": "{token}",
+        },
         "cwd": workspace_dir,
         "log_file": os.path.join(job_dir, "session.log"),
         "readiness": readiness,
@@ -117,7 +122,6 @@ def build_spec(
         "heartbeat_seconds": 5.0,
         "grace_seconds": 5.0,
         "linger_seconds": 120.0,
-        "advertise_host": "127.0.0.1",
     }
 
 

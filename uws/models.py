@@ -5,7 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from . import orm
+from .keys import SessionTokens
 from .utils import core_hours_str, isoformat
+
+# The server's session tokens, set at start-up. Job models go only to their owner (the jobs API
+# and the owner's event streams), so the owner's link is completed here; the database keeps it
+# without the token. Unset (tools that serve no sessions), links carry no token.
+session_tokens: SessionTokens | None = None
+
+
+def link_with_token(url_path: str, token: str) -> str:
+    """url_path with `token=<token>` as its query's last parameter, in place of any token it had
+    (none when token is ""); exactly one '?' when there is a query, so clients can insert
+    /tree/<path> before it."""
+    base, _, query = url_path.partition("?")
+    params = [p for p in query.replace("?", "&").split("&") if p and not p.startswith("token=")]
+    if token:
+        params.append(f"token={token}")
+    return f"{base}?{'&'.join(params)}" if params else base
+
+
+def current_details_model(job_id: int, current: dict[str, Any]) -> dict[str, Any]:
+    current = dict(current)
+    link = current.get("connection_details")
+    if isinstance(link, dict) and isinstance(link.get("url_path"), str):
+        token = session_tokens.token(job_id) if session_tokens is not None else ""
+        current["connection_details"] = {**link, "url_path": link_with_token(link["url_path"], token)}
+    return current
 
 
 def workspace_details_model(ws: orm.Workspace) -> dict[str, Any]:
@@ -53,7 +79,7 @@ def job_model(job: orm.Job) -> dict[str, Any]:
         "job_details": {
             "metrics": dict(details.get("metrics", {})),
             "request_job_details": dict(details.get("request_job_details", {})),
-            "current_job_details": dict(details.get("current_job_details", {})),
+            "current_job_details": current_details_model(job.id, details.get("current_job_details", {})),
         },
     }
 

@@ -1,10 +1,12 @@
 """Passthrough: who may reach a session, where it is, and which browser origin it lives on.
 
-The target host and port always come from the job record (what the job's helper reported),
-never from the request (S5). A request gets through when it carries the job owner's
+The target host and port always come from the job record, never from the request (S5): the host
+is the session's node as the server knows it and the port one the server checked (see
+JobService.ready_target). A request gets through when it carries the job owner's
 UWS-Authorization header, the job's access cookie, or the job's token in ?token= (the link in
 connection_details): the token is then exchanged for an HttpOnly cookie, so later requests
-(assets, XHR, websockets) need nothing more.
+(assets, XHR, websockets) need nothing more. The token is derived by the server
+(uws.keys.SessionTokens), never read from the job record.
 
 Two ways to reach a session (UWSApp.passthrough_mode):
 - "origin" (the default): each session has a host name of its own, j<id>-<label>.<session_host>,
@@ -29,6 +31,7 @@ from typing import Any
 from sqlalchemy import select
 
 from . import orm
+from .keys import read_key
 
 COOKIE_SECONDS = 12 * 3600
 # A user's deactivation is seen by passthrough cookies within this long (as by login tokens).
@@ -108,19 +111,7 @@ class ProxyService:
 
     def _load_secret(self) -> bytes:
         """Cookie signing key, kept in the data directory so cookies survive restarts."""
-        path = os.path.join(self.app.data_dir, "cookie_secret")
-        try:
-            with open(path, "rb") as f:
-                data = f.read().strip()
-                if len(data) >= 32:
-                    return data
-        except FileNotFoundError:
-            pass
-        data = secrets.token_hex(32).encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return data
+        return read_key(os.path.join(self.app.data_dir, "cookie_secret"))
 
     # ---- targets ---------------------------------------------------------------------------
     async def target(self, job_id: int) -> Target | None:
@@ -130,6 +121,7 @@ class ProxyService:
         # Prefixes are only ever stripped from /passthrough/<id>/ paths: a session on an origin of
         # its own gets every path as the browser sent it.
         path_mode = self.app.passthrough_mode == "path"
+        token = self.app.session_tokens.token(job_id)
 
         def _load(session: Any) -> Target | None:
             job = session.get(orm.Job, job_id)
@@ -146,7 +138,7 @@ class ProxyService:
                 job.user_id,
                 ready.get("host") or "127.0.0.1",
                 int(ready["port"]),
-                ready.get("token") or "",
+                token,
                 path_mode and bool(state.get("proxy_strip_prefix")),
                 job.job_type,
                 str(state.get("host_label") or ""),

@@ -1,6 +1,7 @@
 """uws-session-helper: the small process that runs one interactive session for the server.
 
-    python -m uws.session_helper --job-dir DIR --endpoint ENDPOINT   (the job secret on stdin)
+    python -m uws.session_helper --job-dir DIR --endpoint ENDPOINT
+        (standard input: the job secret on the first line, the session token on the second)
 
 It reads <DIR>/job.json, starts the app in its own session (process group), waits for it to
 answer HTTP when a readiness probe is configured, reports to the server over ZeroMQ (see
@@ -47,7 +48,6 @@ DEFAULTS: dict[str, Any] = {
     "heartbeat_seconds": 10.0,
     "grace_seconds": 5.0,
     "linger_seconds": 60.0,
-    "advertise_host": "127.0.0.1",
 }
 
 
@@ -66,7 +66,7 @@ def free_port() -> int:
 
 
 def substitute(text: str, values: dict[str, str]) -> str:
-    """Replace only the {port}, {base_url} and {token} placeholders (other braces stay as they are)."""
+    """Replace only the placeholders in `values` (other braces stay as they are)."""
     for key, value in values.items():
         text = text.replace("{" + key + "}", value)
     return text
@@ -130,10 +130,15 @@ def write_json_atomic(path: str, data: Any) -> None:
 class Helper:
     server_key = ""  # the server's CURVE public key (Z85) on a tcp:// channel
 
-    def __init__(self, job_dir: str, endpoint: str, secret: str, job: dict[str, Any]) -> None:
+    def __init__(
+        self, job_dir: str, endpoint: str, secret: str, job: dict[str, Any], token: str = ""
+    ) -> None:
         self.job_dir = job_dir
         self.endpoint = endpoint
         self.secret = secret
+        # The server derives the session token and checks links against it. Without one the app
+        # still gets a random token, so it is never left open.
+        self.token = token or os.urandom(16).hex()
         self.job = {**DEFAULTS, **job}
         self.job_id = int(job["job_id"])
         self.seq = 0
@@ -144,7 +149,6 @@ class Helper:
         self.ready: dict[str, Any] | None = None
         self.exit: dict[str, Any] | None = None
         self.port = 0
-        self.token = ""
         self.readiness_path = ""
         self.url_path = ""
         self.readiness_deadline = 0.0
@@ -336,8 +340,10 @@ class Helper:
         """Start the app; False (with ending_reason "launch_failed") when it could not start."""
         job = self.job
         self.port = free_port()
-        self.token = os.urandom(16).hex()  # as secrets.token_hex(16), without importing random
-        values = {"port": str(self.port), "base_url": str(job["base_url"] or "/"), "token": self.token}
+        # What the helper reports carries no token (the server adds it to the owner's link), so
+        # url_path is filled in without it.
+        public = {"port": str(self.port), "base_url": str(job["base_url"] or "/")}
+        values = {**public, "token": self.token}
         log_file = str(job.get("log_file") or os.path.join(self.job_dir, "session.log"))
         job["log_file"] = log_file
         try:
@@ -350,7 +356,7 @@ class Helper:
             env = dict(os.environ)
             env.update({str(k): substitute(str(v), values) for k, v in job["env"].items()})
             cwd = str(job.get("cwd") or self.job_dir)
-            self.url_path = substitute(str(job["url_path"] or ""), values)
+            self.url_path = substitute(str(job["url_path"] or ""), public)
             readiness = job["readiness"]
             if readiness is not None:
                 if not isinstance(readiness, dict):
@@ -555,12 +561,8 @@ class Helper:
                     self.port, self.readiness_path, timeout=min(2.0, max(0.1, self.readiness_deadline - now))
                 ):
                     self.phase = "ready"
-                    self.ready = {
-                        "host": str(self.job.get("advertise_host") or "127.0.0.1"),
-                        "port": self.port,
-                        "path": self.url_path,
-                        "token": self.token,
-                    }
+                    # The server decides the host itself and checks the port: this is only a claim.
+                    self.ready = {"port": self.port, "path": self.url_path}
                     log(f"job {self.job_id}: the app answers HTTP on port {self.port}")
                     self.send_state("ready")
                 elif time.monotonic() >= self.readiness_deadline:
@@ -626,12 +628,15 @@ class Helper:
         return 0
 
 
-def read_secret() -> str:
+def read_credentials() -> tuple[str, str]:
+    """The job secret and the session token, one per line on standard input: never on the
+    command line or in job.json, which other accounts may read."""
     try:
-        line = sys.stdin.buffer.readline()
+        lines = [sys.stdin.buffer.readline(4096) for _ in range(2)]
     except (OSError, ValueError):
-        return ""
-    return line.decode("utf-8", "replace").strip()
+        return "", ""
+    secret, token = (line.decode("utf-8", "replace").strip() for line in lines)
+    return secret, token
 
 
 def load_job(job_dir: str) -> dict[str, Any]:
@@ -649,13 +654,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="uws-session-helper",
         description="Run one UWS session: start the app, report to the server, end it on request. "
-        "The job secret is read from the first line of standard input.",
+        "The job secret is read from the first line of standard input, the session token from the second.",
     )
     parser.add_argument("--job-dir", required=True, help="directory holding job.json")
     parser.add_argument("--endpoint", required=True, help="the server's ZeroMQ endpoint (ipc:// or tcp://)")
     parser.add_argument("--server-key", default="", help="the server's CURVE public key (Z85), for tcp://")
     args = parser.parse_args(argv)
-    secret = read_secret()
+    secret, token = read_credentials()
     if not secret:
         log("no job secret on standard input")
         return 2
@@ -666,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log(f"job {job['job_id']}: helper pid {os.getpid()}, endpoint {args.endpoint}")
     try:
-        helper = Helper(os.path.abspath(args.job_dir), args.endpoint, secret, job)
+        helper = Helper(os.path.abspath(args.job_dir), args.endpoint, secret, job, token)
         helper.server_key = args.server_key
         return helper.run()
     except zmq.ZMQError as e:

@@ -18,6 +18,8 @@ Every message is two frames: [payload, signature]. payload is UTF-8 JSON; signat
 HMAC-SHA256 of payload under the job's secret. The secret reaches the helper on its standard
 input (never on a command line, in the environment of other users, or in a log). A message
 whose signature does not verify, or whose job_id differs from the sender's identity, is dropped.
+The second line of the helper's standard input is the session token ({token}), derived by the
+server; no message carries it.
 
 Payload fields, always: "type", "job_id" (int), "seq" (int, increasing per sender), "time"
 (float, UNIX seconds), "sender" (random, one per process) and "started" (when that process
@@ -40,7 +42,8 @@ Server -> helper:
 
 STATE = {"phase": "starting" | "running" | "ready" | "exited",
          "helper_pid": int, "app_pid": int | null, "started_at": float,
-         "ready": null | {"host": str, "port": int, "path": str, "token": str},
+         "ready": null | {"port": int, "path": str},   (the owner's claim: the server
+                          picks the host and checks the port; the link token is the server's)
          "exit": null | {"exit_code": int | null, "reason": "completed" | "failed" | "stopped" |
                           "time_limit" | "launch_failed", "log_tail": str, "ended_at": float},
          "time_limit_seconds": int | null}
@@ -51,7 +54,7 @@ session's OS account):
   {"job_id": int, "command": [str, ...] (placeholders {port}, {base_url}, {token}),
    "env": {str: str}, "cwd": str (the workspace directory), "log_file": str,
    "readiness": null | {"path": str (URL path probed, with placeholders), "timeout_seconds": float},
-   "url_path": str (placeholders as above; reported in STATE["ready"]["path"]),
+   "url_path": str ({port} and {base_url}; reported in STATE["ready"]["path"]),
    "base_url": str, "time_limit_seconds": int | null, "heartbeat_seconds": float,
    "grace_seconds": float, "linger_seconds": float}
 When the app exits the helper also writes <job dir>/exit.json (STATE["exit"]) so a server that

@@ -81,8 +81,18 @@ class Spawner(LoggingConfigurable):
 
     # ---- the contract ----------------------------------------------------------------------
     async def start(self, spec: dict[str, Any], secret: str) -> int:
-        """Launch the helper; return the resource job id (a PID for local spawners)."""
+        """Launch the helper; return the resource job id (a PID for local spawners).
+
+        `secret` is what the helper reads on standard input (the job secret and the session
+        token, one per line): it must reach the helper only that way, never on a command line
+        or in a file other accounts can read."""
         raise NotImplementedError
+
+    async def session_host(self, port: int) -> str | None:
+        """The host at which the passthrough reaches the session's app on `port`, from what the
+        server itself knows (never from the helper, which the session's owner controls); None
+        when `port` cannot be the session's. A spawner that cannot tell refuses."""
+        return None
 
     async def poll(self) -> dict[str, Any] | None:
         """None while the session exists; otherwise how it ended:

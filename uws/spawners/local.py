@@ -16,6 +16,39 @@ from traitlets import List, Unicode
 from ..storage import safepath
 from .base import Spawner
 
+# Where a session app may listen for the passthrough's connections to 127.0.0.1.
+LOOPBACK_OR_ANY = frozenset({"127.0.0.1", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1"})
+LOOPBACK_OR_ANY_HEX = frozenset(
+    {
+        "0100007F",
+        "00000000",
+        "00000000000000000000000001000000",
+        "00000000000000000000000000000000",
+        "0000000000000000FFFF00000100007F",
+    }
+)
+TCP_LISTEN = "0A"
+
+
+def listening_uids(port: int) -> set[int]:
+    """Owners of the sockets listening on loopback or all addresses at `port`, from
+    /proc/net/tcp{,6}, which anyone may read (psutil needs the processes' fds for the pids)."""
+    uids = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) < 8 or fields[3] != TCP_LISTEN:
+                continue
+            address, _, hex_port = fields[1].rpartition(":")
+            if int(hex_port, 16) == port and address in LOOPBACK_OR_ANY_HEX:
+                uids.add(int(fields[7]))
+    return uids
+
 
 class LocalProcessSpawner(Spawner):
     """Sessions run as the server's own OS user, on this machine. For development and
@@ -72,6 +105,37 @@ class LocalProcessSpawner(Spawner):
                 self._children.pop(child.pid, None)
                 return
             await asyncio.sleep(0.1)
+
+    async def session_host(self, port: int) -> str | None:
+        listens = await asyncio.get_running_loop().run_in_executor(None, self.listens_on, port)
+        return "127.0.0.1" if listens else None
+
+    def listens_on(self, port: int) -> bool:
+        """Whether a process of the session (the helper this spawner started, and every process
+        below it) listens on 127.0.0.1:`port`. Where the server may not see another account's
+        sockets (SudoSpawner, server not root), a listening socket of the session's account
+        counts: the owner can only point the passthrough at their own processes."""
+        if not self._alive():
+            return False
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return False
+        hidden = False
+        for proc in procs:
+            try:
+                connections = proc.net_connections(kind="inet")
+            except psutil.AccessDenied:
+                hidden = True
+                continue
+            except psutil.Error:
+                continue
+            for c in connections:
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                    if c.laddr.ip in LOOPBACK_OR_ANY:
+                        return True
+        return hidden and self.account.uid != os.geteuid() and self.account.uid in listening_uids(port)
 
     def helper_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")}

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import shlex
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -62,6 +64,22 @@ class SlurmJob:
     time_left: int | None = None  # seconds; None: no limit or not known
     cpus: int | None = None  # allocated CPUs
     elapsed: float | None = None  # seconds the allocation has run so far (or ran in all)
+    node: str = ""  # the node it runs on, as Slurm names it (sessions ask for one node)
+
+
+# One host name (a node list such as "n[1-2]" or "n1,n2" is not one).
+NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
+
+
+def session_node_host(node: str) -> str | None:
+    """The host the passthrough connects to for a session on Slurm node `node`: the node
+    itself, or 127.0.0.1 when the node is this machine (apps listen on its loopback)."""
+    if not NODE_NAME.fullmatch(node or ""):
+        return None
+    here = socket.gethostname()
+    if node in ("localhost", here, here.split(".")[0]):
+        return "127.0.0.1"
+    return node
 
 
 class SchedulerStatus:
@@ -280,6 +298,14 @@ class SlurmBase(Spawner):
         self.messages.append(f"Submitted to Slurm as job {self.slurm_job_id}.")
         return self.slurm_job_id
 
+    async def session_host(self, port: int) -> str | None:
+        """The node Slurm reports for the running job (asked afresh). Slurm cannot tell which
+        process listens on the node, so only the port range is checked for these sessions."""
+        info = await self.query(newer_than=time.monotonic())
+        if info is None or info.state not in RUNNING:
+            return None
+        return session_node_host(info.node)
+
     # ---- status ------------------------------------------------------------------------------
     submitted_at: float | None = None  # UNIX time, kept in the state: it outlives a restart
     noticed_long_wait = False
@@ -416,10 +442,10 @@ class SlurmSpawner(SlurmBase):
     async def fetch(self, ids: list[int]) -> dict[int, SlurmJob]:
         if not ids:
             return {}
-        # %C: allocated CPUs; %M: time used; %L: time left; %S: (expected) start.
+        # %C: allocated CPUs; %M: time used; %L: time left; %S: (expected) start; %N: nodes.
         try:
             out = await self.run(
-                "squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S|%C|%M", "-j", ",".join(map(str, ids))
+                "squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S|%C|%M|%N", "-j", ",".join(map(str, ids))
             )
         except SchedulerUnavailable as e:
             if "Invalid job id" in str(e):
@@ -428,9 +454,9 @@ class SlurmSpawner(SlurmBase):
         results = {}
         for line in out.splitlines():
             parts = line.strip().split("|")
-            if len(parts) != 7 or not parts[0].isdigit():
+            if len(parts) != 8 or not parts[0].isdigit():
                 continue
-            job_id, state, reason, left, start, cpus, used = parts
+            job_id, state, reason, left, start, cpus, used, node = parts
             state = state.split()[0].rstrip("+")
             results[int(job_id)] = SlurmJob(
                 state=state,
@@ -439,6 +465,7 @@ class SlurmSpawner(SlurmBase):
                 time_left=parse_duration(left),
                 cpus=int(cpus) if cpus.isdigit() and state not in PENDING else None,
                 elapsed=parse_duration(used) if state not in PENDING else None,
+                node=node.strip() if state in RUNNING else "",
             )
         return results
 

@@ -77,6 +77,7 @@ def job_from_rest(record: dict[str, Any], now: float) -> SlurmJob:
         time_left=time_left,
         cpus=cpus,
         elapsed=elapsed,
+        node=str(record.get("nodes") or "") if state in RUNNING else "",
     )
 
 
