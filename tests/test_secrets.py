@@ -185,6 +185,7 @@ def test_check_config_warns_about_token_on_a_command_line(tmp_path: str) -> None
     config = os.path.join(tmp_path, "uws_config.py")
     with open(config, "w") as f:
         f.write(
+            "c.UWSApp.authenticator_class = 'local'\n"
             "c.UWSApp.job_types = {'x': {'name': 'X', 'job_type': 'CommandJob', 'environment_details': "
             "{'main_resource': {'command': ['app', '--token={token}']}}}}\n"
         )

@@ -231,7 +231,12 @@ def full_disk_server(backend: str):
         os.rmdir(mount)
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
     try:
-        config = LOCAL_CONFIG + f'\nc.LocalFileSystemStorage.root_dir = "{mount}"\n'
+        # JSON bodies may be big enough here to overflow the 1 MiB file system in one request.
+        config = (
+            LOCAL_CONFIG
+            + f'\nc.LocalFileSystemStorage.root_dir = "{mount}"\n'
+            + "c.UWSApp.max_json_body_size = 4 * 1024 * 1024\n"
+        )
         for srv in running_server(backend, config):
             srv.mount = mount
             yield srv

@@ -31,7 +31,7 @@ TARGET_CONFIG = (
     LOCAL_CONFIG
     + f"""
 c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.session_channel_url = "ipc://@DIR@/ch.sock"
+c.UWSApp.session_channel_url = "ipc://@DIR@/channel/ch.sock"
 c.UWSApp.job_types = {{
     "sleeper": {{"name": "Sleeper", "job_type": "LocalTestJob",
                 "environment_details": {{"main_resource": {{"sleep_seconds": "120"}}}}}},
@@ -93,7 +93,7 @@ class Forger:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, protocol.identity(job_id))
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(f"ipc://{server.dir}/ch.sock")
+        self.sock.connect(f"ipc://{server.dir}/channel/ch.sock")
 
     def send(self, mtype: str, **fields: Any) -> None:
         self.seq += 1
