@@ -11,14 +11,29 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from traitlets import TraitError
 from traitlets.config import Config
 
-from uws.config_json import ConfigError, load, to_traitlets, validate
+from uws.app import UWSApp
+from uws.config_json import ConfigError, load, session_domain, to_traitlets, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "example_config.json")
 TEST_CONFIG = os.path.join(ROOT, "tests", "data", "test_config.json")
 GLOBUS_STORAGE_WARNING = "cannot provide storage accounts"
+# Both shipped files give their resource an address as passthrough_domain, which cannot have
+# session host names under it (UWSApp.session_host): a warning, and no session_host is set.
+ADDRESS = "127.0.0.1:8000"
+
+
+def address_warning(resource: str, value: str = ADDRESS) -> str:
+    return (
+        f"available_resources.{resource}.passthrough_domain {value!r} is not a domain name: "
+        "sessions get host names under UWSApp.session_host instead"
+    )
+
+
+TEST_WARNINGS = [address_warning("test_resource")]
 
 
 @pytest.fixture(scope="session")
@@ -61,22 +76,29 @@ def slurm_resource(raw: dict[str, Any], **extra: Any) -> dict[str, Any]:
 # ---- the shipped files ---------------------------------------------------------------------------
 
 
-def test_shipped_test_config_is_valid_without_warnings() -> None:
-    assert validate(read(TEST_CONFIG)) == ([], [])
+def test_shipped_test_config_is_valid_and_warns_only_about_its_address() -> None:
+    raw = read(TEST_CONFIG)
+    assert raw["available_resources"]["test_resource"]["passthrough_domain"] == ADDRESS
+    assert validate(raw) == ([], TEST_WARNINGS)
 
 
-def test_shipped_example_is_valid_and_warns_about_globus_storage() -> None:
-    problems, warnings = validate(read(EXAMPLE))
+def test_shipped_example_is_valid_and_warns_about_globus_storage_and_its_address() -> None:
+    raw = read(EXAMPLE)
+    problems, warnings = validate(raw)
     assert problems == []
-    assert len(warnings) == 1
+    assert len(warnings) == 2
     assert warnings[0].startswith("available_storage.main_storage.user_authentication names a Globus method")
     assert GLOBUS_STORAGE_WARNING in warnings[0]
+    main = raw["main_resource"]
+    assert raw["available_resources"][main]["passthrough_domain"] == ADDRESS
+    assert warnings[1] == address_warning(main)
 
 
 def test_load_test_config(tmp_path: Any) -> None:
     c, warnings = load(TEST_CONFIG)
     raw = read(TEST_CONFIG)
-    assert warnings == []
+    assert warnings == TEST_WARNINGS
+    assert "session_host" not in c.UWSApp  # an address does not become the session domain
     assert c.UWSApp.api_auth_key == "test_auth"
     assert c.UWSApp.storage_key == "test_storage"
     assert c.UWSApp.main_resource_key == "test_resource"
@@ -103,7 +125,7 @@ def test_load_example_globus() -> None:
     assert c.GlobusAuthenticator.client_id == "" and c.GlobusAuthenticator.client_secret == ""
     assert c.GlobusAuthenticator.allowed_globus_groups == []
     assert c.LocalFileSystemStorage.root_dir == ROOT
-    assert len(warnings) == 1
+    assert len(warnings) == 2 and "session_host" not in c.UWSApp
 
 
 def test_mapping_of_a_slurm_resource(raw: dict[str, Any]) -> None:
@@ -142,7 +164,7 @@ def test_mapping_of_hubmap_storage(raw: dict[str, Any]) -> None:
             "allowed_symlink_roots": ["/hive/hubmap/data"],
         }
     )
-    assert validate(raw) == ([], [])
+    assert validate(raw) == ([], TEST_WARNINGS)
     c = to_traitlets(raw, "/elsewhere")
     assert c.UWSApp.storage_class == "hubmap"
     assert c.HubmapLocalFileSystemStorage.root_dir == "/data/workspaces"  # absolute: kept
@@ -183,7 +205,7 @@ def test_globus_api_auth_with_local_storage_accounts(raw: dict[str, Any]) -> Non
         },
     }
     raw["api_user_authentication"] = "globus"
-    assert validate(raw) == ([], [])
+    assert validate(raw) == ([], TEST_WARNINGS)
     c = to_traitlets(raw, "/")
     assert c.UWSApp.authenticator_class == "globus" and c.UWSApp.storage_accounts_from == "local"
     g = c.GlobusAuthenticator
@@ -203,7 +225,7 @@ def test_psc_api_auth(raw: dict[str, Any]) -> None:
         },
     }
     raw["api_user_authentication"] = "psc"
-    assert validate(raw) == ([], [])
+    assert validate(raw) == ([], TEST_WARNINGS)
     c = to_traitlets(raw, "/")
     assert c.UWSApp.authenticator_class == "psc"
     assert c.PSCAuthenticator.health_check_url == "https://api.psc.edu/health"
@@ -215,6 +237,107 @@ def test_result_is_a_traitlets_config(raw: dict[str, Any]) -> None:
     merged = Config()
     merged.merge(c)  # usable as any other config
     assert merged.UWSApp.storage_class == "local"
+
+
+# ---- passthrough_domain -> UWSApp.session_host ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, domain",
+    [
+        ("sessions.example.org", "sessions.example.org"),
+        ("sessions.example.org:8443", "sessions.example.org"),  # the port is not the domain's
+        ("https://sessions.example.org:8443/", "sessions.example.org"),
+        ("http://sessions.example.org/passthrough", "sessions.example.org"),
+        ("Sessions.Example.ORG", "sessions.example.org"),  # host names are case-blind
+        ("sessions.example.org.", "sessions.example.org"),  # the root's dot
+        ("localhost:8000", "localhost"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+    ],
+)
+def test_a_domain_becomes_the_session_host(raw: dict[str, Any], value: str, domain: str) -> None:
+    raw["available_resources"]["test_resource"]["passthrough_domain"] = value
+    assert session_domain(value) == domain
+    assert validate(raw) == ([], [])
+    c = to_traitlets(raw, "/")
+    assert c.UWSApp.session_host == domain
+    assert UWSApp(config=c).session_host == domain  # the server's own check takes it
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ADDRESS,
+        "127.0.0.1",
+        "10.1.2.3:80",
+        "http://192.168.0.1:8000/",
+        "[::1]:8000",
+        "*.example.org",
+        "bad name",
+    ],
+)
+def test_an_address_or_other_non_domain_is_a_warning_and_not_mapped(raw: dict[str, Any], value: str) -> None:
+    raw["available_resources"]["test_resource"]["passthrough_domain"] = value
+    assert session_domain(value) is None
+    assert validate(raw) == ([], [address_warning("test_resource", value)])
+    assert "session_host" not in to_traitlets(raw, "/").UWSApp
+
+
+@pytest.mark.parametrize(
+    "edit", [lambda r: r.update(passthrough_domain=""), lambda r: r.pop("passthrough_domain")]
+)
+def test_no_passthrough_domain_keeps_the_default_session_host(raw: dict[str, Any], edit: Any) -> None:
+    edit(raw["available_resources"]["test_resource"])
+    assert validate(raw) == ([], [])
+    assert "session_host" not in to_traitlets(raw, "/").UWSApp
+
+
+def test_only_the_main_resource_gives_the_session_host(raw: dict[str, Any]) -> None:
+    """Every resource's passthrough_domain is checked; only the main resource's is mapped."""
+    resources = raw["available_resources"]
+    resources["test_resource"]["passthrough_domain"] = "sessions.example.org"
+    resources["other"] = {
+        **copy.deepcopy(resources["test_resource"]),
+        "passthrough_domain": "other.example.org",
+    }
+    assert validate(raw) == ([], [])
+    assert to_traitlets(raw, "/").UWSApp.session_host == "sessions.example.org"
+    resources["other"]["passthrough_domain"] = "10.0.0.1"
+    assert validate(raw) == ([], [address_warning("other", "10.0.0.1")])
+    del resources["test_resource"]["passthrough_domain"]
+    raw["main_resource"] = "other"
+    assert "session_host" not in to_traitlets(raw, "/").UWSApp
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TraitError,
+    reason="session_domain() takes labels that begin or end with '-' or are longer than 63 "
+    "characters, which UWSApp.session_host refuses: such a passthrough_domain passes validate() "
+    "without a warning, then the server stops at start-up with a bare TraitError instead of a "
+    "listed problem or warning",
+)
+@pytest.mark.parametrize(
+    "value", ["-sessions.example.org", "sessions-.example.org", "a" * 64 + ".example.org"]
+)
+def test_what_session_domain_accepts_the_server_accepts(raw: dict[str, Any], value: str) -> None:
+    raw["available_resources"]["test_resource"]["passthrough_domain"] = value
+    problems, warnings = validate(raw)
+    if not problems and not warnings:
+        assert UWSApp(config=to_traitlets(raw, "/")).session_host
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="session_domain() asks ipaddress.ip_address(), which knows only dotted-quad IPv4, so "
+    "the shorthand IPv4 forms browsers and inet_aton() read as addresses ('127.1', '2130706433', "
+    "'0x7f.1') become UWSApp.session_host without the address warning; session links "
+    "j<id>-<label>.127.1 then end in a number, which browsers parse as an IPv4 address and refuse",
+)
+@pytest.mark.parametrize("value", ["127.1", "2130706433:8000", "0x7f.1"])
+def test_shorthand_ipv4_is_an_address(raw: dict[str, Any], value: str) -> None:
+    raw["available_resources"]["test_resource"]["passthrough_domain"] = value
+    assert validate(raw)[1] == [address_warning("test_resource", value)]
 
 
 # ---- bad input: every problem, with its key path --------------------------------------------------
@@ -392,8 +515,9 @@ def test_job_type_without_the_main_resource_is_a_warning(raw: dict[str, Any]) ->
     problems, warnings = validate(raw)
     assert problems == []
     assert warnings == [
+        *TEST_WARNINGS,
         "available_job_types.test_job.environment_details has no entry for main_resource "
-        "'test_resource': starting this job type will be refused"
+        "'test_resource': starting this job type will be refused",
     ]
 
 

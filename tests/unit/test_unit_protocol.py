@@ -1,5 +1,6 @@
 """uws/sessions/protocol.py in process: two frames [payload, hex HMAC-SHA256 of the payload under
-the job's secret], identities b"job-<id>", and the replay rules (seq increasing per sender, a
+the job's secret], identities b"job-<id>.<32 random hex digits>" (b"job-<id>" of older helpers
+still read), frames capped at MAX_MESSAGE_BYTES, and the replay rules (seq increasing per sender, a
 new sender only if it started no earlier, nothing older than MAX_AGE_SECONDS)."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +16,15 @@ from typing import Any
 import pytest
 
 from uws.sessions import protocol
-from uws.sessions.protocol import MAX_AGE_SECONDS, ReplayGuard, decode, encode, identity, job_id_from_identity
+from uws.sessions.protocol import (
+    MAX_AGE_SECONDS,
+    MAX_MESSAGE_BYTES,
+    ReplayGuard,
+    decode,
+    encode,
+    identity,
+    job_id_from_identity,
+)
 
 SECRET = "s3cret-of-job-12"
 
@@ -106,15 +116,85 @@ def test_signed_but_malformed_payloads_are_refused(payload: bytes) -> None:
 
 @pytest.mark.parametrize("job_id", [0, 7, 12, 123456789])
 def test_identity_round_trip(job_id: int) -> None:
-    assert identity(job_id) == f"job-{job_id}".encode()
-    assert job_id_from_identity(identity(job_id)) == job_id
+    ident = identity(job_id)
+    prefix = f"job-{job_id}.".encode()
+    assert ident.startswith(prefix)
+    assert re.fullmatch(rb"[0-9a-f]{32}", ident[len(prefix) :])  # 128 random bits, lower-case hex
+    assert job_id_from_identity(ident) == job_id
+
+
+def test_identities_are_new_every_time() -> None:
+    """A peer cannot guess (and so cannot take over) the identity of a job's helper."""
+    idents = {identity(12) for _ in range(50)}
+    assert len(idents) == 50
+    assert {job_id_from_identity(i) for i in idents} == {12}
+
+
+@pytest.mark.parametrize("job_id", [0, 7, 12, 123456789])
+def test_old_identities_are_still_read(job_id: int) -> None:
+    """Helpers started before the random part was added still name their job."""
+    assert job_id_from_identity(f"job-{job_id}".encode()) == job_id
+
+
+HEX = b"0123456789abcdef" * 2
 
 
 @pytest.mark.parametrize(
-    "ident", [b"job-", b"job-1a", b"job--1", b"job-+1", b"Job-1", b"x-1", b"job-1 ", b"job-\xff", b""]
+    "ident",
+    [
+        b"job-",
+        b"job-1a",
+        b"job--1",
+        b"job-+1",
+        b"Job-1",
+        b"x-1",
+        b"job-1 ",
+        b"job-\xff",
+        b"",
+        b"job-1.",  # a dot without the random part
+        b"job-1." + HEX[:-1],  # one hex digit short
+        b"job-1." + HEX + b"0",  # one too many
+        b"job-1." + HEX.upper(),  # upper case is not how identity() writes it
+        b"job-1." + HEX[:-1] + b"g",
+        b"job-1." + HEX + b"\n",
+        b"job-1:" + HEX,
+        b"job-." + HEX,
+        b"job-1." + HEX + b"." + HEX,
+        b"job-1234567890123456789",  # more digits than any job id
+        b"job-1234567890123456789." + HEX,
+    ],
 )
 def test_other_identities(ident: bytes) -> None:
     assert job_id_from_identity(ident) is None
+
+
+@pytest.mark.parametrize("junk", [b"\x00", b"\xff"])
+def test_the_largest_real_message_fits_in_a_frame(tmp_path: Any, junk: bytes) -> None:
+    """An "exited" message with the helper's log tail (its last LOG_TAIL_BYTES bytes, each at
+    worst a 6-byte JSON escape such as \\u0000 or \\ufffd) stays below the frame cap."""
+    from uws.session_helper import LOG_TAIL_BYTES, read_tail
+
+    log = tmp_path / "app.log"
+    log.write_bytes(junk * (3 * LOG_TAIL_BYTES))
+    tail = read_tail(str(log))
+    assert len(json.dumps(tail)) == 6 * LOG_TAIL_BYTES + 2  # every byte escaped, 6 bytes each
+    state = {
+        "phase": "exited",
+        "helper_pid": 2**22,
+        "app_pid": 2**22,
+        "started_at": time.time(),
+        "ready": {"port": 65535, "path": "/lab/tree/" + "x" * 200},
+        "exit": {
+            "exit_code": -9,
+            "reason": "launch_failed",
+            "log_tail": tail,
+            "ended_at": time.time(),
+        },
+        "time_limit_seconds": 10**6,
+    }
+    frames = encode(SECRET, {"type": "exited", "job_id": 2**62, "seq": 10**9, "state": state})
+    assert all(len(frame) < MAX_MESSAGE_BYTES for frame in frames)
+    assert decode(SECRET, frames) is not None
 
 
 # ---- replay rules -------------------------------------------------------------------------------
@@ -209,5 +289,8 @@ def test_encoded_messages_pass_the_guard_in_order() -> None:
     guard = ReplayGuard()
     frames = [encode(SECRET, {"type": "heartbeat", "job_id": 12, "seq": n}) for n in (1, 2, 3)]
     decoded = [decode(SECRET, f) for f in frames]
-    assert all(guard.accept(identity(12), m) for m in decoded)
-    assert not any(guard.accept(identity(12), m) for m in decoded)
+    # The channel keys the guard by the job an identity names, not the identity itself: a
+    # replay from a fresh identity of the same job is refused as well.
+    peer = job_id_from_identity(identity(12))
+    assert all(guard.accept(peer, m) for m in decoded)
+    assert not any(guard.accept(job_id_from_identity(identity(12)), m) for m in decoded)

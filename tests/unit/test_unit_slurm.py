@@ -1,13 +1,15 @@
 """uws/spawners/slurm.py in process: squeue's output parsed, Slurm's states mapped to how a
 session ended, the batched status query and its backoff, the options a session asks Slurm for,
 and the core seconds it is charged. Slurm itself is replaced by canned answers in the shapes its
-documentation gives (squeue -o "%i|%T|%r|%L|%S|%C|%M", sbatch --parsable, scontrol ping)."""
+documentation gives (squeue -o "%i|%T|%r|%L|%S|%C|%M|%N", sbatch --parsable, scontrol ping), and
+the node a running session is reached at."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +28,7 @@ from uws.spawners.slurm import (
     SlurmJob,
     SlurmSpawner,
     parse_duration,
+    session_node_host,
 )
 
 
@@ -140,29 +143,31 @@ def test_end_messages_say_what_to_do() -> None:
 
 # ---- SlurmSpawner.fetch: squeue -------------------------------------------------------------------
 
+SQUEUE_FORMAT = "%i|%T|%r|%L|%S|%C|%M|%N"  # %N: the nodes, to know where a session runs
 SQUEUE = "\n".join(
     [
-        "101|RUNNING|None|1:58:30|2026-12-01T07:00:00|4|1:30",
-        "102|PENDING|Priority|2:00:00|2026-12-01T09:30:00|2|0:00",
-        "103|PENDING|Resources|1-00:00:00|N/A|1|0:00",
-        "104|COMPLETED|None|0:00|2026-12-01T06:00:00|2|12:34",
-        "105|RUNNING|None|UNLIMITED|2026-12-01T05:00:00|8|1-02:00:00",
-        "106|CANCELLED by 1000|None|0:00|2026-12-01T06:30:00|1|0:05",
-        "107_3|RUNNING|None|10:00|2026-12-01T07:00:00|1|1:00",  # an array task: not ours
-        "JOBID|STATE|REASON|TIME_LEFT|START_TIME|CPUS|TIME",  # a header line: skipped
+        "101|RUNNING|None|1:58:30|2026-12-01T07:00:00|4|1:30|r001",
+        "102|PENDING|Priority|2:00:00|2026-12-01T09:30:00|2|0:00|",  # no node yet
+        "103|PENDING|Resources|1-00:00:00|N/A|1|0:00|",
+        "104|COMPLETED|None|0:00|2026-12-01T06:00:00|2|12:34|r002",
+        "105|RUNNING|None|UNLIMITED|2026-12-01T05:00:00|8|1-02:00:00|r[003-004]",  # two nodes
+        "106|CANCELLED by 1000|None|0:00|2026-12-01T06:30:00|1|0:05|r005",
+        "107_3|RUNNING|None|10:00|2026-12-01T07:00:00|1|1:00|r006",  # an array task: not ours
+        "JOBID|STATE|REASON|TIME_LEFT|START_TIME|CPUS|TIME|NODELIST",  # a header line: skipped
         "108|RUNNING|None",  # truncated: skipped
+        "109|RUNNING|None|10:00|2026-12-01T07:00:00|1|1:00",  # the old 7 fields: skipped
         "",
     ]
 )
+IDS = [101, 102, 103, 104, 105, 106, 109]
 
 
 def test_fetch_parses_squeue(tmp_path: Any) -> None:
     s = spawner(tmp_path)
     calls = canned_run(s, SQUEUE)
-    jobs = asyncio.run(s.fetch([101, 102, 103, 104, 105, 106]))
-    assert calls == [
-        ("squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S|%C|%M", "-j", "101,102,103,104,105,106")
-    ]
+    jobs = asyncio.run(s.fetch(IDS))
+    assert calls == [("squeue", "--states=all", "-h", "-o", SQUEUE_FORMAT, "-j", ",".join(map(str, IDS)))]
+    assert SQUEUE_FORMAT.count("|") == 7 and SQUEUE_FORMAT.endswith("|%N")
     assert set(jobs) == {101, 102, 103, 104, 105, 106}
     assert jobs[101] == SlurmJob(
         state="RUNNING",
@@ -171,8 +176,9 @@ def test_fetch_parses_squeue(tmp_path: Any) -> None:
         time_left=3600 + 58 * 60 + 30,
         cpus=4,
         elapsed=90,
+        node="r001",
     )
-    # pending: Slurm's estimate of the start; nothing allocated, nothing elapsed
+    # pending: Slurm's estimate of the start; nothing allocated, nothing elapsed, no node
     assert jobs[102] == SlurmJob(
         state="PENDING",
         reason="Priority",
@@ -180,11 +186,81 @@ def test_fetch_parses_squeue(tmp_path: Any) -> None:
         time_left=7200,
         cpus=None,
         elapsed=None,
+        node="",
     )
     assert jobs[103].expected_start == "" and jobs[103].time_left == 86400 and jobs[103].reason == "Resources"
     assert jobs[104].state == "COMPLETED" and jobs[104].elapsed == 12 * 60 + 34 and jobs[104].cpus == 2
     assert jobs[105].time_left is None and jobs[105].elapsed == 86400 + 2 * 3600
     assert jobs[106].state == "CANCELLED"  # "CANCELLED by <uid>" as sacct-style output says it
+
+
+def test_fetch_keeps_the_node_of_running_jobs_only(tmp_path: Any) -> None:
+    """Only a running job's node is where its session is; an ended job's node is not kept."""
+    s = spawner(tmp_path)
+    canned_run(s, SQUEUE)
+    jobs = asyncio.run(s.fetch(IDS))
+    nodes = {line.split("|")[0]: line.split("|")[-1] for line in SQUEUE.splitlines() if line.count("|") == 7}
+    for job_id, job in jobs.items():
+        expected = nodes[str(job_id)] if job.state in RUNNING else ""
+        assert job.node == expected, job_id
+    assert jobs[101].node == "r001" and jobs[105].node == "r[003-004]"
+    assert jobs[104].node == jobs[106].node == ""
+
+
+def test_fetch_strips_the_node_field(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    canned_run(s, "5|RUNNING|None|10:00|2026-12-01T07:00:00|1|1:00|  r001  \n")
+    assert asyncio.run(s.fetch([5]))[5].node == "r001"
+
+
+# ---- the node a session is reached at -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "node, host",
+    [
+        ("r001", "r001"),
+        ("node-07.cluster.example.org", "node-07.cluster.example.org"),
+        ("localhost", "127.0.0.1"),  # apps listen on this machine's loopback
+        (socket.gethostname(), "127.0.0.1"),
+        (socket.gethostname().split(".")[0], "127.0.0.1"),
+    ],
+)
+def test_session_node_host(node: str, host: str) -> None:
+    assert session_node_host(node) == host
+
+
+@pytest.mark.parametrize(
+    "node",
+    ["", "r[003-004]", "r001,r002", "-r001", ".r001", "r 001", "r001:8888", "r001/x", "a" * 254, "r001\n"],
+)
+def test_session_node_host_refuses_node_lists_and_other_names(node: str) -> None:
+    assert session_node_host(node) is None
+
+
+@pytest.mark.parametrize(
+    "job_id, host",
+    [
+        (101, "r001"),  # running: its node
+        (102, None),  # pending: nowhere yet
+        (104, None),  # ended
+        (105, None),  # two nodes: not one host to connect to
+        (110, None),  # not in squeue's answer at all
+    ],
+)
+def test_session_host_asks_squeue_afresh(tmp_path: Any, job_id: int, host: str | None) -> None:
+    s = spawner(tmp_path)
+    s.slurm_job_id = job_id
+    s.last_info, s.last_info_at = SlurmJob(state="RUNNING", node="stale"), time.monotonic()
+    calls = canned_run(s, SQUEUE)
+    assert asyncio.run(s.session_host(8888)) == host
+    assert len(calls) == 1 and calls[0][-1] == str(job_id)  # not answered from the last query
+
+
+def test_session_host_of_a_job_never_submitted(tmp_path: Any) -> None:
+    s = spawner(tmp_path)
+    calls = canned_run(s, SQUEUE)
+    assert asyncio.run(s.session_host(8888)) is None and calls == []
 
 
 def test_fetch_asks_nothing_for_no_ids(tmp_path: Any) -> None:

@@ -160,6 +160,18 @@ def test_running_job(layout: Any) -> None:
     )
 
 
+@pytest.mark.parametrize("layout", [old_record, new_record])
+def test_the_node_of_a_running_job(layout: Any) -> None:
+    """`nodes` says where a running session is (the passthrough's host); pending and ended jobs
+    have no node a session could be reached at."""
+    assert job_from_rest(layout(**RUNNING_10_MIN, nodes="r001"), NOW).node == "r001"
+    pending = {"job_state": "PENDING", "start_time": int(NOW) + 1800, "nodes": ""}
+    assert job_from_rest(layout(**pending), NOW).node == ""
+    ended = {"job_state": "COMPLETED", "start_time": int(NOW) - 1000, "end_time": int(NOW) - 400}
+    assert job_from_rest(layout(**ended, nodes="r001"), NOW).node == ""
+    assert job_from_rest(layout(**RUNNING_10_MIN), NOW).node == ""  # no field: not known
+
+
 def test_translator_layout_reads_the_same() -> None:
     """tests/slurmrest_translator.py (the stand-in for a newer slurmrestd in the end-to-end tests)
     produces records that read the same as the old layout."""
