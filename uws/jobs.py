@@ -21,7 +21,7 @@ from .auth.tokens import CurrentUser
 from .errors import APIError
 from .jobtypes import JobTypeError, build_spec, minutes, settings_for
 from .models import job_model
-from .params import translate, validate_resource_options
+from .params import DefaultValueError, translate, validate_resource_options, with_defaults
 from .spawners.base import LaunchError, Spawner
 from .utils import utcnow
 from .workspaces import ACTIVE_JOB_STATUSES, DIR_FAILURE_JOBS
@@ -30,6 +30,9 @@ log = logging.getLogger("uws.jobs")
 
 FAILED_MESSAGE = "This job has failed. Support team has been notified and will investigate the error."
 IMPROPER = "Job Type improperly configured. Please contact a system administrator to resolve this."
+PARAMETERS_IMPROPER = (
+    "Resource option defaults improperly configured. Please contact a system administrator to resolve this."
+)
 EXIT_MESSAGES = {
     "completed": "Job finished.",
     "stopped": "Job stopped.",
@@ -151,9 +154,16 @@ class JobService:
         settings = settings_for(job_type, app.main_resource_key)
         if settings is None or job_type.get("job_type") not in app.job_templates:
             raise APIError(400, IMPROPER)
+        try:
+            valid = with_defaults(
+                app.parameters, valid, {"time_limit_min": minutes(settings.get("time_limit"))}
+            )
+        except DefaultValueError:
+            log.exception("Starting a session refused")
+            raise APIError(400, PARAMETERS_IMPROPER) from None
         resource = app.resources.get(app.main_resource_key, {})
         translated = translate(valid, resource.get("parameter_mapping") or {})
-        limit = minutes(valid.get("time_limit_min")) or minutes(settings.get("time_limit"))
+        limit = minutes(valid.get("time_limit_min"))
         cpus = valid.get("num_cpus") if isinstance(valid.get("num_cpus"), int) else 1
         await app.quotas.check_core_hours(user.id, cpus * (limit or 0) / 60)
         self.check_limits(user)

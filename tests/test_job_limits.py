@@ -1,0 +1,162 @@
+"""Session limits that hold: the per-user session limit under concurrent starts, parameter
+defaults (so every session has a time limit), core hours measured by the server rather than
+reported by the helper, and no helper left running unsupervised after a server restart."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import json
+import os
+import time
+
+import psutil
+import pytest
+import requests
+import zmq
+
+from uws.params import DefaultValueError, with_defaults
+from uws.sessions import protocol
+
+from conftest import LOCAL_CONFIG, Client, Server, login, running_server
+from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
+from test_workspaces import create, wait_for, ws_dir
+
+LIMITS_CONFIG = (
+    LOCAL_CONFIG
+    + f"""
+c.UWSApp.heartbeat_seconds = 1
+c.UWSApp.reconcile_seconds = 1
+c.UWSApp.stop_grace_seconds = 2
+c.UWSApp.max_running_jobs_per_user = 2
+c.UWSApp.job_types = {{
+    "sleeper": {{"name": "Sleeper", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["sleep", "600"], "readiness_path": ""}}}}}},
+    "limited": {{"name": "Limited", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["sleep", "600"], "readiness_path": "", "time_limit": "7"}}}}}},
+    "web": {{"name": "Web app", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["{APP_PYTHON}", "-m", "http.server", "{{port}}", "--bind", "127.0.0.1"],
+        "readiness_path": "/"}}}}}},
+}}
+"""
+)
+DIE_AFTER_SPAWN = "UWS_TEST_DIE_AFTER_SPAWN"
+
+
+@pytest.fixture(scope="module")
+def lserver(backend: str):
+    yield from running_server(backend, LIMITS_CONFIG)
+
+
+@pytest.fixture
+def user(lserver: Server) -> Client:
+    return login(lserver, lserver.client_token)
+
+
+def stop_all(c: Client, jobs: list[dict]) -> None:
+    for job in jobs:
+        c.put(f"/jobs/{job['id']}/stop")
+    for job in jobs:
+        wait_status(c, job["id"], "complete", "failed")
+
+
+def job_spec(srv: Server, c: Client, ws_id: int, job_id: int) -> dict:
+    """The job.json the helper was given."""
+    with open(os.path.join(ws_dir(srv, c, ws_id), f".{job_id}", "job.json")) as f:
+        return json.load(f)
+
+
+def job_secret(srv: Server, job_id: int) -> str:
+    ((state,),) = srv.sql(f"SELECT spawner_state FROM jobs WHERE id = {int(job_id)}")
+    return (json.loads(state) if isinstance(state, str) else state)["secret"]
+
+
+def parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def session_processes(srv: Server) -> list[psutil.Process]:
+    """Helpers of this server's sessions and everything they started."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "uws.session_helper" in cmdline and any(srv.dir in part for part in cmdline):
+            try:
+                found += [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                pass
+    return found
+
+
+def gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+# ---- parameter defaults -----------------------------------------------------------------------
+def test_parameter_defaults_are_applied(lserver: Server, user: Client) -> None:
+    """No resource options: the parameters' default_values (1 CPU, 1024 MB, 180 minutes) are
+    what the session gets, so it has a time limit."""
+    w = create(user)
+    job = start(user, w["id"], job_type="sleeper")
+    try:
+        spec = job_spec(lserver, user, w["id"], job["id"])
+        assert spec["time_limit_seconds"] == 180 * 60
+        assert spec["cpus"] == 1
+        assert spec["resource_options"] == {"cpus_per_task": 1, "memory_per_node": 1024, "time_limit": 180}
+        running = wait_for(
+            lambda: "time_left" in (j := get_job(user, job["id"]))["job_details"]["current_job_details"] and j
+        )
+        assert 170 * 60 < running["job_details"]["current_job_details"]["time_left"] <= 180 * 60
+        # the request is kept as sent
+        assert job["job_details"]["request_job_details"] == {}
+    finally:
+        stop_all(user, [job])
+
+
+def test_requested_and_job_type_limits_come_before_the_default(lserver: Server, user: Client) -> None:
+    w = create(user)
+    asked = start(user, w["id"], job_type="sleeper", resource_options={"time_limit_min": 5, "num_cpus": 2})
+    typed = start(user, w["id"], job_type="limited")
+    try:
+        spec = job_spec(lserver, user, w["id"], asked["id"])
+        assert (spec["time_limit_seconds"], spec["cpus"]) == (300, 2)
+        assert spec["resource_options"] == {"cpus_per_task": 2, "memory_per_node": 1024, "time_limit": 5}
+        assert job_spec(lserver, user, w["id"], typed["id"])["time_limit_seconds"] == 7 * 60
+    finally:
+        stop_all(user, [asked, typed])
+
+
+def test_default_time_limit_counts_against_the_core_hour_quota(lserver: Server, user: Client) -> None:
+    """A start with no options reserves 1 CPU x the default 180 minutes, not nothing."""
+    lserver.cli("quota", "set", user.username, "--core-hours", "1")
+    w = create(user)
+    r = user.put(f"/workspaces/{w['id']}/start/", {"job_type": "sleeper"})
+    assert (r.status_code, r.json()) == (
+        400,
+        {
+            "success": False,
+            "message": "Core hour quota exceeded: used 0.00000 core hours, requested 3.00000 core hours, "
+            "maximum 1.00000 core hours.",
+        },
+    )
+    assert user.get(f"/jobs/?workspace_id={w['id']}").json()["data"]["jobs"] == []
+
+
+def test_with_defaults_order_and_bad_defaults() -> None:
+    """In-process: a request beats the job type's setting, which beats the default; a default
+    that fails its own validation is refused rather than left out."""
+    params = [
+        {"variable_name": "t", "default_value": 60, "validation": {"type": "int", "min": 1, "max": 90}},
+        {"variable_name": "n", "default_value": None, "validation": {"type": "int"}},
+        {"variable_name": "r", "validation": {"type": "int", "required": True}},
+    ]
+    assert with_defaults(params, {}) == {"t": 60}
+    assert with_defaults(params, {}, {"t": 120}) == {"t": 120}
+    assert with_defaults(params, {"t": 5}, {"t": 120}) == {"t": 5}
+    assert with_defaults(params, {}, {"t": None}) == {"t": 60}
+    for bad in ("60", 91):
+        with pytest.raises(DefaultValueError):
+            with_defaults([{**params[0], "default_value": bad}], {})
