@@ -95,6 +95,34 @@ def gone(proc: psutil.Process) -> bool:
         return True
 
 
+# ---- the per-user session limit -------------------------------------------------------------
+def test_concurrent_starts_respect_the_per_user_limit(lserver: Server, user: Client) -> None:
+    """Six starts at once with a limit of two: two sessions, four 429s (each start is counted
+    from its check on, not only once its job is recorded)."""
+    w = create(user)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        clients = [Client(user.base, user.token) for _ in range(6)]  # one connection each
+        answers = list(
+            pool.map(lambda c: c.put(f"/workspaces/{w['id']}/start/", {"job_type": "sleeper"}), clients)
+        )
+    started = [r.json()["data"]["job"] for r in answers if r.status_code == 200]
+    try:
+        assert sorted(r.status_code for r in answers) == [200, 200, 429, 429, 429, 429]
+        for r in answers:
+            if r.status_code == 429:
+                assert r.json() == {
+                    "success": False,
+                    "message": "You already have 2 sessions running (maximum 2). Stop one and try again.",
+                }
+                assert r.headers["Retry-After"]
+        jobs = user.get(f"/jobs/?workspace_id={w['id']}").json()["data"]["jobs"]
+        assert len(jobs) == 2 and all(j["status"] in ("pending", "running") for j in jobs)
+    finally:
+        stop_all(user, started)
+    # a stopped session frees its place
+    stop_all(user, [start(user, w["id"], job_type="sleeper")])
+
+
 # ---- parameter defaults -----------------------------------------------------------------------
 def test_parameter_defaults_are_applied(lserver: Server, user: Client) -> None:
     """No resource options: the parameters' default_values (1 CPU, 1024 MB, 180 minutes) are

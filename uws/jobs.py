@@ -72,6 +72,7 @@ class JobService:
         self.launching: set[int] = set()
         self.inflight: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
         self.starts_in_progress = 0
+        self.reserved: dict[int, int] = {}  # user id -> starts in progress (see check_limits)
         self._reconcile_task: asyncio.Task[None] | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         self.owners: dict[int, int] = {}  # active job id -> user id
@@ -166,7 +167,10 @@ class JobService:
         limit = minutes(valid.get("time_limit_min"))
         cpus = valid.get("num_cpus") if isinstance(valid.get("num_cpus"), int) else 1
         await app.quotas.check_core_hours(user.id, cpus * (limit or 0) / 60)
+        # From the check until the job is in self.owners, the start counts as one of the user's
+        # sessions: starts that arrive together must not all see the count from before them.
         self.check_limits(user)
+        self.reserved[user.id] = self.reserved.get(user.id, 0) + 1
         request_details = dict(job_details)
         if "resource_options" in body and "resource_options" not in request_details:
             request_details["resource_options"] = options
@@ -177,6 +181,7 @@ class JobService:
             )
         finally:
             self.starts_in_progress -= 1
+            self._release(user.id)
 
     def check_limits(self, user: CurrentUser) -> None:
         app = self.app
@@ -185,7 +190,10 @@ class JobService:
                 429, "Too many sessions are starting right now; try again shortly.", {"Retry-After": "2"}
             )
         if app.max_running_jobs_per_user:
-            running = sum(1 for j, uid in self.owners.items() if uid == user.id)
+            # A start in progress counts through its reservation, launched or not yet.
+            running = self.reserved.get(user.id, 0) + sum(
+                1 for j, uid in self.owners.items() if uid == user.id and j not in self.launching
+            )
             if running >= app.max_running_jobs_per_user:
                 raise APIError(
                     429,
@@ -193,6 +201,13 @@ class JobService:
                     f"{app.max_running_jobs_per_user}). Stop one and try again.",
                     {"Retry-After": "30"},
                 )
+
+    def _release(self, user_id: int) -> None:
+        left = self.reserved.get(user_id, 0) - 1
+        if left > 0:
+            self.reserved[user_id] = left
+        else:
+            self.reserved.pop(user_id, None)
 
     async def _launch(
         self,
