@@ -12,14 +12,13 @@ import time
 
 import psutil
 import pytest
-import requests
 import zmq
 
 from uws.params import DefaultValueError, with_defaults
 from uws.sessions import protocol
 
 from conftest import LOCAL_CONFIG, Client, Server, login, running_server
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
+from test_sessions import APP_PYTHON, get_job, start, wait_status
 from test_workspaces import create, wait_for, ws_dir
 
 LIMITS_CONFIG = (
@@ -75,17 +74,35 @@ def parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def session_processes(srv: Server) -> list[psutil.Process]:
-    """Helpers of this server's sessions and everything they started."""
+def session_processes(srv: Server, job_id: int | None = None) -> list[psutil.Process]:
+    """Helpers of this server's sessions (or of one job) and everything they started."""
     found = []
+    inside = srv.dir if job_id is None else f"/.{job_id}"
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "uws.session_helper" in cmdline and any(srv.dir in part for part in cmdline):
+        if "uws.session_helper" in cmdline and srv.dir in " ".join(cmdline) and inside in " ".join(cmdline):
             try:
                 found += [proc, *proc.children(recursive=True)]
             except psutil.Error:
                 pass
     return found
+
+
+def kill_job_processes(srv: Server, job_id: int) -> None:
+    procs = session_processes(srv, job_id)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+def cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
 
 
 def gone(proc: psutil.Process) -> bool:
@@ -188,3 +205,44 @@ def test_with_defaults_order_and_bad_defaults() -> None:
     for bad in ("60", 91):
         with pytest.raises(DefaultValueError):
             with_defaults([{**params[0], "default_value": bad}], {})
+
+
+# ---- core hours ------------------------------------------------------------------------------
+def test_core_hours_are_cpus_times_elapsed_whatever_the_helper_says(lserver: Server, user: Client) -> None:
+    """The session's owner can sign messages as its helper (the secret is the job's; here read
+    from the database): a heartbeat claiming 10^9 CPU seconds must not count."""
+    w = create(user)
+    job = start(user, w["id"], job_type="sleeper", resource_options={"num_cpus": 2})
+    wait_status(user, job["id"], "running")
+    time.sleep(1.5)  # some elapsed time to measure
+    endpoint = "ipc://" + os.path.join(lserver.dir, "uws-data", "sessions.sock")
+    assert os.path.exists(endpoint[len("ipc://") :])
+    secret = job_secret(lserver, job["id"])
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, protocol.identity(job["id"]))
+    sock.setsockopt(zmq.LINGER, 1000)
+    try:
+        sock.connect(endpoint)
+        now = time.time()
+        base = {"job_id": job["id"], "sender": "forged", "started": now, "time": now}
+        state = {"phase": "running", "helper_pid": 1, "app_pid": None, "started_at": now, "ready": None}
+        metrics = {"cpu_seconds": 1e9, "rss_bytes": 1, "processes": 1}
+        sock.send_multipart(
+            protocol.encode(
+                secret, {**base, "type": "heartbeat", "seq": 1, "state": state, "metrics": metrics}
+            )
+        )
+        ended = {"exit_code": 0, "reason": "completed", "log_tail": "", "ended_at": now}
+        exited = {**state, "phase": "exited", "exit": ended}
+        sock.send_multipart(protocol.encode(secret, {**base, "type": "exited", "seq": 2, "state": exited}))
+        done = wait_status(user, job["id"], "complete")
+    finally:
+        sock.close()
+        ctx.term()
+        kill_job_processes(lserver, job["id"])  # the real helper, cut off by the forged one
+    elapsed = (parse_time(done["datetime_end"]) - parse_time(done["datetime_start"])).total_seconds()
+    assert elapsed >= 1.5
+    assert float(done["core_hours"]) == pytest.approx(2 * elapsed / 3600, abs=2e-5)
+    quota = user.get("/quota/").json()["data"]["quota"]
+    assert quota["core_hours"]["used"] == done["core_hours"]

@@ -57,6 +57,17 @@ def _job_event_fields(job: dict[str, Any]) -> tuple[Any, Any]:
     return job["status"], job["job_details"]["current_job_details"]
 
 
+def _core_seconds(job: orm.Job, allocated: float | None) -> float:
+    """The resource's own figure, else requested CPUs × (end − start) by the server's clock."""
+    if allocated is not None:
+        return allocated
+    cpus = (job.spawner_state or {}).get("cpus")
+    cpus = cpus if isinstance(cpus, int) and cpus > 0 else 1
+    if job.datetime_start is None or job.datetime_end is None:
+        return 0.0
+    return cpus * max(0.0, (job.datetime_end - job.datetime_start).total_seconds())
+
+
 class JobService:
     def __init__(self, app: Any) -> None:
         from .sessions.channel import SessionChannel
@@ -597,16 +608,15 @@ class JobService:
     ) -> None:
         """Move a job to a terminal status: end time, core hours, workspace back to idle."""
         # Core hours: what the resource allocated (a batch scheduler's CPUs × elapsed), else the
-        # CPU time the session's processes used, as the helper measured it.
+        # same measured here: requested CPUs × wall clock from running to now. Never a figure the
+        # helper reports: it runs as the session's owner, who could make it say anything.
         core_seconds = None
         spawner = self.spawners.get(job_id)
         if spawner is not None:
             try:
                 core_seconds = await spawner.usage()
             except Exception:
-                log.exception("Reading job %s's allocation failed; using its CPU time", job_id)
-        if core_seconds is None:
-            core_seconds = float((self.metrics.get(job_id) or {}).get("cpu_seconds") or 0)
+                log.exception("Reading job %s's allocation failed; using CPUs × elapsed", job_id)
 
         def _apply(session: Any) -> tuple[int, dict[str, Any], int] | None:
             job = session.get(orm.Job, job_id)
@@ -615,7 +625,9 @@ class JobService:
             # A session the user asked to stop ends `complete`, however its process ended.
             job.status = "complete" if stopping_completes and job.status == "stopping" else status
             job.datetime_end = utcnow()
-            job.core_hours = round(core_seconds / 3600.0, 5) if job.datetime_start else 0.0
+            job.core_hours = (
+                round(_core_seconds(job, core_seconds) / 3600.0, 5) if job.datetime_start else 0.0
+            )
             details = dict(job.job_details or {})
             current = {"message": message}
             if log_tail:

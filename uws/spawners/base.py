@@ -78,7 +78,8 @@ class Spawner(LoggingConfigurable):
 
     async def usage(self) -> float | None:
         """Core seconds the resource allocated to the session, for resources that account that
-        way (Slurm: CPUs × elapsed); None means the helper's measured CPU time counts."""
+        way (Slurm: CPUs × elapsed); None means the server counts requested CPUs × the wall
+        clock from running to end."""
         return None
 
     async def end_state(self, helper_exit: dict[str, Any]) -> dict[str, Any]:
