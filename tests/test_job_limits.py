@@ -12,13 +12,14 @@ import time
 
 import psutil
 import pytest
+import requests
 import zmq
 
 from uws.params import DefaultValueError, with_defaults
 from uws.sessions import protocol
 
 from conftest import LOCAL_CONFIG, Client, Server, login, running_server
-from test_sessions import APP_PYTHON, get_job, start, wait_status
+from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
 from test_workspaces import create, wait_for, ws_dir
 
 LIMITS_CONFIG = (
@@ -246,3 +247,68 @@ def test_core_hours_are_cpus_times_elapsed_whatever_the_helper_says(lserver: Ser
     assert float(done["core_hours"]) == pytest.approx(2 * elapsed / 3600, abs=2e-5)
     quota = user.get("/quota/").json()["data"]["quota"]
     assert quota["core_hours"]["used"] == done["core_hours"]
+
+
+# ---- helpers the server lost track of ----------------------------------------------------------
+def test_server_killed_in_the_launch_window_stops_the_orphan(backend: str) -> None:
+    """The server dies right after starting a helper, before recording it (a test-only hook:
+    UWS_TEST_DIE_AFTER_SPAWN makes it exit there). The helper starts its app all the same; after
+    a restart the job is failed and the helper and app are gone, found by their job directory."""
+    srv = Server(backend, LIMITS_CONFIG, env={DIE_AFTER_SPAWN: "1"}).start()
+    try:
+        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        c = login(srv, ct)
+        w = create(c)
+        with pytest.raises(requests.ConnectionError):
+            c.put(f"/workspaces/{w['id']}/start/", {"job_type": "web"})
+        assert srv.proc.wait(30) == 70
+        # the orphan runs on: its helper has started the app
+        procs = wait_for(
+            lambda: (
+                [p for p in session_processes(srv) if "http.server" in " ".join(cmdline(p))]
+                and session_processes(srv)
+            ),
+            timeout=30,
+        )
+        srv.env.pop(DIE_AFTER_SPAWN)
+        # On a channel the helper does not know, so that only the server's own search for it
+        # (by its job directory) can find it; a helper that reaches the server is told to stop
+        # (the next test).
+        with open(srv.config_path, "a") as f:
+            f.write(f'\nc.UWSApp.session_channel_url = "ipc://{srv.dir}/elsewhere.sock"\n')
+        srv.start()
+        (job,) = c.get(f"/jobs/?workspace_id={w['id']}").json()["data"]["jobs"]
+        job = wait_status(c, job["id"], "failed")
+        assert job["job_details"]["current_job_details"]["message"] == (
+            "Launch interrupted by a server restart; the session was ended."
+        )
+        wait_for(lambda: all(gone(p) for p in procs), timeout=30)
+        assert get_job(c, job["id"])["status"] == "failed"
+    finally:
+        srv.close()
+
+
+def test_helper_of_an_ended_job_is_stopped_when_it_speaks(backend: str) -> None:
+    """A job that ended on the server's side while its helper ran on (here: marked failed while
+    the server was down): when the helper reconnects, the server tells it to stop."""
+    srv = Server(backend, LIMITS_CONFIG).start()
+    try:
+        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        c = login(srv, ct)
+        w = create(c)
+        job = start(c, w["id"], job_type="web")
+        ready = wait_ready(c, job["id"])
+        port = int(ready["job_details"]["current_job_details"]["proxy_details"]["port"])
+        procs = session_processes(srv)
+        assert procs
+        srv.proc.kill()
+        srv.proc.wait()
+        srv.sql(f"UPDATE jobs SET status = 'failed' WHERE id = {int(job['id'])}")
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        srv.start()
+        wait_for(lambda: all(gone(p) for p in procs), timeout=30)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+        assert get_job(c, job["id"])["status"] == "failed"
+    finally:
+        srv.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from typing import Any
@@ -40,6 +41,7 @@ EXIT_MESSAGES = {
     "failed": FAILED_MESSAGE,
     "launch_failed": "The application could not be started, or did not answer in time.",
 }
+LAUNCH_INTERRUPTED = "Launch interrupted by a server restart; the session was ended."
 
 
 def owned_jobs_query(user_id: int) -> Any:
@@ -293,6 +295,10 @@ class JobService:
             log.exception("Launching job %s failed", job_id)
             await self._finish(job_id, "failed", f"Launch failed: {message}")
             raise APIError(500, f"Launch failed: {message}") from None
+        if os.environ.get("UWS_TEST_DIE_AFTER_SPAWN") == "1":
+            # Tests only: die in the window between starting a helper and recording it, which a
+            # restart must recover from (the variable is never set outside the test suite).
+            os._exit(70)
         self.spawners[job_id] = spawner
         state = {
             **spawner.get_state(),
@@ -319,7 +325,15 @@ class JobService:
                 row.datetime_last_job_launch = utcnow()
             return job_model(job), job.status
 
-        model, status = await self.db.run(_submitted)
+        try:
+            model, status = await self.db.run(_submitted)
+        except Exception:
+            # Unrecorded, the helper would run on unsupervised: end it, and the job with it.
+            self.launching.discard(job_id)
+            log.exception("Recording the launch of job %s failed; stopping it", job_id)
+            await self._cancel_quietly(job_id, spawner)
+            await self._finish(job_id, "failed", "Launch failed: the session could not be recorded.")
+            raise APIError(500, "Launch failed: the session could not be recorded.") from None
         self.launching.discard(job_id)
         self.last_seen[job_id] = time.monotonic()
         app.workspaces.invalidate(user.id)
@@ -382,11 +396,7 @@ class JobService:
     async def _terminate(self, job_id: int) -> None:
         """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
         spawner = await self._spawner(job_id)
-        secret = await self.secret_for(job_id)
-        if secret:
-            await self.channel.send(
-                job_id, secret, {"type": "stop", "grace_seconds": self.app.stop_grace_seconds}
-            )
+        await self._send_stop(job_id)
         deadline = time.monotonic() + self.app.stop_grace_seconds + 10
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -411,6 +421,13 @@ class JobService:
         if not await self._is_terminal(job_id):
             await self._finish(job_id, "failed", "Failed to stop job.")
 
+    async def _send_stop(self, job_id: int) -> None:
+        secret = await self.secret_for(job_id)
+        if secret:
+            await self.channel.send(
+                job_id, secret, {"type": "stop", "grace_seconds": self.app.stop_grace_seconds}
+            )
+
     async def owner_of(self, job_id: int) -> int | None:
         owner = self.owners.get(job_id)
         if owner is not None:
@@ -423,6 +440,12 @@ class JobService:
 
     # ---- messages from helpers ---------------------------------------------------------------
     async def on_message(self, job_id: int, message: dict[str, Any]) -> None:
+        if job_id not in self.owners and await self._is_terminal(job_id):
+            # Its job has ended here (given up on, or launched by a server that died before
+            # recording it): a helper that still speaks must not run on unsupervised.
+            if message["type"] != "exited":
+                await self._send_stop(job_id)
+            return
         self.last_seen[job_id] = time.monotonic()
         seen = message.get("time") if isinstance(message.get("time"), int | float) else None
         kind = message["type"]
@@ -713,6 +736,14 @@ class JobService:
         except Exception as e:
             log.warning("Cancelling job %s, given up on, failed too: %s", job_id, e)
 
+    @staticmethod
+    async def _stop_unrecorded(job_id: int, spawner: Spawner) -> None:
+        try:
+            if await spawner.stop_unrecorded():
+                log.warning("Stopped the session of job %s, launched but never recorded", job_id)
+        except Exception:
+            log.exception("Looking for an unrecorded session of job %s failed", job_id)
+
     async def reconcile(self, startup: bool = False) -> None:
         rows = await self.db.run(
             lambda s: [
@@ -727,8 +758,11 @@ class JobService:
             if job_id in self.launching:
                 continue
             if resource_job_id == -1:
-                if startup:  # the server died while submitting it: nothing was launched
-                    await self._finish(job_id, "failed", "Launch interrupted by a server restart.")
+                if startup:  # the server died while launching it: its helper may have started
+                    spawner = await self._spawner(job_id)
+                    await self._finish(job_id, "failed", LAUNCH_INTERRUPTED)
+                    if spawner is not None:
+                        asyncio.ensure_future(self._stop_unrecorded(job_id, spawner))
                 continue
             if startup:
                 secret = await self.secret_for(job_id)

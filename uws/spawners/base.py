@@ -91,6 +91,12 @@ class Spawner(LoggingConfigurable):
         """Whether the resource answers, for /status/ (None: nothing to ask)."""
         return None
 
+    async def stop_unrecorded(self) -> bool:
+        """End a helper this spawner may have started for the job although the launch was never
+        recorded (the server died in between); True when one was found. The default: the
+        resource cannot tell, so nothing is found."""
+        return False
+
     async def reap(self) -> None:
         """Collect the helper's exit status once it has finished (no zombies)."""
 
