@@ -34,6 +34,8 @@ c.UWSApp.job_types = {{
         "command": ["sleep", "600"], "readiness_path": ""}}}}}},
     "limited": {{"name": "Limited", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["sleep", "600"], "readiness_path": "", "time_limit": "7"}}}}}},
+    "brief": {{"name": "Brief", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
+        "command": ["sleep", "600"], "readiness_path": "", "time_limit_seconds": "90"}}}}}},
     "web": {{"name": "Web app", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["{APP_PYTHON}", "-m", "http.server", "{{port}}", "--bind", "127.0.0.1"],
         "readiness_path": "/"}}}}}},
@@ -165,14 +167,22 @@ def test_parameter_defaults_are_applied(lserver: Server, user: Client) -> None:
 def test_requested_and_job_type_limits_come_before_the_default(lserver: Server, user: Client) -> None:
     w = create(user)
     asked = start(user, w["id"], job_type="sleeper", resource_options={"time_limit_min": 5, "num_cpus": 2})
-    typed = start(user, w["id"], job_type="limited")
     try:
         spec = job_spec(lserver, user, w["id"], asked["id"])
         assert (spec["time_limit_seconds"], spec["cpus"]) == (300, 2)
         assert spec["resource_options"] == {"cpus_per_task": 2, "memory_per_node": 1024, "time_limit": 5}
-        assert job_spec(lserver, user, w["id"], typed["id"])["time_limit_seconds"] == 7 * 60
     finally:
-        stop_all(user, [asked, typed])
+        stop_all(user, [asked])
+    typed = start(user, w["id"], job_type="limited")
+    brief = start(user, w["id"], job_type="brief")
+    try:
+        spec = job_spec(lserver, user, w["id"], typed["id"])
+        assert (spec["time_limit_seconds"], spec["resource_options"]["time_limit"]) == (7 * 60, 7)
+        # what a scheduler is asked for is whole minutes: 90 s -> 2
+        spec = job_spec(lserver, user, w["id"], brief["id"])
+        assert (spec["time_limit_seconds"], spec["resource_options"]["time_limit"]) == (90, 2)
+    finally:
+        stop_all(user, [typed, brief])
 
 
 def test_default_time_limit_counts_against_the_core_hour_quota(lserver: Server, user: Client) -> None:

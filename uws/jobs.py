@@ -20,7 +20,7 @@ from sqlalchemy import select
 from . import orm
 from .auth.tokens import CurrentUser
 from .errors import APIError
-from .jobtypes import JobTypeError, build_spec, minutes, settings_for
+from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
 from .models import job_model
 from .params import DefaultValueError, translate, validate_resource_options, with_defaults
 from .spawners.base import LaunchError, Spawner
@@ -169,9 +169,7 @@ class JobService:
         if settings is None or job_type.get("job_type") not in app.job_templates:
             raise APIError(400, IMPROPER)
         try:
-            valid = with_defaults(
-                app.parameters, valid, {"time_limit_min": minutes(settings.get("time_limit"))}
-            )
+            valid = with_defaults(app.parameters, valid, {"time_limit_min": job_type_minutes(settings)})
         except DefaultValueError:
             log.exception("Starting a session refused")
             raise APIError(400, PARAMETERS_IMPROPER) from None
