@@ -108,6 +108,16 @@ def cmdline(proc: psutil.Process) -> list[str]:
         return []
 
 
+def workspace_processes(srv: Server) -> list[psutil.Process]:
+    """Live processes working in this server's workspaces (helpers and apps, orphaned or not)."""
+    inside = os.path.join(srv.dir, "workspaces") + "/"
+    found = []
+    for proc in psutil.process_iter(["cwd"]):
+        if (proc.info["cwd"] or "").startswith(inside) and not gone(proc):
+            found.append(proc)
+    return found
+
+
 def gone(proc: psutil.Process) -> bool:
     try:
         return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
@@ -292,7 +302,7 @@ def test_server_killed_in_the_launch_window_stops_the_orphan(backend: str) -> No
         assert job["job_details"]["current_job_details"]["message"] == (
             "Launch interrupted by a server restart; the session was ended."
         )
-        wait_for(lambda: all(gone(p) for p in procs), timeout=30)
+        wait_for(lambda: all(gone(p) for p in procs) and not workspace_processes(srv), timeout=30)
         assert get_job(c, job["id"])["status"] == "failed"
     finally:
         srv.close()
@@ -316,9 +326,48 @@ def test_helper_of_an_ended_job_is_stopped_when_it_speaks(backend: str) -> None:
         srv.sql(f"UPDATE jobs SET status = 'failed' WHERE id = {int(job['id'])}")
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
         srv.start()
-        wait_for(lambda: all(gone(p) for p in procs), timeout=30)
+        wait_for(lambda: all(gone(p) for p in procs) and not workspace_processes(srv), timeout=30)
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/", timeout=2)
         assert get_job(c, job["id"])["status"] == "failed"
+    finally:
+        srv.close()
+
+
+def refuse_launch_records(srv: Server) -> None:
+    """A database that refuses to record a launch (a trigger: the one failure here that needs
+    no mock), so the commit after the helper has started fails."""
+    if srv.backend == "sqlite":
+        srv.sql(
+            "CREATE TRIGGER refuse_launch BEFORE UPDATE OF resource_job_id ON jobs "
+            "WHEN OLD.resource_job_id = -1 BEGIN SELECT RAISE(ABORT, 'launch refused by test'); END"
+        )
+        return
+    srv.sql(
+        "CREATE FUNCTION refuse_launch() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'launch refused by test'; END $$"
+    )
+    srv.sql(
+        "CREATE TRIGGER refuse_launch BEFORE UPDATE ON jobs FOR EACH ROW "
+        "WHEN (OLD.resource_job_id = -1 AND NEW.resource_job_id <> -1) EXECUTE FUNCTION refuse_launch()"
+    )
+
+
+def test_launch_that_cannot_be_recorded_is_stopped(backend: str) -> None:
+    srv = Server(backend, LIMITS_CONFIG).start()
+    try:
+        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        c = login(srv, ct)
+        w = create(c)
+        refuse_launch_records(srv)
+        r = c.put(f"/workspaces/{w['id']}/start/", {"job_type": "sleeper"})
+        assert (r.status_code, r.json()) == (
+            500,
+            {"success": False, "message": "Launch failed: the session could not be recorded."},
+        )
+        (job,) = c.get(f"/jobs/?workspace_id={w['id']}").json()["data"]["jobs"]
+        assert job["status"] == "failed"
+        assert job["job_details"]["current_job_details"]["message"] == r.json()["message"]
+        assert session_processes(srv) == [] and workspace_processes(srv) == []
     finally:
         srv.close()

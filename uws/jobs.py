@@ -170,8 +170,8 @@ class JobService:
             raise APIError(400, IMPROPER)
         try:
             valid = with_defaults(app.parameters, valid, {"time_limit_min": job_type_minutes(settings)})
-        except DefaultValueError:
-            log.exception("Starting a session refused")
+        except DefaultValueError as e:
+            log.error("Refused to start a session: %s", e)
             raise APIError(400, PARAMETERS_IMPROPER) from None
         resource = app.resources.get(app.main_resource_key, {})
         translated = translate(valid, resource.get("parameter_mapping") or {})
@@ -326,11 +326,16 @@ class JobService:
         try:
             model, status = await self.db.run(_submitted)
         except Exception:
-            # Unrecorded, the helper would run on unsupervised: end it, and the job with it.
+            # Unrecorded, the helper would run on unsupervised: end the job, then the helper
+            # (in that order, so that its exit report cannot turn the job into a completed one).
             self.launching.discard(job_id)
             log.exception("Recording the launch of job %s failed; stopping it", job_id)
+            try:
+                await self._finish(job_id, "failed", "Launch failed: the session could not be recorded.")
+            except Exception:  # still unrecorded: the next start-up fails it
+                log.exception("Marking job %s failed failed too", job_id)
+                self._forget(job_id)
             await self._cancel_quietly(job_id, spawner)
-            await self._finish(job_id, "failed", "Launch failed: the session could not be recorded.")
             raise APIError(500, "Launch failed: the session could not be recorded.") from None
         self.launching.discard(job_id)
         self.last_seen[job_id] = time.monotonic()
