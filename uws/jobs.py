@@ -20,9 +20,9 @@ from sqlalchemy import select
 from . import orm
 from .auth.tokens import CurrentUser
 from .errors import APIError
-from .jobtypes import JobTypeError, build_spec, minutes, settings_for
+from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
 from .models import job_model
-from .params import translate, validate_resource_options
+from .params import DefaultValueError, translate, validate_resource_options, with_defaults
 from .proxy import new_host_label
 from .spawners.base import LaunchError, Spawner
 from .utils import utcnow
@@ -35,6 +35,9 @@ SESSION_PORTS = range(1024, 65536)
 
 FAILED_MESSAGE = "This job has failed. Support team has been notified and will investigate the error."
 IMPROPER = "Job Type improperly configured. Please contact a system administrator to resolve this."
+PARAMETERS_IMPROPER = (
+    "Resource option defaults improperly configured. Please contact a system administrator to resolve this."
+)
 EXIT_MESSAGES = {
     "completed": "Job finished.",
     "stopped": "Job stopped.",
@@ -42,6 +45,7 @@ EXIT_MESSAGES = {
     "failed": FAILED_MESSAGE,
     "launch_failed": "The application could not be started, or did not answer in time.",
 }
+LAUNCH_INTERRUPTED = "Launch interrupted by a server restart; the session was ended."
 
 
 def owned_jobs_query(user_id: int) -> Any:
@@ -57,6 +61,17 @@ def owned_jobs_query(user_id: int) -> Any:
 
 def _job_event_fields(job: dict[str, Any]) -> tuple[Any, Any]:
     return job["status"], job["job_details"]["current_job_details"]
+
+
+def _core_seconds(job: orm.Job, allocated: float | None) -> float:
+    """The resource's own figure, else requested CPUs × (end − start) by the server's clock."""
+    if allocated is not None:
+        return allocated
+    cpus = (job.spawner_state or {}).get("cpus")
+    cpus = cpus if isinstance(cpus, int) and cpus > 0 else 1
+    if job.datetime_start is None or job.datetime_end is None:
+        return 0.0
+    return cpus * max(0.0, (job.datetime_end - job.datetime_start).total_seconds())
 
 
 class JobService:
@@ -80,6 +95,7 @@ class JobService:
         self.launching: set[int] = set()
         self.inflight: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
         self.starts_in_progress = 0
+        self.reserved: dict[int, int] = {}  # user id -> starts in progress (see check_limits)
         self._reconcile_task: asyncio.Task[None] | None = None
         self._locks: dict[int, asyncio.Lock] = {}
         self.owners: dict[int, int] = {}  # active job id -> user id
@@ -162,12 +178,20 @@ class JobService:
         settings = settings_for(job_type, app.main_resource_key)
         if settings is None or job_type.get("job_type") not in app.job_templates:
             raise APIError(400, IMPROPER)
+        try:
+            valid = with_defaults(app.parameters, valid, {"time_limit_min": job_type_minutes(settings)})
+        except DefaultValueError as e:
+            log.error("Refused to start a session: %s", e)
+            raise APIError(400, PARAMETERS_IMPROPER) from None
         resource = app.resources.get(app.main_resource_key, {})
         translated = translate(valid, resource.get("parameter_mapping") or {})
-        limit = minutes(valid.get("time_limit_min")) or minutes(settings.get("time_limit"))
+        limit = minutes(valid.get("time_limit_min"))
         cpus = valid.get("num_cpus") if isinstance(valid.get("num_cpus"), int) else 1
         await app.quotas.check_core_hours(user.id, cpus * (limit or 0) / 60)
+        # From the check until the job is in self.owners, the start counts as one of the user's
+        # sessions: starts that arrive together must not all see the count from before them.
         self.check_limits(user)
+        self.reserved[user.id] = self.reserved.get(user.id, 0) + 1
         request_details = dict(job_details)
         if "resource_options" in body and "resource_options" not in request_details:
             request_details["resource_options"] = options
@@ -178,6 +202,7 @@ class JobService:
             )
         finally:
             self.starts_in_progress -= 1
+            self._release(user.id)
 
     def check_limits(self, user: CurrentUser) -> None:
         app = self.app
@@ -186,7 +211,10 @@ class JobService:
                 429, "Too many sessions are starting right now; try again shortly.", {"Retry-After": "2"}
             )
         if app.max_running_jobs_per_user:
-            running = sum(1 for j, uid in self.owners.items() if uid == user.id)
+            # A start in progress counts through its reservation, launched or not yet.
+            running = self.reserved.get(user.id, 0) + sum(
+                1 for j, uid in self.owners.items() if uid == user.id and j not in self.launching
+            )
             if running >= app.max_running_jobs_per_user:
                 raise APIError(
                     429,
@@ -194,6 +222,13 @@ class JobService:
                     f"{app.max_running_jobs_per_user}). Stop one and try again.",
                     {"Retry-After": "30"},
                 )
+
+    def _release(self, user_id: int) -> None:
+        left = self.reserved.get(user_id, 0) - 1
+        if left > 0:
+            self.reserved[user_id] = left
+        else:
+            self.reserved.pop(user_id, None)
 
     async def _launch(
         self,
@@ -273,6 +308,10 @@ class JobService:
             log.exception("Launching job %s failed", job_id)
             await self._finish(job_id, "failed", f"Launch failed: {message}")
             raise APIError(500, f"Launch failed: {message}") from None
+        if os.environ.get("UWS_TEST_DIE_AFTER_SPAWN") == "1":
+            # Tests only: die in the window between starting a helper and recording it, which a
+            # restart must recover from (the variable is never set outside the test suite).
+            os._exit(70)
         self.spawners[job_id] = spawner
         state = {
             **spawner.get_state(),
@@ -301,7 +340,20 @@ class JobService:
                 row.datetime_last_job_launch = utcnow()
             return job_model(job), job.status
 
-        model, status = await self.db.run(_submitted)
+        try:
+            model, status = await self.db.run(_submitted)
+        except Exception:
+            # Unrecorded, the helper would run on unsupervised: end the job, then the helper
+            # (in that order, so that its exit report cannot turn the job into a completed one).
+            self.launching.discard(job_id)
+            log.exception("Recording the launch of job %s failed; stopping it", job_id)
+            try:
+                await self._finish(job_id, "failed", "Launch failed: the session could not be recorded.")
+            except Exception:  # still unrecorded: the next start-up fails it
+                log.exception("Marking job %s failed failed too", job_id)
+                self._forget(job_id)
+            await self._cancel_quietly(job_id, spawner)
+            raise APIError(500, "Launch failed: the session could not be recorded.") from None
         self.launching.discard(job_id)
         self.last_seen[job_id] = time.monotonic()
         app.workspaces.invalidate(user.id)
@@ -364,11 +416,7 @@ class JobService:
     async def _terminate(self, job_id: int) -> None:
         """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
         spawner = await self._spawner(job_id)
-        secret = await self.secret_for(job_id)
-        if secret:
-            await self.channel.send(
-                job_id, secret, {"type": "stop", "grace_seconds": self.app.stop_grace_seconds}
-            )
+        await self._send_stop(job_id)
         deadline = time.monotonic() + self.app.stop_grace_seconds + 10
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -393,6 +441,13 @@ class JobService:
         if not await self._is_terminal(job_id):
             await self._finish(job_id, "failed", "Failed to stop job.")
 
+    async def _send_stop(self, job_id: int) -> None:
+        secret = await self.secret_for(job_id)
+        if secret:
+            await self.channel.send(
+                job_id, secret, {"type": "stop", "grace_seconds": self.app.stop_grace_seconds}
+            )
+
     async def owner_of(self, job_id: int) -> int | None:
         owner = self.owners.get(job_id)
         if owner is not None:
@@ -405,6 +460,12 @@ class JobService:
 
     # ---- messages from helpers ---------------------------------------------------------------
     async def on_message(self, job_id: int, message: dict[str, Any]) -> None:
+        if job_id not in self.owners and await self._is_terminal(job_id):
+            # Its job has ended here (given up on, or launched by a server that died before
+            # recording it): a helper that still speaks must not run on unsupervised.
+            if message["type"] != "exited":
+                await self._send_stop(job_id)
+            return
         self.last_seen[job_id] = time.monotonic()
         seen = message.get("time") if isinstance(message.get("time"), int | float) else None
         kind = message["type"]
@@ -640,16 +701,15 @@ class JobService:
     ) -> None:
         """Move a job to a terminal status: end time, core hours, workspace back to idle."""
         # Core hours: what the resource allocated (a batch scheduler's CPUs × elapsed), else the
-        # CPU time the session's processes used, as the helper measured it.
+        # same measured here: requested CPUs × wall clock from running to now. Never a figure the
+        # helper reports: it runs as the session's owner, who could make it say anything.
         core_seconds = None
         spawner = self.spawners.get(job_id)
         if spawner is not None:
             try:
                 core_seconds = await spawner.usage()
             except Exception:
-                log.exception("Reading job %s's allocation failed; using its CPU time", job_id)
-        if core_seconds is None:
-            core_seconds = float((self.metrics.get(job_id) or {}).get("cpu_seconds") or 0)
+                log.exception("Reading job %s's allocation failed; using CPUs × elapsed", job_id)
 
         def _apply(session: Any) -> tuple[int, dict[str, Any], int] | None:
             job = session.get(orm.Job, job_id)
@@ -658,7 +718,9 @@ class JobService:
             # A session the user asked to stop ends `complete`, however its process ended.
             job.status = "complete" if stopping_completes and job.status == "stopping" else status
             job.datetime_end = utcnow()
-            job.core_hours = round(core_seconds / 3600.0, 5) if job.datetime_start else 0.0
+            job.core_hours = (
+                round(_core_seconds(job, core_seconds) / 3600.0, 5) if job.datetime_start else 0.0
+            )
             details = dict(job.job_details or {})
             current = {"message": message}
             if log_tail:
@@ -744,6 +806,14 @@ class JobService:
         except Exception as e:
             log.warning("Cancelling job %s, given up on, failed too: %s", job_id, e)
 
+    @staticmethod
+    async def _stop_unrecorded(job_id: int, spawner: Spawner) -> None:
+        try:
+            if await spawner.stop_unrecorded():
+                log.warning("Stopped the session of job %s, launched but never recorded", job_id)
+        except Exception:
+            log.exception("Looking for an unrecorded session of job %s failed", job_id)
+
     async def reconcile(self, startup: bool = False) -> None:
         rows = await self.db.run(
             lambda s: [
@@ -758,8 +828,11 @@ class JobService:
             if job_id in self.launching:
                 continue
             if resource_job_id == -1:
-                if startup:  # the server died while submitting it: nothing was launched
-                    await self._finish(job_id, "failed", "Launch interrupted by a server restart.")
+                if startup:  # the server died while launching it: its helper may have started
+                    spawner = await self._spawner(job_id)
+                    await self._finish(job_id, "failed", LAUNCH_INTERRUPTED)
+                    if spawner is not None:
+                        asyncio.ensure_future(self._stop_unrecorded(job_id, spawner))
                 continue
             if startup:
                 secret = await self.secret_for(job_id)

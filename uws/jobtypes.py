@@ -137,6 +137,15 @@ def seconds_limit(settings: dict[str, Any], time_limit_minutes: int | None) -> i
     return time_limit_minutes * 60 if time_limit_minutes else None
 
 
+def job_type_minutes(settings: dict[str, Any]) -> int | None:
+    """A job type's own time limit in whole minutes (what a scheduler is asked for): its
+    `time_limit_seconds` rounded up, else its `time_limit`."""
+    seconds = seconds_limit(settings, None)
+    if seconds:
+        return max(1, -(-seconds // 60))
+    return minutes(settings.get("time_limit"))
+
+
 def jupyter_python(settings: dict[str, Any], workspace_dir: str) -> str:
     """The server's own Python (use_local_environment, or no module manager), else a virtualenv
     in the workspace, built on first use."""

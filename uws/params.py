@@ -60,3 +60,34 @@ def validate_resource_options(
 def translate(options: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
     """Generic names to the resource's names; unmapped options are dropped."""
     return {mapping[k]: v for k, v in options.items() if k in mapping}
+
+
+class DefaultValueError(ValueError):
+    """A parameter's configured default_value does not pass its own validation."""
+
+
+def with_defaults(
+    parameters: list[dict[str, Any]], valid: dict[str, Any], preset: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The validated options plus a value for every option the request left out: the job
+    type's own setting (`preset`) where it has one, else the parameter's `default_value`.
+    Without this a session nobody gave a time limit would run (and reserve core hours) for
+    nothing. A default that fails its own validation is a configuration error, not a reason
+    to start the session without it."""
+    merged = dict(valid)
+    for name, value in (preset or {}).items():
+        if name not in merged and value is not None:
+            merged[name] = value
+    missing = {
+        p["variable_name"]: p["default_value"]
+        for p in parameters
+        if isinstance(p, dict)
+        and "variable_name" in p
+        and p["variable_name"] not in merged
+        and p.get("default_value") is not None
+    }
+    defaults, errors = validate_resource_options(parameters, missing)
+    errors = [e for e in errors if not e.startswith("Missing required: ")]
+    if errors:
+        raise DefaultValueError(f"Invalid parameter default_value: {errors!r}")
+    return {**merged, **defaults}

@@ -106,7 +106,8 @@ class Spawner(LoggingConfigurable):
 
     async def usage(self) -> float | None:
         """Core seconds the resource allocated to the session, for resources that account that
-        way (Slurm: CPUs × elapsed); None means the helper's measured CPU time counts."""
+        way (Slurm: CPUs × elapsed); None means the server counts requested CPUs × the wall
+        clock from running to end."""
         return None
 
     async def end_state(self, helper_exit: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +118,12 @@ class Spawner(LoggingConfigurable):
     async def health(self) -> tuple[bool, str] | None:
         """Whether the resource answers, for /status/ (None: nothing to ask)."""
         return None
+
+    async def stop_unrecorded(self) -> bool:
+        """End a helper this spawner may have started for the job although the launch was never
+        recorded (the server died in between); True when one was found. The default: the
+        resource cannot tell, so nothing is found."""
+        return False
 
     async def reap(self) -> None:
         """Collect the helper's exit status once it has finished (no zombies)."""

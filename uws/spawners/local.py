@@ -164,6 +164,38 @@ class LocalProcessSpawner(Spawner):
         except psutil.Error:
             return False
 
+    async def stop_unrecorded(self) -> bool:
+        """The helper is found by its job directory on its command line (its PID was never
+        recorded); it is stopped as usual, and whatever of its process tree survives that (the
+        app of a helper that had to be killed) is killed too."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, self._find_helper)
+        if found is None:
+            return False
+        helper, tree = found
+        self.pid, self.create_time = helper.pid, helper.create_time()
+        await self.stop()
+        await loop.run_in_executor(None, _kill_survivors, tree)
+        return True
+
+    def _find_helper(self) -> tuple[psutil.Process, list[psutil.Process]] | None:
+        """The outermost process running this job's helper (sudo's, for SudoSpawner), and its
+        descendants."""
+        matches = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            argv = proc.info["cmdline"] or []
+            if "uws.session_helper" in argv and any(
+                argv[i : i + 2] == ["--job-dir", self.job_dir] for i in range(len(argv) - 1)
+            ):
+                matches[proc.pid] = proc
+        for proc in matches.values():
+            try:
+                if proc.ppid() not in matches:
+                    return proc, proc.children(recursive=True)
+            except psutil.Error:
+                continue
+        return None
+
     async def poll(self) -> dict[str, Any] | None:
         if self._alive():
             return None
@@ -186,6 +218,16 @@ class LocalProcessSpawner(Spawner):
             os.kill(self.pid, sig)  # type: ignore[arg-type]
         except ProcessLookupError:
             pass
+
+
+def _kill_survivors(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        try:
+            if proc.is_running():  # psutil checks that the PID still names the same process
+                proc.kill()
+        except psutil.Error:  # gone, or another account's (a non-root server): the helper's job
+            pass
+    psutil.wait_procs(procs, timeout=5)
 
 
 class SudoSpawner(LocalProcessSpawner):
