@@ -49,11 +49,6 @@ ORIGINAL_AUTH_NAMES = {
     "psc": "PSCAPIUserAuthentication",
     "globus": "GlobusUserAuthentication",
 }
-# A host name as DNS has it (letters, digits, hyphens; dot-separated labels): sessions get names
-# under it, and it ends up in Host headers and cookies.
-_DOMAIN = re.compile(
-    r"(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
-)
 NO_LOGIN_METHOD = (
     "no login method configured: set c.UWSApp.authenticator_class (e.g. 'local' or 'globus') in the "
     "config file, or pass --dev for the development login (no client token; never on a shared machine)"
@@ -243,8 +238,10 @@ class UWSApp(Application):
 
     @validate_trait("session_host")
     def _check_session_host(self, proposal: Any) -> str:
-        value = str(proposal["value"]).strip().lower().rstrip(".")
-        if not _DOMAIN.fullmatch(value):
+        from .hostnames import session_domain_name
+
+        value = session_domain_name(str(proposal["value"]))
+        if value is None:
             raise TraitError(
                 f"session_host must be a DNS name without scheme or port, not {proposal['value']!r}"
             )

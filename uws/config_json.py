@@ -7,13 +7,14 @@ the server never knows which format it was started with.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from typing import Any
 from urllib.parse import urlsplit
 
 from traitlets.config import Config
+
+from .hostnames import session_domain_name
 
 TOP_LEVEL_KEYS = (
     "api_user_authentication",
@@ -52,7 +53,7 @@ def _is_numeric(value: Any) -> bool:
         return False
     if isinstance(value, int):
         return True
-    return isinstance(value, str) and value.strip().isdigit()
+    return isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
 
 
 def validate(raw: Any) -> tuple[list[str], list[str]]:
@@ -94,7 +95,7 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
             problems.append(f"{path} must be an object")
             continue
         kind = entry.get("user_authentication_type")
-        if kind not in AUTH_TYPES:
+        if not isinstance(kind, str) or kind not in AUTH_TYPES:
             problems.append(f"{path}.user_authentication_type: unknown type {kind!r}")
         details = entry.get("connection_details", {})
         if not isinstance(details, dict):
@@ -120,7 +121,7 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
             problems.append(f"{path} must be an object")
             continue
         kind = entry.get("storage_type")
-        if kind not in STORAGE_TYPES:
+        if not isinstance(kind, str) or kind not in STORAGE_TYPES:
             problems.append(f"{path}.storage_type: unknown type {kind!r}")
         if not isinstance(entry.get("root_dir"), str) or not entry.get("root_dir"):
             problems.append(f"{path}.root_dir is required")
@@ -138,7 +139,8 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
         roots = entry.get("allowed_symlink_roots", [])
         if not isinstance(roots, list) or not all(isinstance(r, str) and os.path.isabs(r) for r in roots):
             problems.append(f"{path}.allowed_symlink_roots must be a list of absolute directories")
-        auth_type = auths.get(entry.get("user_authentication"), {})
+        auth_key = entry.get("user_authentication")
+        auth_type = auths.get(auth_key, {}) if isinstance(auth_key, str) else {}
         if (
             isinstance(auth_type, dict)
             and auth_type.get("user_authentication_type") == "GlobusUserAuthentication"
@@ -246,18 +248,11 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
 def session_domain(value: str) -> str | None:
     """The host name part of a passthrough_domain (which may carry a scheme or port), or None
     for an address or anything else that cannot have session host names under it."""
-    host = (urlsplit(value if "://" in value else "//" + value).hostname or "").rstrip(".")
     try:
-        ipaddress.ip_address(host)
-        return None
+        host = urlsplit(value if "://" in value else "//" + value).hostname or ""
     except ValueError:
-        pass
-    labels = host.split(".")
-    if not host or not all(
-        label and label.replace("-", "").isalnum() and label.isascii() for label in labels
-    ):
         return None
-    return host
+    return session_domain_name(host)
 
 
 def load(path: str) -> tuple[Config, list[str]]:

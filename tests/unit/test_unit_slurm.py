@@ -312,11 +312,6 @@ def test_health_from_scontrol_ping(tmp_path: Any) -> None:
     assert asyncio.run(s.health()) == (False, "scontrol ping did not answer: timed out")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="health() looks for the substring 'UP' anywhere in scontrol ping's output, so a "
-    "controller whose host name contains 'UP' reads as up while it is DOWN",
-)
 def test_health_down_controller_on_a_host_named_with_up(tmp_path: Any) -> None:
     s = spawner(tmp_path)
     canned_run(s, "Slurmctld(primary) at BACKUP-CTL is DOWN\n")

@@ -477,4 +477,7 @@ class SlurmSpawner(SlurmBase):
             out = await self.run("scontrol", "ping")
         except SchedulerUnavailable as e:
             return False, str(e)
-        return ("UP" in out), ("Connected successfully." if "UP" in out else out.strip())
+        # "Slurmctld(primary) at <host> is UP": the state after "is", not "UP" anywhere (a host
+        # name may contain it while the controller is DOWN). One controller up is enough.
+        up = bool(re.search(r"\bis UP\b", out))
+        return up, ("Connected successfully." if up else out.strip())
