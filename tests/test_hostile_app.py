@@ -24,12 +24,14 @@ from test_workspaces import create
 HOSTILE = os.path.join(shared_dir(), "apps", "hostile_app.py")
 ECHO = os.path.join(shared_dir(), "apps", "echo_app.py")
 WEBSOCKET_CAP = 3
+MESSAGE_CAP = 1 << 20
 HOSTILE_CONFIG = (
     LOCAL_CONFIG
     + f"""
 c.UWSApp.heartbeat_seconds = 1
 c.UWSApp.proxy_request_timeout = 3
 c.UWSApp.max_websockets_per_user = {WEBSOCKET_CAP}
+c.UWSApp.proxy_websocket_max_message_size = {MESSAGE_CAP}
 c.UWSApp.trusted_proxies = ["127.0.0.1/32", "10.9.9.0/24"]
 c.UWSApp.job_types = {{
     "hostile": {{"name": "Hostile", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
@@ -277,3 +279,22 @@ def test_ticket_flood_is_capped(hserver: Server, owner: Client) -> None:
     assert codes[:100] == [200] * 100
     assert codes[100:] == [429] * 5
     assert login(hserver, hserver.client_token).post("/ws_tickets/").status_code == 200  # others still may
+
+
+def test_relayed_websocket_messages_are_capped(hserver: Server, owner: Client, echo: int) -> None:
+    """The message-by-message relay (a link's ?token= upgrade) holds whole messages in memory:
+    one over the cap ends the websocket (1009) instead of being buffered."""
+    details = get_job(owner, echo)["job_details"]["current_job_details"]["connection_details"]
+    token = details["url_path"].split("token=", 1)[1]
+    url = f"ws://127.0.0.1:{hserver.port}/passthrough/{echo}/ws?token={token}"
+
+    async def run() -> int | None:
+        conn = await websocket_connect(url, max_message_size=8 * MESSAGE_CAP)
+        small = os.urandom(MESSAGE_CAP // 2)
+        await conn.write_message(small, binary=True)
+        assert await conn.read_message() == small
+        await conn.write_message(os.urandom(2 * MESSAGE_CAP), binary=True)
+        assert await asyncio.wait_for(conn.read_message(), 20) is None
+        return conn.close_code
+
+    assert asyncio.run(run()) == 1009
