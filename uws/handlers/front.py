@@ -169,11 +169,7 @@ class FrontConnection(asyncio.Protocol):
         self.closing = True
         transport = self.transport
         assert transport is not None
-        transport.write(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (len(TOO_MANY_CONNECTIONS), TOO_MANY_CONNECTIONS)
-        )
+        self._answer_json(503, TOO_MANY_CONNECTIONS, close=True)
         transport.write_eof()
         asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
 
