@@ -303,3 +303,29 @@ def test_relayed_websocket_messages_are_capped(hserver: Server, owner: Client, e
     # 1009 (message too big), unless the server's close frame was lost when it closed the
     # connection with the rest of the message unread.
     assert asyncio.run(run()) in (1009, None)
+
+
+def test_relayed_websocket_has_back_pressure(hserver: Server, owner: Client, hostile: int) -> None:
+    """An app that sends as fast as it can to a browser that reads nothing: the message relay
+    reads the app's next message only once the last one went to the browser, so the server holds
+    a few messages, not all 256 MiB the app would send."""
+    import psutil
+
+    process = psutil.Process(hserver.proc.pid)  # type: ignore[union-attr]
+    # The link's token sends the upgrade to the message relay (a header would get the byte splice).
+    details = get_job(owner, hostile)["job_details"]["current_job_details"]["connection_details"]
+    token = details["url_path"].split("token=", 1)[1]
+    url = f"ws://127.0.0.1:{hserver.port}/passthrough/{hostile}/flood?mb=256&token={token}"
+
+    async def run() -> int:
+        before = process.memory_info().rss
+        conn = await websocket_connect(url)
+        await asyncio.sleep(3)  # reading nothing (the client takes one message and stops)
+        grown = process.memory_info().rss - before
+        assert len(await conn.read_message()) == 512 << 10  # the relay still works
+        conn.close()
+        return grown
+
+    grown = asyncio.run(run())
+    assert grown < 64 << 20, f"the server grew by {grown >> 20} MiB"
+    assert_status_answers(hserver)

@@ -15,11 +15,15 @@ GET {prefix}/bare-lf            -> an answer whose head lines end in a bare LF
 GET {prefix}/slow?s=N           -> the head a byte at a time, N seconds in all (at most 30)
 GET {prefix}/interim            -> 100 Continue forever (bounded: 1000 of them, then closes)
 GET {prefix}/random?seed=N      -> one of the above, chosen by the seed (slow at most 2 s)
+WS  {prefix}/flood?mb=N         -> a websocket that sends N MiB (at most 1024) in 512 KiB binary
+                                   messages as fast as the connection takes them, then closes
 
 Every answer ends the connection, so each request meets the app afresh.
 """
 
 import asyncio
+import base64
+import hashlib
 import random
 import sys
 from urllib.parse import parse_qs, urlsplit
@@ -106,6 +110,28 @@ BEHAVIOURS = [
 ]
 
 
+async def flood(writer, head, megabytes):
+    """A websocket handshake answer, then binary frames (unmasked, as a server sends them)."""
+    key = b""
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            key = value.strip()
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    block = b"f" * (512 << 10)
+    frame = b"\x82\x7f" + len(block).to_bytes(8, "big") + block
+    for _ in range(min(max(megabytes, 0), 1024) * 2):
+        writer.write(frame)
+        await writer.drain()
+    writer.write(b"\x88\x02\x03\xe8")  # close, 1000
+    await writer.drain()
+    await asyncio.sleep(1)
+
+
 async def handle(reader, writer):
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
@@ -132,6 +158,8 @@ async def handle(reader, writer):
             await slow(writer, float(query.get("s", "2")))
         elif path == "/interim":
             await interim(writer)
+        elif path == "/flood":
+            await flood(writer, head, int(query.get("mb", "1")))
         elif path == "/random":
             random.seed(query.get("seed", "0"))
             await random.choice(BEHAVIOURS)(writer)
