@@ -278,6 +278,8 @@ def test_ticket_flood_is_capped(hserver: Server, owner: Client) -> None:
     codes = [owner.post("/ws_tickets/").status_code for _ in range(105)]
     assert codes[:100] == [200] * 100
     assert codes[100:] == [429] * 5
+    r = owner.post("/ws_tickets/")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "60" and r.json()["success"] is False
     assert login(hserver, hserver.client_token).post("/ws_tickets/").status_code == 200  # others still may
 
 

@@ -109,6 +109,7 @@ class TicketHandler(BaseHandler):
             raise APIError(
                 429,
                 f"Too many unused websocket tickets (at most {MAX_TICKETS_PER_USER}); use or let some expire.",
+                {"Retry-After": str(TICKET_SECONDS)},
             )
         self.ok("Successful.", {"ticket": ticket, "expires_in": TICKET_SECONDS})
 
