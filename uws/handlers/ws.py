@@ -218,9 +218,10 @@ async def open_counted(
     *args: Any,
     **kwargs: Any,
 ) -> None:
-    """Run a websocket handler's handshake if the user may open one more websocket (else a JSON
-    429); the count is given back by `release_counted` in on_close, or here if the handshake
-    failed (then on_close may never come)."""
+    """Run a websocket handler's get (the handshake and, in Tornado, the websocket's whole life)
+    if the user may open one more websocket, else answer a JSON 429. The count is given back by
+    `release_counted` in on_close, or here when no websocket is open any more (a failed
+    handshake never reaches on_close); giving it back twice is harmless."""
     uws = handler.application.settings["uws"]
     if not uws.websockets.acquire(user_id):
         handler.set_status(429)
