@@ -1,9 +1,10 @@
 """`GET /status/` latency while a hostile session app is hammered through the passthrough.
 
-Starts one `uws` server with the tests' harness (tests/conftest.py: SQLite, local logins, sessions
-as other OS accounts when run as root) and one session running tests/apps/hostile_app.py, which answers every request with a randomly chosen broken answer
-(bad chunk sizes, a 101 to a plain GET, oversized, truncated, garbage, bare-LF and slow
-heads, endless interim answers). Measures `GET /status/` from one keep-alive client, first
+Starts one `uws` server with the tests' harness (tests/conftest.py: SQLite, local logins,
+sessions as other OS accounts when run as root) and one session running
+tests/apps/hostile_app.py, which answers every request with a randomly chosen broken answer
+(bad chunk sizes, a 101 to a plain GET, oversized, truncated, garbage, bare-LF and slow heads,
+endless interim answers). Measures `GET /status/` from one keep-alive client, first
 alone, then while `--hammers` threads send `--requests` hostile requests in all (bounded by
 `--duration` seconds too). Prints p50/p99/max per phase; the target is p99 <= 50 ms.
 
