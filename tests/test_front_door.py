@@ -15,7 +15,7 @@ import pytest
 import requests
 import test_passthrough
 
-from conftest import Client, Server, login
+from conftest import LOCAL_CONFIG, Client, Server, login, running_server
 
 # The passthrough tests' server and echo session (module-scoped: this module gets its own).
 pserver, owner, session = test_passthrough.pserver, test_passthrough.owner, test_passthrough.session
@@ -86,7 +86,8 @@ def test_one_connection_mixes_relayed_and_full_requests(
         status, _, body = conn.answer()
         seen = {k.lower(): v for k, v in json.loads(body).items()}
         assert status == 200
-        assert seen["x-forwarded-for"] == "10.1.2.3"  # the server sits behind nginx: xheaders
+        # No trusted proxies are configured: a client's own X-Real-Ip is not believed.
+        assert seen["x-forwarded-for"] == "127.0.0.1"
         assert "uws-authorization" not in seen  # the credential is not passed on
         payload = b"z" * 100_000
         conn.send(request("POST", f"{base}/echo", auth, payload))
@@ -343,3 +344,137 @@ def test_ids_too_long_for_a_number_are_no_route(pserver: Server, owner: Client, 
     r = requests.get(pserver.base + path.format(n="9" * 5000), headers=owner.headers(), timeout=5)
     assert r.status_code == 404 and r.headers["Content-Type"].startswith("application/json")
     assert r.json()["success"] is False
+
+
+# ---- what one client can hold of the server: heads, connections, forwarded headers ------------
+
+LIMITED_CONNECTIONS = 6
+
+
+@pytest.fixture(scope="module")
+def impatient(backend: str):
+    """A server that gives a request head 1 s (the default is 30 s)."""
+    yield from running_server(backend, LOCAL_CONFIG + "c.UWSApp.head_timeout = 1\n")
+
+
+@pytest.fixture(scope="module")
+def crowded(backend: str):
+    """A server that takes at most LIMITED_CONNECTIONS connections at once."""
+    yield from running_server(backend, LOCAL_CONFIG + f"c.UWSApp.max_connections = {LIMITED_CONNECTIONS}\n")
+
+
+def closed_within(conn: Connection, seconds: float) -> bool:
+    """Whether the server closes the connection (bounded wait; a close, not a speed, is tested)."""
+    conn.sock.settimeout(seconds)
+    try:
+        return conn.sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        b"GET /passthrough/1/ HTTP/1.1\r\nHost: x\r\n",  # a head the front door waits on
+        b"",  # a connection that sends nothing
+        request("GET", "/status/", {}) + b"GET /status/ HTTP/1.1\r\nHost: x\r\n",  # Tornado's wait
+    ],
+)
+def test_slow_heads_are_closed_after_the_head_timeout(impatient: Server, opening: bytes) -> None:
+    """A client that holds a connection without completing a request head (slowloris) loses it
+    once the head timeout has passed, whether the front door or Tornado waits for the head; a
+    byte now and then does not extend the time."""
+    conn = Connection(impatient)
+    try:
+        conn.send(opening)
+        if opening.startswith(b"GET /status/"):
+            assert conn.answer()[0] == 200
+        for _ in range(3):
+            conn.send(b"X")  # a header's first bytes, trickling in
+            time.sleep(0.2)
+        assert closed_within(conn, 15)
+    finally:
+        conn.close()
+    assert requests.get(f"{impatient.base}/status/", timeout=5).status_code == 200
+
+
+def test_connection_cap_refuses_extra_connections(crowded: Server) -> None:
+    """At the cap, one more connection gets a JSON 503 and is closed, while the open ones go on
+    being served; once one of those closes there is room again."""
+    open_ones = []
+    try:
+        for _ in range(LIMITED_CONNECTIONS):
+            conn = Connection(crowded)
+            conn.send(request("GET", "/status/", {}))
+            assert conn.answer()[0] == 200
+            open_ones.append(conn)
+        extra = Connection(crowded)
+        try:
+            extra.send(request("GET", "/status/", {}))
+            status, headers, body = extra.answer()
+            assert status == 503 and headers["content-type"] == "application/json"
+            assert json.loads(body)["success"] is False
+            assert extra.closed_by_server()
+        finally:
+            extra.close()
+        for conn in open_ones:  # still served
+            conn.send(request("GET", "/status/", {}))
+            assert conn.answer()[0] == 200
+        open_ones.pop().close()
+        for _ in range(100):  # the server notices the close shortly
+            try:
+                r = requests.get(f"{crowded.base}/status/", timeout=5)
+            except requests.ConnectionError:
+                r = None
+            if r is not None and r.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert r is not None and r.status_code == 200
+    finally:
+        for conn in open_ones:
+            conn.close()
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_bare_lf_heads_are_answered(pserver: Server, owner: Client, session: dict, ending: bytes) -> None:
+    """Heads whose lines end in a bare LF (Tornado's parser takes them) are answered, not left
+    waiting for a CRLF that never comes."""
+    token = owner.headers()["UWS-Authorization"]
+    for path, expected in ((f"/passthrough/{session['id']}/hello", b"hello"), ("/status/", None)):
+        conn = Connection(pserver)
+        try:
+            conn.send(f"GET {path} HTTP/1.1\nHost: x\nUWS-Authorization: {token}\n".encode() + ending)
+            status, _, body = conn.answer()
+            assert status == 200
+            if expected is not None:
+                assert body == expected
+        finally:
+            conn.close()
+
+
+def test_forwarded_headers_from_an_untrusted_peer_are_not_believed(
+    pserver: Server, owner: Client, session: dict
+) -> None:
+    """No trusted proxies are configured (the default): what a client says in X-Forwarded-For,
+    X-Real-Ip, X-Forwarded-Proto or X-Scheme changes neither what the session is told nor the
+    access log, on the front door's relay or Tornado's."""
+    spoof = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Real-Ip": "6.6.6.7",
+        "X-Forwarded-Proto": "https",
+        "X-Scheme": "https",
+    }
+    for extra in ({}, {"Connection": "close"}):
+        r = requests.get(
+            f"{pserver.base}/passthrough/{session['id']}/headers",
+            headers={**owner.headers(), **spoof, **extra},
+            timeout=5,
+        )
+        seen = {k.lower(): v for k, v in r.json().items()}
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert seen["x-forwarded-proto"] == "http"
+    r = requests.get(f"{pserver.base}/passthrough/{session['id']}/no-such-page", headers=spoof, timeout=5)
+    assert r.status_code == 403
+    assert "6.6.6" not in pserver.log()

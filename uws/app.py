@@ -16,7 +16,6 @@ from typing import Any
 
 import uvloop
 from tornado import web
-from tornado.httpserver import HTTPServer
 from tornado.routing import PathMatches, Rule
 from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default
 from traitlets import validate as validate_trait
@@ -29,9 +28,6 @@ from .config_json import ConfigError, validate
 from .errors import APIError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# A browser connection with no request under way is closed after this long: by Tornado's
-# HTTPServer and, for the connections it still serves, by the passthrough's front door.
-IDLE_CONNECTION_SECONDS = 3600
 
 AUTHENTICATORS = {
     "local": "uws.auth.base.LocalAuthenticator",
@@ -432,6 +428,39 @@ class UWSApp(Application):
         config=True,
         help="Seconds one proxied HTTP request may take in all, for long downloads (then 504).",
     )
+    # ---- connection limits (what one client can hold of the server) ----
+    head_timeout = Float(
+        30.0,
+        config=True,
+        help="""Seconds a client has to send a complete request head, from its first byte; also
+        the longest a kept-alive connection may sit idle between requests. Then it is closed.""",
+    )
+    max_connections = Integer(
+        10000,
+        config=True,
+        help="""Client connections open at once (websockets included); more are answered 503 and
+        closed. Keep it well under the process's open-file limit (ulimit -n).""",
+    )
+    max_websockets_per_user = Integer(
+        100,
+        config=True,
+        help="""Websockets one user may have open at once: event streams plus relayed session
+        websockets (counted against the session's owner). More are refused with 429.""",
+    )
+    proxy_websocket_max_message_size = Integer(
+        64 << 20,
+        config=True,
+        help="""Largest websocket message (bytes) the passthrough relays when it relays whole
+        messages (websockets opened with a link's ?token=); a larger one ends the websocket.""",
+    )
+    trusted_proxies = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""IP addresses or CIDR networks of reverse proxies (e.g. ["127.0.0.1"] for nginx
+        on this host) whose X-Forwarded-For, X-Real-Ip, X-Forwarded-Proto and X-Scheme headers
+        are believed. From any other peer they are ignored. Empty (default): never believed.""",
+    )
     idle_timeout_seconds = Float(
         0,
         config=True,
@@ -585,12 +614,13 @@ class UWSApp(Application):
         self.workspaces = WorkspaceService(self)
         self.shares = ShareService(self)
         from .events import EventBus
-        from .handlers.ws import TicketStore
+        from .handlers.ws import TicketStore, WebSocketCounter
         from .jobs import JobService
         from .jobtypes import load_templates
 
         self.events = EventBus()
         self.tickets = TicketStore()
+        self.websockets = WebSocketCounter(self.max_websockets_per_user)
         self.job_templates = load_templates(self.share_dir)
         if not self.session_channel_url:
             # Beside the data directory, not in it: helpers of other accounts must reach the
@@ -642,8 +672,15 @@ class UWSApp(Application):
                 self.build = ""
 
     def init_webapp(self) -> None:
+        from .forwarded import ProxyTrust
         from .handlers import base, jobs, meta, proxy, quota, shares, tokens, users, workspaces, ws
         from .handlers.fast_proxy import UWSWebApplication
+
+        try:
+            self.proxy_trust = ProxyTrust(self.trusted_proxies)
+        except ValueError as e:
+            self.log.error("%s", e)
+            self.exit(1)
 
         # Ids past 4,300 digits are no route (a JSON 404): Python's int() refuses them.
         i = r"([0-9]{1,4300})"
@@ -692,7 +729,6 @@ class UWSApp(Application):
             uws=self,
             debug=False,
             compress_response=False,
-            xheaders=True,
         )
         if self.passthrough_mode == "origin":
             # Every path on a session's host goes to that session, before any API route is tried.
@@ -918,17 +954,19 @@ class UWSApp(Application):
         # default 5 ms switch interval would let a thread holding the SQLite write lock wait that
         # long for its turn.
         sys.setswitchinterval(0.0005)
-        server = HTTPServer(
+        from .forwarded import TrustingHTTPServer
+        from .handlers.front import FrontServer
+
+        server = TrustingHTTPServer(
             self.webapp,
-            xheaders=True,
+            trust=self.proxy_trust,
             # API handlers refuse oversize bodies themselves (a JSON 413, counted as the body
             # streams in); the passthrough streams bodies of any size to sessions.
             max_body_size=1 << 40,
-            idle_connection_timeout=IDLE_CONNECTION_SECONDS,
+            # Tornado's header timeout: its wait for each request head, idle time included.
+            idle_connection_timeout=self.head_timeout,
         )
-        from .handlers.front import FrontServer
-
-        front = FrontServer(self, server, idle_seconds=IDLE_CONNECTION_SECONDS)
+        front = FrontServer(self, server, self.head_timeout, self.max_connections, self.proxy_trust)
         await front.listen(self.port, self.ip)
         await self.workspaces.resume()
         await self.jobs.begin()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,6 +24,11 @@ IDLE_SECONDS = 30.0
 MAX_IDLE_PER_TARGET = 64
 MAX_HEAD = 65536
 BUFFER_HIGH = 1 << 20  # stop reading from the app while this much is waiting to be relayed
+MAX_INTERIM = 16  # 1xx answers skipped before the real one: an app sending them forever is broken
+# A chunk size as RFC 9112 has it: hex digits only. int(x, 16) would also take "-5", "+5", "0x5"
+# and "5_0"; a negative size never shrinks and would spin the relay loop on the event loop. The
+# length bound keeps a size within what a connection could ever carry.
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class UpstreamError(Exception):
@@ -247,6 +253,7 @@ class UpstreamPool:
 
     @staticmethod
     async def _read_head(conn: _Connection) -> tuple[httputil.ResponseStartLine, Head]:
+        interim = 0
         while True:
             end = conn.buffer.find(b"\r\n\r\n")
             while end < 0:
@@ -258,7 +265,15 @@ class UpstreamPool:
             text = conn.take(end + 4)[:end].decode("latin1")
             first, _, rest = text.partition("\r\n")
             start = httputil.parse_response_start_line(first)
-            if 100 <= start.code < 200 and start.code != 101:
+            if start.code == 101:
+                # Only an upgrade request may be answered with a switch of protocols, and this
+                # client never sends one (websockets have relays of their own): passing it on
+                # would turn the browser's connection into an unframed pipe from the app.
+                raise httputil.HTTPInputError("101 Switching Protocols to a request without Upgrade")
+            if 100 <= start.code < 200:
+                interim += 1
+                if interim > MAX_INTERIM:
+                    raise httputil.HTTPInputError("too many interim answers")
                 continue  # 100 Continue and other interim answers
             headers = Head.parse(rest)
             encoding = headers.get("Transfer-Encoding")
@@ -283,6 +298,8 @@ class UpstreamPool:
                 if not conn.buffer and not await conn.more():
                     raise _Closed("in the middle of the answer")
                 data = conn.take(size)
+                if not data:  # never loop without progress: that would hold the event loop
+                    raise httputil.HTTPInputError("no progress in the answer's body")
                 size -= len(data)
                 result = on_chunk(data)
                 if result is not None:
@@ -294,10 +311,10 @@ class UpstreamPool:
         if "Transfer-Encoding" in headers:  # chunked: _read_head let nothing else through
             while True:
                 line = await UpstreamPool._read_line(conn)
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise httputil.HTTPInputError("bad chunk size") from None
+                digits = line.split(b";", 1)[0].rstrip(b" \t")
+                if _CHUNK_SIZE.fullmatch(digits) is None:
+                    raise httputil.HTTPInputError("bad chunk size")
+                size = int(digits, 16)
                 if size == 0:
                     while await UpstreamPool._read_line(conn):  # trailers, then the empty line
                         pass

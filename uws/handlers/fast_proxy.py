@@ -218,10 +218,11 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
         try:
             await fetch_bodyless(uws, target, self.start_line.method, uri, headers, on_headers, on_chunk)
         except UpstreamError as e:
-            if status[0]:
+            if status[0] and not pending:
                 conn.close()  # part of the answer went out: all that can be done is to end it
                 return
             status[0] = 504 if e.timeout else 502
+            pending.clear()  # the app's head, if it came, never went out: this answer replaces it
             body = failure_body(e.timeout)
             conn.write_headers(
                 httputil.ResponseStartLine("HTTP/1.1", status[0], httputil.responses[status[0]]),

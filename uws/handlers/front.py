@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import time
 from typing import Any
@@ -25,6 +26,7 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
 from ..access_log import log_access
+from ..forwarded import ProxyTrust
 from ..http_head import Head
 from ..upstream import UpstreamError
 from . import proxy as full
@@ -42,16 +44,39 @@ log = logging.getLogger("uws.proxy")
 
 MAX_HEAD = 65536  # as Tornado's max_header_size: a longer head goes to Tornado, which refuses it
 SMALL_WRITE = 65536  # a head and a first piece of body up to this size go out in one write
+# The end of a head whose lines end in a bare LF (searched for only when there is no CRLF end):
+# Tornado's parser takes those, so such a head is handed over rather than waited on.
+_BARE_LF_END = re.compile(rb"\n\r?\n")
+REFUSAL_LINGER = 2.0  # seconds a refused connection is read (and ignored) before it is closed
+TOO_MANY_CONNECTIONS = json.dumps(
+    {"success": False, "message": "The server has too many open connections; try again later."}
+).encode()
 
 
 class FrontServer:
-    """Listens on the server's port; serves the fast path itself, the rest through Tornado."""
+    """Listens on the server's port; serves the fast path itself, the rest through Tornado.
 
-    def __init__(self, uws: Any, tornado_server: HTTPServer, idle_seconds: float) -> None:
+    `head_seconds` bounds both the wait for a request head to be complete (from its first byte)
+    and an idle connection's life between requests, here and (as its header_timeout) in
+    Tornado's HTTPServer: a client holding connections open without sending complete requests
+    holds each for that long at most. At most `max_connections` connections are open at once,
+    those handed to Tornado (websockets included) counted until their socket is closed."""
+
+    def __init__(
+        self,
+        uws: Any,
+        tornado_server: HTTPServer,
+        head_seconds: float,
+        max_connections: int,
+        trust: ProxyTrust,
+    ) -> None:
         self.uws = uws
         self.tornado_server = tornado_server
-        self.idle_seconds = idle_seconds
+        self.idle_seconds = head_seconds
+        self.max_connections = max_connections
+        self.trust = trust
         self.connections: set[FrontConnection] = set()
+        self.handed_off = 0  # connections Tornado serves, still open
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -59,7 +84,15 @@ class FrontServer:
         loop = asyncio.get_running_loop()
         for sock in netutil.bind_sockets(port, address):
             self._servers.append(await loop.create_server(lambda: FrontConnection(self), sock=sock))
-        self._sweeper = loop.call_later(min(60.0, self.idle_seconds), self._sweep)
+        self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
+
+    def _sweep_every(self) -> float:
+        # Often enough that a connection outlives its time by a fraction of it; one timer for
+        # all connections rather than one per request.
+        return max(0.1, min(5.0, self.idle_seconds / 4))
+
+    def open_connections(self) -> int:
+        return len(self.connections) + self.handed_off
 
     def _sweep(self) -> None:
         # Tornado's idle_connection_timeout, for connections still here: one timer for all of
@@ -68,7 +101,7 @@ class FrontServer:
         for conn in list(self.connections):
             if conn.task is None and conn.splice is None and conn.last_active < deadline:
                 conn.close(abort=True)  # (a close would wait for a client that takes nothing)
-        self._sweeper = asyncio.get_running_loop().call_later(min(60.0, self.idle_seconds), self._sweep)
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
 
     def close(self) -> None:
         for server in self._servers:
@@ -80,11 +113,20 @@ class FrontServer:
 
 
 class _PrefilledIOStream(IOStream):
-    """An IOStream that first yields the bytes the front had already read from its socket."""
+    """An IOStream that first yields the bytes the front had already read from its socket, and
+    counts as one of the front's open connections until it is closed."""
 
-    def __init__(self, sock: socket.socket, prefix: bytes) -> None:
+    def __init__(self, sock: socket.socket, prefix: bytes, front: FrontServer) -> None:
         super().__init__(sock)
         self._prefix = memoryview(prefix)
+        self._front: FrontServer | None = front
+        front.handed_off += 1
+
+    def close_fd(self) -> None:
+        if self._front is not None:
+            self._front.handed_off -= 1
+            self._front = None
+        super().close_fd()
 
     def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
         if self._prefix:
@@ -112,15 +154,36 @@ class FrontConnection(asyncio.Protocol):
         self.closing = False
         self._drain: asyncio.Future[None] | None = None
         self.splice: _WebSocketUpstream | None = None  # a relayed websocket: bytes both ways
+        self.peer_trusted = False
+        self.refused = False
+        self.websocket_user: int | None = None  # whose websocket count this connection holds
 
     # ---- the transport's events --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        if self.front.open_connections() >= self.front.max_connections:
+            self._refuse()
+            return
         self.front.connections.add(self)
+        self.peer_trusted = self.front.trust.trusts(self.peer_ip)
+
+    def _refuse(self) -> None:
+        """Over the connection cap: a 503 at once, then close. What the client sends meanwhile is
+        read and dropped, as closing with unread bytes would reset the connection and could
+        destroy the answer before the client reads it."""
+        self.refused = True
+        self.closing = True
+        transport = self.transport
+        assert transport is not None
+        self._answer_json(503, TOO_MANY_CONNECTIONS, close=True)
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         if self.splice is not None:
             self.splice.send(data)
             return
@@ -140,6 +203,7 @@ class FrontConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
         self.front.connections.discard(self)
+        self._release_websocket()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the browser went away: end the request to the app too
         if self.splice is not None:
@@ -183,9 +247,10 @@ class FrontConnection(asyncio.Protocol):
         # must not cost a scan of everything so far for each byte.
         end = self.buffer.find(b"\r\n\r\n", max(0, self.scanned - 3))
         if end < 0:
-            self.scanned = len(self.buffer)
-            if len(self.buffer) > MAX_HEAD:
+            if len(self.buffer) > MAX_HEAD or _BARE_LF_END.search(self.buffer, max(0, self.scanned - 2)):
                 self._hand_off()
+                return
+            self.scanned = len(self.buffer)
             return
         self.scanned = 0
         if end > MAX_HEAD:
@@ -252,19 +317,9 @@ class FrontConnection(asyncio.Protocol):
             self._next()
 
     def _origin(self, headers: Head) -> tuple[str, str]:
-        """The client's address and scheme, as Tornado's xheaders=True works them out (the server
-        runs behind nginx in production)."""
-        ip = self.peer_ip
-        candidate = headers.get("X-Real-Ip")
-        if candidate is None:
-            forwarded = headers.get("X-Forwarded-For")
-            candidate = forwarded.split(",")[-1].strip() if forwarded else None
-        if candidate is not None and netutil.is_valid_ip(candidate):
-            ip = candidate
-        scheme = headers.get("X-Scheme", headers.get("X-Forwarded-Proto", "http"))
-        if scheme:
-            scheme = scheme.split(",")[-1].strip()
-        return ip, scheme if scheme in ("http", "https") else "http"
+        """The client's address and scheme, worked out as the Tornado side does (X-Forwarded-*
+        from trusted proxies only)."""
+        return self.front.trust.origin(self.peer_ip, self.peer_trusted, headers, "http")
 
     async def _relay(
         self,
@@ -319,7 +374,7 @@ class FrontConnection(asyncio.Protocol):
                 on_chunk,
             )
         except UpstreamError as e:
-            if status:
+            if status and head is None:
                 self.close(abort=True)  # part of the answer went out: all that can be done is to end it
                 return status
             status = 504 if e.timeout else 502
@@ -364,6 +419,10 @@ class FrontConnection(asyncio.Protocol):
                 return
             began = time.perf_counter()
             remote_ip, protocol = self._origin(headers)
+            if not uws.websockets.acquire(target.user_id):
+                self._refuse_websocket(429, uws.websockets.refusal, start, remote_ip, began)
+                return
+            self.websocket_user = target.user_id  # given back when the connection ends
             out = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
             out.add("Connection", "Upgrade")
             out.add("Upgrade", headers["Upgrade"])
@@ -387,10 +446,7 @@ class FrontConnection(asyncio.Protocol):
                 if upstream is not None:
                     upstream.close()
                 status = status if 300 <= status < 599 else 502
-                body = json.dumps({"success": False, "message": full.WEBSOCKET_REFUSED}).encode()
-                self._answer_json(status, body, close=True)
-                self.close()
-                log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
+                self._refuse_websocket(status, full.WEBSOCKET_REFUSED, start, remote_ip, began)
                 return
             uws.proxy.touch(target)
             self.splice = upstream
@@ -415,6 +471,19 @@ class FrontConnection(asyncio.Protocol):
             if self.task is asyncio.current_task():
                 self.task = None
 
+    def _refuse_websocket(
+        self, status: int, message: str, start: httputil.RequestStartLine, remote_ip: str, began: float
+    ) -> None:
+        self._release_websocket()
+        self._answer_json(status, json.dumps({"success": False, "message": message}).encode(), close=True)
+        self.close()
+        log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
+
+    def _release_websocket(self) -> None:
+        if self.websocket_user is not None:
+            self.front.uws.websockets.release(self.websocket_user)
+            self.websocket_user = None
+
     # ---- handing over to Tornado -------------------------------------------------------------
     def _hand_off(self) -> None:
         """Give the connection, and what has been read from it, to Tornado's HTTPServer."""
@@ -438,7 +507,7 @@ class FrontConnection(asyncio.Protocol):
         self.front.connections.discard(self)
         # abort() closes only this protocol's descriptor: the connection lives on in the copy.
         transport.abort()
-        self.front.tornado_server.handle_stream(_PrefilledIOStream(sock, prefix), peer)
+        self.front.tornado_server.handle_stream(_PrefilledIOStream(sock, prefix, self.front), peer)
 
 
 class _WebSocketUpstream(asyncio.Protocol):

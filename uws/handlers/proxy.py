@@ -22,6 +22,7 @@ from ..http_head import Head
 from ..proxy import Target, cookie_name, host_name
 from ..upstream import UpstreamError, UpstreamPool
 from .base import BaseHandler
+from .ws import open_counted, release_counted
 
 log = logging.getLogger("uws.proxy")
 
@@ -377,7 +378,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
             log.debug("Passthrough to job %s failed: %s", target.job_id, e)
             if self._finished:
                 return
-            if self.headers_sent:
+            if self._headers_written:
                 # Part of the answer went out: finishing would pass a truncated body off as whole.
                 self.request.connection.close()  # type: ignore[union-attr]
                 self._finished = True
@@ -446,12 +447,20 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
 
 
 class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
-    """Relays a websocket to the session: frames, pings and close codes."""
+    """Relays a websocket to the session: frames, pings and close codes. Each direction waits
+    for a message to be written before it reads the next, so a fast sender and a slow receiver
+    hold one message in the server, not an unbounded queue; messages over
+    UWSApp.proxy_websocket_max_message_size end the websocket."""
 
     upstream: websocket.WebSocketClientConnection | None = None
+    _pump: asyncio.Future[None] | None = None
 
     def check_origin(self, origin: str) -> bool:
         return True  # access needs the job's cookie, header or token; the app checks origins itself
+
+    @property
+    def max_message_size(self) -> int:
+        return self.uws.proxy_websocket_max_message_size
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -461,6 +470,10 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"success": False, "message": e.message}))
             return
+        # The session's websockets count against its owner, whoever holds the link.
+        await open_counted(self, self.target.user_id, self._open, *args, **kwargs)
+
+    async def _open(self, *args: Any, **kwargs: Any) -> None:
         headers = self.upstream_headers(self.target).to_tornado()
         for name in (
             "Sec-Websocket-Key",
@@ -481,10 +494,9 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
         try:
             self.upstream = await websocket.websocket_connect(
                 request,
-                on_message_callback=self.from_upstream,
                 subprotocols=protocols or None,
                 ping_interval=None,
-                max_message_size=1 << 30,
+                max_message_size=self.max_message_size,
             )
         except Exception as e:
             status = e.code if isinstance(e, httpclient.HTTPClientError) and e.code < 599 else 502
@@ -494,7 +506,14 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
             return
         # The session's pings reach the browser too (Tornado's client has already answered them).
         self.upstream.on_ping = self.forward_ping  # type: ignore[method-assign]
-        await super().get(*args, **kwargs)
+        # (Returns once the websocket has closed: Tornado reads the browser's frames in it.)
+        await websocket.WebSocketHandler.get(self, *args, **kwargs)
+        if self._pump is None:
+            self.upstream.close()  # the browser's handshake failed
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        assert self.upstream is not None
+        self._pump = asyncio.ensure_future(self.from_upstream(self.upstream))
 
     def forward_ping(self, data: bytes) -> None:
         if self.ws_connection is not None:
@@ -506,21 +525,24 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return self.upstream.selected_subprotocol if self.upstream is not None else None
 
-    def from_upstream(self, message: str | bytes | None) -> None:
-        if message is None:
-            upstream = self.upstream
-            code = upstream.close_code if upstream is not None else None
-            reason = upstream.close_reason if upstream is not None else None
-            if self.ws_connection is not None:
-                self.close(code, reason)
-            return
-        self.uws.proxy.touch(self.target, bytes_out=len(message))
-        try:
-            self.write_message(message, binary=isinstance(message, bytes))
-        except websocket.WebSocketClosedError:
-            pass
+    async def from_upstream(self, upstream: websocket.WebSocketClientConnection) -> None:
+        """The session's messages to the browser, each written before the next is read (the
+        client reads no further frames from the app while one waits in its queue)."""
+        while True:
+            message = await upstream.read_message()
+            if message is None:
+                if self.ws_connection is not None:
+                    self.close(upstream.close_code, upstream.close_reason)
+                return
+            self.uws.proxy.touch(self.target, bytes_out=len(message))
+            try:
+                await self.write_message(message, binary=isinstance(message, bytes))
+            except websocket.WebSocketClosedError:
+                upstream.close(1001, "The browser went away.")
+                return
 
     async def on_message(self, message: str | bytes) -> None:
+        # Awaited by Tornado before it reads the browser's next frame: back-pressure this way.
         self.uws.proxy.touch(self.target, bytes_in=len(message))
         if self.upstream is not None:
             try:
@@ -536,6 +558,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
                 pass
 
     def on_close(self) -> None:
+        release_counted(self)
         if self.upstream is not None:
             self.upstream.close(self.close_code or 1000, self.close_reason)
 

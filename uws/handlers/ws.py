@@ -9,9 +9,11 @@ valid for one connection within 60 seconds, and is redacted from logs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -26,33 +28,89 @@ from ..workspaces import unaccepted_share_clause
 from .base import BaseHandler
 
 TICKET_SECONDS = 60
+# Unredeemed tickets one user may hold: far more than a browser opening its sockets needs, and
+# it keeps one user's flood of POST /ws_tickets/ from growing the store without bound.
+MAX_TICKETS_PER_USER = 100
 TERMINAL = ("complete", "failed")
 
 
 class TicketStore:
-    def __init__(self) -> None:
-        self._tickets: dict[str, tuple[float, CurrentUser, str]] = {}
+    """Single-use tickets, kept in the order they were issued. Every ticket lives equally long,
+    so that is also the order they expire in: clearing the expired ones looks only at the oldest
+    few, however many are outstanding."""
 
-    def issue(self, user: CurrentUser, header: str) -> str:
+    def __init__(self) -> None:
+        self._tickets: collections.OrderedDict[str, tuple[float, CurrentUser, str]] = (
+            collections.OrderedDict()
+        )
+        self._per_user: collections.Counter[int] = collections.Counter()
+
+    def _forget(self, entry: tuple[float, CurrentUser, str]) -> None:
+        user_id = entry[1].id
+        self._per_user[user_id] -= 1
+        if self._per_user[user_id] <= 0:
+            del self._per_user[user_id]
+
+    def _expire(self, now: float) -> None:
+        while self._tickets:
+            ticket, entry = next(iter(self._tickets.items()))
+            if entry[0] >= now:
+                return
+            del self._tickets[ticket]
+            self._forget(entry)
+
+    def issue(self, user: CurrentUser, header: str) -> str | None:
+        """A new ticket; None when the user already holds as many as they may."""
         now = time.monotonic()
-        for key, (expires, _, _) in list(self._tickets.items()):
-            if expires < now:
-                del self._tickets[key]
+        self._expire(now)
+        if self._per_user[user.id] >= MAX_TICKETS_PER_USER:
+            return None
         ticket = secrets.token_urlsafe(24)
         self._tickets[ticket] = (now + TICKET_SECONDS, user, header)
+        self._per_user[user.id] += 1
         return ticket
 
     def redeem(self, ticket: str) -> tuple[CurrentUser, str] | None:
         entry = self._tickets.pop(ticket, None)
-        if entry is None or entry[0] < time.monotonic():
+        if entry is None:
+            return None
+        self._forget(entry)
+        if entry[0] < time.monotonic():
             return None
         return entry[1], entry[2]
+
+
+class WebSocketCounter:
+    """Open websockets per user (event streams and relayed session websockets alike), held to
+    UWSApp.max_websockets_per_user so one user cannot hold the server's connections."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: collections.Counter[int] = collections.Counter()
+        self.refusal = f"Too many open websockets (at most {limit} per user); close some first."
+
+    def acquire(self, user_id: int) -> bool:
+        if self.open[user_id] >= self.limit:
+            return False
+        self.open[user_id] += 1
+        return True
+
+    def release(self, user_id: int) -> None:
+        self.open[user_id] -= 1
+        if self.open[user_id] <= 0:
+            del self.open[user_id]
 
 
 class TicketHandler(BaseHandler):
     def post(self) -> None:
         header = self.request.headers.get("UWS-Authorization", "")
         ticket = self.uws.tickets.issue(self.user, header)
+        if ticket is None:
+            raise APIError(
+                429,
+                f"Too many unused websocket tickets (at most {MAX_TICKETS_PER_USER}); use or let some expire.",
+                {"Retry-After": str(TICKET_SECONDS)},
+            )
         self.ok("Successful.", {"ticket": ticket, "expires_in": TICKET_SECONDS})
 
 
@@ -92,7 +150,7 @@ class AuthenticatedWebSocket(websocket.WebSocketHandler):
         except APIError as e:
             self.fail(e)
             return
-        await super().get(*args, **kwargs)
+        await open_counted(self, self.user.id, super().get, *args, **kwargs)
 
     async def authorize(self, *args: Any) -> None:
         pass
@@ -101,6 +159,7 @@ class AuthenticatedWebSocket(websocket.WebSocketHandler):
         pass  # client messages are ignored
 
     def on_close(self) -> None:
+        release_counted(self)
         task = getattr(self, "_pump", None)
         if task is not None:
             task.cancel()
@@ -150,6 +209,38 @@ class AuthenticatedWebSocket(websocket.WebSocketHandler):
 
     async def resync(self) -> bool:
         raise NotImplementedError
+
+
+async def open_counted(
+    handler: websocket.WebSocketHandler,
+    user_id: int,
+    handshake: Callable[..., Awaitable[None]],
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    """Run a websocket handler's get (the handshake and, in Tornado, the websocket's whole life)
+    if the user may open one more websocket, else answer a JSON 429. The count is given back by
+    `release_counted` in on_close, or here when no websocket is open any more (a failed
+    handshake never reaches on_close); giving it back twice is harmless."""
+    uws = handler.application.settings["uws"]
+    if not uws.websockets.acquire(user_id):
+        handler.set_status(429)
+        handler.set_header("Content-Type", "application/json")
+        handler.finish(json.dumps({"success": False, "message": uws.websockets.refusal}))
+        return
+    handler._uws_counted_user = user_id  # type: ignore[attr-defined]
+    try:
+        await handshake(*args, **kwargs)
+    finally:
+        if handler.ws_connection is None:
+            release_counted(handler)
+
+
+def release_counted(handler: websocket.WebSocketHandler) -> None:
+    user_id = getattr(handler, "_uws_counted_user", None)
+    if user_id is not None:
+        handler._uws_counted_user = None  # type: ignore[attr-defined]
+        handler.application.settings["uws"].websockets.release(user_id)
 
 
 def job_message(job: dict[str, Any]) -> dict[str, Any]:
