@@ -236,7 +236,7 @@ def test_core_hours_are_cpus_times_elapsed_whatever_the_helper_says(lserver: Ser
     job = start(user, w["id"], job_type="sleeper", resource_options={"num_cpus": 2})
     wait_status(user, job["id"], "running")
     time.sleep(1.5)  # some elapsed time to measure
-    endpoint = "ipc://" + os.path.join(lserver.dir, "uws-data", "sessions.sock")
+    endpoint = "ipc://" + os.path.join(lserver.dir, "uws-data-channel", "sessions.sock")
     assert os.path.exists(endpoint[len("ipc://") :])
     secret = job_secret(lserver, job["id"])
     ctx = zmq.Context()
@@ -295,7 +295,7 @@ def test_server_killed_in_the_launch_window_stops_the_orphan(backend: str) -> No
         # (by its job directory) can find it; a helper that reaches the server is told to stop
         # (the next test).
         with open(srv.config_path, "a") as f:
-            f.write(f'\nc.UWSApp.session_channel_url = "ipc://{srv.dir}/elsewhere.sock"\n')
+            f.write(f'\nc.UWSApp.session_channel_url = "ipc://{srv.dir}/elsewhere/ch.sock"\n')
         srv.start()
         (job,) = c.get(f"/jobs/?workspace_id={w['id']}").json()["data"]["jobs"]
         job = wait_status(c, job["id"], "failed")
