@@ -16,7 +16,6 @@ from typing import Any
 
 import uvloop
 from tornado import web
-from tornado.routing import PathMatches, Rule
 from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default
 from traitlets import validate as validate_trait
 from traitlets.config import Application, catch_config_error
@@ -673,7 +672,8 @@ class UWSApp(Application):
 
     def init_webapp(self) -> None:
         from .forwarded import ProxyTrust
-        from .handlers import base, jobs, meta, proxy, quota, shares, tokens, users, workspaces, ws
+        from .handlers import api_host_routes, session_host_routes
+        from .handlers.base import NotFoundHandler
         from .handlers.fast_proxy import UWSWebApplication
 
         try:
@@ -682,63 +682,55 @@ class UWSApp(Application):
             self.log.error("%s", e)
             self.exit(1)
 
-        # Ids past 4,300 digits are no route (a JSON 404): Python's int() refuses them.
-        i = r"([0-9]{1,4300})"
-        routes = [
-            (r"/tokens/?", tokens.TokensHandler),
-            (r"/workspaces/?", workspaces.WorkspacesHandler),
-            (rf"/workspaces/{i}/?", workspaces.WorkspaceHandler),
-            (rf"/workspaces/{i}/([^/]+)/?", workspaces.WorkspaceActionHandler),
-            (r"/jobs/?", jobs.JobsHandler),
-            (rf"/jobs/{i}/?", jobs.JobsHandler),
-            (rf"/jobs/{i}/([^/]+)/?", jobs.JobActionHandler),
-            (r"/ws_tickets/?", ws.TicketHandler),
-            (r"/job_types/?", meta.JobTypesHandler),
-            (r"/parameters/?", meta.ParametersHandler),
-            (r"/users/?", users.UsersHandler),
-            (r"/quota/?", quota.QuotaHandler),
-            (r"/shared_workspaces/?", shares.SharesHandler),
-            (rf"/shared_workspaces/{i}/?", shares.ShareHandler),
-            (rf"/shared_workspaces/{i}/([^/]+)/?", shares.ShareActionHandler),
-            (r"/status/?", meta.StatusHandler),
-            (r"/openapi.yaml", meta.OpenAPIHandler),
-        ]
-        passthrough: list[Any] = [(rf"/passthrough/{i}(?:/.*)?", proxy.PassthroughHandler)]
-        passthrough_upgrades = [
-            Rule(UpgradeMatches(rf"/passthrough/{i}(?:/.*)?"), proxy.PassthroughWebSocket)
-        ]
-        if self.passthrough_mode == "origin":
-            passthrough = [(r"/passthrough/.*", proxy.SessionElsewhereHandler)]
-            passthrough_upgrades = []
-        ws_routes = [
-            (r"/ws/events/?", ws.EventsHandler),
-            (r"/ws/jobs/?", ws.JobStreamHandler),
-            (rf"/ws/jobs/{i}/?", ws.JobStreamHandler),
-        ]
-        upgrade_routes = [
-            *passthrough_upgrades,
-            Rule(UpgradeMatches(r"/jobs/?"), ws.JobStreamHandler),
-            Rule(UpgradeMatches(rf"/jobs/{i}/?"), ws.JobStreamHandler),
-        ]
-        self.routes = routes + ws_routes
         self.webapp = UWSWebApplication(
-            upgrade_routes + ws_routes + routes + passthrough,
+            api_host_routes(self.passthrough_mode),
             websocket_ping_interval=30,
             log_function=log_request,
-            default_handler_class=base.NotFoundHandler,
-            uws=self,
+            default_handler_class=NotFoundHandler,
             debug=False,
             compress_response=False,
+            **self.web_settings(),
         )
         if self.passthrough_mode == "origin":
             # Every path on a session's host goes to that session, before any API route is tried.
-            self.webapp.add_handlers(
-                ".*" + re.escape(self.session_hosts.suffix),
-                [
-                    Rule(UpgradeMatches(r".*"), proxy.PassthroughWebSocket),
-                    (r".*", proxy.PassthroughHandler),
-                ],
-            )
+            self.webapp.add_handlers(".*" + re.escape(self.session_hosts.suffix), session_host_routes)
+
+    def web_settings(self) -> dict[str, Any]:
+        """What handlers may use (uws/handlers/components.py gives each its type)."""
+        from .handlers.components import WebConfig
+
+        config = WebConfig(
+            max_json_body_size=self.max_json_body_size,
+            max_body_size=self.max_body_size,
+            max_details_bytes=self.max_details_bytes,
+            users_min_search_length=self.users_min_search_length,
+            cors_allowed_origins=tuple(self.cors_allowed_origins),
+            job_types=self.job_types,
+            parameters=self.parameters,
+            share_dir=self.share_dir,
+            passthrough_mode=self.passthrough_mode,
+            sessions_base=self.sessions_base(),
+            proxy_connect_timeout=self.proxy_connect_timeout,
+            proxy_request_timeout=self.proxy_request_timeout,
+            proxy_websocket_max_message_size=self.proxy_websocket_max_message_size,
+        )
+        return {
+            "web_config": config,
+            "app": self,
+            "db": self.db,
+            "auth": self.auth_service,
+            "authenticator": self.authenticator,
+            "workspaces": self.workspaces,
+            "shares": self.shares,
+            "jobs": self.jobs,
+            "quotas": self.quotas,
+            "events": self.events,
+            "tickets": self.tickets,
+            "websockets": self.websockets,
+            "proxy": self.proxy,
+            "session_hosts": self.session_hosts,
+            "status_report": self.status_report,
+        }
 
     def check_session_host(self) -> None:
         """An API host name under the session domain would be routed to sessions (and share
@@ -966,7 +958,9 @@ class UWSApp(Application):
             # Tornado's header timeout: its wait for each request head, idle time included.
             idle_connection_timeout=self.head_timeout,
         )
-        front = FrontServer(self, server, self.head_timeout, self.max_connections, self.proxy_trust)
+        front = FrontServer(
+            self.webapp.parts, server, self.head_timeout, self.max_connections, self.proxy_trust
+        )
         await front.listen(self.port, self.ip)
         await self.workspaces.resume()
         await self.jobs.begin()
@@ -1007,16 +1001,6 @@ class UWSApp(Application):
         self.culler.close()
         await self.workspaces.drain()
         self.db.close()
-
-
-class UpgradeMatches(PathMatches):
-    """Matches a path only for websocket upgrade requests, so /jobs/<id>/ serves both REST and
-    the original's websocket stream."""
-
-    def match(self, request: Any) -> dict[str, Any] | None:
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return None
-        return super().match(request)
 
 
 def log_request(handler: web.RequestHandler) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class APIError(Exception):
     """An error answer: status code and the contract's exact message."""
@@ -11,6 +13,13 @@ class APIError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or {}
+
+
+def error_body(message: str) -> bytes:
+    """The JSON error envelope, as bytes: every error answer the server writes itself (API
+    handlers, websocket and passthrough refusals, the front door) goes through here, so the
+    shape cannot drift between them."""
+    return json.dumps({"success": False, "message": message}).encode()
 
 
 def not_authenticated(message: str) -> APIError:

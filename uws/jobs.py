@@ -48,17 +48,6 @@ EXIT_MESSAGES = {
 LAUNCH_INTERRUPTED = "Launch interrupted by a server restart; the session was ended."
 
 
-def owned_jobs_query(user_id: int) -> Any:
-    """The caller's jobs: those whose workspace the caller owns (a deleted workspace's jobs drop
-    out, as in the original), in id order."""
-    return (
-        select(orm.Job)
-        .join(orm.Workspace, orm.Workspace.id == orm.Job.workspace_id)
-        .where(orm.Workspace.user_id == user_id)
-        .order_by(orm.Job.id)
-    )
-
-
 def _job_event_fields(job: dict[str, Any]) -> tuple[Any, Any]:
     return job["status"], job["job_details"]["current_job_details"]
 

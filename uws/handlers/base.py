@@ -8,9 +8,11 @@ import re
 from typing import Any
 
 from tornado import web
+from tornado.routing import PathMatches
 
-from ..errors import APIError
+from ..errors import APIError, error_body
 from ..utils import parse_bool
+from .components import Components
 
 log = logging.getLogger("uws.web")
 
@@ -25,6 +27,28 @@ BODY_TOO_LARGE = "Request body too large."
 # client that is still sending when the server closes the connection can lose the answer to the
 # reset. Beyond it, the 413 goes out at once and the connection is closed.
 DRAIN_BYTES = 4 * 1024 * 1024
+# An id in a route. Ids past 4,300 digits are no route (a JSON 404): Python's int() refuses them.
+ID = r"([0-9]{1,4300})"
+
+
+class UpgradeMatches(PathMatches):
+    """Matches a path only for websocket upgrade requests, so /jobs/<id>/ serves both REST and
+    the original's websocket stream."""
+
+    def match(self, request: Any) -> dict[str, Any] | None:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return None
+        return super().match(request)
+
+
+def send_error(handler: web.RequestHandler, error: APIError) -> None:
+    """Answer with the JSON error envelope. Every Tornado handler's refusal is written here
+    (REST, websocket handshakes, the passthrough), so they all look alike."""
+    handler.set_status(error.status)
+    handler.set_header("Content-Type", "application/json")
+    for name, value in error.headers.items():
+        handler.set_header(name, value)
+    handler.finish(error_body(error.message))
 
 
 def decode_json(raw: bytes) -> Any:
@@ -47,7 +71,7 @@ def decode_json(raw: bytes) -> Any:
 
 
 @web.stream_request_body
-class BaseHandler(web.RequestHandler):
+class BaseHandler(Components, web.RequestHandler):
     """JSON-only handler. Bodies are streamed in so an oversize one is refused before it is read."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -57,12 +81,8 @@ class BaseHandler(web.RequestHandler):
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
         self._received = 0
-        self._body_limit = self.uws.max_json_body_size  # prepare() settles it per request
+        self._body_limit = self.config.max_json_body_size  # prepare() settles it per request
         self.user: Any = None
-
-    @property
-    def uws(self) -> Any:
-        return self.application.settings["uws"]
 
     def compute_etag(self) -> None:
         return None  # answers are small and dynamic; hashing every one costs more than it saves
@@ -70,7 +90,7 @@ class BaseHandler(web.RequestHandler):
     # ---- headers -------------------------------------------------------------------------
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
-        origins = self.application.settings["uws"].cors_allowed_origins
+        origins = self.config.cors_allowed_origins
         if "*" in origins:
             self.set_header("Access-Control-Allow-Origin", "*")
         else:
@@ -95,7 +115,7 @@ class BaseHandler(web.RequestHandler):
     def body_limit(self) -> int:
         """Largest body this request may send. JSON bodies are parsed on the event loop (and
         /tokens/ takes them from anyone), so they get the small limit; uploads override it."""
-        return self.uws.max_json_body_size
+        return self.config.max_json_body_size
 
     async def prepare(self) -> None:
         self._body_limit = self.body_limit()
@@ -112,9 +132,7 @@ class BaseHandler(web.RequestHandler):
         if self.request.method not in self.allowed_methods():
             return  # answered with 405 by the method itself
         if self.auth_required:
-            self.user = await self.uws.auth_service.authenticate(
-                self.request.headers.get("UWS-Authorization")
-            )
+            self.user = await self.auth.authenticate(self.request.headers.get("UWS-Authorization"))
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
@@ -203,10 +221,7 @@ class BaseHandler(web.RequestHandler):
         if self._finished:
             return
         self.clear()
-        self.set_status(error.status)
-        for name, value in error.headers.items():
-            self.set_header(name, value)
-        self.finish(json.dumps({"success": False, "message": error.message}))
+        send_error(self, error)
 
     def allowed_methods(self) -> list[str]:
         cls = type(self)
@@ -238,7 +253,7 @@ class BaseHandler(web.RequestHandler):
         message = {404: "Not found.", 405: "Method not allowed."}.get(
             status_code, "A server error occurred." if status_code >= 500 else self._reason
         )
-        self.finish(json.dumps({"success": False, "message": message}))
+        self.finish(error_body(message))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, APIError):

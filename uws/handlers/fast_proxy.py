@@ -9,7 +9,6 @@ with bodies, websocket upgrades, token exchanges, refusals, sessions not known t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,10 +18,12 @@ from tornado import httputil, web
 from tornado.iostream import StreamClosedError
 
 from ..access_log import log_access
+from ..errors import error_body
 from ..http_head import Head
 from ..proxy import cookie_name
 from ..upstream import UpstreamError
 from . import proxy as full
+from .components import Components, SettingsComponents
 
 log = logging.getLogger("uws.proxy")
 Route = tuple[int, str | None]  # job id and, on a session's own host, the host name's label
@@ -39,16 +40,16 @@ def _bodyless(path: str, headers: Head | httputil.HTTPHeaders) -> bool:
     )
 
 
-def may_take(uws: Any, method: str, path: str, headers: Head | httputil.HTTPHeaders) -> Route | None:
+def may_take(parts: Components, method: str, path: str, headers: Head | httputil.HTTPHeaders) -> Route | None:
     """The session a request is for, if it is of the kind the fast path relays: a bodyless GET
     or HEAD, without a token to exchange or an upgrade. (Whether its sender is let in is
     `admitted_target`'s question.)"""
     if method in ("GET", "HEAD") and "Upgrade" not in headers and _bodyless(path, headers):
-        return full.session_route(uws, path, headers.get("Host", ""))
+        return full.session_route(parts, path, headers.get("Host", ""))
     return None
 
 
-def is_websocket(uws: Any, method: str, path: str, headers: Head) -> Route | None:
+def is_websocket(parts: Components, method: str, path: str, headers: Head) -> Route | None:
     """The session a request opens a websocket to (without a token to exchange), if it does."""
     if (
         method == "GET"
@@ -56,14 +57,16 @@ def is_websocket(uws: Any, method: str, path: str, headers: Head) -> Route | Non
         and "upgrade" in headers.get("Connection", "").lower()
         and _bodyless(path, headers)
     ):
-        return full.session_route(uws, path, headers.get("Host", ""))
+        return full.session_route(parts, path, headers.get("Host", ""))
     return None
 
 
-async def admitted_target(uws: Any, route: Route, method: str, headers: Head | httputil.HTTPHeaders) -> Any:
+async def admitted_target(
+    parts: Components, route: Route, method: str, headers: Head | httputil.HTTPHeaders
+) -> Any:
     """The running session a request is for, if its cookie or header is the owner's; None sends
     the request to the full handlers (which explain a refusal)."""
-    target = await uws.proxy.target(route[0])  # cached; the first request after a restart loads it
+    target = await parts.proxy.target(route[0])  # cached; the first request after a restart loads it
     if target is None or not full.label_matches(target, route[1]):
         return None
     cookie = None
@@ -72,7 +75,7 @@ async def admitted_target(uws: Any, route: Route, method: str, headers: Head | h
             cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(target.job_id))
         except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
             pass
-    user = await full.credential_user(uws, target, cookie, headers.get("UWS-Authorization"))
+    user = await full.credential_user(parts, target, cookie, headers.get("UWS-Authorization"))
     return target if user == target.user_id else None
 
 
@@ -86,7 +89,7 @@ def answer_headers(upstream: Head, target: Any, request_path: str) -> Head:
 
 
 async def fetch_bodyless(
-    uws: Any,
+    parts: Components,
     target: Any,
     method: str,
     uri: str,
@@ -95,7 +98,7 @@ async def fetch_bodyless(
     on_chunk: Callable[[bytes], Any],
 ) -> None:
     """Relay a bodyless request to the session, counting it as activity."""
-    uws.proxy.touch(target)
+    parts.proxy.touch(target)
     await full.upstream_pool().fetch(
         target.host,
         target.port,
@@ -105,19 +108,23 @@ async def fetch_bodyless(
         None,
         on_headers,
         on_chunk,
-        uws.proxy_connect_timeout,
-        uws.proxy_request_timeout,
+        parts.config.proxy_connect_timeout,
+        parts.config.proxy_request_timeout,
     )
 
 
 def failure_body(timeout: bool) -> bytes:
     """The JSON answer when the session cannot be reached (502) or is too slow (504)."""
-    message = "The session did not answer in time." if timeout else "The session did not answer."
-    return json.dumps({"success": False, "message": message}).encode()
+    return error_body(full.upstream_failure(timeout).message)
 
 
 class UWSWebApplication(web.Application):
     """Tornado's Application, with the passthrough's fast path in front of its router."""
+
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        super().__init__(*args, **settings)
+        # What the fast path and the front door use, over the same settings the handlers see.
+        self.parts = SettingsComponents(self.settings)
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
@@ -143,7 +150,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
 
     # ---- choosing ----------------------------------------------------------------------------
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
-        route = may_take(self.app.settings["uws"], start_line.method, start_line.path, headers)
+        route = may_take(self.app.parts, start_line.method, start_line.path, headers)
         if route is not None:
             return self._check(route, start_line, headers)
         return self._to_application(start_line, headers)
@@ -153,8 +160,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
         return self.inner.headers_received(start_line, headers)
 
     async def _check(self, route: Route, start_line: Any, headers: httputil.HTTPHeaders) -> None:
-        uws = self.app.settings["uws"]
-        target = await admitted_target(uws, route, start_line.method, headers)
+        target = await admitted_target(self.app.parts, route, start_line.method, headers)
         if target is not None:
             context = self.request_conn.context
             upstream_headers = full.forward_headers(
@@ -192,7 +198,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
 
     # ---- relaying ----------------------------------------------------------------------------
     async def _relay(self, target: Any, uri: str, headers: httputil.HTTPHeaders) -> None:
-        uws = self.app.settings["uws"]
+        parts = self.app.parts
         conn = self.request_conn
         status = [0]
 
@@ -208,7 +214,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
             ]
 
         def on_chunk(chunk: bytes) -> Any:
-            uws.proxy.touch(target, bytes_out=len(chunk))
+            parts.proxy.touch(target, bytes_out=len(chunk))
             if pending:
                 start, headers = pending
                 pending.clear()
@@ -216,7 +222,7 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
             return conn.write(chunk)  # awaited by the upstream reader: back-pressure
 
         try:
-            await fetch_bodyless(uws, target, self.start_line.method, uri, headers, on_headers, on_chunk)
+            await fetch_bodyless(parts, target, self.start_line.method, uri, headers, on_headers, on_chunk)
         except UpstreamError as e:
             if status[0] and not pending:
                 conn.close()  # part of the answer went out: all that can be done is to end it

@@ -13,7 +13,6 @@ served it from the start.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -26,10 +25,12 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
 from ..access_log import log_access
+from ..errors import error_body
 from ..forwarded import ProxyTrust
 from ..http_head import Head
 from ..upstream import UpstreamError
 from . import proxy as full
+from .components import Components
 from .fast_proxy import (
     Route,
     admitted_target,
@@ -48,9 +49,7 @@ SMALL_WRITE = 65536  # a head and a first piece of body up to this size go out i
 # Tornado's parser takes those, so such a head is handed over rather than waited on.
 _BARE_LF_END = re.compile(rb"\n\r?\n")
 REFUSAL_LINGER = 2.0  # seconds a refused connection is read (and ignored) before it is closed
-TOO_MANY_CONNECTIONS = json.dumps(
-    {"success": False, "message": "The server has too many open connections; try again later."}
-).encode()
+TOO_MANY_CONNECTIONS = error_body("The server has too many open connections; try again later.")
 
 
 class FrontServer:
@@ -64,13 +63,13 @@ class FrontServer:
 
     def __init__(
         self,
-        uws: Any,
+        parts: Components,
         tornado_server: HTTPServer,
         head_seconds: float,
         max_connections: int,
         trust: ProxyTrust,
     ) -> None:
-        self.uws = uws
+        self.parts = parts
         self.tornado_server = tornado_server
         self.idle_seconds = head_seconds
         self.max_connections = max_connections
@@ -263,15 +262,15 @@ class FrontConnection(asyncio.Protocol):
         except Exception:  # Tornado answers a malformed request with its 400
             self._hand_off()
             return
-        uws = self.front.uws
+        parts = self.front.parts
         if start.version != "HTTP/1.1":
             self._hand_off()
             return
-        route = is_websocket(uws, start.method, start.path, headers)
+        route = is_websocket(parts, start.method, start.path, headers)
         if route is not None:
             self.task = asyncio.ensure_future(self._serve_websocket(start, headers, end + 4, route))
             return
-        route = may_take(uws, start.method, start.path, headers)
+        route = may_take(parts, start.method, start.path, headers)
         if route is None or "Expect" in headers or "close" in headers.get("Connection", "").lower():
             self._hand_off()
             return
@@ -280,7 +279,7 @@ class FrontConnection(asyncio.Protocol):
     async def _admit(self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route) -> Any:
         """The request's session, its head taken from the buffer; or None, the connection handed
         to Tornado, whose handlers give the refusal or the token exchange."""
-        target = await admitted_target(self.front.uws, route, start.method, headers)
+        target = await admitted_target(self.front.parts, route, start.method, headers)
         if target is None:
             self.task = None
             if not self.gone:
@@ -330,7 +329,7 @@ class FrontConnection(asyncio.Protocol):
         protocol: str,
     ) -> int:
         """Relay one request to the session and its answer back; the status sent."""
-        uws = self.front.uws
+        parts = self.front.parts
         transport = self.transport
         assert transport is not None
         upstream_headers = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
@@ -352,7 +351,7 @@ class FrontConnection(asyncio.Protocol):
             nonlocal head
             if not chunk:
                 return None
-            uws.proxy.touch(target, bytes_out=len(chunk))
+            parts.proxy.touch(target, bytes_out=len(chunk))
             data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
             if head is not None:
                 if len(data) <= SMALL_WRITE:
@@ -365,7 +364,7 @@ class FrontConnection(asyncio.Protocol):
 
         try:
             await fetch_bodyless(
-                uws,
+                parts,
                 target,
                 start.method,
                 full.upstream_uri(target, start.path),
@@ -411,7 +410,7 @@ class FrontConnection(asyncio.Protocol):
     ) -> None:
         """Relay a websocket as bytes: the app's own handshake answer, then whatever either side
         sends, frames, pings and close codes alike, untouched."""
-        uws = self.front.uws
+        parts = self.front.parts
         upstream: _WebSocketUpstream | None = None
         try:
             target = await self._admit(start, headers, size, route)
@@ -419,8 +418,8 @@ class FrontConnection(asyncio.Protocol):
                 return
             began = time.perf_counter()
             remote_ip, protocol = self._origin(headers)
-            if not uws.websockets.acquire(target.user_id):
-                self._refuse_websocket(429, uws.websockets.refusal, start, remote_ip, began)
+            if not parts.websockets.acquire(target.user_id):
+                self._refuse_websocket(429, parts.websockets.refusal, start, remote_ip, began)
                 return
             self.websocket_user = target.user_id  # given back when the connection ends
             out = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
@@ -432,10 +431,10 @@ class FrontConnection(asyncio.Protocol):
                     loop.create_connection(
                         lambda: _WebSocketUpstream(self, target), target.host, target.port
                     ),
-                    uws.proxy_connect_timeout,
+                    parts.config.proxy_connect_timeout,
                 )
                 upstream.transport.write(out.encode(f"GET {full.upstream_uri(target, start.path)} HTTP/1.1"))
-                end = await asyncio.wait_for(upstream.answered, uws.proxy_connect_timeout)
+                end = await asyncio.wait_for(upstream.answered, parts.config.proxy_connect_timeout)
                 status = httputil.parse_response_start_line(
                     upstream.head[: upstream.head.index(b"\r\n")].decode("latin1")
                 ).code
@@ -448,7 +447,7 @@ class FrontConnection(asyncio.Protocol):
                 status = status if 300 <= status < 599 else 502
                 self._refuse_websocket(status, full.WEBSOCKET_REFUSED, start, remote_ip, began)
                 return
-            uws.proxy.touch(target)
+            parts.proxy.touch(target)
             self.splice = upstream
             early_client = bytes(self.buffer)
             self.buffer.clear()
@@ -475,13 +474,13 @@ class FrontConnection(asyncio.Protocol):
         self, status: int, message: str, start: httputil.RequestStartLine, remote_ip: str, began: float
     ) -> None:
         self._release_websocket()
-        self._answer_json(status, json.dumps({"success": False, "message": message}).encode(), close=True)
+        self._answer_json(status, error_body(message), close=True)
         self.close()
         log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
 
     def _release_websocket(self) -> None:
         if self.websocket_user is not None:
-            self.front.uws.websockets.release(self.websocket_user)
+            self.front.parts.websockets.release(self.websocket_user)
             self.websocket_user = None
 
     # ---- handing over to Tornado -------------------------------------------------------------
@@ -517,7 +516,7 @@ class _WebSocketUpstream(asyncio.Protocol):
     def __init__(self, client: FrontConnection, target: Any) -> None:
         self.client = client
         self.target = target
-        self.proxy = client.front.uws.proxy
+        self.proxy = client.front.parts.proxy
         self.transport: asyncio.Transport | None = None
         self.head = bytearray()
         self.splicing = False

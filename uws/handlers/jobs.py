@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import orm
-from ..jobs import owned_jobs_query
-from ..models import job_model
-from .base import BaseHandler
+from ..queries import owned_jobs
+from .base import ID, BaseHandler
 
 
 class JobsHandler(BaseHandler):
@@ -23,16 +21,8 @@ class JobsHandler(BaseHandler):
                 if value is not None:
                     filters[key] = value
         caller = self.user.id
-
-        def _list(session: Any) -> list[dict[str, Any]]:
-            stmt = owned_jobs_query(caller)
-            if job_id is not None:
-                stmt = stmt.where(orm.Job.id == int(job_id))
-            for key, value in filters.items():
-                stmt = stmt.where(getattr(orm.Job, key) == value)
-            return [job_model(j) for j in session.scalars(stmt)]
-
-        jobs = await self.uws.db.run(_list)
+        one = int(job_id) if job_id is not None else None
+        jobs = await self.db.run(lambda session: owned_jobs(session, caller, one, filters))
         message = "Successful." if jobs else "Job matching given parameters could not be found."
         self.ok(message, {"jobs": jobs})
 
@@ -41,5 +31,13 @@ class JobActionHandler(BaseHandler):
     """PUT /jobs/<id>/stop/."""
 
     async def put(self, job_id: str, put_type: str) -> None:
-        message = await self.uws.jobs.stop(self.user, int(job_id), put_type)
+        message = await self.jobs.stop(self.user, int(job_id), put_type)
         self.ok(message)
+
+
+# (With Upgrade: websocket, /jobs/ and /jobs/<id>/ are the job stream: see ws.py.)
+default_handlers = [
+    (r"/jobs/?", JobsHandler),
+    (rf"/jobs/{ID}/?", JobsHandler),
+    (rf"/jobs/{ID}/([^/]+)/?", JobActionHandler),
+]

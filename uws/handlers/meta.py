@@ -12,7 +12,7 @@ class JobTypesHandler(BaseHandler):
 
     def get(self) -> None:
         job_types = {
-            key: {"id": key, "name": entry.get("name", key)} for key, entry in self.uws.job_types.items()
+            key: {"id": key, "name": entry.get("name", key)} for key, entry in self.config.job_types.items()
         }
         self.ok("Successful.", {"job_types": job_types})
 
@@ -21,22 +21,30 @@ class ParametersHandler(BaseHandler):
     auth_required = False
 
     def get(self) -> None:
-        self.ok("Successful.", {"parameters": self.uws.parameters})
+        self.ok("Successful.", {"parameters": self.config.parameters})
 
 
 class StatusHandler(BaseHandler):
     auth_required = False
 
     async def get(self) -> None:
-        self.send_json(await self.uws.status_report())
+        self.send_json(await self.status_report())
 
 
 class OpenAPIHandler(BaseHandler):
     auth_required = False
 
     def get(self) -> None:
-        path = os.path.join(self.uws.share_dir, "openapi.yaml")
+        path = os.path.join(self.config.share_dir, "openapi.yaml")
         with open(path, "rb") as f:
             data = f.read()
         self.set_header("Content-Type", "application/yaml")
         self.finish(data)
+
+
+default_handlers = [
+    (r"/job_types/?", JobTypesHandler),
+    (r"/parameters/?", ParametersHandler),
+    (r"/status/?", StatusHandler),
+    (r"/openapi.yaml", OpenAPIHandler),
+]

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from typing import Any
 
 from tornado import httpclient, httputil, web, websocket
 from tornado.iostream import StreamClosedError
+from tornado.routing import Rule
 
-from ..errors import APIError, not_authenticated
+from ..errors import APIError
 from ..http_head import Head
 from ..proxy import Target, cookie_name, host_name
 from ..upstream import UpstreamError, UpstreamPool
-from .base import BaseHandler
+from .base import ID, BaseHandler, UpgradeMatches, send_error
+from .components import Components
 from .ws import open_counted, release_counted
 
 log = logging.getLogger("uws.proxy")
@@ -63,6 +64,8 @@ STRIP_TO_UPSTREAM_BY_PATH = STRIP_TO_UPSTREAM | {"authorization"}
 ORIGIN_WIDE_ANSWERS = frozenset({"service-worker-allowed", "clear-site-data"})
 QUEUE_CHUNKS = 8
 WEBSOCKET_REFUSED = "The session did not accept the websocket."
+NO_ANSWER = "The session did not answer."
+NO_ANSWER_IN_TIME = "The session did not answer in time."
 PREFIX = "/passthrough/"
 
 _pool: UpstreamPool | None = None
@@ -148,6 +151,11 @@ def cookie_stays_in_session(set_cookie: str, prefix: str | None, request_path: s
     return path == prefix or path.startswith(prefix + "/")
 
 
+def upstream_failure(timeout: bool) -> APIError:
+    """The answer when the session cannot be reached (502) or is too slow (504), on every path."""
+    return APIError(504, NO_ANSWER_IN_TIME) if timeout else APIError(502, NO_ANSWER)
+
+
 def upstream_uri(target: Target, uri: str) -> str:
     """The request's path and query as the session gets them (without the prefix, for apps
     that cannot serve under /passthrough/<id>/)."""
@@ -159,13 +167,15 @@ def upstream_uri(target: Target, uri: str) -> str:
     return path
 
 
-async def credential_user(uws: Any, target: Target, cookie: str | None, header: str | None) -> int | None:
+async def credential_user(
+    parts: Components, target: Target, cookie: str | None, header: str | None
+) -> int | None:
     """The user a request's job cookie names or, failing that, its UWS-Authorization header."""
-    user_id = await uws.proxy.cookie_user(target, cookie)
+    user_id = await parts.proxy.cookie_user(target, cookie)
     if user_id is not None or not header:
         return user_id
     try:
-        return (await uws.auth_service.authenticate(header)).id
+        return (await parts.auth.authenticate(header)).id
     except APIError:
         return None
 
@@ -184,11 +194,11 @@ def cookie_counts(method: str, headers: Any) -> bool:
     return bool(origin_host) and origin_host == host_name(headers.get("Host", ""))
 
 
-def session_route(uws: Any, path: str, host: str) -> tuple[int, str | None] | None:
+def session_route(parts: Components, path: str, host: str) -> tuple[int, str | None] | None:
     """The job a request is for, and the label its host name carries: from the Host header in
     origin mode (label checked against the job's), from /passthrough/<id>/ in path mode (None)."""
-    if uws.passthrough_mode == "origin":
-        return uws.session_hosts.job(host)
+    if parts.config.passthrough_mode == "origin":
+        return parts.session_hosts.job(host)
     if not path.startswith(PREFIX):
         return None
     job_part = path[len(PREFIX) :].split("/", 1)[0].split("?", 1)[0]
@@ -201,32 +211,27 @@ def label_matches(target: Target, label: str | None) -> bool:
     return label is None or (bool(target.label) and hmac.compare_digest(target.label, label))
 
 
-class PassthroughMixin:
+class PassthroughMixin(Components):
     """Authentication and target resolution shared by the HTTP and websocket handlers."""
 
     request: httputil.HTTPServerRequest
 
-    @property
-    def uws(self) -> Any:
-        return self.application.settings["uws"]  # type: ignore[attr-defined]
-
     async def resolve(self) -> Target:
         """The session this request may reach, or APIError 403/404/503."""
-        uws = self.uws
         path_args = self.path_args  # type: ignore[attr-defined]
         if path_args:
             route: tuple[int, str | None] | None = (int(path_args[0]), None)
         else:
-            route = uws.session_hosts.job(self.request.host or "")
+            route = self.session_hosts.job(self.request.host or "")
         if route is None:
             raise APIError(404, "No session has this address.")
         jid, label = route
-        target = await uws.proxy.target(jid)
+        target = await self.proxy.target(jid)
         if target is not None and not label_matches(target, label):
             raise APIError(403, "You do not have access to this session.")
         user_id = await self.credential_user(jid, target)
         if target is None:
-            owner = await uws.jobs.owner_of(jid)
+            owner = await self.jobs.owner_of(jid)
             if user_id is not None and owner == user_id:
                 raise APIError(503, "The session is not running or not ready yet.")
             raise APIError(403, "You do not have access to this session.")
@@ -241,23 +246,23 @@ class PassthroughMixin:
         header = self.request.headers.get("UWS-Authorization")
         if target is None:  # (no cookie opens a session that is not running)
             try:
-                return (await self.uws.auth_service.authenticate(header)).id if header else None
+                return (await self.auth.authenticate(header)).id if header else None
             except APIError:
                 return None
         cookie = None
         if cookie_counts(self.request.method or "", self.request.headers):
             cookie = self.get_cookie(cookie_name(job_id))  # type: ignore[attr-defined]
-        return await credential_user(self.uws, target, cookie, header)
+        return await credential_user(self, target, cookie, header)
 
     def set_access_cookie(self, target: Target) -> None:
         """HttpOnly, and host-only (no Domain) on a session's own origin: no other session's
         host gets it."""
         self.set_cookie(  # type: ignore[attr-defined]
             cookie_name(target.job_id),
-            self.uws.proxy.make_cookie(target.job_id, target.user_id),
+            self.proxy.make_cookie(target.job_id, target.user_id),
             path="/" if target.path_prefix is None else target.path_prefix + "/",
             httponly=True,
-            secure=self.uws.sessions_base().startswith("https://"),
+            secure=self.config.sessions_base.startswith("https://"),
             samesite="Lax",
             expires_days=0.5,
         )
@@ -316,11 +321,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
 
     def fail(self, error: APIError) -> None:
         self.clear()
-        self.set_status(error.status)
-        self.set_header("Content-Type", "application/json")
-        for name, value in error.headers.items():
-            self.set_header(name, value)
-        self.finish(json.dumps({"success": False, "message": error.message}))
+        send_error(self, error)
 
     async def prepare(self) -> None:
         try:
@@ -338,7 +339,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
         if self.body_queue is None or self._finished or self.forward_done:
             return None
         assert self.target is not None
-        self.uws.proxy.touch(self.target, bytes_in=len(chunk))
+        self.proxy.touch(self.target, bytes_in=len(chunk))
         return self.body_queue.put(chunk)  # awaited by Tornado: back-pressure on uploads
 
     async def forward(self, target: Target) -> None:
@@ -371,8 +372,8 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
                 body() if self.body_queue is not None else None,
                 self.send_upstream_headers,
                 self.on_chunk,
-                self.uws.proxy_connect_timeout,
-                self.uws.proxy_request_timeout,
+                self.config.proxy_connect_timeout,
+                self.config.proxy_request_timeout,
             )
         except UpstreamError as e:
             log.debug("Passthrough to job %s failed: %s", target.job_id, e)
@@ -383,10 +384,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
                 self.request.connection.close()  # type: ignore[union-attr]
                 self._finished = True
                 return
-            if e.timeout:
-                self.fail(APIError(504, "The session did not answer in time."))
-            else:
-                self.fail(APIError(502, "The session did not answer."))
+            self.fail(upstream_failure(e.timeout))
 
     def send_upstream_headers(self, start: httputil.ResponseStartLine, headers: Head) -> None:
         if self._finished:
@@ -402,7 +400,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
         if self._finished or self.request.connection.stream.closed():  # type: ignore[union-attr]
             raise StreamClosedError()  # the client went away: stop reading from the app
         assert self.target is not None
-        self.uws.proxy.touch(self.target, bytes_out=len(chunk))
+        self.proxy.touch(self.target, bytes_out=len(chunk))
         self.write(chunk)
         return self.flush()  # awaited by the client: back-pressure on downloads
 
@@ -421,7 +419,7 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
         if self._finished:
             return
         if not self.headers_sent:
-            self.fail(APIError(502, "The session did not answer."))
+            self.fail(upstream_failure(timeout=False))
             return
         if not self._finished:
             self.finish()
@@ -460,15 +458,13 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
 
     @property
     def max_message_size(self) -> int:
-        return self.uws.proxy_websocket_max_message_size
+        return self.config.proxy_websocket_max_message_size
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
             self.target = await self.resolve()
         except APIError as e:
-            self.set_status(e.status)
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"success": False, "message": e.message}))
+            send_error(self, e)
             return
         # The session's websockets count against its owner, whoever holds the link.
         await open_counted(self, self.target.user_id, self._open, *args, **kwargs)
@@ -488,8 +484,8 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
         request = httpclient.HTTPRequest(
             self.upstream_url(self.target, "ws"),
             headers=headers,
-            connect_timeout=self.uws.proxy_connect_timeout,
-            request_timeout=self.uws.proxy_connect_timeout,
+            connect_timeout=self.config.proxy_connect_timeout,
+            request_timeout=self.config.proxy_connect_timeout,
         )
         try:
             self.upstream = await websocket.websocket_connect(
@@ -500,9 +496,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
             )
         except Exception as e:
             status = e.code if isinstance(e, httpclient.HTTPClientError) and e.code < 599 else 502
-            self.set_status(status)
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"success": False, "message": WEBSOCKET_REFUSED}))
+            send_error(self, APIError(status, WEBSOCKET_REFUSED))
             return
         # The session's pings reach the browser too (Tornado's client has already answered them).
         self.upstream.on_ping = self.forward_ping  # type: ignore[method-assign]
@@ -534,7 +528,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
                 if self.ws_connection is not None:
                     self.close(upstream.close_code, upstream.close_reason)
                 return
-            self.uws.proxy.touch(self.target, bytes_out=len(message))
+            self.proxy.touch(self.target, bytes_out=len(message))
             try:
                 await self.write_message(message, binary=isinstance(message, bytes))
             except websocket.WebSocketClosedError:
@@ -543,7 +537,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
 
     async def on_message(self, message: str | bytes) -> None:
         # Awaited by Tornado before it reads the browser's next frame: back-pressure this way.
-        self.uws.proxy.touch(self.target, bytes_in=len(message))
+        self.proxy.touch(self.target, bytes_in=len(message))
         if self.upstream is not None:
             try:
                 await self.upstream.write_message(message, binary=isinstance(message, bytes))
@@ -563,4 +557,23 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
             self.upstream.close(self.close_code or 1000, self.close_reason)
 
 
-__all__ = ["PassthroughHandler", "PassthroughWebSocket", "not_authenticated"]
+def default_handlers(passthrough_mode: str) -> list[Any]:
+    """The passthrough's routes on the API's own host, after every API route. In origin mode
+    sessions are on hosts of their own (`session_host_handlers`), and /passthrough/ only says so."""
+    if passthrough_mode == "origin":
+        return [(r"/passthrough/.*", SessionElsewhereHandler)]
+    return [(rf"/passthrough/{ID}(?:/.*)?", PassthroughHandler)]
+
+
+def upgrade_handlers(passthrough_mode: str) -> list[Any]:
+    """Websockets to sessions on the API's own host, tried before every other route."""
+    if passthrough_mode == "origin":
+        return []
+    return [Rule(UpgradeMatches(rf"/passthrough/{ID}(?:/.*)?"), PassthroughWebSocket)]
+
+
+# Every path on a session's own host name (origin mode) goes to that session.
+session_host_handlers = [
+    Rule(UpgradeMatches(r".*"), PassthroughWebSocket),
+    (r".*", PassthroughHandler),
+]

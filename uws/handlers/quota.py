@@ -7,4 +7,7 @@ from .base import BaseHandler
 
 class QuotaHandler(BaseHandler):
     async def get(self) -> None:
-        self.ok("Successful.", {"quota": await self.uws.quotas.quota_model(self.user.id)})
+        self.ok("Successful.", {"quota": await self.quotas.quota_model(self.user.id)})
+
+
+default_handlers = [(r"/quota/?", QuotaHandler)]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .base import BaseHandler
+from .base import ID, BaseHandler
 
 
 class ShareListMixin(BaseHandler):
     async def get(self, ws_id: str | None = None) -> None:
         is_accepted = self.query_bool("is_accepted") if ws_id is None else None
-        data = await self.uws.shares.list(self.user, int(ws_id) if ws_id is not None else None, is_accepted)
+        data = await self.shares.list(self.user, int(ws_id) if ws_id is not None else None, is_accepted)
         empty = not data["original_workspaces"] and not data["shared_workspaces"]
         message = "Shared workspace matching given parameters could not be found." if empty else "Successful."
         self.ok(message, data)
@@ -16,17 +16,24 @@ class ShareListMixin(BaseHandler):
 
 class SharesHandler(ShareListMixin):
     async def post(self) -> None:
-        models = await self.uws.shares.create(self.user, self.json_body())
+        models = await self.shares.create(self.user, self.json_body())
         self.ok("Successful.", {"shared_workspaces": models})
 
 
 class ShareHandler(ShareListMixin):
     async def delete(self, ws_id: str) -> None:
-        await self.uws.shares.delete(self.user, int(ws_id))
+        await self.shares.delete(self.user, int(ws_id))
         self.ok(f"Shared workspace {ws_id} queued for deletion.")
 
 
 class ShareActionHandler(BaseHandler):
     async def put(self, ws_id: str, put_type: str) -> None:
-        await self.uws.shares.accept(self.user, int(ws_id), put_type)
+        await self.shares.accept(self.user, int(ws_id), put_type)
         self.ok("Successful.")
+
+
+default_handlers = [
+    (r"/shared_workspaces/?", SharesHandler),
+    (rf"/shared_workspaces/{ID}/?", ShareHandler),
+    (rf"/shared_workspaces/{ID}/([^/]+)/?", ShareActionHandler),
+]

@@ -9,7 +9,7 @@ from tornado import httputil
 
 from ..errors import APIError
 from ..workspaces import check_json_size
-from .base import BaseHandler
+from .base import ID, BaseHandler
 
 FILTER_KEYS = ("name", "description", "status")
 
@@ -22,7 +22,7 @@ class WorkspaceListMixin(BaseHandler):
                 value = self.query_value(key)
                 if value is not None:
                     filters[key] = value
-        body = await self.uws.workspaces.list_response(
+        body = await self.workspaces.list_response(
             self.user.id, int(ws_id) if ws_id is not None else None, filters
         )
         self.send_json(body)
@@ -30,17 +30,17 @@ class WorkspaceListMixin(BaseHandler):
 
 class WorkspacesHandler(WorkspaceListMixin):
     async def post(self) -> None:
-        model = await self.uws.workspaces.create(self.user, self.json_body())
+        model = await self.workspaces.create(self.user, self.json_body())
         self.ok("Successful.", {"workspace": model})
 
 
 class WorkspaceHandler(WorkspaceListMixin):
     async def put(self, ws_id: str) -> None:
-        await self.uws.workspaces.update(self.user, int(ws_id), self.body, self.json_body)
+        await self.workspaces.update(self.user, int(ws_id), self.body, self.json_body)
         self.ok("Update successful.")
 
     async def delete(self, ws_id: str) -> None:
-        await self.uws.workspaces.delete(self.user, int(ws_id))
+        await self.workspaces.delete(self.user, int(ws_id))
         self.ok(f"Workspace {ws_id} queued for deletion.")
 
 
@@ -49,30 +49,30 @@ class WorkspaceActionHandler(BaseHandler):
 
     def body_limit(self) -> int:
         if self.request.method == "PUT" and self.path_args[1].lower() == "upload":
-            return self.uws.max_body_size
+            return self.config.max_body_size
         return super().body_limit()
 
     async def put(self, ws_id: str, put_type: str) -> None:
         workspace_id = int(ws_id)
         kind = put_type.lower()
         if kind == "upload":
-            await self.uws.workspaces.upload(self.user, workspace_id, await self.uploaded_files())
+            await self.workspaces.upload(self.user, workspace_id, await self.uploaded_files())
             self.ok("Successful upload.")
             return
         if kind == "start":
-            job = await self.uws.jobs.start(
+            job = await self.jobs.start(
                 self.user, workspace_id, self.start_body, self.request.headers.get("Idempotency-Key")
             )
             self.ok("Successful start.", {"job": job})
             return
-        await self.uws.workspaces.owned_for_put(self.user, workspace_id, put_type)
+        await self.workspaces.owned_for_put(self.user, workspace_id, put_type)
         raise APIError(400, "Invalid PUT type passed.")
 
     def start_body(self) -> dict[str, Any]:
         body = self.json_body()
         if isinstance(body.get("job_details"), dict):
             # Stored with the job and sent back in every listing (the portal polls them).
-            check_json_size(body["job_details"], "job_details", self.uws.max_details_bytes)
+            check_json_size(body["job_details"], "job_details", self.config.max_details_bytes)
         return body
 
     async def uploaded_files(self) -> list[tuple[str, bytes]]:
@@ -93,3 +93,10 @@ def parse_multipart(content_type: str, chunks: list[bytes]) -> list[tuple[str, b
     except Exception:
         return []
     return [(f.filename, f.body) for parts in files.values() for f in parts if f.filename]
+
+
+default_handlers = [
+    (r"/workspaces/?", WorkspacesHandler),
+    (rf"/workspaces/{ID}/?", WorkspaceHandler),
+    (rf"/workspaces/{ID}/([^/]+)/?", WorkspaceActionHandler),
+]

@@ -16,16 +16,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import select
 from tornado import websocket
+from tornado.routing import Rule
 
-from .. import orm
 from ..auth.tokens import CurrentUser
 from ..errors import APIError, not_authenticated
-from ..jobs import owned_jobs_query
-from ..models import job_model, workspace_model
-from ..workspaces import unaccepted_share_clause
-from .base import BaseHandler
+from ..queries import owned_jobs, user_snapshot
+from .base import ID, BaseHandler, UpgradeMatches, send_error
+from .components import Components
 
 TICKET_SECONDS = 60
 # Unredeemed tickets one user may hold: far more than a browser opening its sockets needs, and
@@ -104,7 +102,7 @@ class WebSocketCounter:
 class TicketHandler(BaseHandler):
     def post(self) -> None:
         header = self.request.headers.get("UWS-Authorization", "")
-        ticket = self.uws.tickets.issue(self.user, header)
+        ticket = self.tickets.issue(self.user, header)
         if ticket is None:
             raise APIError(
                 429,
@@ -114,41 +112,30 @@ class TicketHandler(BaseHandler):
         self.ok("Successful.", {"ticket": ticket, "expires_in": TICKET_SECONDS})
 
 
-class AuthenticatedWebSocket(websocket.WebSocketHandler):
+class AuthenticatedWebSocket(Components, websocket.WebSocketHandler):
     """Handshake failures are JSON HTTP answers, as every other error."""
-
-    @property
-    def uws(self) -> Any:
-        return self.application.settings["uws"]
 
     def check_origin(self, origin: str) -> bool:
         # Authentication is a header or a single-use ticket, never a cookie, so another origin
         # gains nothing from opening a socket.
         return True
 
-    def fail(self, error: APIError) -> None:
-        self.set_status(error.status)
-        self.set_header("Content-Type", "application/json")
-        for name, value in error.headers.items():
-            self.set_header(name, value)
-        self.finish(json.dumps({"success": False, "message": error.message}))
-
     async def authenticate(self) -> tuple[CurrentUser, str]:
         ticket = self.get_query_argument("ticket", None)
         if ticket is not None:
-            redeemed = self.uws.tickets.redeem(ticket)
+            redeemed = self.tickets.redeem(ticket)
             if redeemed is None:
                 raise not_authenticated("Invalid token provided.")
             return redeemed
         header = self.request.headers.get("UWS-Authorization")
-        return await self.uws.auth_service.authenticate(header), header or ""
+        return await self.auth.authenticate(header), header or ""
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
             self.user, self.auth_header = await self.authenticate()
             await self.authorize(*args)
         except APIError as e:
-            self.fail(e)
+            send_error(self, e)
             return
         await open_counted(self, self.user.id, super().get, *args, **kwargs)
 
@@ -169,7 +156,7 @@ class AuthenticatedWebSocket(websocket.WebSocketHandler):
         if not self.auth_header:
             return True
         try:
-            await self.uws.auth_service.authenticate(self.auth_header)
+            await self.auth.authenticate(self.auth_header)
             return True
         except APIError:
             self.close(4401, "Token revoked or expired.")
@@ -212,7 +199,7 @@ class AuthenticatedWebSocket(websocket.WebSocketHandler):
 
 
 async def open_counted(
-    handler: websocket.WebSocketHandler,
+    handler: Components,
     user_id: int,
     handshake: Callable[..., Awaitable[None]],
     *args: Any,
@@ -222,11 +209,9 @@ async def open_counted(
     if the user may open one more websocket, else answer a JSON 429. The count is given back by
     `release_counted` in on_close, or here when no websocket is open any more (a failed
     handshake never reaches on_close); giving it back twice is harmless."""
-    uws = handler.application.settings["uws"]
-    if not uws.websockets.acquire(user_id):
-        handler.set_status(429)
-        handler.set_header("Content-Type", "application/json")
-        handler.finish(json.dumps({"success": False, "message": uws.websockets.refusal}))
+    counter = handler.websockets
+    if not counter.acquire(user_id):
+        send_error(handler, APIError(429, counter.refusal))
         return
     handler._uws_counted_user = user_id  # type: ignore[attr-defined]
     try:
@@ -236,11 +221,11 @@ async def open_counted(
             release_counted(handler)
 
 
-def release_counted(handler: websocket.WebSocketHandler) -> None:
+def release_counted(handler: Components) -> None:
     user_id = getattr(handler, "_uws_counted_user", None)
     if user_id is not None:
         handler._uws_counted_user = None  # type: ignore[attr-defined]
-        handler.application.settings["uws"].websockets.release(user_id)
+        handler.websockets.release(user_id)
 
 
 def job_message(job: dict[str, Any]) -> dict[str, Any]:
@@ -258,28 +243,21 @@ class JobStreamHandler(AuthenticatedWebSocket):
 
     async def authorize(self, job_id: str | None = None) -> None:
         self.job_id = int(job_id) if job_id is not None else None
-        self.jobs = await self.load_jobs()
-        if self.job_id is not None and not self.jobs:
+        self.initial_jobs = await self.load_jobs()
+        if self.job_id is not None and not self.initial_jobs:
             raise APIError(404, f"Job {self.job_id} not found for user.")
 
     async def load_jobs(self) -> list[dict[str, Any]]:
         user_id, job_id = self.user.id, self.job_id
-
-        def _load(session: Any) -> list[dict[str, Any]]:
-            stmt = owned_jobs_query(user_id)
-            if job_id is not None:
-                stmt = stmt.where(orm.Job.id == job_id)
-            return [job_model(j) for j in session.scalars(stmt)]
-
-        return await self.uws.db.run(_load)
+        return await self.db.run(lambda session: owned_jobs(session, user_id, job_id))
 
     def open(self, *args: Any) -> None:
         self.last_sent: dict[int, tuple[Any, Any]] = {}
-        subscription = self.uws.events.subscribe(self.user.id, self.job_id)
+        subscription = self.events.subscribe(self.user.id, self.job_id)
         self._pump = asyncio.ensure_future(self._run(subscription))
 
     async def _run(self, subscription: Any) -> None:
-        for job in self.jobs:
+        for job in self.initial_jobs:
             if not await self.deliver({"type": "job", "data": job}):
                 subscription.close()
                 return
@@ -320,13 +298,13 @@ class EventsHandler(AuthenticatedWebSocket):
             raise APIError(400, f"Invalid value for query parameter last_event_id: {raw}") from None
 
     def open(self) -> None:
-        subscription = self.uws.events.subscribe(self.user.id)
+        subscription = self.events.subscribe(self.user.id)
         self._pump = asyncio.ensure_future(self._run(subscription))
 
     async def _run(self, subscription: Any) -> None:
         missed = None
         if self.last_event_id is not None:
-            missed = self.uws.events.since(self.user.id, self.last_event_id)
+            missed = self.events.since(self.user.id, self.last_event_id)
         if missed is None:
             if not await self.resync():
                 subscription.close()
@@ -348,21 +326,21 @@ class EventsHandler(AuthenticatedWebSocket):
 
     async def resync(self) -> bool:
         user_id = self.user.id
-
-        def _load(session: Any) -> dict[str, Any]:
-            jobs = session.scalars(owned_jobs_query(user_id))
-            workspaces = session.scalars(
-                select(orm.Workspace)
-                .where(orm.Workspace.user_id == user_id, ~unaccepted_share_clause())
-                .order_by(orm.Workspace.id)
-            )
-            return {
-                "jobs": [job_model(j) for j in jobs],
-                "workspaces": [workspace_model(w) for w in workspaces],
-            }
-
         # The snapshot reflects everything up to the newest event id issued before it is read.
-        latest = self.uws.events.latest_id()
-        snapshot = await self.uws.db.run(_load)
+        latest = self.events.latest_id()
+        snapshot = await self.db.run(lambda session: user_snapshot(session, user_id))
         self.sent_up_to = latest
         return await self.send({"id": latest, "type": "snapshot", "time": time.time(), "data": snapshot})
+
+
+default_handlers = [
+    (r"/ws_tickets/?", TicketHandler),
+    (r"/ws/events/?", EventsHandler),
+    (r"/ws/jobs/?", JobStreamHandler),
+    (rf"/ws/jobs/{ID}/?", JobStreamHandler),
+]
+# Tried before the REST routes: /jobs/ and /jobs/<id>/ with Upgrade: websocket are the stream.
+upgrade_handlers = [
+    Rule(UpgradeMatches(r"/jobs/?"), JobStreamHandler),
+    Rule(UpgradeMatches(rf"/jobs/{ID}/?"), JobStreamHandler),
+]

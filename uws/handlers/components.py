@@ -1,0 +1,123 @@
+"""What handlers may use, and nothing more: typed accessors over the Tornado settings.
+
+UWSApp.init_webapp puts each service and the configured values handlers apply into the Tornado
+application's settings (JupyterHub's way); this is the one place that says what each of them
+is. Handlers never reach into the application object itself, so what they depend on is
+written down here and a type checker can follow it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..app import UWSApp
+    from ..auth.base import Authenticator
+    from ..auth.tokens import TokenService
+    from ..db import Database
+    from ..events import EventBus
+    from ..jobs import JobService
+    from ..proxy import ProxyService, SessionHosts
+    from ..quotas import QuotaService
+    from ..shares import ShareService
+    from ..workspaces import WorkspaceService
+    from .ws import TicketStore, WebSocketCounter
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The configured values handlers apply, read once when the web application is built."""
+
+    max_json_body_size: int
+    max_body_size: int
+    max_details_bytes: int
+    users_min_search_length: int
+    cors_allowed_origins: tuple[str, ...]
+    job_types: dict[str, Any]
+    parameters: list[Any]
+    share_dir: str
+    passthrough_mode: str
+    # scheme://host[:port] that session links start from (https makes access cookies Secure).
+    sessions_base: str
+    proxy_connect_timeout: float
+    proxy_request_timeout: float
+    proxy_websocket_max_message_size: int
+
+
+class Components:
+    """Typed access to the server's parts. Mixed into handlers, whose `settings` is the Tornado
+    application's; code outside a handler (the front door) uses `SettingsComponents`."""
+
+    settings: dict[str, Any]
+
+    @property
+    def config(self) -> WebConfig:
+        return self.settings["web_config"]
+
+    @property
+    def db(self) -> Database:
+        return self.settings["db"]
+
+    @property
+    def auth(self) -> TokenService:
+        """Checks and revokes UWS-Authorization tokens."""
+        return self.settings["auth"]
+
+    @property
+    def authenticator(self) -> Authenticator:
+        return self.settings["authenticator"]
+
+    @property
+    def app(self) -> UWSApp:
+        """Only for the Authenticator, whose login contract takes the application."""
+        return self.settings["app"]
+
+    @property
+    def workspaces(self) -> WorkspaceService:
+        return self.settings["workspaces"]
+
+    @property
+    def shares(self) -> ShareService:
+        return self.settings["shares"]
+
+    @property
+    def jobs(self) -> JobService:
+        return self.settings["jobs"]
+
+    @property
+    def quotas(self) -> QuotaService:
+        return self.settings["quotas"]
+
+    @property
+    def events(self) -> EventBus:
+        return self.settings["events"]
+
+    @property
+    def tickets(self) -> TicketStore:
+        return self.settings["tickets"]
+
+    @property
+    def websockets(self) -> WebSocketCounter:
+        return self.settings["websockets"]
+
+    @property
+    def proxy(self) -> ProxyService:
+        """The passthrough's targets, access cookies and activity counts."""
+        return self.settings["proxy"]
+
+    @property
+    def session_hosts(self) -> SessionHosts:
+        return self.settings["session_hosts"]
+
+    @property
+    def status_report(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        return self.settings["status_report"]
+
+
+class SettingsComponents(Components):
+    """The same accessors over a settings dict held directly (the front door, the fast path)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
