@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -486,33 +485,18 @@ def test_document_is_exact(path: str, method: str, status: int, body: Any, accep
 
 
 def server_rules() -> list[tuple[re.Pattern[str], type]]:
-    """(path regex, handler class) of every route the real Tornado application serves."""
-    from tornado.routing import PathMatches, Router
+    """(path regex, handler class) of every route the server serves on its own host name, in the
+    default passthrough mode: the route table imports without building the application."""
+    from tornado.routing import PathMatches, Rule
 
     from uws.app import UWSApp
+    from uws.handlers import api_host_routes
 
-    app = UWSApp()
-    try:
-        app.init_webapp()
-    except Exception:
-        # The routes need more of the application: build it as `uws` does, without serving.
-        app = UWSApp(data_dir=tempfile.mkdtemp(prefix="uws-openapi-"))
-        app.initialize([])
-        for step in ("init_db", "init_auth", "init_storage", "init_services", "init_build"):
-            if hasattr(app, step):
-                getattr(app, step)()
-        app.init_webapp()
     rules: list[tuple[re.Pattern[str], type]] = []
-
-    def collect(router: Router) -> None:
-        for rule in getattr(router, "rules", []):
-            target = rule.target
-            if isinstance(target, Router):
-                collect(target)
-            elif isinstance(rule.matcher, PathMatches):
-                rules.append((rule.matcher.regex, target))
-
-    collect(app.webapp.wildcard_router)
+    for route in api_host_routes(UWSApp().passthrough_mode):
+        rule = route if isinstance(route, Rule) else Rule(PathMatches(route[0]), route[1])
+        assert isinstance(rule.matcher, PathMatches)
+        rules.append((rule.matcher.regex, rule.target))
     assert rules, "no routes found"
     return rules
 
