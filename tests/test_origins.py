@@ -382,7 +382,7 @@ def test_path_mode_deactivation_ends_the_session_cookies(pserver: Server) -> Non
 def test_which_session_cookies_reach_the_browser(
     set_cookie: str, request_path: str, kept_in_path_mode: bool, kept_in_origin_mode: bool
 ) -> None:
-    from uws.handlers.proxy import cookie_stays_in_session
+    from uws.handlers.wire import cookie_stays_in_session
 
     assert cookie_stays_in_session(set_cookie, "/passthrough/7", request_path) is kept_in_path_mode
     assert cookie_stays_in_session(set_cookie, None, request_path) is kept_in_origin_mode

@@ -23,6 +23,7 @@ from ..http_head import Head
 from ..proxy import cookie_name
 from ..upstream import UpstreamError
 from . import proxy as full
+from . import wire
 from .components import Components, SettingsComponents
 
 log = logging.getLogger("uws.proxy")
@@ -81,7 +82,7 @@ async def admitted_target(
 
 def answer_headers(upstream: Head, target: Any, request_path: str) -> Head:
     """The session's answer's headers as the fast path relays them: its own Date and length."""
-    headers = full.response_headers(upstream, True, target, request_path)
+    headers = wire.response_headers(upstream, True, target, request_path)
     date = upstream.get("Date")
     if date is not None:
         headers.add("Date", date)
@@ -115,7 +116,7 @@ async def fetch_bodyless(
 
 def failure_body(timeout: bool) -> bytes:
     """The JSON answer when the session cannot be reached (502) or is too slow (504)."""
-    return error_body(full.upstream_failure(timeout).message)
+    return error_body(wire.upstream_failure(timeout).message)
 
 
 class UWSWebApplication(web.Application):
@@ -163,14 +164,14 @@ class FastPassthrough(httputil.HTTPMessageDelegate):
         target = await admitted_target(self.app.parts, route, start_line.method, headers)
         if target is not None:
             context = self.request_conn.context
-            upstream_headers = full.forward_headers(
+            upstream_headers = wire.forward_headers(
                 headers,
                 headers.get("Host", ""),
                 getattr(context, "remote_ip", ""),
                 getattr(context, "protocol", "http"),
                 target,
             )
-            self.relay = (target, full.upstream_uri(target, start_line.path), upstream_headers)
+            self.relay = (target, wire.upstream_uri(target, start_line.path), upstream_headers)
             self.start = time.perf_counter()
             self.start_line = start_line
             return

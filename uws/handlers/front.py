@@ -29,7 +29,7 @@ from ..errors import error_body
 from ..forwarded import ProxyTrust
 from ..http_head import Head
 from ..upstream import UpstreamError
-from . import proxy as full
+from . import wire
 from .components import Components
 from .fast_proxy import (
     Route,
@@ -332,7 +332,7 @@ class FrontConnection(asyncio.Protocol):
         parts = self.front.parts
         transport = self.transport
         assert transport is not None
-        upstream_headers = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
+        upstream_headers = wire.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
         status = 0
         head: bytes | None = None
         chunked = False
@@ -367,7 +367,7 @@ class FrontConnection(asyncio.Protocol):
                 parts,
                 target,
                 start.method,
-                full.upstream_uri(target, start.path),
+                wire.upstream_uri(target, start.path),
                 upstream_headers,
                 on_headers,
                 on_chunk,
@@ -422,7 +422,7 @@ class FrontConnection(asyncio.Protocol):
                 self._refuse_websocket(429, parts.websockets.refusal, start, remote_ip, began)
                 return
             self.websocket_user = target.user_id  # given back when the connection ends
-            out = full.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
+            out = wire.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
             out.add("Connection", "Upgrade")
             out.add("Upgrade", headers["Upgrade"])
             loop = asyncio.get_running_loop()
@@ -433,7 +433,7 @@ class FrontConnection(asyncio.Protocol):
                     ),
                     parts.config.proxy_connect_timeout,
                 )
-                upstream.transport.write(out.encode(f"GET {full.upstream_uri(target, start.path)} HTTP/1.1"))
+                upstream.transport.write(out.encode(f"GET {wire.upstream_uri(target, start.path)} HTTP/1.1"))
                 end = await asyncio.wait_for(upstream.answered, parts.config.proxy_connect_timeout)
                 status = httputil.parse_response_start_line(
                     upstream.head[: upstream.head.index(b"\r\n")].decode("latin1")
@@ -445,7 +445,7 @@ class FrontConnection(asyncio.Protocol):
                 if upstream is not None:
                     upstream.close()
                 status = status if 300 <= status < 599 else 502
-                self._refuse_websocket(status, full.WEBSOCKET_REFUSED, start, remote_ip, began)
+                self._refuse_websocket(status, wire.WEBSOCKET_REFUSED, start, remote_ip, began)
                 return
             parts.proxy.touch(target)
             self.splice = upstream
