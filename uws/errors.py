@@ -1,4 +1,5 @@
-"""The one exception type handlers raise to answer a client with a JSON error."""
+"""The one exception type handlers raise to answer a client with a JSON error, and the one
+envelope every error answer is written in."""
 
 from __future__ import annotations
 
