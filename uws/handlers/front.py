@@ -40,10 +40,11 @@ from .fast_proxy import (
     is_websocket,
     may_take,
 )
+from .splice import WebSocketUpstream
+from .wire import MAX_HEAD
 
 log = logging.getLogger("uws.proxy")
 
-MAX_HEAD = 65536  # as Tornado's max_header_size: a longer head goes to Tornado, which refuses it
 SMALL_WRITE = 65536  # a head and a first piece of body up to this size go out in one write
 # The end of a head whose lines end in a bare LF (searched for only when there is no CRLF end):
 # Tornado's parser takes those, so such a head is handed over rather than waited on.
@@ -152,7 +153,7 @@ class FrontConnection(asyncio.Protocol):
         self.handing_off = False
         self.closing = False
         self._drain: asyncio.Future[None] | None = None
-        self.splice: _WebSocketUpstream | None = None  # a relayed websocket: bytes both ways
+        self.splice: WebSocketUpstream | None = None  # a relayed websocket: bytes both ways
         self.peer_trusted = False
         self.refused = False
         self.websocket_user: int | None = None  # whose websocket count this connection holds
@@ -411,7 +412,7 @@ class FrontConnection(asyncio.Protocol):
         """Relay a websocket as bytes: the app's own handshake answer, then whatever either side
         sends, frames, pings and close codes alike, untouched."""
         parts = self.front.parts
-        upstream: _WebSocketUpstream | None = None
+        upstream: WebSocketUpstream | None = None
         try:
             target = await self._admit(start, headers, size, route)
             if target is None:
@@ -428,9 +429,7 @@ class FrontConnection(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             try:
                 _, upstream = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: _WebSocketUpstream(self, target), target.host, target.port
-                    ),
+                    loop.create_connection(lambda: WebSocketUpstream(self, target), target.host, target.port),
                     parts.config.proxy_connect_timeout,
                 )
                 upstream.transport.write(out.encode(f"GET {wire.upstream_uri(target, start.path)} HTTP/1.1"))
@@ -507,79 +506,3 @@ class FrontConnection(asyncio.Protocol):
         # abort() closes only this protocol's descriptor: the connection lives on in the copy.
         transport.abort()
         self.front.tornado_server.handle_stream(_PrefilledIOStream(sock, prefix, self.front), peer)
-
-
-class _WebSocketUpstream(asyncio.Protocol):
-    """The app's side of a relayed websocket: its handshake answer, then bytes both ways with
-    back-pressure (a side that is slow to take bytes stops the other side being read)."""
-
-    def __init__(self, client: FrontConnection, target: Any) -> None:
-        self.client = client
-        self.target = target
-        self.proxy = client.front.parts.proxy
-        self.transport: asyncio.Transport | None = None
-        self.head = bytearray()
-        self.splicing = False
-        self.lost = False
-        self.answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self.splicing:
-            self.proxy.touch(self.target, bytes_out=len(data))
-            self.client.transport.write(data)  # type: ignore[union-attr]
-            return
-        self.head += data
-        end = self.head.find(b"\r\n\r\n")
-        if end >= 0 and not self.answered.done():
-            self.answered.set_result(end + 4)
-        elif len(self.head) > MAX_HEAD and not self.answered.done():
-            self.answered.set_exception(ValueError("handshake answer too long"))
-
-    def start_splicing(self, head_size: int) -> None:
-        """Pass the app's handshake answer on, and from now on every byte it sends."""
-        self.splicing = True
-        data = bytes(self.head)
-        self.head.clear()
-        self.proxy.touch(self.target, bytes_out=len(data) - head_size)
-        self.client.transport.write(data)  # type: ignore[union-attr]
-        if self.lost:  # the app answered and left at once: the browser gets what it sent
-            self.client.close()
-
-    def send(self, data: bytes) -> None:
-        self.proxy.touch(self.target, bytes_in=len(data))
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if not self.answered.done():
-            self.answered.set_exception(ConnectionResetError("the session closed the connection"))
-        if self.splicing:
-            self.client.close()  # after what is already on its way to the browser
-
-    # The browser's side calls these when it is slow to take bytes, and the other way round.
-    def pause_writing(self) -> None:
-        if self.client.transport is not None:
-            self.client.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.client.transport is not None and not self.client.gone:
-            self.client.transport.resume_reading()
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()

@@ -11,6 +11,7 @@ from ..errors import APIError
 from ..http_head import Head
 from ..proxy import Target
 
+MAX_HEAD = 65536  # as Tornado's max_header_size: a longer head goes to Tornado, which refuses it
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
