@@ -613,9 +613,9 @@ class UWSApp(Application):
         self.workspaces = WorkspaceService(self)
         self.shares = ShareService(self)
         from .events import EventBus
-        from .handlers.ws import TicketStore, WebSocketCounter
         from .jobs import JobService
         from .jobtypes import load_templates
+        from .websockets import TicketStore, WebSocketCounter
 
         self.events = EventBus()
         self.tickets = TicketStore()

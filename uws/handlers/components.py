@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from ..proxy import ProxyService, SessionHosts
     from ..quotas import QuotaService
     from ..shares import ShareService
+    from ..websockets import TicketStore, WebSocketCounter
     from ..workspaces import WorkspaceService
-    from .ws import TicketStore, WebSocketCounter
 
 
 @dataclass(frozen=True)
