@@ -615,8 +615,8 @@ class UWSApp(Application):
         self.shares = ShareService(self)
         from .events import EventBus
         from .handlers.ws import TicketStore, WebSocketCounter
-        from .jobs import JobService
-        from .jobtypes import load_templates
+        from .sessions.jobtypes import load_templates
+        from .sessions.service import JobService
 
         self.events = EventBus()
         self.tickets = TicketStore()
@@ -637,7 +637,7 @@ class UWSApp(Application):
         from .proxy import ProxyService
 
         self.proxy = ProxyService(self)
-        from .culler import IdleCuller
+        from .sessions.culler import IdleCuller
 
         self.culler = IdleCuller(self)
 

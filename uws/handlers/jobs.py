@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import orm
-from ..jobs import owned_jobs_query
 from ..models import job_model
+from ..sessions.service import owned_jobs_query
 from .base import BaseHandler
 
 

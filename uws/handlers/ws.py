@@ -22,8 +22,8 @@ from tornado import websocket
 from .. import orm
 from ..auth.tokens import CurrentUser
 from ..errors import APIError, not_authenticated
-from ..jobs import owned_jobs_query
 from ..models import job_model, workspace_model
+from ..sessions.service import owned_jobs_query
 from ..workspaces import unaccepted_share_clause
 from .base import BaseHandler
 

@@ -17,16 +17,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from . import orm
-from .auth.tokens import CurrentUser
-from .errors import APIError
+from .. import orm
+from ..auth.tokens import CurrentUser
+from ..errors import APIError
+from ..models import job_model
+from ..proxy import new_host_label
+from ..spawners.base import LaunchError, Spawner
+from ..utils import utcnow
+from ..workspaces import ACTIVE_JOB_STATUSES, DIR_FAILURE_JOBS
 from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
-from .models import job_model
 from .params import DefaultValueError, translate, validate_resource_options, with_defaults
-from .proxy import new_host_label
-from .spawners.base import LaunchError, Spawner
-from .utils import utcnow
-from .workspaces import ACTIVE_JOB_STATUSES, DIR_FAILURE_JOBS
 
 log = logging.getLogger("uws.jobs")
 
@@ -76,7 +76,7 @@ def _core_seconds(job: orm.Job, allocated: float | None) -> float:
 
 class JobService:
     def __init__(self, app: Any) -> None:
-        from .sessions.channel import SessionChannel
+        from .channel import SessionChannel
 
         self.app = app
         self.db = app.db

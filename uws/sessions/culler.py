@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from tornado.httpclient import AsyncHTTPClient
 
-from . import orm
+from .. import orm
 
 log = logging.getLogger("uws.culler")
 
