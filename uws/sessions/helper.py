@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import zmq
 
-from uws.sessions import protocol
+from uws.sessions import proctree, protocol
 
 PREFIX = "uws-session-helper:"
 LOG_TAIL_BYTES = 4096
@@ -37,7 +37,6 @@ IDLE_POLL = 0.2  # seconds: the loop's longest sleep
 ENDING_POLL = 0.05  # seconds: while waiting for the tree to end
 EXITED_RESEND = 0.5  # seconds between re-sends of "exited"
 KILL_GIVE_UP = 5.0  # seconds after SIGKILL before reporting anyway (unkillable processes)
-PR_SET_CHILD_SUBREAPER = 36
 
 DEFAULTS: dict[str, Any] = {
     "env": {},
@@ -92,19 +91,6 @@ def probe_http(port: int, path: str, timeout: float) -> bool:
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         return False
     return int(parts[1]) < 500
-
-
-def become_subreaper() -> bool:
-    """Orphans of the app then become our children, so the whole tree stays visible (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def read_tail(path: str, size: int = LOG_TAIL_BYTES) -> str:
@@ -404,30 +390,11 @@ class Helper:
             return default
         return max(0.0, float(value))
 
-    def tree(self) -> list[psutil.Process]:
-        """The app and every process below it (with the subreaper, orphans too); not zombies."""
-        try:
-            me = psutil.Process()
-            found = me.children(recursive=True)
-        except psutil.Error:
-            return []
-        alive = []
-        for p in found:
-            try:
-                if p.status() == psutil.STATUS_ZOMBIE:
-                    if p.ppid() == me.pid and (self.proc is None or p.pid != self.proc.pid):
-                        os.waitpid(p.pid, os.WNOHANG)  # an orphan that was handed to us
-                    continue
-                alive.append(p)
-            except (psutil.Error, ChildProcessError):
-                continue
-        return alive
-
     def metrics(self) -> dict[str, Any]:
         cpu = 0.0
         rss = 0
         count = 0
-        for p in self.tree():
+        for p in proctree.tree(self.proc):
             try:
                 with p.oneshot():
                     t = p.cpu_times()
@@ -440,33 +407,6 @@ class Helper:
         self.cpu_seconds = max(self.cpu_seconds, cpu)  # never goes back when a process ends
         return {"cpu_seconds": round(self.cpu_seconds, 3), "rss_bytes": rss, "processes": count}
 
-    def group_is_ours(self, procs: list[psutil.Process]) -> bool:
-        """The app's process group id cannot belong to anyone else: the app is not reaped yet,
-        or a process of the tree is still in the group (a pid in use as a pgid is not reused)."""
-        if self.proc is None:
-            return False
-        if self.proc.returncode is None:
-            return True
-        for p in procs:
-            try:
-                if os.getpgid(p.pid) == self.proc.pid:
-                    return True
-            except OSError:
-                continue
-        return False
-
-    def signal_tree(self, sig: int, procs: list[psutil.Process]) -> None:
-        if self.proc is not None and self.group_is_ours(procs):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for p in procs:
-            try:
-                p.send_signal(sig)
-            except psutil.Error:
-                pass
-
     def begin_end(self, reason: str, grace: float) -> None:
         now = time.monotonic()
         if self.ending_reason is not None:
@@ -475,10 +415,10 @@ class Helper:
         self.ending_reason = reason
         self.kill_at = now + grace
         self.next_tree_check = now
-        procs = self.tree()
+        procs = proctree.tree(self.proc)
         if procs:
             log(f"job {self.job_id}: ending the process tree ({reason}, {len(procs)} processes)")
-            self.signal_tree(signal.SIGTERM, procs)
+            proctree.signal_tree(self.proc, signal.SIGTERM, procs)
 
     def check_ending(self, now: float) -> None:
         if now < self.next_tree_check:
@@ -486,16 +426,16 @@ class Helper:
         self.next_tree_check = now + 0.1
         if self.proc is not None:
             self.proc.poll()
-        procs = self.tree()
+        procs = proctree.tree(self.proc)
         if not procs and (self.proc is None or self.proc.returncode is not None):
             self.finish()
             return
         if self.killed_at is None and now >= self.kill_at:
             log(f"job {self.job_id}: {len(procs)} processes survived SIGTERM; sending SIGKILL")
-            self.signal_tree(signal.SIGKILL, procs)
+            proctree.signal_tree(self.proc, signal.SIGKILL, procs)
             self.killed_at = now
         elif self.killed_at is not None:
-            self.signal_tree(signal.SIGKILL, procs)  # anything spawned meanwhile
+            proctree.signal_tree(self.proc, signal.SIGKILL, procs)  # anything spawned meanwhile
             if now - self.killed_at > KILL_GIVE_UP:
                 log(f"job {self.job_id}: {len(procs)} processes would not die; reporting anyway")
                 if self.proc is not None and self.proc.returncode is None:
@@ -598,14 +538,14 @@ class Helper:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.on_signal)
-        self.subreaper = become_subreaper()
+        self.subreaper = proctree.become_subreaper()
         self.connect()
         try:
             return self.loop()
         except BaseException:
             # A bug must not leave the app running unsupervised: end the tree before dying.
             if self.proc is not None and self.phase != "exited":
-                self.signal_tree(signal.SIGKILL, self.tree())
+                proctree.signal_tree(self.proc, signal.SIGKILL, proctree.tree(self.proc))
             raise
 
     def loop(self) -> int:
