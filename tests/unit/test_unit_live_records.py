@@ -335,3 +335,28 @@ def test_thousand_sessions_leave_no_per_job_state() -> None:
         assert statuses.count(JobStatus.FAILED) > 0 and statuses.count(JobStatus.COMPLETE) > 0
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_reconcile_passes_on_what_the_resource_says() -> None:
+    """A queued job shows the queue's reason; a running one the resource's time left (Slurm's
+    own figures, here from the mock spawner)."""
+
+    async def main() -> None:
+        app = FakeApp()
+        jobs = JobService(app)
+        jobs.channel = FakeChannel(jobs)  # type: ignore[assignment]
+        queued, running = await start(jobs, app), await start(jobs, app)
+        app.spawned[queued].status_message = "Slurm queue (Resources)"  # type: ignore[attr-defined]
+        await jobs.on_message(running, READY)
+        app.spawned[running].time_left = 120  # type: ignore[attr-defined]
+        await jobs.reconcile()
+
+        def _current(s: Any, job_id: int) -> dict[str, Any]:
+            return s.get(orm.Job, job_id).job_details["current_job_details"]
+
+        assert app.db.call(lambda s: _current(s, queued))["message"] == "Slurm queue (Resources)"
+        assert app.db.call(lambda s: _current(s, running))["time_left"] == 120
+        assert app.db.call(lambda s: s.get(orm.Job, queued).status) == "pending"
+        assert len(jobs.live) == 2
+
+    asyncio.run(asyncio.wait_for(main(), 30))
