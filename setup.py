@@ -40,5 +40,5 @@ setup(
         # playwright: drives the system's Chromium in the browser isolation tests.
         "test": ["pytest>=8", "schemathesis>=3.30", "ruff>=0.5", "jupyterlab>=4", "playwright>=1.40"],
     },
-    entry_points={"console_scripts": ["uws = uws.app:cli", "uws-session-helper = uws.session_helper:main"]},
+    entry_points={"console_scripts": ["uws = uws.app:cli", "uws-session-helper = uws.sessions.helper:main"]},
 )

@@ -15,8 +15,8 @@ import pytest
 import requests
 import zmq
 
-from uws.params import DefaultValueError, with_defaults
 from uws.sessions import protocol
+from uws.sessions.params import DefaultValueError, with_defaults
 
 from conftest import LOCAL_CONFIG, Client, Server, login, running_server
 from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status

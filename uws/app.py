@@ -613,8 +613,8 @@ class UWSApp(Application):
         self.workspaces = WorkspaceService(self)
         self.shares = ShareService(self)
         from .events import EventBus
-        from .jobs import JobService
-        from .jobtypes import load_templates
+        from .sessions.jobtypes import load_templates
+        from .sessions.service import JobService
         from .websockets import TicketStore, WebSocketCounter
 
         self.events = EventBus()
@@ -636,7 +636,7 @@ class UWSApp(Application):
         from .proxy import ProxyService
 
         self.proxy = ProxyService(self)
-        from .culler import IdleCuller
+        from .sessions.culler import IdleCuller
 
         self.culler = IdleCuller(self)
 

@@ -59,7 +59,7 @@ def workspace_model(ws: orm.Workspace) -> dict[str, Any]:
         "datetime_last_modified": isoformat(ws.datetime_last_modified),
         "datetime_last_job_launch": isoformat(ws.datetime_last_job_launch),
         "workspace_details": workspace_details_model(ws),
-        "status": ws.status,
+        "status": str(ws.status),
         "default_job_type": ws.default_job_type,
     }
 
@@ -71,7 +71,7 @@ def job_model(job: orm.Job) -> dict[str, Any]:
         "workspace_id": job.workspace_id,
         "resource_job_id": int(job.resource_job_id),
         "job_type": job.job_type,
-        "status": job.status,
+        "status": str(job.status),
         "datetime_created": isoformat(job.datetime_created),
         "datetime_start": isoformat(job.datetime_start),
         "datetime_end": isoformat(job.datetime_end),

@@ -20,6 +20,7 @@ from .auth.accounts import Account
 from .auth.tokens import CurrentUser
 from .errors import APIError
 from .models import workspace_model
+from .sessions.status import ACTIVE, WorkspaceStatus
 from .utils import utcnow
 
 log = logging.getLogger("uws.workspaces")
@@ -33,7 +34,7 @@ DIR_FAILURE_DELETE = (
     "will not allow for this workspace to be deleted."
 )
 PUT_TYPES = ("start", "upload")
-ACTIVE_JOB_STATUSES = ("pending", "running", "stopping")
+ACTIVE_JOB_STATUSES = ACTIVE  # the old name, for code that still imports it
 
 
 def check_name_fields(body: dict[str, Any]) -> None:
@@ -199,9 +200,9 @@ class WorkspaceService:
             raise APIError(400, f"Workspace {ws_id} is a shared workspace and has not been accepted.")
         if put_type is not None and put_type.lower() not in PUT_TYPES:
             raise APIError(400, "Invalid PUT type passed.")
-        if ws.status == "deleting":
+        if ws.status == WorkspaceStatus.DELETING:
             raise APIError(400, f"Workspace {ws_id} is being deleted.")
-        if ws.status == "initializing":
+        if ws.status == WorkspaceStatus.INITIALIZING:
             raise APIError(400, f"Workspace {ws_id} is still initializing.")
         return account, ws
 
@@ -252,7 +253,7 @@ class WorkspaceService:
                 name=body["name"],
                 description=body["description"],
                 default_job_type=default_job_type if isinstance(default_job_type, str) else None,
-                status="idle",
+                status=WorkspaceStatus.IDLE,
                 request_details={"files": plan.request_files, "symlinks": plan.request_symlinks},
                 current_details=current,
                 disk_space=disk,
@@ -358,16 +359,14 @@ class WorkspaceService:
                 )
             )
             active = session.scalar(
-                select(orm.Job.id).where(
-                    orm.Job.workspace_id == ws_id, orm.Job.status.in_(ACTIVE_JOB_STATUSES)
-                )
+                select(orm.Job.id).where(orm.Job.workspace_id == ws_id, orm.Job.status.in_(ACTIVE))
             )
             return ws, incoming is not None, outgoing is not None, active is not None
 
         ws, incoming, outgoing, active = await self.db.run(_check)
         if ws is None:
             raise APIError(404, f"Workspace {ws_id} not found for user.")
-        if ws.status == "deleting":
+        if ws.status == WorkspaceStatus.DELETING:
             return
         if incoming:
             raise APIError(400, f"Workspace {ws_id} is a shared workspace and has not been accepted.")
@@ -381,14 +380,14 @@ class WorkspaceService:
             raise APIError(400, "Cannot delete workspace, jobs are running for this workspace.")
         await self.account(user.username)
         if ws.file_path and not self.storage.valid_workspace_dir(ws.file_path):
-            await self.set_status(ws_id, user.id, "error", "Invalid workspace directory.")
+            await self.set_status(ws_id, user.id, WorkspaceStatus.ERROR, "Invalid workspace directory.")
             raise APIError(500, DIR_FAILURE_DELETE)
 
         def _mark(session: Any) -> bool:
             row = session.get(orm.Workspace, ws_id, with_for_update=True)
-            if row is None or row.status == "deleting":
+            if row is None or row.status == WorkspaceStatus.DELETING:
                 return False
-            row.status = "deleting"
+            row.status = WorkspaceStatus.DELETING
             return True
 
         queued = await self.db.run(_mark)
@@ -420,7 +419,7 @@ class WorkspaceService:
                 await self.to_background_thread(self.storage.delete_dir, ws.file_path)
         except Exception as e:
             log.exception("Deleting workspace %s failed", ws_id)
-            await self.set_status(ws_id, ws.user_id, "error", f"Deletion failed: {e}")
+            await self.set_status(ws_id, ws.user_id, WorkspaceStatus.ERROR, f"Deletion failed: {e}")
             return
 
         def _remove(session: Any) -> None:
@@ -450,7 +449,9 @@ class WorkspaceService:
     async def resume(self) -> None:
         """Pick up background work a previous run left unfinished (B9)."""
         deleting = await self.db.run(
-            lambda s: list(s.scalars(select(orm.Workspace.id).where(orm.Workspace.status == "deleting")))
+            lambda s: list(
+                s.scalars(select(orm.Workspace.id).where(orm.Workspace.status == WorkspaceStatus.DELETING))
+            )
         )
         for ws_id in deleting:
             self.spawn(self.run_deletion(ws_id))

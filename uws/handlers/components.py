@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from ..auth.tokens import TokenService
     from ..db import Database
     from ..events import EventBus
-    from ..jobs import JobService
     from ..proxy import ProxyService, SessionHosts
     from ..quotas import QuotaService
+    from ..sessions.service import JobService
     from ..shares import ShareService
     from ..websockets import TicketStore, WebSocketCounter
     from ..workspaces import WorkspaceService

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .utils import python_type_name
+from ..utils import python_type_name
 
 
 def _bound_error(name: str, value: Any, kind: str, bound: Any) -> str | None:

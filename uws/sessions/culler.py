@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import select
 from tornado.httpclient import AsyncHTTPClient
 
-from . import orm
+from .. import orm
+from .status import JobStatus
 
 log = logging.getLogger("uws.culler")
 
@@ -50,7 +51,7 @@ class IdleCuller:
         rows = await app.db.run(
             lambda s: [
                 (j.id, j.user_id, j.job_type, j.spawner_state or {})
-                for j in s.scalars(select(orm.Job).where(orm.Job.status == "running"))
+                for j in s.scalars(select(orm.Job).where(orm.Job.status == JobStatus.RUNNING))
             ]
         )
         now = time.time()

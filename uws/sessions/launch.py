@@ -1,0 +1,260 @@
+"""Starting a session: the request checked, limits and idempotency, the launch spec, the helper
+started and recorded. What goes on after that is the service's (uws.sessions.service)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import orm
+from ..auth.tokens import CurrentUser
+from ..errors import APIError
+from ..models import job_model
+from ..proxy import new_host_label
+from ..spawners.base import LaunchError
+from ..workspaces import DIR_FAILURE_JOBS
+from . import transitions
+from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
+from .params import DefaultValueError, translate, validate_resource_options, with_defaults
+from .status import JobStatus
+
+if TYPE_CHECKING:
+    from .service import JobService
+
+log = logging.getLogger("uws.jobs")
+
+IMPROPER = "Job Type improperly configured. Please contact a system administrator to resolve this."
+PARAMETERS_IMPROPER = (
+    "Resource option defaults improperly configured. Please contact a system administrator to resolve this."
+)
+
+
+class Launcher:
+    """Starts sessions for the JobService. Its own state is about starts, not jobs: the
+    idempotency keys in flight, and the starts in progress (overall and per user)."""
+
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+        self.app = jobs.app
+        self.inflight: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
+        self.starts_in_progress = 0
+        self.reserved: dict[int, int] = {}  # user id -> starts in progress (see check_limits)
+
+    # ---- start (contract 2.5) ----------------------------------------------------------------
+    async def start(
+        self, user: CurrentUser, ws_id: int, parse_body: Any, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Start a session. A retry carrying the same Idempotency-Key header (while the first is
+        in flight, or within 10 minutes of its success) returns the first one's job."""
+        if not idempotency_key:
+            return await self._start(user, ws_id, parse_body)
+        key = (user.id, ws_id, idempotency_key)
+        existing = self.inflight.get(key)
+        if existing is not None:
+            return await asyncio.shield(existing)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            job = await self._start(user, ws_id, parse_body)
+        except BaseException as e:
+            self.inflight.pop(key, None)  # a failed start may be retried for real
+            future.set_exception(e)
+            future.exception()  # the first caller reports it; waiters get it too
+            raise
+        future.set_result(job)
+        asyncio.get_running_loop().call_later(600, self.inflight.pop, key, None)
+        return job
+
+    async def _start(self, user: CurrentUser, ws_id: int, parse_body: Any) -> dict[str, Any]:
+        app = self.app
+        account, ws = await app.workspaces.owned_for_put(user, ws_id, "start")
+        if not app.storage.valid_workspace_dir(ws.file_path):
+            raise APIError(500, DIR_FAILURE_JOBS)
+        body = parse_body()
+        job_type_id = body.get("job_type") or ws.default_job_type
+        if not job_type_id:
+            raise APIError(400, "Missing job_type and no default job type set on workspace.")
+        if not isinstance(job_type_id, str) or job_type_id not in app.job_types:
+            raise APIError(400, f"{job_type_id} is not in the list of available job types.")
+        job_details = body.get("job_details", {})
+        if not isinstance(job_details, dict):
+            raise APIError(400, "Job details not JSON.")
+        options = body.get("resource_options", {})
+        if not isinstance(options, dict):
+            raise APIError(400, "Resource options not JSON.")
+        valid, errors = validate_resource_options(app.parameters, options)
+        if errors:
+            raise APIError(422, f"Invalid resource options found: {errors!r}")
+        job_type = app.job_types[job_type_id]
+        settings = settings_for(job_type, app.main_resource_key)
+        if settings is None or job_type.get("job_type") not in app.job_templates:
+            raise APIError(400, IMPROPER)
+        try:
+            valid = with_defaults(app.parameters, valid, {"time_limit_min": job_type_minutes(settings)})
+        except DefaultValueError as e:
+            log.error("Refused to start a session: %s", e)
+            raise APIError(400, PARAMETERS_IMPROPER) from None
+        resource = app.resources.get(app.main_resource_key, {})
+        translated = translate(valid, resource.get("parameter_mapping") or {})
+        limit = minutes(valid.get("time_limit_min"))
+        cpus = valid.get("num_cpus") if isinstance(valid.get("num_cpus"), int) else 1
+        await app.quotas.check_core_hours(user.id, cpus * (limit or 0) / 60)
+        # From the check until the job has a live record, the start counts as one of the user's
+        # sessions: starts that arrive together must not all see the count from before them.
+        self.check_limits(user)
+        self.reserved[user.id] = self.reserved.get(user.id, 0) + 1
+        request_details = dict(job_details)
+        if "resource_options" in body and "resource_options" not in request_details:
+            request_details["resource_options"] = options
+        self.starts_in_progress += 1
+        try:
+            return await self._launch(
+                user, account, ws, job_type_id, job_type, settings, request_details, translated, limit, cpus
+            )
+        finally:
+            self.starts_in_progress -= 1
+            self._release(user.id)
+
+    def check_limits(self, user: CurrentUser) -> None:
+        app = self.app
+        if app.max_concurrent_starts and self.starts_in_progress >= app.max_concurrent_starts:
+            raise APIError(
+                429, "Too many sessions are starting right now; try again shortly.", {"Retry-After": "2"}
+            )
+        if app.max_running_jobs_per_user:
+            # A start in progress counts through its reservation, launched or not yet.
+            running = self.reserved.get(user.id, 0) + sum(
+                1 for r in self.jobs.live if r.owner == user.id and not r.launching
+            )
+            if running >= app.max_running_jobs_per_user:
+                raise APIError(
+                    429,
+                    f"You already have {running} sessions running (maximum "
+                    f"{app.max_running_jobs_per_user}). Stop one and try again.",
+                    {"Retry-After": "30"},
+                )
+
+    def _release(self, user_id: int) -> None:
+        left = self.reserved.get(user_id, 0) - 1
+        if left > 0:
+            self.reserved[user_id] = left
+        else:
+            self.reserved.pop(user_id, None)
+
+    async def _launch(  # the launch is one sequence of steps, each undone on failure: kept whole
+        self,
+        user: CurrentUser,
+        account: Any,
+        ws: orm.Workspace,
+        job_type_id: str,
+        job_type: dict[str, Any],
+        settings: dict[str, Any],
+        request_details: dict[str, Any],
+        translated: dict[str, Any],
+        limit: int | None,
+        cpus: int,
+    ) -> dict[str, Any]:
+        app, jobs = self.app, self.jobs
+        secret = secrets.token_hex(32)
+        label = new_host_label()
+        initial = {
+            "secret": secret,
+            "cpus": cpus,
+            "time_limit_minutes": limit,
+            "resource_options": translated,
+            "host_label": label,
+        }
+
+        def _create(session: Any) -> int:
+            return transitions.new_job(
+                session,
+                workspace_id=ws.id,
+                user_id=user.id,
+                job_type=job_type_id,
+                resource=app.main_resource_key,
+                request_details=request_details,
+                state=initial,
+            ).id
+
+        job_id = await jobs.db.run(_create)
+        record = jobs.live.add(job_id, user.id, secret=secret, launching=True)
+        spawner = app.make_spawner(job_id, account, ws.file_path)
+        # On an origin of its own, a session's app serves from "/".
+        by_origin = app.passthrough_mode == "origin"
+        base_url = "/" if by_origin else f"/passthrough/{job_id}/"
+        try:
+            spec = build_spec(
+                app.job_templates,
+                job_type,
+                settings,
+                job_id=job_id,
+                workspace_dir=ws.file_path,
+                job_dir=spawner.job_dir,
+                base_url=base_url,
+                time_limit_minutes=limit,
+                origin=app.session_origin(job_id, label) if by_origin else app.public_origin(),
+            )
+            spec["heartbeat_seconds"] = app.heartbeat_seconds
+            spec["resource_options"] = translated
+            spec["cpus"] = cpus
+            spec["gpu"] = (request_details.get("resource_options") or {}).get("gpu_enabled") is True
+            # Apps that cannot serve under /passthrough/<id>/ get the prefix stripped.
+            strip = not any("{base_url}" in part for part in spec["command"])
+            pid = await spawner.start(spec, f"{secret}\n{app.session_tokens.token(job_id)}")
+        except Exception as e:
+            message = (
+                str(e) if isinstance(e, JobTypeError | OSError | LaunchError) else "A server error occurred."
+            )
+            log.exception("Launching job %s failed", job_id)
+            await jobs._finish(job_id, JobStatus.FAILED, f"Launch failed: {message}")
+            raise APIError(500, f"Launch failed: {message}") from None
+        if os.environ.get("UWS_TEST_DIE_AFTER_SPAWN") == "1":
+            # Tests only: die in the window between starting a helper and recording it, which a
+            # restart must recover from (the variable is never set outside the test suite).
+            os._exit(70)
+        record.spawner = spawner
+        state = {
+            **spawner.get_state(),
+            "secret": secret,
+            "cpus": cpus,
+            "time_limit_minutes": limit,
+            "spawner": type(spawner).__name__,
+            "proxy_strip_prefix": strip,
+            "host_label": label,
+            "base_url": base_url,
+            "idle_timeout_seconds": settings.get("idle_timeout_seconds"),
+        }
+
+        def _submitted(session: Any) -> tuple[dict[str, Any], str]:
+            job = session.get(orm.Job, job_id)
+            transitions.mark_submitted(session, job, pid, state)
+            return job_model(job), job.status
+
+        try:
+            model, status = await jobs.db.run(_submitted)
+        except Exception:
+            # Unrecorded, the helper would run on unsupervised: end the job, then the helper
+            # (in that order, so that its exit report cannot turn the job into a completed one).
+            record.launching = False
+            log.exception("Recording the launch of job %s failed; stopping it", job_id)
+            try:
+                await jobs._finish(
+                    job_id, JobStatus.FAILED, "Launch failed: the session could not be recorded."
+                )
+            except Exception:  # still unrecorded: the next start-up fails it
+                log.exception("Marking job %s failed failed too", job_id)
+                jobs._forget(job_id)
+            await jobs._cancel_quietly(job_id, spawner)
+            raise APIError(500, "Launch failed: the session could not be recorded.") from None
+        record.launching = False
+        record.last_seen = time.monotonic()
+        app.workspaces.invalidate(user.id)
+        jobs.publish(user.id, model)
+        if status != JobStatus.PENDING:
+            # Stopped while it was being submitted: cancel it now that it exists.
+            asyncio.ensure_future(jobs._terminate(job_id))
+        return model

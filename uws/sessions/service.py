@@ -1,0 +1,334 @@
+"""Jobs: the service handlers call to start, stop and look up sessions, and what it keeps on
+each active one (a live record, uws.sessions.record).
+
+State changes arrive pushed from each session's helper over the session channel (tracker.py);
+nothing polls the sessions in a loop. A reconciliation pass (reconcile.py) asks the spawner
+about any job whose helper has gone silent, and marks a job finished only on evidence. Starting
+a session is launch.py's; the database transitions are transitions.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from .. import orm
+from ..auth.tokens import CurrentUser
+from ..errors import APIError
+from ..models import job_model
+from ..spawners.base import LaunchError, Spawner
+from ..utils import utcnow
+from . import transitions
+from .channel import SessionChannel
+from .launch import Launcher
+from .reconcile import Reconciler
+from .record import LiveSessions
+from .status import TERMINAL, JobStatus
+from .tracker import HelperMessages
+
+log = logging.getLogger("uws.jobs")
+
+FAILED_MESSAGE = "This job has failed. Support team has been notified and will investigate the error."
+EXIT_MESSAGES = {
+    "completed": "Job finished.",
+    "stopped": "Job stopped.",
+    "time_limit": "The job reached its time limit and was stopped.",
+    "failed": FAILED_MESSAGE,
+    "launch_failed": "The application could not be started, or did not answer in time.",
+}
+
+
+class JobService(HelperMessages, Reconciler):
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.db = app.db
+        self.events = app.events
+        self.channel = SessionChannel(
+            app.session_channel_url,
+            self.secret_for,
+            self.on_message,
+            group=app.session_group,
+            key_file=os.path.join(app.data_dir, "session_channel.key"),
+        )
+        # Everything held about an active job, in one record per job: removed when it ends.
+        self.live = LiveSessions()
+        self.launcher = Launcher(self)
+        self._reconcile_task: asyncio.Task[None] | None = None
+
+    # ---- life cycle --------------------------------------------------------------------------
+    async def begin(self) -> None:
+        self.channel.bind()
+        await self.reconcile(startup=True)
+        self._reconcile_task = asyncio.ensure_future(self._reconcile_loop())
+
+    def close(self) -> None:
+        if self._reconcile_task:
+            self._reconcile_task.cancel()
+        self.channel.close()
+
+    def lock(self, job_id: int) -> asyncio.Lock:
+        return self.live.lock(job_id)
+
+    async def secret_for(self, job_id: int) -> str | None:
+        record = self.live.get(job_id)
+        if record is not None and record.secret is not None:
+            return record.secret
+        state = await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.spawner_state)
+        secret = state.get("secret") if state else None
+        if secret and record is not None:  # kept only while the job is live
+            record.secret = secret
+        return secret or None
+
+    async def start(
+        self, user: CurrentUser, ws_id: int, parse_body: Any, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        return await self.launcher.start(user, ws_id, parse_body, idempotency_key)
+
+    # ---- stop (contract 2.10) ----------------------------------------------------------------
+    async def stop(self, user: CurrentUser, job_id: int, put_type: str) -> str:
+        def _load(session: Any) -> orm.Job | None:
+            job = session.get(orm.Job, job_id)
+            if job is None:
+                return None
+            ws = session.get(orm.Workspace, job.workspace_id)
+            return job if ws is not None and ws.user_id == user.id else None
+
+        job = await self.db.run(_load)
+        if job is None:
+            raise APIError(404, f"Job {job_id} not found for user.")
+        if put_type.lower() != "stop":
+            raise APIError(400, "Invalid PUT type passed.")
+        if job.status == JobStatus.PENDING and job.resource_job_id == -1:
+            await self._finish(job_id, JobStatus.COMPLETE, "Job stopped before it was submitted.")
+            return "Successful stop."
+        if job.status in TERMINAL or job.status == JobStatus.STOPPING:
+            raise APIError(400, "This job is not running or pending.")
+        if not await self.request_stop(job_id, user.id):
+            raise APIError(400, "This job is not running or pending.")
+        return "Job queued to stop."
+
+    async def request_stop(self, job_id: int, user_id: int, final_message: str | None = None) -> bool:
+        """Move a pending or running job to `stopping` and end it in the background."""
+
+        def _stopping(session: Any) -> dict[str, Any] | None:
+            row = session.get(orm.Job, job_id)
+            return job_model(row) if transitions.mark_stopping(row) else None
+
+        model = await self.db.run(_stopping)
+        if model is None:
+            return False
+        record = self.live.get(job_id)
+        if record is not None:
+            record.stop_requested = True
+            record.stop_message = final_message or record.stop_message
+        self.publish(user_id, model)
+        asyncio.ensure_future(self._terminate(job_id))
+        return True
+
+    async def _terminate(self, job_id: int) -> None:
+        """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
+        spawner = await self._spawner(job_id)
+        await self._send_stop(job_id)
+        deadline = time.monotonic() + self.app.stop_grace_seconds + 10
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            if await self._is_terminal(job_id):
+                return
+        try:
+            if spawner is not None:
+                await spawner.stop()
+                # A scheduler takes a moment to record the cancellation.
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    try:
+                        ended = await spawner.poll()
+                    except LaunchError:  # the scheduler is slow to answer: not yet known
+                        ended = None
+                    if ended is not None:
+                        await self.apply_exit(job_id, ended)
+                        return
+                    await asyncio.sleep(0.5)
+        except Exception:
+            log.exception("Stopping job %s through its spawner failed", job_id)
+        if not await self._is_terminal(job_id):
+            await self._finish(job_id, JobStatus.FAILED, "Failed to stop job.")
+
+    async def _send_stop(self, job_id: int) -> None:
+        secret = await self.secret_for(job_id)
+        if secret:
+            await self.channel.send(
+                job_id, secret, {"type": "stop", "grace_seconds": self.app.stop_grace_seconds}
+            )
+
+    async def owner_of(self, job_id: int) -> int | None:
+        record = self.live.get(job_id)
+        if record is not None:
+            return record.owner
+        return await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.user_id)
+
+    async def _is_terminal(self, job_id: int) -> bool:
+        status = await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.status)
+        return status is None or status in TERMINAL
+
+    async def _spawner(self, job_id: int) -> Spawner | None:
+        record = self.live.get(job_id)
+        if record is not None and record.spawner is not None:
+            return record.spawner
+
+        def _load(session: Any) -> tuple[orm.Job, orm.Workspace | None, orm.User] | None:
+            job = session.get(orm.Job, job_id)
+            if job is None:
+                return None
+            return job, session.get(orm.Workspace, job.workspace_id), session.get(orm.User, job.user_id)
+
+        loaded = await self.db.run(_load)
+        if loaded is None:
+            return None
+        job, ws, user = loaded
+        state = job.spawner_state or {}
+        try:
+            account = await self.app.storage_account(user.username)
+        except APIError:
+            return None
+        workspace_dir = ws.file_path if ws is not None else (state.get("job_dir") or "").rsplit("/.", 1)[0]
+        spawner = self.app.make_spawner(job_id, account, workspace_dir, state.get("spawner"))
+        spawner.load_state(state)
+        record = self.live.get(job_id)
+        if record is not None:  # kept only while the job is live: an ended job's is not reused
+            record.spawner = record.spawner or spawner
+            return record.spawner
+        return spawner
+
+    async def _update(
+        self,
+        job_id: int,
+        *,
+        message: str | None = None,
+        ready: dict[str, Any] | None = None,
+        running: bool = False,
+        source_time: float | None = None,
+    ) -> None:
+        app = self.app
+
+        def _apply(session: Any) -> tuple[int, dict[str, Any]] | None:
+            job = session.get(orm.Job, job_id)
+            if job is None or job.status in TERMINAL:
+                return None
+            details = job.job_details or {}
+            before = (job.status, dict(details.get("current_job_details") or {}), details.get("metrics"))
+            if ready:
+                label = str((job.spawner_state or {}).get("host_label") or "")
+                transitions.mark_ready(job, ready, *app.connection_url(job_id, ready, label))
+            if running:
+                transitions.mark_running(job)
+            current = dict((job.job_details or {}).get("current_job_details") or {})
+            if message is not None and job.status in (JobStatus.PENDING, JobStatus.RUNNING):
+                current["message"] = message
+            left = self._time_left(job)
+            # Refreshed once a minute (the portal shows minutes): idle heartbeats write nothing.
+            if left is not None and (
+                abs(current.get("time_left", -999) - left) >= 60 or "time_left" not in current
+            ):
+                current["time_left"] = left
+            if (job.status, current, (job.job_details or {}).get("metrics")) == before:
+                return None
+            job.job_details = {**(job.job_details or {}), "current_job_details": current}
+            return job.user_id, job_model(job)
+
+        async with self.lock(job_id):
+            result = await self.db.run(_apply)
+        if result is not None:
+            self.publish(*result, source_time=source_time)
+
+    def _time_left(self, job: orm.Job) -> int | None:
+        """Seconds a running job has left: the resource's own figure where it has one (Slurm),
+        else its time limit less the time since it started."""
+        if job.status != JobStatus.RUNNING:
+            return None
+        record = self.live.get(job.id)
+        spawner = record.spawner if record is not None else None
+        left = getattr(spawner, "time_left", None)
+        if left is not None:
+            return left
+        limit = (job.spawner_state or {}).get("time_limit_minutes")
+        if not limit or job.datetime_start is None:
+            return None
+        return max(0, int(limit * 60 - (utcnow() - job.datetime_start).total_seconds()))
+
+    async def apply_exit(self, job_id: int, ended: dict[str, Any], source_time: float | None = None) -> None:
+        reason = ended.get("reason", "failed")
+        tail = ended.get("log_tail") or ""
+        if reason == "disappeared":
+            status, message = JobStatus.FAILED, "Job process disappeared; exit status unknown."
+        elif reason in ("completed", "stopped", "time_limit"):
+            status, message = JobStatus.COMPLETE, ended.get("message") or EXIT_MESSAGES[reason]
+            record = self.live.get(job_id)
+            if record is not None and record.stop_requested:  # however it ended, we asked
+                message = record.stop_message or EXIT_MESSAGES["stopped"]
+        else:
+            status = JobStatus.FAILED
+            message = ended.get("message") or EXIT_MESSAGES.get(reason, FAILED_MESSAGE)
+            if ended.get("exit_code") is not None:
+                message = f"{message} (exit code {ended['exit_code']})"
+        await self._finish(
+            job_id, status, message, log_tail=tail, stopping_completes=True, source_time=source_time
+        )
+
+    async def _finish(
+        self,
+        job_id: int,
+        status: JobStatus,
+        message: str,
+        log_tail: str = "",
+        stopping_completes: bool = False,
+        source_time: float | None = None,
+    ) -> None:
+        """Move a job to a terminal status (transitions.mark_finished), and forget it here."""
+        # Core hours: what the resource allocated (a batch scheduler's CPUs × elapsed), else the
+        # same measured here: requested CPUs × wall clock from running to now. Never a figure the
+        # helper reports: it runs as the session's owner, who could make it say anything.
+        allocated = None
+        record = self.live.get(job_id)
+        if record is not None and record.spawner is not None:
+            try:
+                allocated = await record.spawner.usage()
+            except Exception:
+                log.exception("Reading job %s's allocation failed; using CPUs × elapsed", job_id)
+
+        def _apply(session: Any) -> tuple[int, dict[str, Any], int] | None:
+            job = session.get(orm.Job, job_id)
+            if job is None or not transitions.mark_finished(
+                session,
+                job,
+                status,
+                message,
+                log_tail=log_tail,
+                allocated_core_seconds=allocated,
+                stopping_completes=stopping_completes,
+            ):
+                return None
+            return job.user_id, job_model(job), job.workspace_id
+
+        async with self.lock(job_id):
+            result = await self.db.run(_apply)
+        self._forget(job_id)
+        if result is None:
+            return
+        user_id, model, ws_id = result
+        self.publish(user_id, model, source_time=source_time)
+        await self.app.workspaces.rescan(ws_id, user_id)
+        await self.app.quotas.warn_if_near(user_id, self.events)
+
+    def _forget(self, job_id: int) -> None:
+        """Drop everything held about a job: its live record, and what others keep by its id."""
+        self.app.proxy.forget(job_id)
+        self.channel.forget(job_id)
+        record = self.live.forget(job_id)
+        if record is not None and record.spawner is not None:
+            asyncio.ensure_future(record.spawner.reap())
+
+    def publish(self, user_id: int, model: dict[str, Any], source_time: float | None = None) -> None:
+        self.events.publish(user_id, "job", model, job_id=model["id"], source_time=source_time)
