@@ -276,7 +276,7 @@ class JobService:
         self.secrets[job_id] = secret
         self.owners[job_id] = user.id
         self.launching.add(job_id)
-        spawner = app.make_spawner(job_id, account, ws.file_path)
+        spawner = app.spawner_factory.make(job_id, account, ws.file_path)
         # On an origin of its own, a session's app serves from "/".
         by_origin = app.passthrough_mode == "origin"
         base_url = "/" if by_origin else f"/passthrough/{job_id}/"
@@ -290,9 +290,11 @@ class JobService:
                 job_dir=spawner.job_dir,
                 base_url=base_url,
                 time_limit_minutes=limit,
-                origin=app.session_origin(job_id, label) if by_origin else app.public_origin(),
+                origin=app.session_urls.app_origin(job_id, label),
             )
             spec["heartbeat_seconds"] = app.heartbeat_seconds
+            # One grace period for every way a session ends: the helper's own ends use it too.
+            spec["grace_seconds"] = app.spawner_factory.grace_seconds(spawner)
             spec["resource_options"] = translated
             spec["cpus"] = cpus
             spec["gpu"] = (request_details.get("resource_options") or {}).get("gpu_enabled") is True
@@ -417,7 +419,7 @@ class JobService:
         """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
         spawner = await self._spawner(job_id)
         await self._send_stop(job_id)
-        deadline = time.monotonic() + self.app.stop_grace_seconds + 10
+        deadline = time.monotonic() + self.app.spawner_factory.grace_seconds(spawner) + 10
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             if await self._is_terminal(job_id):
@@ -444,9 +446,8 @@ class JobService:
     async def _send_stop(self, job_id: int) -> None:
         secret = await self.secret_for(job_id)
         if secret:
-            await self.channel.send(
-                job_id, secret, {"type": "stop", "grace_seconds": self.app.stop_grace_seconds}
-            )
+            grace = self.app.spawner_factory.grace_seconds(self.spawners.get(job_id))
+            await self.channel.send(job_id, secret, {"type": "stop", "grace_seconds": grace})
 
     async def owner_of(self, job_id: int) -> int | None:
         owner = self.owners.get(job_id)
@@ -565,11 +566,11 @@ class JobService:
         job, ws, user = loaded
         state = job.spawner_state or {}
         try:
-            account = await self.app.storage_account(user.username)
+            account = await self.app.accounts.get(user.username)
         except APIError:
             return None
         workspace_dir = ws.file_path if ws is not None else (state.get("job_dir") or "").rsplit("/.", 1)[0]
-        spawner = self.app.make_spawner(job_id, account, workspace_dir, state.get("spawner"))
+        spawner = self.app.spawner_factory.make(job_id, account, workspace_dir, state.get("spawner"))
         spawner.load_state(state)
         self.spawners[job_id] = spawner
         return spawner
@@ -609,7 +610,7 @@ class JobService:
                         (job.datetime_start - job.datetime_created).total_seconds(), 6
                     )
                 label = str((job.spawner_state or {}).get("host_label") or "")
-                url_domain, url_path = app.connection_url(job_id, ready, label)
+                url_domain, url_path = app.session_urls.connection_url(job_id, ready, label)
                 job.spawner_state = {**(job.spawner_state or {}), "ready": ready}
                 current["message"] = "Webserver ready."
                 current["proxy_details"] = {

@@ -105,8 +105,8 @@ async def fetch_bodyless(
         None,
         on_headers,
         on_chunk,
-        uws.proxy_connect_timeout,
-        uws.proxy_request_timeout,
+        uws.proxy.connect_timeout,
+        uws.proxy.request_timeout,
     )
 
 

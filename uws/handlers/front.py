@@ -432,10 +432,10 @@ class FrontConnection(asyncio.Protocol):
                     loop.create_connection(
                         lambda: _WebSocketUpstream(self, target), target.host, target.port
                     ),
-                    uws.proxy_connect_timeout,
+                    uws.proxy.connect_timeout,
                 )
                 upstream.transport.write(out.encode(f"GET {full.upstream_uri(target, start.path)} HTTP/1.1"))
-                end = await asyncio.wait_for(upstream.answered, uws.proxy_connect_timeout)
+                end = await asyncio.wait_for(upstream.answered, uws.proxy.connect_timeout)
                 status = httputil.parse_response_start_line(
                     upstream.head[: upstream.head.index(b"\r\n")].decode("latin1")
                 ).code

@@ -28,7 +28,7 @@ class StatusHandler(BaseHandler):
     auth_required = False
 
     async def get(self) -> None:
-        self.send_json(await self.uws.status_report())
+        self.send_json(await self.uws.health.report())
 
 
 class OpenAPIHandler(BaseHandler):

@@ -188,7 +188,7 @@ def session_route(uws: Any, path: str, host: str) -> tuple[int, str | None] | No
     """The job a request is for, and the label its host name carries: from the Host header in
     origin mode (label checked against the job's), from /passthrough/<id>/ in path mode (None)."""
     if uws.passthrough_mode == "origin":
-        return uws.session_hosts.job(host)
+        return uws.session_urls.hosts.job(host)
     if not path.startswith(PREFIX):
         return None
     job_part = path[len(PREFIX) :].split("/", 1)[0].split("?", 1)[0]
@@ -217,7 +217,7 @@ class PassthroughMixin:
         if path_args:
             route: tuple[int, str | None] | None = (int(path_args[0]), None)
         else:
-            route = uws.session_hosts.job(self.request.host or "")
+            route = uws.session_urls.hosts.job(self.request.host or "")
         if route is None:
             raise APIError(404, "No session has this address.")
         jid, label = route
@@ -257,7 +257,7 @@ class PassthroughMixin:
             self.uws.proxy.make_cookie(target.job_id, target.user_id),
             path="/" if target.path_prefix is None else target.path_prefix + "/",
             httponly=True,
-            secure=self.uws.sessions_base().startswith("https://"),
+            secure=self.uws.session_urls.base().startswith("https://"),
             samesite="Lax",
             expires_days=0.5,
         )
@@ -371,8 +371,8 @@ class PassthroughHandler(PassthroughMixin, web.RequestHandler):
                 body() if self.body_queue is not None else None,
                 self.send_upstream_headers,
                 self.on_chunk,
-                self.uws.proxy_connect_timeout,
-                self.uws.proxy_request_timeout,
+                self.uws.proxy.connect_timeout,
+                self.uws.proxy.request_timeout,
             )
         except UpstreamError as e:
             log.debug("Passthrough to job %s failed: %s", target.job_id, e)
@@ -450,7 +450,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
     """Relays a websocket to the session: frames, pings and close codes. Each direction waits
     for a message to be written before it reads the next, so a fast sender and a slow receiver
     hold one message in the server, not an unbounded queue; messages over
-    UWSApp.proxy_websocket_max_message_size end the websocket."""
+    ProxyService.websocket_max_message_size end the websocket."""
 
     upstream: websocket.WebSocketClientConnection | None = None
     _pump: asyncio.Future[None] | None = None
@@ -460,7 +460,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
 
     @property
     def max_message_size(self) -> int:
-        return self.uws.proxy_websocket_max_message_size
+        return self.uws.proxy.websocket_max_message_size
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
@@ -488,8 +488,8 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
         request = httpclient.HTTPRequest(
             self.upstream_url(self.target, "ws"),
             headers=headers,
-            connect_timeout=self.uws.proxy_connect_timeout,
-            request_timeout=self.uws.proxy_connect_timeout,
+            connect_timeout=self.uws.proxy.connect_timeout,
+            request_timeout=self.uws.proxy.connect_timeout,
         )
         try:
             self.upstream = await websocket.websocket_connect(
