@@ -468,12 +468,30 @@ class UWSApp(Application):
             self.update_config(self.cli_config)
         self.forward_moved_options()
         problems, warnings = validate(self.as_original_config())
+        problems += self.class_problems()
         if require_login and not self.authenticator_class:
             # Fail closed: a config that forgets the line must not fall back to a login anyone can use.
             problems.append(NO_LOGIN_METHOD)
         if problems:
             raise ConfigError(problems)
         self.config_warnings += [w for w in warnings if w not in self.config_warnings]
+
+    def class_problems(self) -> list[str]:
+        """Class names that are neither an entry point nor importable, found before start-up."""
+        problems = []
+        for option, group in (
+            ("authenticator_class", plugins.AUTHENTICATORS),
+            ("storage_accounts_from", plugins.AUTHENTICATORS),
+            ("storage_class", plugins.STORAGE),
+            ("spawner_class", plugins.SPAWNERS),
+        ):
+            name = getattr(self, option)
+            if name:
+                try:
+                    plugins.load_class(group, name)
+                except plugins.PluginError as e:
+                    problems.append(f"UWSApp.{option}: {e}")
+        return problems
 
     def forward_moved_options(self) -> None:
         """c.UWSApp.<old name> configures the class the option moved to, unless the config also
