@@ -23,59 +23,14 @@ from traitlets.config import Application, catch_config_error
 from . import __version__, plugins
 from .access_log import RedactCredentials, log_access
 from .auth.accounts import Account, AccountCache
-from .config_json import ConfigError, validate
+from .config_json import DEFAULT_MAPPING, DEFAULT_PARAMETERS, ConfigError, original_form, validate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-ORIGINAL_AUTH_NAMES = {
-    "local": "LocalUserAuthentication",
-    "dev": "LocalUserAuthentication",
-    "psc": "PSCAPIUserAuthentication",
-    "globus": "GlobusUserAuthentication",
-}
 NO_LOGIN_METHOD = (
     "no login method configured: set c.UWSApp.authenticator_class (e.g. 'local' or 'globus') in the "
     "config file, or pass --dev for the development login (no client token; never on a shared machine)"
 )
-ORIGINAL_STORAGE_NAMES = {"local": "LocalFileSystemStorage", "hubmap": "HubmapLocalFileSystemStorage"}
-
-DEFAULT_PARAMETERS = [
-    {
-        "display_name": "Number of CPUs",
-        "description": "",
-        "variable_name": "num_cpus",
-        "default_value": 1,
-        "validation": {"type": "int", "min": 1, "max": 4, "required": False},
-    },
-    {
-        "display_name": "Memory (MB)",
-        "description": "",
-        "variable_name": "memory_mb",
-        "default_value": 1024,
-        "validation": {"type": "int", "min": 1024, "max": 8192, "required": False},
-    },
-    {
-        "display_name": "Time Limit (minutes)",
-        "description": "",
-        "variable_name": "time_limit_min",
-        "default_value": 180,
-        "validation": {"type": "int", "min": 1, "max": 480, "required": False},
-    },
-    {
-        "display_name": "GPU Enabled",
-        "description": "",
-        "variable_name": "gpu_enabled",
-        "default_value": False,
-        "validation": {"type": "bool", "required": False},
-    },
-]
-DEFAULT_MAPPING = {
-    "num_cpus": "cpus_per_task",
-    "memory_mb": "memory_per_node",
-    "time_limit_min": "time_limit",
-}
-
-
 # Options that moved to the class they configure: old UWSApp name -> (class, new name). The old
 # names keep working (with a warning naming the new place) for configs written before the move.
 MOVED_OPTIONS = {
@@ -86,6 +41,7 @@ MOVED_OPTIONS = {
     "idle_warning_seconds": ("IdleCuller", "warning_seconds"),
     "cull_interval_seconds": ("IdleCuller", "interval_seconds"),
     "stop_grace_seconds": ("Spawner", "grace_seconds"),
+    "status_check_timeout": ("StatusReporter", "check_timeout"),
 }
 
 
@@ -130,13 +86,14 @@ class UWSApp(Application):
     @default("classes")
     def _classes(self) -> list[type]:
         from .culler import IdleCuller
+        from .health import StatusReporter
         from .mail import Mailer
         from .proxy import ProxyService
         from .spawners.base import Spawner
 
         # Every class the entry points name (another package's spawner too), for
         # generate-config; their bases (SlurmBase) are added by traitlets.
-        found = [UWSApp, ProxyService, IdleCuller, Mailer, Spawner]
+        found = [UWSApp, ProxyService, IdleCuller, StatusReporter, Mailer, Spawner]
         for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
             found += [cls for cls in plugins.all_classes(group) if cls not in found]
         return found
@@ -343,7 +300,7 @@ class UWSApp(Application):
     users_min_search_length = Integer(
         0, config=True, help="Minimum length of ?search= on GET /users/ (0 lists everyone)."
     )
-    status_check_timeout = Float(5.0, config=True, help="Seconds each /status/ health check may take.")
+    status_check_timeout = Float(5.0, config=True, help=moved("status_check_timeout"))
     session_channel_url = Unicode(
         "",
         config=True,
@@ -511,40 +468,7 @@ class UWSApp(Application):
 
     def as_original_config(self) -> dict[str, Any]:
         """The configuration in the original format, so one validator serves both formats."""
-        auths = dict(self.user_authentication_methods) or {
-            self.api_auth_key: {
-                "name": self.api_auth_key,
-                "user_authentication_type": ORIGINAL_AUTH_NAMES.get(
-                    self.authenticator_class, "LocalUserAuthentication"
-                ),
-                "connection_details": {},
-            },
-        }
-        storages = dict(self.storage_methods) or {
-            self.storage_key: {
-                "name": self.storage_key,
-                "storage_type": ORIGINAL_STORAGE_NAMES.get(self.storage_class, "LocalFileSystemStorage"),
-                "user_authentication": self.api_auth_key,
-                "root_dir": "/",
-                "connection_details": {"root_url": "configured"},
-            },
-        }
-        resources = {}
-        for key, entry in self.resources.items():
-            entry = dict(entry)
-            entry.setdefault("storage", self.storage_key)
-            entry.setdefault("user_authentication", self.api_auth_key)
-            resources[key] = entry
-        return {
-            "api_user_authentication": self.api_auth_key,
-            "main_storage": self.storage_key,
-            "main_resource": self.main_resource_key,
-            "available_user_authentication": auths,
-            "available_storage": storages,
-            "available_resources": resources,
-            "available_job_types": self.job_types,
-            "parameters": self.parameters,
-        }
+        return original_form(self)
 
     def init_logging_format(self) -> None:
         logging.basicConfig(
@@ -662,7 +586,7 @@ class UWSApp(Application):
             self.storage,
             self.spawner_factory,
             self.build,
-            self.status_check_timeout,
+            parent=self,
         )
 
     def secure_data_dir(self) -> None:

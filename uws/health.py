@@ -10,6 +10,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Float
+from traitlets.config import LoggingConfigurable
 
 from . import __version__
 
@@ -37,9 +39,11 @@ async def check_url(url: str, timeout: float = 5.0) -> tuple[bool, str]:
     return True, "Connected successfully."
 
 
-class StatusReporter:
+class StatusReporter(LoggingConfigurable):
     """The dependencies part of /status/, from the configuration in the original format (so
     every resource, login method and storage a config.json lists is reported)."""
+
+    check_timeout = Float(5.0, help="Seconds each /status/ health check may take.").tag(config=True)
 
     def __init__(
         self,
@@ -48,8 +52,9 @@ class StatusReporter:
         storage: Any,
         spawners: SpawnerFactory,
         build: str,
-        timeout: float,
+        **kw: Any,
     ) -> None:
+        super().__init__(**kw)
         self.original = original
         self.main_resource_key: str = original["main_resource"]
         self.api_auth_key: str = original["api_user_authentication"]
@@ -57,7 +62,6 @@ class StatusReporter:
         self.storage = storage
         self.spawners = spawners
         self.build = build
-        self.timeout = timeout
         self._cache: tuple[float, dict[str, Any]] | None = None
 
     async def resource_health(self, key: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +73,7 @@ class StatusReporter:
                 return {"connected": answer[0], "message": answer[1]}
         if entry.get("resource_type") == "LocalResource":
             return {"connected": True, "message": "Connected successfully."}
-        ok, msg = await check_url(url, self.timeout)
+        ok, msg = await check_url(url, self.check_timeout)
         return {"connected": ok, "message": msg}
 
     async def auth_health(self, key: str, entry: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +83,7 @@ class StatusReporter:
             ok, msg = True, "Connected successfully."
         else:
             url = (entry.get("connection_details") or {}).get("health_check_url", "")
-            ok, msg = await check_url(url, self.timeout)
+            ok, msg = await check_url(url, self.check_timeout)
         return {"connected": ok, "message": msg}
 
     async def report(self) -> dict[str, Any]:

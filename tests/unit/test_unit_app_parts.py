@@ -16,6 +16,7 @@ from uws.app import MOVED_OPTIONS, UWSApp
 from uws.auth.accounts import Account, AccountCache, AccountProvider
 from uws.culler import IdleCuller
 from uws.errors import APIError
+from uws.health import StatusReporter
 from uws.proxy import ProxyService, SessionURLs
 from uws.spawners import SpawnerFactory
 
@@ -60,6 +61,7 @@ def test_old_names_configure_the_new_place(tmp_path: Any) -> None:
         idle_warning_seconds=10.0,
         cull_interval_seconds=1.0,
         stop_grace_seconds=2.0,
+        status_check_timeout=1.0,
     )
     proxy = proxy_of(app, tmp_path)
     assert (proxy.connect_timeout, proxy.request_timeout, proxy.websocket_max_message_size) == (
@@ -71,6 +73,7 @@ def test_old_names_configure_the_new_place(tmp_path: Any) -> None:
     assert (culler.timeout_seconds, culler.warning_seconds, culler.interval_seconds) == (60.0, 10.0, 1.0)
     factory = SpawnerFactory(app, "local", "")
     assert factory.grace_seconds() == 2.0
+    assert StatusReporter(app.as_original_config(), None, None, factory, "", parent=app).check_timeout == 1.0
     for old, (cls, new) in MOVED_OPTIONS.items():
         assert f"c.UWSApp.{old} is deprecated: use c.{cls}.{new}" in app.config_warnings
 
