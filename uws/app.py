@@ -189,13 +189,15 @@ class UWSApp(Application):
         config=True,
         help="""How users log in (POST /tokens/): 'local' (API client token, OS accounts),
         'globus' (Globus Auth), 'psc', 'dev' (no client token; development only, also set by
-        --dev), or the import path of an Authenticator subclass. There is no default: the
-        server does not start until a login method is named.""",
+        --dev), another entry point of the group uws.authenticators, or the import path of
+        an Authenticator subclass. There is no default: the server does not start until a
+        login method is named.""",
     )
     storage_class = Unicode(
         "local",
         config=True,
-        help="Where workspaces live: 'local', 'hubmap' or an import path of a storage class.",
+        help="""Where workspaces live: 'local', 'hubmap', another entry point of the group
+        uws.storage, or the import path of a storage class.""",
     )
     storage_accounts_from = Unicode(
         "",
@@ -326,7 +328,8 @@ class UWSApp(Application):
         help="""How sessions are started: 'local' (as the server's own user), 'sudo' (as the
         workspace owner's OS account, through sudo), 'slurm' (as Slurm batch jobs submitted with
         sbatch as the workspace owner; see SlurmSpawner), 'slurm_rest' (Slurm batch jobs
-        submitted through slurmrestd's REST API; see SlurmRestSpawner), or an import path.
+        submitted through slurmrestd's REST API; see SlurmRestSpawner), another entry point of
+        the group uws.spawners, or an import path.
         Default: 'sudo' when users have their own OS accounts, else 'local'.""",
     )
     heartbeat_seconds = Float(5.0, config=True, help="Seconds between session helper heartbeats.")
