@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 from tornado import web
@@ -24,6 +25,9 @@ from . import __version__, plugins
 from .access_log import RedactCredentials, log_access
 from .auth.accounts import Account, AccountCache
 from .config_json import DEFAULT_MAPPING, DEFAULT_PARAMETERS, ConfigError, original_form, validate
+
+if TYPE_CHECKING:
+    from .proxy import SessionURLs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -573,13 +577,6 @@ class UWSApp(Application):
             self.db, self.events, self.jobs, self.proxy, self.job_types, self.session_tokens, parent=self
         )
 
-    def init_session_urls(self) -> None:
-        from .proxy import SessionURLs
-
-        self.session_urls = SessionURLs(
-            self.passthrough_mode, self.public_origin(), self.passthrough_url, self.session_host
-        )
-
     def init_health(self) -> None:
         from .health import StatusReporter
 
@@ -708,6 +705,16 @@ class UWSApp(Application):
     def public_origin(self) -> str:
         return self.public_url or f"http://{self.ip}:{self.port}"
 
+    @cached_property
+    def session_urls(self) -> SessionURLs:
+        """Session links and host names, from options that do not change once the server runs
+        (built on first use: the routes need it too, before or without the services)."""
+        from .proxy import SessionURLs
+
+        return SessionURLs(
+            self.passthrough_mode, self.public_origin(), self.passthrough_url, self.session_host
+        )
+
     # ---- kept for callers not yet moved to the components (remove once none are left) --------
     def make_spawner(self, job_id: int, account: Account, workspace_dir: str, name: str | None = None) -> Any:
         return self.spawner_factory.make(job_id, account, workspace_dir, name)
@@ -747,7 +754,6 @@ class UWSApp(Application):
         except Exception as e:
             self.log.error("%s", e)
             self.exit(1)
-        self.init_session_urls()
         try:
             self.check_session_host()
         except ConfigError as e:
