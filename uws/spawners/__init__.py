@@ -51,4 +51,4 @@ class SpawnerFactory:
     def grace_seconds(self, spawner: Any = None) -> float:
         """Seconds a stopping session gets between SIGTERM and SIGKILL (Spawner.grace_seconds,
         as configured for the job's spawner class, or the configured class when none is at hand)."""
-        return float((spawner or self.resource()).grace_seconds)
+        return float((self.resource() if spawner is None else spawner).grace_seconds)
