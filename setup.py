@@ -40,5 +40,30 @@ setup(
         # playwright: drives the system's Chromium in the browser isolation tests.
         "test": ["pytest>=8", "schemathesis>=3.30", "ruff>=0.5", "jupyterlab>=4", "playwright>=1.40"],
     },
-    entry_points={"console_scripts": ["uws = uws.app:cli", "uws-session-helper = uws.sessions.helper:main"]},
+    # Pluggable classes by name (c.UWSApp.spawner_class = "slurm"), as JupyterHub names its
+    # spawners: another package adds one with an entry point in the same group. uws/plugins.py
+    # keeps the same table for a checkout that is not installed.
+    entry_points={
+        "console_scripts": ["uws = uws.app:cli", "uws-session-helper = uws.sessions.helper:main"],
+        "uws.spawners": [
+            "local = uws.spawners.local:LocalProcessSpawner",
+            "LocalProcessSpawner = uws.spawners.local:LocalProcessSpawner",
+            "sudo = uws.spawners.local:SudoSpawner",
+            "SudoSpawner = uws.spawners.local:SudoSpawner",
+            "slurm = uws.spawners.slurm:SlurmSpawner",
+            "SlurmSpawner = uws.spawners.slurm:SlurmSpawner",
+            "slurm_rest = uws.spawners.slurm_rest:SlurmRestSpawner",
+            "SlurmRestSpawner = uws.spawners.slurm_rest:SlurmRestSpawner",
+        ],
+        "uws.authenticators": [
+            "local = uws.auth.base:LocalAuthenticator",
+            "dev = uws.auth.base:DevAuthenticator",
+            "psc = uws.auth.base:PSCAuthenticator",
+            "globus = uws.auth.globus:GlobusAuthenticator",
+        ],
+        "uws.storage": [
+            "local = uws.storage.local:LocalFileSystemStorage",
+            "hubmap = uws.storage.hubmap:HubmapLocalFileSystemStorage",
+        ],
+    },
 )

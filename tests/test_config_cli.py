@@ -99,9 +99,49 @@ def test_generate_config_documents_options() -> None:
         "c.SlurmSpawner.sudo",
         "c.SlurmRestSpawner.url",
         "c.SlurmRestSpawner.token_command",
+        "c.ProxyService.request_timeout",
+        "c.IdleCuller.timeout_seconds",
+        "c.Spawner.grace_seconds",
     ]:
         assert option in out, option
     assert "Largest request body in bytes" in out
+
+
+def test_moved_options_keep_their_old_names(tmp_path) -> None:
+    """Options now on the class they configure still work under their old UWSApp names, with a
+    warning that names the new place; both names at once: the new one wins."""
+    path = tmp_path / "uws_config.py"
+    path.write_text(
+        'c.UWSApp.authenticator_class = "dev"\n'
+        "c.UWSApp.stop_grace_seconds = 2\n"
+        "c.UWSApp.idle_timeout_seconds = 60\n"
+        "c.ProxyService.connect_timeout = 3\n"
+        "c.UWSApp.proxy_connect_timeout = 4\n"
+    )
+    r = run_uws("check-config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "warning: c.UWSApp.proxy_connect_timeout is ignored: c.ProxyService.connect_timeout is set",
+        "warning: c.UWSApp.idle_timeout_seconds is deprecated: use c.IdleCuller.timeout_seconds",
+        "warning: c.UWSApp.stop_grace_seconds is deprecated: use c.Spawner.grace_seconds",
+        f"{path}: valid",
+    ]
+
+
+def test_unknown_class_names_are_config_problems(tmp_path) -> None:
+    path = tmp_path / "uws_config.py"
+    path.write_text(
+        'c.UWSApp.authenticator_class = "dev"\n'
+        'c.UWSApp.spawner_class = "nope"\n'
+        'c.UWSApp.storage_class = "uws.storage.nowhere.Storage"\n'
+    )
+    r = run_uws("check-config", str(path))
+    assert r.returncode == 2
+    assert "UWSApp.spawner_class: unknown name 'nope' in uws.spawners: use one of" in r.stderr
+    assert "UWSApp.storage_class: cannot import 'uws.storage.nowhere.Storage'" in r.stderr
+    # The server refuses to start on it, with the same list.
+    r = run_uws("--config", str(path), "--port", str(free_port()))
+    assert r.returncode == 2 and "unknown name 'nope'" in r.stderr
 
 
 def test_server_runs_original_test_config(backend: str) -> None:

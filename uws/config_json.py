@@ -36,6 +36,9 @@ STORAGE_TYPES = {
     "LocalFileSystemStorage": "local",
     "HubmapLocalFileSystemStorage": "hubmap",
 }
+# The other way: UWSApp's class names as the original's types (the development login is local).
+ORIGINAL_AUTH_NAMES = {name: kind for kind, name in AUTH_TYPES.items()} | {"dev": "LocalUserAuthentication"}
+ORIGINAL_STORAGE_NAMES = {name: kind for kind, name in STORAGE_TYPES.items()}
 RESOURCE_TYPES = ("LocalResource", "SlurmAPIResource")
 JOB_TYPES = ("LocalTestJob", "JupyterLabJob", "AppyterJob", "YACJob", "CommandJob")
 
@@ -336,3 +339,79 @@ def to_traitlets(raw: dict[str, Any], base_dir: str) -> Config:
     if storage_cls == "HubmapLocalFileSystemStorage":
         c.HubmapLocalFileSystemStorage.entity_api_url = storage["connection_details"]["root_url"]
     return c
+
+
+DEFAULT_PARAMETERS = [
+    {
+        "display_name": "Number of CPUs",
+        "description": "",
+        "variable_name": "num_cpus",
+        "default_value": 1,
+        "validation": {"type": "int", "min": 1, "max": 4, "required": False},
+    },
+    {
+        "display_name": "Memory (MB)",
+        "description": "",
+        "variable_name": "memory_mb",
+        "default_value": 1024,
+        "validation": {"type": "int", "min": 1024, "max": 8192, "required": False},
+    },
+    {
+        "display_name": "Time Limit (minutes)",
+        "description": "",
+        "variable_name": "time_limit_min",
+        "default_value": 180,
+        "validation": {"type": "int", "min": 1, "max": 480, "required": False},
+    },
+    {
+        "display_name": "GPU Enabled",
+        "description": "",
+        "variable_name": "gpu_enabled",
+        "default_value": False,
+        "validation": {"type": "bool", "required": False},
+    },
+]
+DEFAULT_MAPPING = {
+    "num_cpus": "cpus_per_task",
+    "memory_mb": "memory_per_node",
+    "time_limit_min": "time_limit",
+}
+
+
+def original_form(app: Any) -> dict[str, Any]:
+    """UWSApp's configuration in the original format, so one validator (and /status/) serves
+    both formats."""
+    auths = dict(app.user_authentication_methods) or {
+        app.api_auth_key: {
+            "name": app.api_auth_key,
+            "user_authentication_type": ORIGINAL_AUTH_NAMES.get(
+                app.authenticator_class, "LocalUserAuthentication"
+            ),
+            "connection_details": {},
+        },
+    }
+    storages = dict(app.storage_methods) or {
+        app.storage_key: {
+            "name": app.storage_key,
+            "storage_type": ORIGINAL_STORAGE_NAMES.get(app.storage_class, "LocalFileSystemStorage"),
+            "user_authentication": app.api_auth_key,
+            "root_dir": "/",
+            "connection_details": {"root_url": "configured"},
+        },
+    }
+    resources = {}
+    for key, entry in app.resources.items():
+        entry = dict(entry)
+        entry.setdefault("storage", app.storage_key)
+        entry.setdefault("user_authentication", app.api_auth_key)
+        resources[key] = entry
+    return {
+        "api_user_authentication": app.api_auth_key,
+        "main_storage": app.storage_key,
+        "main_resource": app.main_resource_key,
+        "available_user_authentication": auths,
+        "available_storage": storages,
+        "available_resources": resources,
+        "available_job_types": app.job_types,
+        "parameters": app.parameters,
+    }

@@ -8,7 +8,7 @@ connection_details): the token is then exchanged for an HttpOnly cookie, so late
 (assets, XHR, websockets) need nothing more. The token is derived by the server
 (uws.keys.SessionTokens), never read from the job record.
 
-Two ways to reach a session (UWSApp.passthrough_mode):
+Two ways to reach a session (UWSApp.passthrough_mode; SessionURLs makes the links):
 - "origin" (the default): each session has a host name of its own, j<id>-<label>.<session_host>,
   so the browser's same-origin policy keeps one session's pages out of every other session.
   The label is random per job, so a session's origin cannot be guessed from its id.
@@ -26,12 +26,18 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from traitlets import Float, Integer
+from traitlets.config import LoggingConfigurable
 
 from . import orm
 from .keys import read_key
+
+if TYPE_CHECKING:
+    from .db import Database
+    from .keys import SessionTokens
 
 COOKIE_SECONDS = 12 * 3600
 # A user's deactivation is seen by passthrough cookies within this long (as by login tokens).
@@ -93,6 +99,53 @@ class SessionHosts:
         return f"j{job_id}-{label}{self.suffix}"
 
 
+class SessionURLs:
+    """Where browsers find sessions: the links connection_details carries, and the origin each
+    session's app is told it serves from."""
+
+    def __init__(self, mode: str, public_origin: str, passthrough_url: str, session_host: str) -> None:
+        self.mode = mode  # UWSApp.passthrough_mode: "origin" or "path"
+        self.public_origin = public_origin
+        self.passthrough_url = passthrough_url
+        self.hosts = SessionHosts(session_host)
+
+    def base(self) -> str:
+        """scheme://host[:port] that session links start from, before origin mode swaps the host."""
+        return (self.passthrough_url or self.public_origin).rstrip("/")
+
+    def origin(self, job_id: int, label: str) -> str:
+        """A session's own origin: the scheme and port of passthrough_url (or public_url, or the
+        server's own), the host name j<id>-<label>.<session_host>."""
+        scheme, _, rest = self.base().partition("://")
+        authority = rest.split("/", 1)[0]
+        port = ""
+        if not authority.endswith("]") and ":" in authority:
+            port = ":" + authority.rsplit(":", 1)[1]
+        return f"{scheme}://{self.hosts.name(job_id, label)}{port}"
+
+    def app_origin(self, job_id: int, label: str) -> str:
+        """The origin a session's app serves pages from (its own, or the server's in path mode)."""
+        return self.origin(job_id, label) if self.mode == "origin" else self.public_origin
+
+    def connection_url(self, job_id: int, ready: dict[str, Any], label: str) -> tuple[str, str]:
+        """url_domain and url_path of a ready session, through this server's passthrough.
+
+        url_domain is an origin (no path, no trailing slash); url_path starts with '/' and has
+        at most one '?', so clients can insert /tree/<path> before the query. Stored without
+        the token: models.job_model adds it when the job is shown to its owner."""
+        from .models import link_with_token
+
+        path = ready.get("path") or "/"
+        if not path.startswith("/"):
+            path = "/" + path
+        if self.mode == "origin":
+            return self.origin(job_id, label), link_with_token(path, "")
+        prefix = f"/passthrough/{job_id}"
+        if not path.startswith(prefix + "/"):
+            path = prefix + path
+        return self.base(), link_with_token(path, "")
+
+
 def host_name(host: str) -> str:
     """A Host header without its port, lower case (host names are case-blind)."""
     host = host.strip().lower()
@@ -101,17 +154,37 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-class ProxyService:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.db = app.db
+class ProxyService(LoggingConfigurable):
+    """Who may reach a session and where it is; its options are the passthrough's."""
+
+    connect_timeout = Float(
+        5.0, help="Seconds the passthrough waits to connect to a session (then 502)."
+    ).tag(config=True)
+    request_timeout = Float(
+        3600.0,
+        help="Seconds one proxied HTTP request may take in all, for long downloads (then 504).",
+    ).tag(config=True)
+    websocket_max_message_size = Integer(
+        64 << 20,
+        help="""Largest websocket message (bytes) the passthrough relays when it relays whole
+        messages (websockets opened with a link's ?token=); a larger one ends the websocket.""",
+    ).tag(config=True)
+
+    def __init__(
+        self, db: Database, data_dir: str, passthrough_mode: str, session_tokens: SessionTokens, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.db = db
+        self.data_dir = data_dir
+        self.passthrough_mode = passthrough_mode
+        self.session_tokens = session_tokens
         self.targets: dict[int, Target] = {}
         self.secret = self._load_secret()
         self._active: dict[int, tuple[float, bool]] = {}
 
     def _load_secret(self) -> bytes:
         """Cookie signing key, kept in the data directory so cookies survive restarts."""
-        return read_key(os.path.join(self.app.data_dir, "cookie_secret"))
+        return read_key(os.path.join(self.data_dir, "cookie_secret"))
 
     # ---- targets ---------------------------------------------------------------------------
     async def target(self, job_id: int) -> Target | None:
@@ -120,8 +193,8 @@ class ProxyService:
             return target
         # Prefixes are only ever stripped from /passthrough/<id>/ paths: a session on an origin of
         # its own gets every path as the browser sent it.
-        path_mode = self.app.passthrough_mode == "path"
-        token = self.app.session_tokens.token(job_id)
+        path_mode = self.passthrough_mode == "path"
+        token = self.session_tokens.token(job_id)
 
         def _load(session: Any) -> Target | None:
             job = session.get(orm.Job, job_id)

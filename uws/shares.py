@@ -149,7 +149,7 @@ class ShareService:
             raise APIError(400, f"Workspace {ws_id} already has a pending share for user {duplicate}.")
         for recipient in recipients:
             try:
-                await self.app.storage_account(recipient.username)
+                await self.app.accounts.get(recipient.username)
             except APIError:
                 raise APIError(
                     400,
@@ -252,7 +252,7 @@ class ShareService:
         storage = self.app.storage
         status, message, path = "idle", "", ""
         try:
-            account = await self.app.storage_account(recipient.username)
+            account = await self.app.accounts.get(recipient.username)
             if original is None or not storage.valid_workspace_dir(original.file_path):
                 raise OSError("the original workspace is gone")
             path = storage.workspace_dir(account, copy_id)
@@ -351,7 +351,7 @@ class ShareService:
             raise APIError(403, f"User does not have permissions for shared workspace {copy_id}.")
         if mapping.is_accepted:
             raise APIError(400, f"Shared workspace {copy_id} has been accepted and cannot be deleted.")
-        await self.app.storage_account(copy_owner.username)
+        await self.app.accounts.get(copy_owner.username)
         storage = self.app.storage
         untouched = copy.status == "initializing" or not copy.file_path
         if not untouched and not storage.valid_workspace_dir(copy.file_path):
@@ -375,7 +375,7 @@ class ShareService:
         if result == "removed":
             # The copy may have been mid-way: clear whatever directory it had started.
             try:
-                account = await self.app.storage_account(copy_owner.username)
+                account = await self.app.accounts.get(copy_owner.username)
                 path = storage.workspace_dir(account, copy_id)
                 if storage.valid_workspace_dir(path):
                     await self.workspaces.to_background_thread(storage.delete_dir, path)

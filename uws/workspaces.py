@@ -169,7 +169,7 @@ class WorkspaceService:
 
     # ---- shared checks -------------------------------------------------------------------
     async def account(self, username: str) -> Account:
-        return await self.app.storage_account(username)
+        return await self.app.accounts.get(username)
 
     def check_job_type(self, value: Any) -> None:
         if value and (not isinstance(value, str) or value not in self.app.job_types):

@@ -219,17 +219,32 @@ class FakeApp:
         spawner = self.spawned.setdefault(job_id, MockSpawner(self, job_id))
         return spawner
 
-    def session_origin(self, job_id: int, label: str) -> str:
-        return "http://127.0.0.1"
+    @property
+    def spawner_factory(self) -> Any:
+        factory = Stub()
+        factory.make = self.make_spawner  # type: ignore[attr-defined]
+        factory.grace_seconds = lambda spawner: 0  # type: ignore[attr-defined]
+        return factory
 
-    def public_origin(self) -> str:
-        return "http://127.0.0.1"
+    @property
+    def session_urls(self) -> Any:
+        urls = Stub()
+        urls.app_origin = lambda job_id, label: "http://127.0.0.1"  # type: ignore[attr-defined]
+        urls.connection_url = lambda job_id, ready, label: (  # type: ignore[attr-defined]
+            "http://127.0.0.1",
+            f"/passthrough/{job_id}/",
+        )
+        return urls
 
-    def connection_url(self, job_id: int, ready: dict[str, Any], label: str) -> tuple[str, str]:
-        return "http://127.0.0.1", f"/passthrough/{job_id}/"
+    @property
+    def accounts(self) -> Any:
+        accounts = Stub()
 
-    async def storage_account(self, username: str) -> Any:
-        return object()
+        async def get(username: str) -> Any:
+            return object()
+
+        accounts.get = get  # type: ignore[attr-defined]
+        return accounts
 
 
 CULLED = "Stopped after 1 minute without activity."

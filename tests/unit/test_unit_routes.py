@@ -138,7 +138,15 @@ def test_the_app_provides_every_accessor() -> None:
     values: dict[str, Any] = {name: f"<{name}>" for name in fields}
     values.update({name: object() for name in accessor_names()})
     values.update(
-        auth_service=object(), sessions_base=lambda: "https://example.org", cors_allowed_origins=["*"]
+        auth_service=object(),
+        cors_allowed_origins=["*"],
+        session_urls=SimpleNamespace(base=lambda: "https://example.org", hosts=object()),
+        proxy=SimpleNamespace(
+            connect_timeout="<proxy_connect_timeout>",
+            request_timeout="<proxy_request_timeout>",
+            websocket_max_message_size="<proxy_websocket_max_message_size>",
+        ),
+        health=SimpleNamespace(report=object()),
     )
     fake = SimpleNamespace(**values)
     settings = UWSApp.web_settings(fake)  # type: ignore[arg-type]

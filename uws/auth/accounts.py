@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import logging
 import os
@@ -9,7 +10,11 @@ import pwd
 import re
 import subprocess
 import threading
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import NO_STORAGE_ACCOUNT, APIError
 
@@ -155,3 +160,46 @@ class OSAccounts(AccountProvider):
             if found is None:
                 raise APIError(400, NO_STORAGE_ACCOUNT)
             return found
+
+
+class AccountCache:
+    """Storage accounts of users, looked up off the event loop (a lookup may run useradd) and
+    kept for a minute, so a burst of requests from one user costs one lookup."""
+
+    SECONDS = 60.0
+
+    def __init__(
+        self,
+        provider: AccountProvider,
+        executor: Executor,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.provider = provider
+        self.executor = executor
+        # Runs a background task the server waits for at shutdown.
+        self.spawn = spawn
+        self._accounts: dict[str, tuple[float, Account]] = {}
+
+    async def get(self, username: str) -> Account:
+        """The user's storage account; APIError(400) when there is none."""
+        cached = self._accounts.get(username)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.SECONDS:
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        account = await loop.run_in_executor(self.executor, self.provider.account, username)
+        self._accounts[username] = (now, account)
+        return account
+
+    def provision(self, username: str) -> None:
+        """After login, make sure the storage account exists; failures are only logged."""
+
+        async def _provision() -> None:
+            try:
+                await self.get(username)
+            except APIError:
+                log.warning("No storage account for %s could be found or created", username)
+            except Exception:
+                log.exception("Provisioning the storage account of %s failed", username)
+
+        self.spawn(_provision())

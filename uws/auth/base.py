@@ -118,7 +118,7 @@ class ClientTokenAuthenticator(Authenticator):
                 return find_or_create_user(session, info).id
 
         user_id = await app.db.run(_login)
-        app.provision_storage_account(info["username"])
+        app.accounts.provision(info["username"])
         return await self.issue_token(app, user_id)
 
 

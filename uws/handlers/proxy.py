@@ -322,7 +322,7 @@ class PassthroughWebSocket(PassthroughMixin, websocket.WebSocketHandler):
     """Relays a websocket to the session: frames, pings and close codes. Each direction waits
     for a message to be written before it reads the next, so a fast sender and a slow receiver
     hold one message in the server, not an unbounded queue; messages over
-    UWSApp.proxy_websocket_max_message_size end the websocket."""
+    ProxyService.websocket_max_message_size end the websocket."""
 
     upstream: websocket.WebSocketClientConnection | None = None
     _pump: asyncio.Future[None] | None = None

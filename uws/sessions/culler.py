@@ -13,20 +13,57 @@ import datetime as _dt
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from tornado.httpclient import AsyncHTTPClient
+from traitlets import Float
+from traitlets.config import LoggingConfigurable
 
 from .. import orm
 from .status import JobStatus
 
+if TYPE_CHECKING:
+    from .db import Database
+    from .events import EventBus
+    from .jobs import JobService
+    from .keys import SessionTokens
+    from .proxy import ProxyService
+
 log = logging.getLogger("uws.culler")
 
 
-class IdleCuller:
-    def __init__(self, app: Any) -> None:
-        self.app = app
+class IdleCuller(LoggingConfigurable):
+    timeout_seconds = Float(
+        0,
+        help="""Stop sessions idle for longer than this many seconds (0: never). A job type's
+        environment_details may set its own `idle_timeout_seconds`. For JupyterLab a busy
+        kernel counts as activity and an open browser tab alone does not; for other apps,
+        traffic through the passthrough counts.""",
+    ).tag(config=True)
+    warning_seconds = Float(
+        300,
+        help="A warning event goes out this many seconds before an idle session is stopped.",
+    ).tag(config=True)
+    interval_seconds = Float(30, help="Seconds between idle-session checks.").tag(config=True)
+
+    def __init__(
+        self,
+        db: Database,
+        events: EventBus,
+        jobs: JobService,
+        proxy: ProxyService,
+        job_types: dict[str, Any],
+        session_tokens: SessionTokens,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.db = db
+        self.events = events
+        self.jobs = jobs
+        self.proxy = proxy
+        self.job_types = job_types
+        self.session_tokens = session_tokens
         self.warned: set[int] = set()
         self.started: dict[int, float] = {}  # first time this process saw the session running
         self._task: asyncio.Task[None] | None = None
@@ -40,15 +77,14 @@ class IdleCuller:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.app.cull_interval_seconds)
+            await asyncio.sleep(self.interval_seconds)
             try:
                 await self.check()
             except Exception:
                 log.exception("Idle check failed; trying again later")
 
     async def check(self) -> None:
-        app = self.app
-        rows = await app.db.run(
+        rows = await self.db.run(
             lambda s: [
                 (j.id, j.user_id, j.job_type, j.spawner_state or {})
                 for j in s.scalars(select(orm.Job).where(orm.Job.status == JobStatus.RUNNING))
@@ -58,7 +94,7 @@ class IdleCuller:
         running = set()
         for job_id, user_id, job_type_id, state in rows:
             running.add(job_id)
-            timeout = state.get("idle_timeout_seconds") or app.idle_timeout_seconds
+            timeout = state.get("idle_timeout_seconds") or self.timeout_seconds
             try:
                 timeout = float(timeout)
             except (TypeError, ValueError):
@@ -71,10 +107,10 @@ class IdleCuller:
                 span = f"{int(timeout)} seconds" if timeout < 120 else f"{round(timeout / 60)} minutes"
                 log.info("Stopping job %s: idle for %.0f s", job_id, idle)
                 self.warned.discard(job_id)
-                await app.jobs.request_stop(job_id, user_id, f"Stopped after {span} without activity.")
-            elif idle >= timeout - app.idle_warning_seconds and job_id not in self.warned:
+                await self.jobs.request_stop(job_id, user_id, f"Stopped after {span} without activity.")
+            elif idle >= timeout - self.warning_seconds and job_id not in self.warned:
                 self.warned.add(job_id)
-                app.events.publish(
+                self.events.publish(
                     user_id,
                     "idle_warning",
                     {
@@ -85,7 +121,7 @@ class IdleCuller:
                     },
                     job_id=job_id,
                 )
-            elif idle < timeout - app.idle_warning_seconds:
+            elif idle < timeout - self.warning_seconds:
                 self.warned.discard(job_id)
         for job_id in list(self.started):
             if job_id not in running:
@@ -93,10 +129,10 @@ class IdleCuller:
                 self.warned.discard(job_id)
 
     async def last_activity(self, job_id: int, job_type_id: str, state: dict[str, Any]) -> float:
-        job_type = self.app.job_types.get(job_type_id, {})
+        job_type = self.job_types.get(job_type_id, {})
         if job_type.get("job_type") == "JupyterLabJob":
             return await self.jupyter_activity(job_id, state["ready"], state.get("base_url"))
-        target = self.app.proxy.targets.get(job_id)
+        target = self.proxy.targets.get(job_id)
         return target.last_activity if target is not None else 0.0
 
     async def jupyter_activity(
@@ -109,7 +145,7 @@ class IdleCuller:
         try:
             response = await AsyncHTTPClient().fetch(
                 url,
-                headers={"Authorization": f"token {self.app.session_tokens.token(job_id)}"},
+                headers={"Authorization": f"token {self.session_tokens.token(job_id)}"},
                 connect_timeout=5,
                 request_timeout=10,
             )

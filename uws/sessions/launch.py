@@ -182,7 +182,7 @@ class Launcher:
 
         job_id = await jobs.db.run(_create)
         record = jobs.live.add(job_id, user.id, secret=secret, launching=True)
-        spawner = app.make_spawner(job_id, account, ws.file_path)
+        spawner = app.spawner_factory.make(job_id, account, ws.file_path)
         # On an origin of its own, a session's app serves from "/".
         by_origin = app.passthrough_mode == "origin"
         base_url = "/" if by_origin else f"/passthrough/{job_id}/"
@@ -196,9 +196,10 @@ class Launcher:
                 job_dir=spawner.job_dir,
                 base_url=base_url,
                 time_limit_minutes=limit,
-                origin=app.session_origin(job_id, label) if by_origin else app.public_origin(),
+                origin=app.session_urls.app_origin(job_id, label),
             )
             spec["heartbeat_seconds"] = app.heartbeat_seconds
+            spec["grace_seconds"] = app.spawner_factory.grace_seconds(spawner)
             spec["resource_options"] = translated
             spec["cpus"] = cpus
             spec["gpu"] = (request_details.get("resource_options") or {}).get("gpu_enabled") is True

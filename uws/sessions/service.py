@@ -132,7 +132,7 @@ class JobService(HelperMessages, Reconciler):
         """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
         spawner = await self._spawner(job_id)
         await self._send_stop(job_id)
-        deadline = time.monotonic() + self.app.stop_grace_seconds + 10
+        deadline = time.monotonic() + self.app.spawner_factory.grace_seconds(spawner) + 10
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             if await self._is_terminal(job_id):
@@ -159,9 +159,9 @@ class JobService(HelperMessages, Reconciler):
     async def _send_stop(self, job_id: int) -> None:
         secret = await self.secret_for(job_id)
         if secret:
-            await self.channel.send(
-                job_id, secret, {"type": "stop", "grace_seconds": self.app.stop_grace_seconds}
-            )
+            record = self.live.get(job_id)
+            grace = self.app.spawner_factory.grace_seconds(record.spawner if record is not None else None)
+            await self.channel.send(job_id, secret, {"type": "stop", "grace_seconds": grace})
 
     async def owner_of(self, job_id: int) -> int | None:
         record = self.live.get(job_id)
@@ -190,11 +190,11 @@ class JobService(HelperMessages, Reconciler):
         job, ws, user = loaded
         state = job.spawner_state or {}
         try:
-            account = await self.app.storage_account(user.username)
+            account = await self.app.accounts.get(user.username)
         except APIError:
             return None
         workspace_dir = ws.file_path if ws is not None else (state.get("job_dir") or "").rsplit("/.", 1)[0]
-        spawner = self.app.make_spawner(job_id, account, workspace_dir, state.get("spawner"))
+        spawner = self.app.spawner_factory.make(job_id, account, workspace_dir, state.get("spawner"))
         spawner.load_state(state)
         record = self.live.get(job_id)
         if record is not None:  # kept only while the job is live: an ended job's is not reused
@@ -221,7 +221,7 @@ class JobService(HelperMessages, Reconciler):
             before = (job.status, dict(details.get("current_job_details") or {}), details.get("metrics"))
             if ready:
                 label = str((job.spawner_state or {}).get("host_label") or "")
-                transitions.mark_ready(job, ready, *app.connection_url(job_id, ready, label))
+                transitions.mark_ready(job, ready, *app.session_urls.connection_url(job_id, ready, label))
             if running:
                 transitions.mark_running(job)
             current = dict((job.job_details or {}).get("current_job_details") or {})

@@ -56,7 +56,11 @@ class Spawner(LoggingConfigurable):
         return value
 
     grace_seconds = Float(
-        5.0, config=True, help="Seconds a stopping session gets between SIGTERM and SIGKILL."
+        5.0,
+        config=True,
+        help="""Seconds a stopping session gets between SIGTERM and SIGKILL, whether it is stopped
+        or ends by itself (its app exits, its time limit is reached). Formerly
+        c.UWSApp.stop_grace_seconds, which still works.""",
     )
 
     # Whether poll() is cheap enough to run on every reconcile pass, helper alive or not.

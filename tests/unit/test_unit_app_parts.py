@@ -1,0 +1,160 @@
+"""What UWSApp hands to its components, in process: options that moved off UWSApp reach the
+class they configure under their old names too (with a warning naming the new place), and the
+account cache, session links and spawner factory work apart from the app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from uws.app import MOVED_OPTIONS, UWSApp
+from uws.auth.accounts import Account, AccountCache, AccountProvider
+from uws.errors import APIError
+from uws.health import StatusReporter
+from uws.proxy import ProxyService, SessionURLs
+from uws.sessions.culler import IdleCuller
+from uws.spawners import SpawnerFactory
+
+
+@pytest.fixture(scope="session")
+def remove_test_os_accounts() -> Iterator[None]:
+    """Overrides tests/conftest.py's: in-process tests create no OS accounts, and must not
+    remove those of an end-to-end run going on at the same time."""
+    yield
+
+
+def configured(tmp_path: Any, **uws: Any) -> UWSApp:
+    config = Config()
+    for name, value in uws.items():
+        cls, _, option = name.partition("__")
+        if option:
+            config[cls][option] = value
+        else:
+            config.UWSApp[name] = value
+    config.UWSApp.data_dir = str(tmp_path)
+    app = UWSApp(config=config)
+    app.cli_config = Config()
+    app.load_uws_config(require_login=False)
+    return app
+
+
+def proxy_of(app: UWSApp, tmp_path: Any) -> ProxyService:
+    return ProxyService(None, str(tmp_path), "origin", None, parent=app)  # type: ignore[arg-type]
+
+
+def culler_of(app: UWSApp) -> IdleCuller:
+    return IdleCuller(None, None, None, None, {}, None, parent=app)  # type: ignore[arg-type]
+
+
+def test_old_names_configure_the_new_place(tmp_path: Any) -> None:
+    app = configured(
+        tmp_path,
+        proxy_connect_timeout=2.5,
+        proxy_request_timeout=3.0,
+        proxy_websocket_max_message_size=1000,
+        idle_timeout_seconds=60.0,
+        idle_warning_seconds=10.0,
+        cull_interval_seconds=1.0,
+        stop_grace_seconds=2.0,
+        status_check_timeout=1.0,
+    )
+    proxy = proxy_of(app, tmp_path)
+    assert (proxy.connect_timeout, proxy.request_timeout, proxy.websocket_max_message_size) == (
+        2.5,
+        3.0,
+        1000,
+    )
+    culler = culler_of(app)
+    assert (culler.timeout_seconds, culler.warning_seconds, culler.interval_seconds) == (60.0, 10.0, 1.0)
+    factory = SpawnerFactory(app, "local", "")
+    assert factory.grace_seconds() == 2.0
+    assert StatusReporter(app.as_original_config(), None, None, factory, "", parent=app).check_timeout == 1.0
+    for old, (cls, new) in MOVED_OPTIONS.items():
+        assert f"c.UWSApp.{old} is deprecated: use c.{cls}.{new}" in app.config_warnings
+
+
+def test_new_names_win_and_need_no_warning(tmp_path: Any) -> None:
+    app = configured(tmp_path, ProxyService__request_timeout=4.0, Spawner__grace_seconds=1.5)
+    assert proxy_of(app, tmp_path).request_timeout == 4.0
+    assert SpawnerFactory(app, "local", "").grace_seconds() == 1.5
+    assert app.config_warnings == []
+    app = configured(tmp_path, ProxyService__request_timeout=4.0, proxy_request_timeout=9.0)
+    assert proxy_of(app, tmp_path).request_timeout == 4.0
+    assert app.config_warnings == [
+        "c.UWSApp.proxy_request_timeout is ignored: c.ProxyService.request_timeout is set"
+    ]
+
+
+def test_defaults_are_unchanged(tmp_path: Any) -> None:
+    app = configured(tmp_path)
+    proxy = proxy_of(app, tmp_path)
+    assert (proxy.connect_timeout, proxy.request_timeout, proxy.websocket_max_message_size) == (
+        5.0,
+        3600.0,
+        64 << 20,
+    )
+    culler = culler_of(app)
+    assert (culler.timeout_seconds, culler.warning_seconds, culler.interval_seconds) == (0.0, 300.0, 30.0)
+    assert SpawnerFactory(app, "local", "").grace_seconds() == 5.0
+
+
+class CountingProvider(AccountProvider):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def account(self, username: str) -> Account:
+        self.calls.append(username)
+        if username == "nobody":
+            return super().account(username)  # refuses: APIError 400
+        return Account(username, 5000, 5000, frozenset())
+
+
+def test_account_cache() -> None:
+    provider = CountingProvider()
+    tasks: list[Coroutine[Any, Any, None]] = []
+
+    async def run() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            cache = AccountCache(provider, pool, tasks.append)
+            first = await cache.get("alice")
+            assert await cache.get("alice") is first
+            assert provider.calls == ["alice"]
+            with pytest.raises(APIError):
+                await cache.get("nobody")
+            # Provisioning runs in the background and only logs a refusal.
+            cache.provision("bob")
+            cache.provision("nobody")
+            assert provider.calls == ["alice", "nobody"]
+            for task in tasks:
+                await task
+            assert provider.calls == ["alice", "nobody", "bob", "nobody"]
+            assert (await cache.get("bob")).uid == 5000
+
+    asyncio.run(run())
+
+
+def test_session_urls() -> None:
+    urls = SessionURLs("origin", "http://127.0.0.1:8000", "", "sessions.localhost")
+    assert urls.base() == "http://127.0.0.1:8000"
+    assert urls.origin(12, "abc") == "http://j12-abc.sessions.localhost:8000"
+    assert urls.app_origin(12, "abc") == "http://j12-abc.sessions.localhost:8000"
+    assert urls.connection_url(12, {"path": "lab?x=1"}, "abc") == (
+        "http://j12-abc.sessions.localhost:8000",
+        "/lab?x=1",
+    )
+    assert urls.hosts.job("J12-abc.Sessions.localhost:8000") == (12, "abc")
+    path = SessionURLs("path", "http://127.0.0.1:8000", "https://portal.example.org/", "localhost")
+    assert path.base() == "https://portal.example.org"
+    assert path.app_origin(12, "abc") == "http://127.0.0.1:8000"
+    assert path.connection_url(12, {}, "abc") == ("https://portal.example.org", "/passthrough/12/")
+    assert path.connection_url(12, {"path": "/passthrough/12/lab"}, "") == (
+        "https://portal.example.org",
+        "/passthrough/12/lab",
+    )
+    # A bracketed IPv6 authority has no port to carry over.
+    assert SessionURLs("origin", "http://[::1]", "", "localhost").origin(3, "x") == "http://j3-x.localhost"
