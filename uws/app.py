@@ -88,10 +88,10 @@ class UWSApp(Application):
 
     @default("classes")
     def _classes(self) -> list[type]:
-        from .sessions.culler import IdleCuller
         from .health import StatusReporter
         from .mail import Mailer
         from .proxy import ProxyService
+        from .sessions.culler import IdleCuller
         from .spawners.base import Spawner
 
         # Every class the entry points name (another package's spawner too), for
