@@ -12,7 +12,9 @@ import tempfile
 
 import pytest
 
-from conftest import IS_ROOT, ROOT, Server, free_port, unique_name, uws_command
+from helpers.api import unique_name
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import IS_ROOT, ROOT, Server, free_port, uws_command
 
 REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference", "original-config")
 EXAMPLE = os.path.join(ROOT, "example_config.json")
@@ -231,7 +233,6 @@ def test_migrations_match_models_and_head() -> None:
 
 
 def test_upgrade_db_and_outdated_database(backend: str) -> None:
-    from conftest import LOCAL_CONFIG
 
     srv = Server(backend, LOCAL_CONFIG)
     try:

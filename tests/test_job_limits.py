@@ -18,9 +18,9 @@ import zmq
 from uws.params import DefaultValueError, with_defaults
 from uws.sessions import protocol
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
-from test_workspaces import create, wait_for, ws_dir
+from helpers.api import create, get_job, login, start, wait_for, wait_ready, wait_status, ws_dir
+from helpers.configs import APP_PYTHON, LOCAL_CONFIG
+from helpers.harness import Client, Server, running_server
 
 LIMITS_CONFIG = (
     LOCAL_CONFIG

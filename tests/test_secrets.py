@@ -13,9 +13,9 @@ import psutil
 import pytest
 import requests
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server, uws_command
-from test_sessions import APP_PYTHON, start, wait_ready
-from test_workspaces import create, wait_for, ws_dir
+from helpers.api import create, login, start, wait_for, wait_ready, ws_dir
+from helpers.configs import APP_PYTHON, LOCAL_CONFIG
+from helpers.harness import Client, Server, running_server, uws_command
 
 # Sessions as the server's own user, so JupyterLab comes from this checkout's virtualenv.
 SECRETS_CONFIG = (

@@ -14,20 +14,9 @@ import time
 import pytest
 import requests
 
-from conftest import (
-    IS_ROOT,
-    LOCAL_CONFIG,
-    SUDO_AVAILABLE,
-    Client,
-    Server,
-    free_port,
-    login,
-    running_server,
-    session_python_config,
-    shared_dir,
-)
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
-from test_workspaces import create, get_ws, wait_for
+from helpers.api import create, get_job, get_ws, login, start, wait_for, wait_ready, wait_status
+from helpers.configs import APP_PYTHON, LOCAL_CONFIG, SUDO_AVAILABLE, session_python_config, shared_dir
+from helpers.harness import IS_ROOT, Client, Server, free_port, running_server
 
 
 def cluster_up() -> bool:

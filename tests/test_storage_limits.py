@@ -9,12 +9,12 @@ import subprocess
 import tempfile
 
 import pytest
-from test_shares import user_id
 
 from uws.storage import safepath
 
-from conftest import IS_ROOT, LOCAL_CONFIG, Client, Server, login, running_server
-from test_workspaces import create, get_ws, wait_for, ws_dir
+from helpers.api import create, get_ws, login, user_id, wait_for, ws_dir
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import IS_ROOT, Client, Server, running_server
 
 DEEP = 1100  # deeper than Python's recursion limit
 
