@@ -112,7 +112,7 @@ def test_server_runs_original_test_config(backend: str) -> None:
         text = f.read()
     srv = Server(backend, text, suffix=".json").start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         assert list(srv.client().get("/job_types/").json()["data"]["job_types"]) == ["test_job"]
         # A user without an OS account cannot get storage (no create_external_users)...
         r = srv.client().post(

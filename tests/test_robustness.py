@@ -118,7 +118,7 @@ def hubmap(backend: str, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_hubmap_dataset_links(hubmap: Server) -> None:
-    ct = hubmap.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+    ct = hubmap.new_client_token()
     c = login(hubmap, ct)
     link = {"name": "datasets/abc123", "dataset_uuid": "abc123", "source_path": "/etc"}
     r = c.post("/workspaces/", {"name": "x", "description": "", "workspace_details": {"symlinks": [link]}})

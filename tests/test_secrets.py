@@ -151,7 +151,7 @@ def test_files_are_private_whatever_the_umask() -> None:
     try:
         data_dir = os.path.join(srv.dir, "uws-data")
         db_path = srv.db_url[len("sqlite:///") :]
-        token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        token = srv.new_client_token()
         login(srv, token)
         files = private_files(srv.dir, db_path)
         assert {db_path, db_path + "-wal"} <= set(files) and len(files) >= 4, files

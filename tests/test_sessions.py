@@ -234,7 +234,7 @@ def test_sessions_survive_server_kill(backend: str) -> None:
     """kill -9 the server with sessions running; after a restart they are re-attached."""
     srv = Server(backend, SESSION_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c)
         jobs = [start(c, w["id"], job_type="web") for _ in range(2)]
@@ -268,7 +268,7 @@ def test_sessions_survive_server_kill(backend: str) -> None:
 def test_session_that_vanished_while_server_was_down_is_failed(backend: str) -> None:
     srv = Server(backend, SESSION_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c)
         job = start(c, w["id"], job_type="web")

@@ -191,7 +191,7 @@ def test_copy_stops_at_what_the_quota_leaves(backend: str) -> None:
     after a restart, the maximum lowered meanwhile) ends in error, holding and charging nothing."""
     srv = Server(backend, LOCAL_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         alice = login(srv, ct, first_name="Alice", last_name="Liddell")
         bob = login(srv, ct, first_name="Bob", last_name="Builder")
         w = create(alice, workspace_details={"files": [{"name": "a.txt", "content": "x" * 150}]})

@@ -142,7 +142,7 @@ def expiring_server(backend: str):
 
 
 def test_token_expiry(expiring_server: Server) -> None:
-    ct = expiring_server.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+    ct = expiring_server.new_client_token()
     name = unique_name()
     r = expiring_server.client().post(
         "/tokens/", {"client_token": ct, "user_info": {"username": name, "email": "e@x"}}

@@ -373,7 +373,7 @@ def test_queued_deletion_survives_restart(backend: str) -> None:
 
     srv = Server(backend, LOCAL_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c, workspace_details={"files": [{"name": "f.txt", "content": "x"}]})
         path = ws_dir(srv, c, w["id"])
