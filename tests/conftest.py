@@ -50,7 +50,7 @@ def bob(server: Server, client_token: str) -> Client:
 # and test_front_door.py; module-scoped, so each module gets its own. Modules with a `pserver`
 # or `owner` of their own use theirs.
 @pytest.fixture(scope="module")
-def pserver(backend: str):
+def pserver(backend: str) -> Iterator[Server]:
     yield from running_server(backend, PROXY_CONFIG)
 
 
@@ -60,7 +60,7 @@ def owner(pserver: Server) -> Client:
 
 
 @pytest.fixture(scope="module")
-def session(pserver: Server, owner: Client):
+def session(pserver: Server, owner: Client) -> Iterator[dict]:
     """One running echo session shared by the module's tests."""
     w = create(owner)
     job = start(owner, w["id"], job_type="echo")

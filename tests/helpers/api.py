@@ -7,6 +7,8 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -38,7 +40,7 @@ def user_id(c: Client, other: Client) -> int:
 DATETIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def create(c: Client, **body) -> dict:
+def create(c: Client, **body: Any) -> dict:
     body.setdefault("name", "ws")
     body.setdefault("description", "")
     r = c.post("/workspaces/", body)
@@ -56,7 +58,8 @@ def get_ws(c: Client, ws_id: int) -> dict | None:
     return items[0] if items else None
 
 
-def wait_for(predicate, timeout: float = 10.0):
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """The first truthy value of `predicate()`, polled until `timeout` seconds have passed."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -84,7 +87,7 @@ def wait_ready(c: Client, job_id: int, timeout: float = 30) -> dict:
     )
 
 
-def start(c: Client, ws_id: int, **body) -> dict:
+def start(c: Client, ws_id: int, **body: Any) -> dict:
     r = c.put(f"/workspaces/{ws_id}/start/", body)
     assert r.status_code == 200, r.text
     assert r.json()["message"] == "Successful start."
@@ -101,7 +104,7 @@ def loopback(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://127.0.0.1:{parts.port}{parts.path or '/'}{query}", parts.netloc
 
 
-def at(url: str, method: str = "GET", headers: dict[str, str] | None = None, **kw) -> requests.Response:
+def at(url: str, method: str = "GET", headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
     """A request to `url` as a browser resolving its host name to this machine sends it."""
     direct, host = loopback(url)
     kw.setdefault("timeout", 30)
