@@ -22,7 +22,7 @@ import tempfile
 
 import requests
 
-from common import WORK, start_server, stop_server
+from common import WORK, start_server
 
 CONFIG = """
 c.UWSApp.authenticator_class = "dev"
@@ -82,17 +82,17 @@ def main() -> None:
     startups = []
     for _ in range(5):
         workdir = tempfile.mkdtemp(prefix="uws-bench-", dir=args.workdir)
-        proc, _, seconds = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
+        server, seconds = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
         startups.append(seconds)
-        stop_server(proc, workdir)
-        shutil.rmtree(workdir)
+        server.close()
     print(
         f"start-up to first answer (empty database): median {statistics.median(startups) * 1000:.0f} ms, "
         f"max {max(startups) * 1000:.0f} ms over {len(startups)} runs"
     )
 
     workdir = tempfile.mkdtemp(prefix="uws-bench-", dir=args.workdir)
-    proc, base, _ = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
+    server, _ = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
+    base = server.base
     try:
         token = requests.post(
             base + "/tokens/",
@@ -141,8 +141,7 @@ def main() -> None:
             f"POST /workspaces/ (20 files), c={args.connections}: {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms"
         )
     finally:
-        stop_server(proc, workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close()
 
 
 if __name__ == "__main__":

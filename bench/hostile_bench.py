@@ -1,6 +1,6 @@
 """`GET /status/` latency while a hostile session app is hammered through the passthrough.
 
-Starts one `uws` server with the tests' harness (tests/conftest.py: SQLite, local logins,
+Starts one `uws` server with the tests' harness (tests/helpers/: SQLite, local logins,
 sessions as other OS accounts when run as root) and one session running
 tests/apps/hostile_app.py, which answers every request with a randomly chosen broken answer
 (bad chunk sizes, a 101 to a plain GET, oversized, truncated, garbage, bare-LF and slow heads,
@@ -17,19 +17,16 @@ import argparse
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 
 import requests
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from test_hostile_app import HOSTILE_CONFIG  # noqa: E402
-
-from conftest import login, running_server  # noqa: E402
-from test_sessions import start, wait_ready  # noqa: E402
-from test_workspaces import create  # noqa: E402
+import common  # noqa: F401  (puts tests/ on sys.path, for the helpers)
+from helpers.api import create, login, start, wait_ready
+from helpers.configs import HOSTILE_CONFIG
+from helpers.harness import running_server
 
 
 def hostile_request(port: int, path: str, auth: str) -> str:

@@ -31,7 +31,8 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from common import WORK, free_port, start_server, stop_server
+from common import WORK, start_server
+from helpers.harness import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(os.path.dirname(HERE), "tests", "apps", "echo_app.py")
@@ -114,10 +115,10 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(os.path.join(args.workdir, "chp"), exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="uws-pbench-", dir=args.workdir)
-    server, base, _ = start_server(
+    server, _ = start_server(
         workdir, CONFIG.format(root=os.path.join(workdir, "workspaces"), python=sys.executable, app=APP)
     )
-    port = int(base.rsplit(":", 1)[1])
+    base, port = server.base, server.port
     chp = None
     try:
         token = requests.post(
@@ -214,7 +215,7 @@ def main() -> None:
             line += f", CHP {ch:.3f} ms (overhead {ch - d:.3f} ms)"
         print(line)
 
-        proc = psutil.Process(server.pid)
+        proc = psutil.Process(server.proc.pid)
         before = proc.memory_info().rss
         peak = [before]
         done = threading.Event()
@@ -239,8 +240,7 @@ def main() -> None:
     finally:
         if chp:
             chp.terminate()
-        stop_server(server, workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ import psutil
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from common import WORK, start_server, stop_server
+from common import WORK, start_server
 
 CONFIG = """
 c.UWSApp.authenticator_class = "dev"
@@ -52,9 +51,8 @@ def pct(values: list[float], p: float) -> float:
 class Bench:
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
-        self.proc, self.base, _ = start_server(
-            workdir, CONFIG.format(root=os.path.join(workdir, "workspaces"))
-        )
+        self.server, _ = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
+        self.proc, self.base = self.server.proc, self.server.base
         self.http = AsyncHTTPClient(max_clients=64)
 
     async def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
@@ -176,7 +174,7 @@ class Bench:
         return times, rss
 
     def stop(self) -> None:
-        stop_server(self.proc, self.workdir)
+        self.server.close()
 
 
 async def main() -> None:
@@ -220,7 +218,6 @@ async def main() -> None:
         )
     finally:
         bench.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

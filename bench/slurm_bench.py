@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +29,8 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from common import WORK, free_port, start_server, stop_server
+from common import WORK, start_server
+from helpers.harness import free_port
 
 CONFIG = """
 c.UWSApp.authenticator_class = "local"
@@ -136,29 +136,11 @@ async def main() -> None:
         rest_url=f"http://127.0.0.1:{rest_port}",
     )
     query = "squeue calls" if args.spawner == "slurm" else "GET /jobs requests"
-    proc, base, _ = start_server(workdir, config)
+    server, _ = start_server(workdir, config)
+    base = server.base
     http = AsyncHTTPClient(max_clients=32)
     try:
-        ct = (
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "uws",
-                    "create-client-token",
-                    "bench",
-                    "--config",
-                    os.path.join(workdir, "uws_config.py"),
-                    "--db-url",
-                    f"sqlite:///{workdir}/uws.sqlite",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        ct = server.new_client_token("bench")
 
         async def call(method: str, path: str, body: object = None, token: str | None = None) -> dict:
             headers = {"UWS-Authorization": f"Token {token}"} if token else {}
@@ -241,8 +223,7 @@ async def main() -> None:
         conn.close()
     finally:
         subprocess.run(["scancel", "-u", "uwstbench"], capture_output=True)
-        stop_server(proc, workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import tempfile
 import pytest
 import requests
 
-from conftest import IS_ROOT, Server, free_port, shared_dir, unique_name, uws_command
+from helpers.api import unique_name
+from helpers.configs import shared_dir
+from helpers.harness import IS_ROOT, Server, free_port, uws_command
 
 RESERVED = "Invalid username in user_info: it names a system account."
 NO_LOGIN = "c.UWSApp.authenticator_class"

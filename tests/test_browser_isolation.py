@@ -25,9 +25,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_origins import ORIGIN_CONFIG, PATH_CONFIG, launch
 
-from conftest import Server, login, running_server
+from helpers.api import launch, login
+from helpers.configs import ORIGIN_CONFIG, PATH_CONFIG
+from helpers.harness import Server, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
 if not CHROMIUM:

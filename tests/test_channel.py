@@ -24,9 +24,9 @@ from uws.sessions import protocol
 from uws.sessions.channel import ChannelError, SessionChannel, prepare_socket_dir
 from uws.spawners.base import Spawner
 
-from conftest import SESSION_GROUP, SUDO_AVAILABLE, Server, login, running_server
-from test_sessions import SESSION_CONFIG, get_job, start, wait_status
-from test_workspaces import create, wait_for, ws_dir
+from helpers.api import create, get_job, login, start, unique_name, wait_for, wait_status, ws_dir
+from helpers.configs import SESSION_CONFIG, SESSION_GROUP, SUDO_AVAILABLE
+from helpers.harness import ROOT, Server, free_port, running_server
 
 SECRET = "s" * 64
 JOB = 7
@@ -217,7 +217,6 @@ def test_endpoints_without_access_control_are_refused(url: str) -> None:
 def test_tcp_channel_is_encrypted_with_curve(tmp_path: Any) -> None:
     """On tcp:// only a CURVE client that knows the server's public key gets through; the
     server's key pair is kept in a 0600 file and stays the same across restarts."""
-    from conftest import free_port
 
     url = f"tcp://127.0.0.1:{free_port()}"
 
@@ -379,8 +378,6 @@ def test_helper_speaks_curve_with_the_server_key(tmp_path: Any) -> None:
     import subprocess
     import sys
 
-    from conftest import ROOT, free_port
-
     job_dir = tmp_path / "job"
     job_dir.mkdir()
     job = {
@@ -418,8 +415,6 @@ def test_account_outside_the_session_group_gets_a_clear_refusal(cserver: Server)
     """An existing OS account the server did not create, not in session_group, could not reach
     the channel: its start is refused with a message instead of a session pending forever."""
     import subprocess
-
-    from conftest import unique_name
 
     name = unique_name("ng")
     subprocess.run(["useradd", "--create-home", "--", name], check=True, capture_output=True)

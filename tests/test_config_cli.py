@@ -12,7 +12,9 @@ import tempfile
 
 import pytest
 
-from conftest import IS_ROOT, ROOT, Server, free_port, unique_name, uws_command
+from helpers.api import unique_name
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import IS_ROOT, ROOT, Server, free_port, uws_command
 
 REFERENCE = os.path.join(os.path.dirname(ROOT), "shared", "reference", "original-config")
 EXAMPLE = os.path.join(ROOT, "example_config.json")
@@ -150,7 +152,7 @@ def test_server_runs_original_test_config(backend: str) -> None:
         text = f.read()
     srv = Server(backend, text, suffix=".json").start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         assert list(srv.client().get("/job_types/").json()["data"]["job_types"]) == ["test_job"]
         # A user without an OS account cannot get storage (no create_external_users)...
         r = srv.client().post(
@@ -271,7 +273,6 @@ def test_migrations_match_models_and_head() -> None:
 
 
 def test_upgrade_db_and_outdated_database(backend: str) -> None:
-    from conftest import LOCAL_CONFIG
 
     srv = Server(backend, LOCAL_CONFIG)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Client, Server
+from helpers.harness import Client, Server
 
 OPEN_PATHS = ["/job_types", "/parameters", "/status"]
 

@@ -11,9 +11,9 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import Client, Server, login, running_server
-from test_sessions import SESSION_CONFIG, get_job, start, wait_status
-from test_workspaces import create
+from helpers.api import create, get_job, login, start, wait_status
+from helpers.configs import SESSION_CONFIG
+from helpers.harness import Client, Server, running_server
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import pytest
 from uws.forwarded import ProxyTrust
 from uws.http_head import Head
 
-from conftest import LOCAL_CONFIG, Server
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import Server
 
 
 def origin(trust: ProxyTrust, peer: str, **headers: str) -> tuple[str, str]:

@@ -13,12 +13,13 @@ import time
 
 import pytest
 import requests
-import test_passthrough
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server
+from helpers.api import login
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import Client, Server, running_server
 
-# The passthrough tests' server and echo session (module-scoped: this module gets its own).
-pserver, owner, session = test_passthrough.pserver, test_passthrough.owner, test_passthrough.session
+# `pserver`, `owner` and `session` are the passthrough tests' server, user and echo session
+# (tests/conftest.py; module-scoped: this module gets its own).
 
 
 class Connection:

@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import IS_ROOT, Client, Server
 from fake_globus import GROUPS_SCOPE, FakeGlobus
+from helpers.harness import IS_ROOT, Client, Server
 
 INVALID = "Incorrect authentication credentials."
 NOT_MEMBER = (

@@ -17,32 +17,10 @@ import requests
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server, shared_dir
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
-from test_workspaces import create
+from helpers.api import create, get_job, login, start, wait_ready, wait_status
+from helpers.configs import HOSTILE_CONFIG, MESSAGE_CAP, WEBSOCKET_CAP
+from helpers.harness import Client, Server, running_server
 
-HOSTILE = os.path.join(shared_dir(), "apps", "hostile_app.py")
-ECHO = os.path.join(shared_dir(), "apps", "echo_app.py")
-WEBSOCKET_CAP = 3
-MESSAGE_CAP = 1 << 20
-HOSTILE_CONFIG = (
-    LOCAL_CONFIG
-    + f"""
-c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.proxy_request_timeout = 3
-c.UWSApp.max_websockets_per_user = {WEBSOCKET_CAP}
-c.UWSApp.proxy_websocket_max_message_size = {MESSAGE_CAP}
-c.UWSApp.trusted_proxies = ["127.0.0.1/32", "10.9.9.0/24"]
-c.UWSApp.job_types = {{
-    "hostile": {{"name": "Hostile", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "{HOSTILE}", "{{port}}", "{{base_url}}"],
-        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
-    "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "{ECHO}", "{{port}}", "{{base_url}}"],
-        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
-}}
-"""
-)
 BAD_CHUNK_SIZES = ["-5", "+5", "0x5", "5_0", "-0", " 5"]
 
 

@@ -18,9 +18,9 @@ import zmq
 from uws.sessions import protocol
 from uws.sessions.params import DefaultValueError, with_defaults
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
-from test_workspaces import create, wait_for, ws_dir
+from helpers.api import create, get_job, login, start, wait_for, wait_ready, wait_status, ws_dir
+from helpers.configs import APP_PYTHON, LOCAL_CONFIG
+from helpers.harness import Client, Server, running_server
 
 LIMITS_CONFIG = (
     LOCAL_CONFIG
@@ -276,7 +276,7 @@ def test_server_killed_in_the_launch_window_stops_the_orphan(backend: str) -> No
     a restart the job is failed and the helper and app are gone, found by their job directory."""
     srv = Server(backend, LIMITS_CONFIG, env={DIE_AFTER_SPAWN: "1"}).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c)
         with pytest.raises(requests.ConnectionError):
@@ -313,7 +313,7 @@ def test_helper_of_an_ended_job_is_stopped_when_it_speaks(backend: str) -> None:
     the server was down): when the helper reconnects, the server tells it to stop."""
     srv = Server(backend, LIMITS_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c)
         job = start(c, w["id"], job_type="web")
@@ -356,7 +356,7 @@ def refuse_launch_records(srv: Server) -> None:
 def test_launch_that_cannot_be_recorded_is_stopped(backend: str) -> None:
     srv = Server(backend, LIMITS_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c)
         refuse_launch_records(srv)

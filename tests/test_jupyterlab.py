@@ -16,13 +16,12 @@ import uuid
 from typing import Any
 
 import pytest
-from test_origins import at, loopback
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import LOCAL_CONFIG, ORIGIN_MODE, Client, Server, login, running_server
-from test_sessions import get_job, start, wait_ready, wait_status
-from test_workspaces import create
+from helpers.api import at, create, get_job, login, loopback, start, wait_ready, wait_status
+from helpers.configs import LOCAL_CONFIG, ORIGIN_MODE
+from helpers.harness import Client, Server, running_server
 
 pytest.importorskip("jupyterlab", reason="JupyterLab is installed with the test extras")
 

@@ -13,7 +13,8 @@ import time
 import pytest
 import requests
 
-from conftest import Client, Server, unique_name
+from helpers.api import unique_name
+from helpers.harness import Client, Server
 
 MiB = 1024 * 1024
 TOO_LARGE = {"success": False, "message": "Request body too large."}

@@ -32,7 +32,8 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from conftest import ROOT, Client, Server, login, unique_name
+from helpers.api import login, unique_name
+from helpers.harness import ROOT, Client, Server
 
 DOC_PATH = os.path.join(ROOT, "share", "uws", "openapi.yaml")
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import socket
 import time
@@ -21,49 +20,14 @@ import requests
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import LOCAL_CONFIG, ORIGIN_MODE, Client, Server, login, running_server, shared_dir
-from test_sessions import APP_PYTHON, start, wait_ready, wait_status
-from test_workspaces import create
-
-APP = os.path.join(shared_dir(), "apps", "origin_app.py")
-JOB_TYPES = f"""
-c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.job_types = {{
-    "page": {{"name": "Page", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"],
-        "readiness_path": "{{base_url}}secret", "url_path": "{{base_url}}page"}}}}}},
-}}
-"""
-ORIGIN_CONFIG = LOCAL_CONFIG + ORIGIN_MODE + JOB_TYPES
-PATH_CONFIG = LOCAL_CONFIG + JOB_TYPES  # the harness's LOCAL_CONFIG asks for path mode
-
-
-def loopback(url: str) -> tuple[str, str]:
-    """`url` with its host name swapped for 127.0.0.1, and the Host header it needs."""
-    parts = urlsplit(url)
-    query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme}://127.0.0.1:{parts.port}{parts.path or '/'}{query}", parts.netloc
-
-
-def at(url: str, method: str = "GET", headers: dict[str, str] | None = None, **kw) -> requests.Response:
-    """A request to `url` as a browser resolving its host name to this machine sends it."""
-    direct, host = loopback(url)
-    kw.setdefault("timeout", 30)
-    return requests.request(
-        method, direct, headers={"Host": host, **(headers or {})}, allow_redirects=False, **kw
-    )
+from helpers.api import at, launch, login, wait_status
+from helpers.configs import ORIGIN_CONFIG, PATH_CONFIG
+from helpers.harness import Client, Server, running_server
 
 
 def session_cookie(r: requests.Response, job_id: int) -> str:
     (value,) = [c for c in r.raw.headers.getlist("Set-Cookie") if c.startswith(f"uws-session-{job_id}=")]
     return value
-
-
-def launch(owner: Client) -> dict:
-    w = create(owner)
-    job = start(owner, w["id"], job_type="page")
-    details = wait_ready(owner, job["id"], 30)["job_details"]["current_job_details"]["connection_details"]
-    return {"id": job["id"], **details}
 
 
 def open_link(session: dict) -> str:

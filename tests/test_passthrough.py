@@ -14,52 +14,8 @@ import requests
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server, shared_dir
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
-from test_workspaces import create
-
-APP = os.path.join(shared_dir(), "apps", "echo_app.py")
-PROXY_CONFIG = (
-    LOCAL_CONFIG
-    + f"""
-c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.proxy_request_timeout = 3
-c.UWSApp.cull_interval_seconds = 0.5
-c.UWSApp.idle_warning_seconds = 2
-c.UWSApp.job_types = {{
-    "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"],
-        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
-    "echo_idle": {{"name": "Echo, culled when idle", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"], "idle_timeout_seconds": "4",
-        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
-    "echo_root": {{"name": "Echo at /", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "{APP}", "{{port}}"], "readiness_path": "/hello", "url_path": "/hello"}}}}}},
-}}
-"""
-)
-
-
-@pytest.fixture(scope="module")
-def pserver(backend: str):
-    yield from running_server(backend, PROXY_CONFIG)
-
-
-@pytest.fixture(scope="module")
-def owner(pserver: Server) -> Client:
-    return login(pserver, pserver.client_token)
-
-
-@pytest.fixture(scope="module")
-def session(pserver: Server, owner: Client):
-    """One running echo session shared by the module's tests."""
-    w = create(owner)
-    job = start(owner, w["id"], job_type="echo")
-    ready = wait_ready(owner, job["id"], 30)
-    details = ready["job_details"]["current_job_details"]["connection_details"]
-    yield {"id": job["id"], "link": details["url_domain"] + details["url_path"], **details}
-    owner.put(f"/jobs/{job['id']}/stop")
-    wait_status(owner, job["id"], "complete")
+from helpers.api import create, get_job, login, start, wait_ready, wait_status
+from helpers.harness import Client, Server
 
 
 def app_count(pserver: Server, owner: Client, session: dict) -> int:

@@ -12,8 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from conftest import LOCAL_CONFIG, Client, Server, login
-from test_workspaces import create, get_ws, wait_for, ws_dir
+from helpers.api import create, get_ws, login, wait_for, ws_dir
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import PG_URL, Client, Server
 
 
 def test_blocked_database_does_not_stall_the_loop(server: Server, alice: Client) -> None:
@@ -26,8 +27,6 @@ def test_blocked_database_does_not_stall_the_loop(server: Server, alice: Client)
         holder.execute("BEGIN EXCLUSIVE")
     else:
         import psycopg
-
-        from conftest import PG_URL
 
         holder = psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"))
         holder.execute(f"SET search_path TO {server.schema}")
@@ -119,7 +118,7 @@ def hubmap(backend: str, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_hubmap_dataset_links(hubmap: Server) -> None:
-    ct = hubmap.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+    ct = hubmap.new_client_token()
     c = login(hubmap, ct)
     link = {"name": "datasets/abc123", "dataset_uuid": "abc123", "source_path": "/etc"}
     r = c.post("/workspaces/", {"name": "x", "description": "", "workspace_details": {"symlinks": [link]}})

@@ -13,8 +13,9 @@ import pytest
 from uws.auth.accounts import Account
 from uws.storage import safepath
 
-from conftest import LOCAL_CONFIG, SUDO_AVAILABLE, Client, Server, login, running_server
-from test_workspaces import create, get_ws, wait_for, ws_dir
+from helpers.api import create, get_ws, login, wait_for, ws_dir
+from helpers.configs import LOCAL_CONFIG, SUDO_AVAILABLE
+from helpers.harness import Client, Server, running_server
 
 APP_PYTHON = "/usr/bin/python3" if SUDO_AVAILABLE else sys.executable
 SECRET = f"TOP-SECRET-OF-B-{secrets.token_hex(4)}"

@@ -13,9 +13,9 @@ import psutil
 import pytest
 import requests
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server, uws_command
-from test_sessions import APP_PYTHON, start, wait_ready
-from test_workspaces import create, wait_for, ws_dir
+from helpers.api import create, login, start, wait_for, wait_ready, ws_dir
+from helpers.configs import APP_PYTHON, LOCAL_CONFIG
+from helpers.harness import Client, Server, running_server, uws_command
 
 # Sessions as the server's own user, so JupyterLab comes from this checkout's virtualenv.
 SECRETS_CONFIG = (
@@ -151,7 +151,7 @@ def test_files_are_private_whatever_the_umask() -> None:
     try:
         data_dir = os.path.join(srv.dir, "uws-data")
         db_path = srv.db_url[len("sqlite:///") :]
-        token = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        token = srv.new_client_token()
         login(srv, token)
         files = private_files(srv.dir, db_path)
         assert {db_path, db_path + "-wal"} <= set(files) and len(files) >= 4, files

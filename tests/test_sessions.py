@@ -4,44 +4,15 @@ processes, status pushed over the session channel, stopping, failures and limits
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import psutil
 import pytest
 import requests
 
-from conftest import LOCAL_CONFIG, SUDO_AVAILABLE, Client, Server, login, running_server
-from test_workspaces import create, get_ws, wait_for, ws_dir
-
-# Session apps run as the workspace owner when the tests run as root; that account cannot use
-# this checkout's interpreter (often under /root), so they use the system Python.
-APP_PYTHON = "/usr/bin/python3" if SUDO_AVAILABLE else sys.executable
-
-SESSION_CONFIG = (
-    LOCAL_CONFIG
-    + f"""
-c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.reconcile_seconds = 1
-c.UWSApp.stop_grace_seconds = 2
-c.UWSApp.max_running_jobs_per_user = 3
-c.UWSApp.job_types = {{
-    "local_test_job": {{"name": "Local Test Job", "job_type": "LocalTestJob",
-                       "environment_details": {{"main_resource": {{"sleep_seconds": "2"}}}}}},
-    "web": {{"name": "Web app", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "-m", "http.server", "{{port}}", "--bind", "127.0.0.1"],
-        "readiness_path": "/", "url_path": "/?token={{token}}"}}}}}},
-    "crash": {{"name": "Crash", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["sh", "-c", "echo boom; exit 3"]}}}}}},
-    "short": {{"name": "Short", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["sleep", "600"], "time_limit_seconds": "2"}}}}}},
-    "nobinary": {{"name": "No binary", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["/nonexistent/uws-no-such-program"]}}}}}},
-    "missing": {{"name": "Missing", "job_type": "CommandJob", "environment_details": {{"other_resource": {{}}}}}},
-}}
-
-"""
-)
+from helpers.api import create, get_job, get_ws, login, start, wait_for, wait_ready, wait_status, ws_dir
+from helpers.configs import SESSION_CONFIG, SUDO_AVAILABLE
+from helpers.harness import Client, Server, running_server
 
 
 @pytest.fixture(scope="module")
@@ -52,30 +23,6 @@ def sserver(backend: str):
 @pytest.fixture
 def user(sserver: Server) -> Client:
     return login(sserver, sserver.client_token)
-
-
-def get_job(c: Client, job_id: int) -> dict:
-    (job,) = c.get(f"/jobs/{job_id}").json()["data"]["jobs"]
-    return job
-
-
-def wait_status(c: Client, job_id: int, *statuses: str, timeout: float = 20) -> dict:
-    return wait_for(lambda: (j := get_job(c, job_id))["status"] in statuses and j, timeout)
-
-
-def wait_ready(c: Client, job_id: int, timeout: float = 30) -> dict:
-    """The job once its web app answers (connection_details present)."""
-    return wait_for(
-        lambda: "connection_details" in (j := get_job(c, job_id))["job_details"]["current_job_details"] and j,
-        timeout,
-    )
-
-
-def start(c: Client, ws_id: int, **body) -> dict:
-    r = c.put(f"/workspaces/{ws_id}/start/", body)
-    assert r.status_code == 200, r.text
-    assert r.json()["message"] == "Successful start."
-    return r.json()["data"]["job"]
 
 
 def test_local_test_job_runs_to_completion(sserver: Server, user: Client) -> None:
@@ -287,7 +234,7 @@ def test_sessions_survive_server_kill(backend: str) -> None:
     """kill -9 the server with sessions running; after a restart they are re-attached."""
     srv = Server(backend, SESSION_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c)
         jobs = [start(c, w["id"], job_type="web") for _ in range(2)]
@@ -321,7 +268,7 @@ def test_sessions_survive_server_kill(backend: str) -> None:
 def test_session_that_vanished_while_server_was_down_is_failed(backend: str) -> None:
     srv = Server(backend, SESSION_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c)
         job = start(c, w["id"], job_type="web")

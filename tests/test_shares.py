@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 
-from conftest import Client, Server, login, unique_name
-from test_workspaces import DATETIME, create, get_ws, wait_for, ws_dir
+from helpers.api import DATETIME, create, get_ws, login, unique_name, user_id, wait_for, ws_dir
+from helpers.harness import Client, Server
 
 SW_KEYS = ["id", "name", "description", "workspace_details", "user_id"]
 M_KEYS = [
@@ -17,11 +17,6 @@ M_KEYS = [
     "is_accepted",
     "datetime_share_created",
 ]
-
-
-def user_id(c: Client, other: Client) -> int:
-    users = c.get(f"/users/?search={other.username}@").json()["data"]["users"]
-    return next(u["id"] for u in users if u["username"] == other.username)
 
 
 def test_share_copy_accept_flow(server: Server, alice: Client, bob: Client) -> None:

@@ -14,20 +14,9 @@ import time
 import pytest
 import requests
 
-from conftest import (
-    IS_ROOT,
-    LOCAL_CONFIG,
-    SUDO_AVAILABLE,
-    Client,
-    Server,
-    free_port,
-    login,
-    running_server,
-    session_python_config,
-    shared_dir,
-)
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
-from test_workspaces import create, get_ws, wait_for
+from helpers.api import create, get_job, get_ws, login, start, wait_for, wait_ready, wait_status
+from helpers.configs import APP_PYTHON, LOCAL_CONFIG, SUDO_AVAILABLE, session_python_config, shared_dir
+from helpers.harness import IS_ROOT, Client, Server, free_port, running_server
 
 
 def cluster_up() -> bool:
@@ -200,7 +189,7 @@ def test_server_restart_reattaches(backend: str, spawner: str) -> None:
     srv = Server(backend, slurm_config(spawner)).start()
     c = None
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c)
         running = [start(c, w["id"], job_type="echo") for _ in range(cpus)]
@@ -306,7 +295,7 @@ def test_time_limit_from_slurm(backend: str) -> None:
     jobs = []
     try:
         for srv in servers:
-            c = login(srv, srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1])
+            c = login(srv, srv.new_client_token())
             job = start(c, create(c)["id"], job_type="echo", resource_options={"time_limit_min": 5})
             jobs.append((c, job))
         for c, job in jobs:
@@ -367,7 +356,7 @@ def test_rest_newer_layout_and_one_query_per_interval(backend: str, newer_slurmr
     srv = Server(backend, slurm_config("slurm_rest", extra)).start()
     c = None
     try:
-        c = login(srv, srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1])
+        c = login(srv, srv.new_client_token())
         w = create(c)
         pending = start(c, w["id"], job_type="echo", resource_options={"time_limit_min": 5, "num_cpus": 2})
         current = wait_ready(c, pending["id"], 60)["job_details"]["current_job_details"]
@@ -448,7 +437,7 @@ def test_original_config_slurm_resource(backend: str) -> None:
     try:
         check = srv.cli("check-config", srv.config_path)
         assert "root_url and api_token are not used" in check.stdout + check.stderr
-        c = login(srv, srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1])
+        c = login(srv, srv.new_client_token())
         job = start(c, create(c)["id"], job_type="echo", resource_options={"num_cpus": 1})
         wait_ready(c, job["id"], 60)
         assert scontrol_job(job["resource_job_id"])["Partition"] == "uws"
@@ -467,7 +456,7 @@ def test_job_that_never_starts_its_helper(backend: str) -> None:
     srv = Server(backend, slurm_config("slurm"), extra_args=["--Spawner.python=/nonexistent/python3"]).start()
     c = None
     try:
-        c = login(srv, srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1])
+        c = login(srv, srv.new_client_token())
         job = start(c, create(c)["id"], job_type="echo")
         done = wait_status(c, job["id"], "failed", timeout=20)
         current = done["job_details"]["current_job_details"]
@@ -502,7 +491,7 @@ def test_rest_tokens_cached_and_renewed_before_expiry(backend: str, tmp_path) ->
         srv.start()
         c = None
         try:
-            c = login(srv, srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1])
+            c = login(srv, srv.new_client_token())
             job = start(c, create(c)["id"], job_type="echo")
             wait_ready(c, job["id"], 60)
             time.sleep(4)  # status queries every second

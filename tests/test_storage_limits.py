@@ -9,12 +9,12 @@ import subprocess
 import tempfile
 
 import pytest
-from test_shares import user_id
 
 from uws.storage import safepath
 
-from conftest import IS_ROOT, LOCAL_CONFIG, Client, Server, login, running_server
-from test_workspaces import create, get_ws, wait_for, ws_dir
+from helpers.api import create, get_ws, login, user_id, wait_for, ws_dir
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import IS_ROOT, Client, Server, running_server
 
 DEEP = 1100  # deeper than Python's recursion limit
 
@@ -191,7 +191,7 @@ def test_copy_stops_at_what_the_quota_leaves(backend: str) -> None:
     after a restart, the maximum lowered meanwhile) ends in error, holding and charging nothing."""
     srv = Server(backend, LOCAL_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         alice = login(srv, ct, first_name="Alice", last_name="Liddell")
         bob = login(srv, ct, first_name="Bob", last_name="Builder")
         w = create(alice, workspace_details={"files": [{"name": "a.txt", "content": "x" * 150}]})

@@ -23,9 +23,9 @@ import zmq
 
 from uws.sessions import protocol
 
-from conftest import LOCAL_CONFIG, Client, Server, login, running_server
-from test_sessions import APP_PYTHON, get_job, start, wait_ready, wait_status
-from test_workspaces import create, wait_for
+from helpers.api import create, get_job, login, start, wait_for, wait_ready, wait_status
+from helpers.configs import APP_PYTHON, LOCAL_CONFIG
+from helpers.harness import Client, Server, running_server
 
 TARGET_CONFIG = (
     LOCAL_CONFIG

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from conftest import IS_ROOT, Client, Server, login, unique_name
+from helpers.api import login, unique_name
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import IS_ROOT, Client, Server
 
 
 def post_tokens(server: Server, raw: str | bytes, headers: dict[str, str] | None = None):
@@ -133,7 +135,6 @@ def test_token_is_stored_only_hashed(server: Server, alice: Client) -> None:
 
 @pytest.fixture(scope="module")
 def expiring_server(backend: str):
-    from conftest import LOCAL_CONFIG
 
     srv = Server(backend, LOCAL_CONFIG + "\nc.UWSApp.token_expiry_seconds = 1\n").start()
     yield srv
@@ -141,7 +142,7 @@ def expiring_server(backend: str):
 
 
 def test_token_expiry(expiring_server: Server) -> None:
-    ct = expiring_server.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+    ct = expiring_server.new_client_token()
     name = unique_name()
     r = expiring_server.client().post(
         "/tokens/", {"client_token": ct, "user_info": {"username": name, "email": "e@x"}}

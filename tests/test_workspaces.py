@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
-import time
 
 import pytest
 
-from conftest import IS_ROOT, Client, Server
+from helpers.api import DATETIME, create, get_ws, login, wait_for, ws_dir
+from helpers.configs import LOCAL_CONFIG
+from helpers.harness import IS_ROOT, Client, Server
 
-DATETIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 W_KEYS = [
     "id",
     "name",
@@ -23,34 +22,6 @@ W_KEYS = [
     "status",
     "default_job_type",
 ]
-
-
-def create(c: Client, **body) -> dict:
-    body.setdefault("name", "ws")
-    body.setdefault("description", "")
-    r = c.post("/workspaces/", body)
-    assert r.status_code == 200, r.text
-    return r.json()["data"]["workspace"]
-
-
-def ws_dir(server: Server, c: Client, ws_id: int) -> str:
-    owner = c.username if IS_ROOT else __import__("pwd").getpwuid(os.getuid()).pw_name
-    return os.path.join(server.dir, "workspaces", owner, str(ws_id))
-
-
-def get_ws(c: Client, ws_id: int) -> dict | None:
-    items = c.get(f"/workspaces/{ws_id}").json()["data"]["workspaces"]
-    return items[0] if items else None
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_create_returns_full_workspace(server: Server, alice: Client) -> None:
@@ -399,11 +370,10 @@ def test_puts_refused_while_deleting_or_initializing(server: Server, alice: Clie
 
 
 def test_queued_deletion_survives_restart(backend: str) -> None:
-    from conftest import LOCAL_CONFIG, login
 
     srv = Server(backend, LOCAL_CONFIG).start()
     try:
-        ct = srv.cli("create-client-token", "portal").stdout.strip().splitlines()[-1]
+        ct = srv.new_client_token()
         c = login(srv, ct)
         w = create(c, workspace_details={"files": [{"name": "f.txt", "content": "x"}]})
         path = ws_dir(srv, c, w["id"])

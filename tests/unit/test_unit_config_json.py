@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -33,13 +33,6 @@ def address_warning(resource: str, value: str = ADDRESS) -> str:
 
 
 TEST_WARNINGS = [address_warning("test_resource")]
-
-
-@pytest.fixture(scope="session")
-def remove_test_os_accounts() -> Iterator[None]:
-    """Overrides tests/conftest.py's: in-process tests create no OS accounts, and must not
-    remove those of an end-to-end run going on at the same time."""
-    yield
 
 
 def read(path: str) -> dict[str, Any]:

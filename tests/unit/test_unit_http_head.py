@@ -3,19 +3,10 @@ HTTPHeaders reads it, and the edits a relay makes keep the other lines as they w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from tornado import httputil
 
 from uws.http_head import Head
-
-
-@pytest.fixture(scope="session")
-def remove_test_os_accounts() -> Iterator[None]:
-    """Overrides tests/conftest.py's: in-process tests create no OS accounts, and must not
-    remove those of an end-to-end run going on at the same time."""
-    yield
 
 
 @pytest.mark.parametrize(

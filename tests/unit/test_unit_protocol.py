@@ -10,7 +10,6 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,13 +26,6 @@ from uws.sessions.protocol import (
 )
 
 SECRET = "s3cret-of-job-12"
-
-
-@pytest.fixture(scope="session")
-def remove_test_os_accounts() -> Iterator[None]:
-    """Overrides tests/conftest.py's: in-process tests create no OS accounts, and must not
-    remove those of an end-to-end run going on at the same time."""
-    yield
 
 
 # ---- frames -------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,13 +29,6 @@ from uws.spawners.slurm import (
     parse_duration,
     session_node_host,
 )
-
-
-@pytest.fixture(scope="session")
-def remove_test_os_accounts() -> Iterator[None]:
-    """Overrides tests/conftest.py's: in-process tests create no OS accounts, and must not
-    remove those of an end-to-end run going on at the same time."""
-    yield
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ import json
 import os
 import pwd
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from io import BytesIO
 from typing import Any
@@ -33,13 +32,6 @@ from uws.spawners.slurm_rest import (
 )
 
 NOW = 1_780_000_000.0  # an epoch time in 2026
-
-
-@pytest.fixture(scope="session")
-def remove_test_os_accounts() -> Iterator[None]:
-    """Overrides tests/conftest.py's: in-process tests create no OS accounts, and must not
-    remove those of an end-to-end run going on at the same time."""
-    yield
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,258 @@
+"""The test harness: a real `uws` server process and an HTTP client for it.
+
+Servers are started as subprocesses on a free loopback port, with a real database: SQLite always,
+and PostgreSQL too when UWS_TEST_DB_URL is set (each server gets its own schema there). The
+benchmarks (bench/common.py) start their servers with this too, so nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(TESTS)
+PG_URL = os.environ.get("UWS_TEST_DB_URL", "")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+IS_ROOT = os.geteuid() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def uws_command() -> list[str]:
+    return [sys.executable, "-m", "uws"]
+
+
+class Client:
+    """requests with the server's base URL and, optionally, a user token."""
+
+    def __init__(self, base: str, token: str | None = None) -> None:
+        self.base = base
+        self.token = token
+        self.session = requests.Session()
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        h = {}
+        if self.token:
+            h["UWS-Authorization"] = f"Token {self.token}"
+        h.update(extra or {})
+        return h
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        return self.session.request(
+            method,
+            self.base + path,
+            data=data,
+            headers=self.headers(headers),
+            timeout=30,
+            allow_redirects=False,
+            **kw,
+        )
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
+        return self.request("POST", path, body, **kw)
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
+        return self.request("PUT", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("DELETE", path, **kw)
+
+
+class Server:
+    """One running `uws` process with its own data directory and database."""
+
+    def __init__(
+        self,
+        backend: str,
+        config_text: str,
+        suffix: str = ".py",
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        directory: str | None = None,
+    ) -> None:
+        """`directory`: an existing, empty directory to use instead of a new temporary one (the
+        benchmarks choose where their servers' data goes); removed by close() all the same."""
+        self.backend = backend
+        self.dir = directory or tempfile.mkdtemp(prefix="uws-test-")
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.config_path = os.path.join(self.dir, "uws_config" + suffix)
+        with open(self.config_path, "w") as f:
+            f.write(config_text.replace("@DIR@", self.dir).replace("@PORT@", str(self.port)))
+        self.schema = ""
+        if backend == "postgresql":
+            self.schema = "uws_" + secrets.token_hex(6)
+            run_sql(f"CREATE SCHEMA {self.schema}")
+            sep = "&" if "?" in PG_URL else "?"
+            self.db_url = f"{PG_URL}{sep}options=-csearch_path%3D{self.schema}"
+        else:
+            self.db_url = f"sqlite:///{self.dir}/uws.sqlite"
+        self.extra_args = extra_args or []
+        self.env = dict(os.environ, **(env or {}))
+        self.log_path = os.path.join(self.dir, "server.log")
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds = 0.0
+
+    def args(self) -> list[str]:
+        return [
+            "--config",
+            self.config_path,
+            "--port",
+            str(self.port),
+            "--db-url",
+            self.db_url,
+            *self.extra_args,
+        ]
+
+    def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = uws_command() + list(argv) + ["--config", self.config_path, "--db-url", self.db_url]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=self.dir, env=self.env, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{cmd} failed: {result.stdout}\n{result.stderr}")
+        return result
+
+    def start(self, poll_seconds: float = 0.05) -> Server:
+        """Start the process and return once it answers; `startup_seconds` is how long that took
+        (measured to within `poll_seconds`, which the start-up benchmark makes small)."""
+        log = open(self.log_path, "ab")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            uws_command() + self.args(), cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, env=self.env
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            try:
+                requests.get(self.base + "/status/", timeout=1)
+                self.startup_seconds = time.perf_counter() - t0
+                return self
+            except requests.ConnectionError:
+                time.sleep(poll_seconds)
+        raise RuntimeError(f"server did not start: {self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() not in (None, 0, -9):
+            # It died on its own (not killed by a test): keep the why in the test's output.
+            print(f"server exited with {self.proc.returncode}:\n{self.log()}", file=sys.stderr)
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        kill_sessions(self.dir)
+        if self.schema:
+            run_sql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-5000:]
+        except OSError:
+            return ""
+
+    def sql(self, statement: str) -> list[tuple]:
+        """Run SQL on this server's database directly (to set up states the API cannot reach)."""
+        if self.backend == "sqlite":
+            import sqlite3
+
+            conn = sqlite3.connect(self.db_url[len("sqlite:///") :], timeout=30)
+            try:
+                rows = conn.execute(statement).fetchall()
+                conn.commit()
+                return rows
+            finally:
+                conn.close()
+        import psycopg
+
+        url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"SET search_path TO {self.schema}")
+            cur = conn.execute(statement)
+            return cur.fetchall() if cur.description else []
+
+    def client(self, token: str | None = None) -> Client:
+        return Client(self.base, token)
+
+    def new_client_token(self, name: str = "portal") -> str:
+        """A client token made with the CLI, as an operator makes one for a portal."""
+        return self.cli("create-client-token", name).stdout.strip().splitlines()[-1]
+
+
+def kill_sessions(directory: str) -> None:
+    """Sessions outlive their server by design; a test server's sessions end with the test."""
+    import psutil
+
+    victims = []
+    inside = directory.rstrip("/") + "/"
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "uws.session_helper" in cmdline and directory in cmdline:
+            try:
+                victims += [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                pass
+        elif (proc.info["cwd"] or "").startswith(inside):
+            # A session app whose helper a test killed: an orphan now, which Slurm's
+            # proctrack/linuxproc (used on the test cluster) does not find to end with its job.
+            victims.append(proc)
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=5)
+
+
+def run_sql(sql: str) -> None:
+    import psycopg
+
+    url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def running_server(backend: str, config: str) -> Iterator[Server]:
+    """A started server with a client token (`.client_token`), closed afterwards: the body of
+    the modules' own server fixtures."""
+    srv = Server(backend, config).start()
+    try:
+        srv.client_token = srv.new_client_token()
+        yield srv
+    finally:
+        srv.close()
