@@ -427,11 +427,13 @@ def test_original_config_slurm_resource(backend: str) -> None:
             },
         }
     }
+    # What a uws_config.py would add (a config.json has no place for them): the sessions'
+    # Python, and the TCP channel batch jobs report over, as for every Slurm deployment.
     python_args = [
-        f"--Spawner.{line.split(' = ')[0].split('.')[-1]}={json.loads(line.split(' = ')[1])}"
+        f"--{line.split(' = ')[0][2:]}={json.loads(line.split(' = ')[1])}"
         for line in session_python_config().splitlines()
         if line.startswith("c.Spawner.")
-    ]
+    ] + [f"--UWSApp.session_channel_url=tcp://127.0.0.1:{free_port()}"]
     srv = Server(backend, json.dumps(raw), suffix=".json", extra_args=python_args).start()
     c = None
     try:

@@ -177,7 +177,8 @@ class Server:
         kill_sessions(self.dir)
         if self.schema:
             run_sql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("UWS_TEST_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self) -> str:
         try:
