@@ -176,11 +176,19 @@ class Spawner(LoggingConfigurable):
         account outside session_group): it would only leave the session pending."""
         if self.channel_gid is None or self.account.uid in (os.geteuid(), 0):
             return
-        if self.channel_gid not in self.account.groups:
+        if self.channel_gid not in self.account.groups and not self._in_group_now():
             raise LaunchError(
                 f"The OS account {self.account.username} is not a member of the server's session group,"
                 " so its sessions cannot report to the server. Please contact your administrator."
             )
+
+    def _in_group_now(self) -> bool:
+        """The account's groups as the OS has them now: the account record may have been read
+        before the account joined the session group."""
+        try:
+            return self.channel_gid in os.getgrouplist(self.account.username, self.account.gid)
+        except (OSError, KeyError):
+            return False
 
     def prepare_job_dir(self, spec: dict[str, Any]) -> None:
         """Create <workspace>/.<job id>/ and job.json, owned by the session's account, without
