@@ -27,7 +27,7 @@ import shutil
 import pytest
 
 from helpers.api import launch, login
-from helpers.configs import ORIGIN_CONFIG, PATH_CONFIG
+from helpers.configs import CHROMIUM_ARGS, ORIGIN_CONFIG, PATH_CONFIG
 from helpers.harness import Server, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
@@ -37,16 +37,6 @@ playwright_sync = pytest.importorskip(
     "playwright.sync_api", reason="playwright is installed with the test extras"
 )
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 READ_BY_FETCH = """async (url) => {
     try {

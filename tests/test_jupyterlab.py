@@ -20,7 +20,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from helpers.api import at, create, get_job, login, loopback, start, wait_ready, wait_status
-from helpers.configs import LOCAL_CONFIG, ORIGIN_MODE
+from helpers.configs import CHROMIUM_ARGS, LOCAL_CONFIG, ORIGIN_MODE
 from helpers.harness import Client, Server, running_server
 
 pytest.importorskip("jupyterlab", reason="JupyterLab is installed with the test extras")
@@ -180,14 +180,7 @@ def test_chromium_renders_lab(lab: dict[str, Any]) -> None:
     shot = os.path.join(os.path.dirname(profile), f"uws-lab-{lab['id']}.png")
     args = [
         "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *CHROMIUM_ARGS,
         f"--user-data-dir={profile}",
         "--window-size=1280,800",
         "--virtual-time-budget=20000",

@@ -172,3 +172,16 @@ c.UWSApp.job_types = {{
 }}
 """
 )
+
+# Headless Chromium as this machine can run it: no sandbox as root, and no background
+# connections (the network is closed; Chromium would try, and fail, at every start).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

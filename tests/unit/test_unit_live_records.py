@@ -23,6 +23,7 @@ from sqlalchemy.pool import StaticPool
 
 from uws import orm
 from uws.auth.tokens import CurrentUser
+from uws.db import Database
 from uws.errors import APIError
 from uws.quotas import QuotaService
 from uws.sessions.service import JobService
@@ -40,25 +41,15 @@ def remove_test_os_accounts() -> Iterator[None]:
     yield
 
 
-class MemoryDatabase:
-    """uws.db.Database's interface on one in-memory SQLite connection, run inline."""
+class MemoryDatabase(Database):
+    """uws.db.Database on one in-memory SQLite connection, run inline (its own call())."""
 
     def __init__(self) -> None:
         engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
         orm.Base.metadata.create_all(engine)
         self.sessionmaker = sessionmaker(engine, expire_on_commit=False)
 
-    def call(self, fn: Any) -> Any:
-        with self.sessionmaker() as session:
-            try:
-                result = fn(session)
-                session.commit()
-                return result
-            except BaseException:
-                session.rollback()
-                raise
-
-    async def run(self, fn: Any) -> Any:
+    async def run(self, fn: Any) -> Any:  # type: ignore[override]
         return self.call(fn)
 
 
