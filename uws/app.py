@@ -22,7 +22,7 @@ from traitlets.config import Application, catch_config_error
 
 from . import __version__, plugins
 from .access_log import RedactCredentials, log_access
-from .auth.accounts import Account, AccountCache
+from .auth.accounts import AccountCache
 from .config_json import DEFAULT_MAPPING, DEFAULT_PARAMETERS, ConfigError, original_form, validate
 
 if TYPE_CHECKING:
@@ -706,32 +706,6 @@ class UWSApp(Application):
         return SessionURLs(
             self.passthrough_mode, self.public_origin(), self.passthrough_url, self.session_host
         )
-
-    # ---- kept for callers not yet moved to the components (remove once none are left) --------
-    def make_spawner(self, job_id: int, account: Account, workspace_dir: str, name: str | None = None) -> Any:
-        return self.spawner_factory.make(job_id, account, workspace_dir, name)
-
-    @property
-    def session_hosts(self) -> Any:
-        return self.session_urls.hosts
-
-    def sessions_base(self) -> str:
-        return self.session_urls.base()
-
-    def session_origin(self, job_id: int, label: str) -> str:
-        return self.session_urls.origin(job_id, label)
-
-    def connection_url(self, job_id: int, ready: dict[str, Any], label: str) -> tuple[str, str]:
-        return self.session_urls.connection_url(job_id, ready, label)
-
-    async def storage_account(self, username: str) -> Account:
-        return await self.accounts.get(username)
-
-    def provision_storage_account(self, username: str) -> None:
-        self.accounts.provision(username)
-
-    async def status_report(self) -> dict[str, Any]:
-        return await self.health.report()
 
     # ---- run -------------------------------------------------------------------------------
     def start(self) -> None:
