@@ -14,7 +14,7 @@ import pytest
 # modules it is told about, and must be told before they are imported.
 pytest.register_assert_rewrite("helpers")
 
-from helpers.api import create, login, start, wait_ready, wait_status  # noqa: E402
+from helpers.api import ACCOUNT_PREFIX, create, login, start, wait_ready, wait_status  # noqa: E402
 from helpers.configs import LOCAL_CONFIG, PROXY_CONFIG, SESSION_GROUP  # noqa: E402
 from helpers.harness import BACKENDS, IS_ROOT, Client, Server, running_server  # noqa: E402
 
@@ -73,13 +73,13 @@ def session(pserver: Server, owner: Client) -> Iterator[dict]:
 
 @pytest.fixture(scope="session", autouse=True)
 def remove_test_os_accounts() -> Iterator[None]:
-    """OS accounts the tests made (names start with 'uwst') are removed at the end."""
+    """OS accounts this run made (names start with ACCOUNT_PREFIX) are removed at the end."""
     yield
     if not IS_ROOT:
         return
     import pwd
 
     for entry in pwd.getpwall():
-        if entry.pw_name.startswith("uwst"):
+        if entry.pw_name.startswith(ACCOUNT_PREFIX):
             subprocess.run(["userdel", "-r", "--", entry.pw_name], capture_output=True)
     subprocess.run(["groupdel", "--", SESSION_GROUP], capture_output=True)

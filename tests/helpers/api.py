@@ -16,8 +16,22 @@ import requests
 from helpers.harness import IS_ROOT, Client, Server
 
 
+def _letters(n: int) -> str:
+    out = ""
+    while True:
+        n, digit = divmod(n, 26)
+        out += chr(ord("a") + digit)
+        if not n:
+            return out
+
+
+# OS accounts this test run makes start with this, so that the run removes its own accounts at
+# the end and leaves alone those of another run on the same machine.
+ACCOUNT_PREFIX = f"uwst{_letters(os.getpid())}"
+
+
 def unique_name(prefix: str = "u") -> str:
-    return f"uwst{prefix}{secrets.token_hex(3)}"
+    return f"{ACCOUNT_PREFIX}{prefix}{secrets.token_hex(3)}"
 
 
 def login(server: Server, client_token: str, username: str | None = None, **info: str) -> Client:
