@@ -34,6 +34,8 @@ setup(
         "requests>=2.31",
         "pyyaml>=6",
         "uvloop>=0.19",
+        # llhttp (the HTTP/1.1 parser of Node.js and uvicorn): the passthrough reads heads with it.
+        "httptools>=0.6",
     ],
     extras_require={
         # jupyterlab: the passthrough's end-to-end tests run a real JupyterLab.

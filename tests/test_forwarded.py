@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from uws.forwarded import ProxyTrust
-from uws.http_head import Head
+from uws.passthrough.head import Head
 
 from helpers.configs import LOCAL_CONFIG
 from helpers.harness import Server

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClosedError, websocket_connect
+from tornado.websocket import websocket_connect
 
 from helpers.api import create, get_job, login, start, wait_ready, wait_status
 from helpers.configs import HOSTILE_CONFIG, MESSAGE_CAP, WEBSOCKET_CAP
@@ -223,8 +223,8 @@ def test_websockets_per_user_are_capped(hserver: Server, owner: Client, echo: in
 
     async def run() -> None:
         ws_path = f"/passthrough/{echo}/ws"
-        # The front door's byte relay, and Tornado's message relay (where a link's ?token=
-        # upgrade goes: it counts against the session's owner, whoever holds the link).
+        # The front door's splice, and the handler's (where a link's ?token= upgrade goes: it
+        # counts against the session's owner, whoever holds the link).
         opened = [
             await connect("/ws/events", auth),
             await connect(ws_path, auth),
@@ -261,38 +261,36 @@ def test_ticket_flood_is_capped(hserver: Server, owner: Client) -> None:
     assert login(hserver, hserver.client_token).post("/ws_tickets/").status_code == 200  # others still may
 
 
-def test_relayed_websocket_messages_are_capped(hserver: Server, owner: Client, echo: int) -> None:
-    """The message-by-message relay (a link's ?token= upgrade) holds whole messages in memory:
-    one over the cap ends the websocket (1009) instead of being buffered."""
+def test_link_websocket_is_spliced_not_buffered(hserver: Server, owner: Client, echo: int) -> None:
+    """A websocket opened with a link's ?token= (Tornado's side, not the front door's) is
+    spliced as bytes like any other: a message far larger than any buffer the server keeps
+    comes back whole, and the access cookie comes with the switch."""
     details = get_job(owner, echo)["job_details"]["current_job_details"]["connection_details"]
     token = details["url_path"].split("token=", 1)[1]
     url = f"ws://127.0.0.1:{hserver.port}/passthrough/{echo}/ws?token={token}"
 
-    async def run() -> int | None:
-        conn = await websocket_connect(url, max_message_size=8 * MESSAGE_CAP)
-        small = os.urandom(MESSAGE_CAP // 2)
-        await conn.write_message(small, binary=True)
-        assert await conn.read_message() == small
-        try:
-            await conn.write_message(os.urandom(2 * MESSAGE_CAP), binary=True)
-        except WebSocketClosedError:
-            pass  # the server ended it before taking the whole message
-        assert await asyncio.wait_for(conn.read_message(), 20) is None
-        return conn.close_code
+    async def run() -> tuple[bytes | str | None, str | None]:
+        conn = await websocket_connect(url, max_message_size=32 * MESSAGE_CAP)
+        big = os.urandom(8 * MESSAGE_CAP)
+        await conn.write_message(big, binary=True)
+        echoed = await asyncio.wait_for(conn.read_message(), 30)
+        cookie = conn.headers.get("Set-Cookie")
+        conn.close()
+        return (echoed == big) and echoed, cookie
 
-    # 1009 (message too big), unless the server's close frame was lost when it closed the
-    # connection with the rest of the message unread.
-    assert asyncio.run(run()) in (1009, None)
+    echoed, cookie = asyncio.run(run())
+    assert echoed, "the message did not come back whole"
+    assert cookie is not None and cookie.startswith(f"uws-session-{echo}=") and "HttpOnly" in cookie
 
 
 def test_relayed_websocket_has_back_pressure(hserver: Server, owner: Client, hostile: int) -> None:
-    """An app that sends as fast as it can to a browser that reads nothing: the message relay
-    reads the app's next message only once the last one went to the browser, so the server holds
-    a few messages, not all 256 MiB the app would send."""
+    """An app that sends as fast as it can to a browser that reads nothing: the splice stops
+    reading from the app while the browser's socket is full, so the server holds a socket
+    buffer, not all 256 MiB the app would send."""
     import psutil
 
     process = psutil.Process(hserver.proc.pid)  # type: ignore[union-attr]
-    # The link's token sends the upgrade to the message relay (a header would get the byte splice).
+    # The link's token sends the upgrade to the handler's splice (a header: the front door's).
     details = get_job(owner, hostile)["job_details"]["current_job_details"]["connection_details"]
     token = details["url_path"].split("token=", 1)[1]
     url = f"ws://127.0.0.1:{hserver.port}/passthrough/{hostile}/flood?mb=256&token={token}"

@@ -308,6 +308,33 @@ def test_path_mode_answers_lose_what_acts_beyond_the_session(
     assert "Service-Worker-Allowed" not in r.headers and "Clear-Site-Data" not in r.headers
 
 
+@pytest.mark.parametrize("route", ["front", "handler"])
+def test_path_mode_websocket_switch_loses_what_acts_beyond_the_session(
+    pserver: Server, path_session: dict, route: str
+) -> None:
+    """The app's 101 answer is filtered like any other answer: the front door's splice (the
+    owner's header) and the handler's (a link's token) both."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    url = f"ws://127.0.0.1:{pserver.port}/passthrough/{path_session['id']}/ws-tossing"
+    headers = path_session["owner"].headers()
+    if route == "handler":
+        url += "?token=" + path_session["url_path"].split("token=", 1)[1]
+        headers = {}
+
+    async def switch() -> tuple[list[str], dict[str, str]]:
+        conn = await websocket_connect(HTTPRequest(url, headers=headers))
+        assert await conn.read_message() == f"secret of job {path_session['id']}"
+        conn.close()
+        return conn.headers.get_list("Set-Cookie"), dict(conn.headers.get_all())
+
+    cookies, got = asyncio.run(switch())
+    names = sorted(c.split("=")[0] for c in cookies if not c.startswith("uws-session-"))
+    assert names == ["own-default", "own-path"]
+    assert "Service-Worker-Allowed" not in got and "Clear-Site-Data" not in got
+
+
 def test_path_mode_keeps_the_origins_authorization_from_apps(pserver: Server, path_session: dict) -> None:
     base = f"{pserver.base}/passthrough/{path_session['id']}"
     headers = {**path_session["owner"].headers(), "Authorization": "Basic c2VjcmV0OnB3", "Cookie": "portal=1"}
@@ -346,14 +373,14 @@ def test_path_mode_deactivation_ends_the_session_cookies(pserver: Server) -> Non
 def test_which_session_cookies_reach_the_browser(
     set_cookie: str, request_path: str, kept_in_path_mode: bool, kept_in_origin_mode: bool
 ) -> None:
-    from uws.handlers.wire import cookie_stays_in_session
+    from uws.passthrough.wire import cookie_stays_in_session
 
     assert cookie_stays_in_session(set_cookie, "/passthrough/7", request_path) is kept_in_path_mode
     assert cookie_stays_in_session(set_cookie, None, request_path) is kept_in_origin_mode
 
 
 def test_session_host_names() -> None:
-    from uws.proxy import SessionHosts
+    from uws.passthrough.urls import SessionHosts
 
     hosts = SessionHosts("Sessions.Example.org")
     assert hosts.name(12, "ab12") == "j12-ab12.sessions.example.org"
@@ -397,8 +424,8 @@ def test_unusable_session_host_is_refused_at_start_up(setting: str, message: str
 
 
 def test_which_origins_the_session_cookie_counts_from() -> None:
-    from uws.handlers.proxy import cookie_counts
-    from uws.http_head import Head
+    from uws.passthrough.admission import cookie_counts
+    from uws.passthrough.head import Head
 
     def counts(method: str, **headers: str) -> bool:
         head = Head()

@@ -26,7 +26,7 @@ from .auth.accounts import AccountCache
 from .config_json import DEFAULT_MAPPING, DEFAULT_PARAMETERS, ConfigError, original_form, validate
 
 if TYPE_CHECKING:
-    from .proxy import SessionURLs
+    from .passthrough import SessionURLs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -90,7 +90,7 @@ class UWSApp(Application):
     def _classes(self) -> list[type]:
         from .health import StatusReporter
         from .mail import Mailer
-        from .proxy import ProxyService
+        from .passthrough import ProxyService
         from .sessions.culler import IdleCuller
         from .spawners.base import Spawner
 
@@ -565,7 +565,7 @@ class UWSApp(Application):
         self.spawner_factory = SpawnerFactory(self, self.spawner_class, self.session_channel_url)
         self.jobs = JobService(self)
         self.spawner_factory.channel = self.jobs.channel
-        from .proxy import ProxyService
+        from .passthrough import ProxyService
 
         self.proxy = ProxyService(
             self.db, self.data_dir, self.passthrough_mode, self.session_tokens, parent=self
@@ -622,7 +622,7 @@ class UWSApp(Application):
         from .forwarded import ProxyTrust
         from .handlers import api_host_routes, session_host_routes
         from .handlers.base import NotFoundHandler
-        from .handlers.fast_proxy import UWSWebApplication
+        from .passthrough.handed_off import UWSWebApplication
 
         try:
             self.proxy_trust = ProxyTrust(self.trusted_proxies)
@@ -660,7 +660,6 @@ class UWSApp(Application):
             sessions_base=self.session_urls.base(),
             proxy_connect_timeout=self.proxy.connect_timeout,
             proxy_request_timeout=self.proxy.request_timeout,
-            proxy_websocket_max_message_size=self.proxy.websocket_max_message_size,
         )
         return {
             "web_config": config,
@@ -701,7 +700,7 @@ class UWSApp(Application):
     def session_urls(self) -> SessionURLs:
         """Session links and host names, from options that do not change once the server runs
         (built on first use: the routes need it too, before or without the services)."""
-        from .proxy import SessionURLs
+        from .passthrough import SessionURLs
 
         return SessionURLs(
             self.passthrough_mode, self.public_origin(), self.passthrough_url, self.session_host
@@ -752,7 +751,7 @@ class UWSApp(Application):
         # long for its turn.
         sys.setswitchinterval(0.0005)
         from .forwarded import TrustingHTTPServer
-        from .handlers.front import FrontServer
+        from .passthrough.front import FrontServer
 
         server = TrustingHTTPServer(
             self.webapp,

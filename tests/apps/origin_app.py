@@ -14,6 +14,7 @@ POST {prefix}/poke      -> counts a state-changing request (a form post, say) th
 GET  {prefix}/pokes     -> how many did
 GET  {prefix}/sw.js     -> a service worker script that asks for the scope "/"
 WS   {prefix}/ws        -> sends the secret, then echoes
+WS   {prefix}/ws-tossing -> the same, its switching answer with /tossing's headers
 """
 
 import asyncio
@@ -47,14 +48,18 @@ class Headers(web.RequestHandler):
         self.write(json.dumps(list(self.request.headers.get_all())))
 
 
+def toss(handler):
+    handler.add_header("Set-Cookie", "tossed-root=1; Path=/")
+    handler.add_header("Set-Cookie", f"own-path=1; Path={PREFIX}/")
+    handler.add_header("Set-Cookie", "own-default=1")
+    handler.add_header("Set-Cookie", "tossed-domain=1; Domain=localhost; Path=/")
+    handler.set_header("Service-Worker-Allowed", "/")
+    handler.set_header("Clear-Site-Data", '"cookies"')
+
+
 class Tossing(web.RequestHandler):
     def get(self):
-        self.add_header("Set-Cookie", "tossed-root=1; Path=/")
-        self.add_header("Set-Cookie", f"own-path=1; Path={PREFIX}/")
-        self.add_header("Set-Cookie", "own-default=1")
-        self.add_header("Set-Cookie", "tossed-domain=1; Domain=localhost; Path=/")
-        self.set_header("Service-Worker-Allowed", "/")
-        self.set_header("Clear-Site-Data", '"cookies"')
+        toss(self)
         self.write("tossing")
 
 
@@ -91,6 +96,11 @@ class Socket(websocket.WebSocketHandler):
         self.write_message(message)
 
 
+class TossingSocket(Socket):
+    def prepare(self):
+        toss(self)  # in the websocket's switching answer
+
+
 async def main():
     app = web.Application(
         [
@@ -101,6 +111,7 @@ async def main():
             (PREFIX + "/poke", Poke),
             (PREFIX + "/pokes", Pokes),
             (PREFIX + "/ws", Socket),
+            (PREFIX + "/ws-tossing", TossingSocket),
             (PREFIX + "/sw.js", ServiceWorker),
         ]
     )

@@ -160,7 +160,6 @@ HOSTILE_CONFIG = (
 c.UWSApp.heartbeat_seconds = 1
 c.UWSApp.proxy_request_timeout = 3
 c.UWSApp.max_websockets_per_user = {WEBSOCKET_CAP}
-c.UWSApp.proxy_websocket_max_message_size = {MESSAGE_CAP}
 c.UWSApp.trusted_proxies = ["127.0.0.1/32", "10.9.9.0/24"]
 c.UWSApp.job_types = {{
     "hostile": {{"name": "Hostile", "job_type": "CommandJob", "environment_details": {{"main_resource": {{

@@ -16,7 +16,7 @@ from uws.app import MOVED_OPTIONS, UWSApp
 from uws.auth.accounts import Account, AccountCache, AccountProvider
 from uws.errors import APIError
 from uws.health import StatusReporter
-from uws.proxy import ProxyService, SessionURLs
+from uws.passthrough import ProxyService, SessionURLs
 from uws.sessions.culler import IdleCuller
 from uws.spawners import SpawnerFactory
 
@@ -96,7 +96,7 @@ def test_defaults_are_unchanged(tmp_path: Any) -> None:
     assert (proxy.connect_timeout, proxy.request_timeout, proxy.websocket_max_message_size) == (
         5.0,
         3600.0,
-        64 << 20,
+        0,  # (no longer used: websockets are spliced as bytes)
     )
     culler = culler_of(app)
     assert (culler.timeout_seconds, culler.warning_seconds, culler.interval_seconds) == (0.0, 300.0, 30.0)

@@ -1,4 +1,4 @@
-"""Tornado handlers: REST, websockets and the passthrough proxy.
+"""Tornado handlers: REST and websockets; the passthrough's are in uws/passthrough/handlers.py.
 
 Each module ends with its own route list (`default_handlers`); this joins them in the order
 they are tried, so the routes can be imported without building the application.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import jobs, meta, proxy, quota, shares, tokens, users, workspaces, ws
+from ..passthrough import handlers as passthrough
+from . import jobs, meta, quota, shares, tokens, users, workspaces, ws
 
 # The API's routes (a path matching none of them is a JSON 404: base.NotFoundHandler).
 default_handlers: list[Any] = []
@@ -20,12 +21,12 @@ def api_host_routes(passthrough_mode: str) -> list[Any]:
     """Every route on the API's host name: websocket upgrades first (/jobs/<id>/ is both a REST
     path and the job stream), then the API, then the passthrough's."""
     return [
-        *proxy.upgrade_handlers(passthrough_mode),
+        *passthrough.upgrade_handlers(passthrough_mode),
         *ws.upgrade_handlers,
         *default_handlers,
-        *proxy.default_handlers(passthrough_mode),
+        *passthrough.default_handlers(passthrough_mode),
     ]
 
 
 # Origin mode: every path on a session's own host name (j<id>-<label>.<session_host>).
-session_host_routes = proxy.session_host_handlers
+session_host_routes = passthrough.session_host_handlers

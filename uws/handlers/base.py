@@ -51,6 +51,15 @@ def send_error(handler: web.RequestHandler, error: APIError) -> None:
     handler.finish(error_body(error.message))
 
 
+def write_json_error(handler: web.RequestHandler, status_code: int) -> None:
+    """An error Tornado raises itself (a 405, a 500) in the JSON envelope, never its HTML page."""
+    message = {404: "Not found.", 405: "Method not allowed."}.get(
+        status_code, "A server error occurred." if status_code >= 500 else handler._reason
+    )
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(error_body(message))
+
+
 def decode_json(raw: bytes) -> Any:
     """json.loads of a request body. Nesting deeper than the decoder's recursion allows is a
     client mistake like any other (400), not a server error; other decoding errors are left to
@@ -250,10 +259,7 @@ class BaseHandler(Components, web.RequestHandler):
         self.send_api_error(APIError(405, f'Method "{self.request.method}" not allowed.', {"Allow": allow}))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        message = {404: "Not found.", 405: "Method not allowed."}.get(
-            status_code, "A server error occurred." if status_code >= 500 else self._reason
-        )
-        self.finish(error_body(message))
+        write_json_error(self, status_code)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, APIError):

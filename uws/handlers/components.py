@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..auth.tokens import TokenService
     from ..db import Database
     from ..events import EventBus
-    from ..proxy import ProxyService, SessionHosts
+    from ..passthrough import ProxyService, SessionHosts
     from ..quotas import QuotaService
     from ..sessions.service import JobService
     from ..shares import ShareService
@@ -43,7 +43,6 @@ class WebConfig:
     sessions_base: str
     proxy_connect_timeout: float
     proxy_request_timeout: float
-    proxy_websocket_max_message_size: int
 
 
 class Components:

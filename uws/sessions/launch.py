@@ -14,7 +14,7 @@ from .. import orm
 from ..auth.tokens import CurrentUser
 from ..errors import APIError
 from ..models import job_model
-from ..proxy import new_host_label
+from ..passthrough.urls import new_host_label
 from ..spawners.base import LaunchError
 from ..workspaces import DIR_FAILURE_JOBS
 from . import transitions

@@ -1,20 +1,10 @@
-"""Passthrough: who may reach a session, where it is, and which browser origin it lives on.
+"""The passthrough's state: which sessions it may reach and where, their access cookies, their
+activity, and the pool of connections to them.
 
-The target host and port always come from the job record, never from the request (S5): the host
-is the session's node as the server knows it and the port one the server checked (see
-JobService.ready_target). A request gets through when it carries the job owner's
-UWS-Authorization header, the job's access cookie, or the job's token in ?token= (the link in
-connection_details): the token is then exchanged for an HttpOnly cookie, so later requests
-(assets, XHR, websockets) need nothing more. The token is derived by the server
-(uws.keys.SessionTokens), never read from the job record.
-
-Two ways to reach a session (UWSApp.passthrough_mode; SessionURLs makes the links):
-- "origin" (the default): each session has a host name of its own, j<id>-<label>.<session_host>,
-  so the browser's same-origin policy keeps one session's pages out of every other session.
-  The label is random per job, so a session's origin cannot be guessed from its id.
-- "path": /passthrough/<id>/ on the server's own origin. Every session shares one origin there,
-  so any session's page can script any other the same browser has open: for single-user or
-  trusted installations only.
+The target host and port always come from the job record, never from the request: the host is
+the session's node as the server knows it and the port one the server checked (see
+JobService.ready_target). The session token is derived by the server (uws.keys.SessionTokens),
+never read from the job record.
 """
 
 from __future__ import annotations
@@ -22,34 +12,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from tornado import httputil
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from . import orm
-from .keys import read_key
+from .. import orm
+from ..keys import read_key
+from .upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from .db import Database
-    from .keys import SessionTokens
+    from ..db import Database
+    from ..keys import SessionTokens
 
 COOKIE_SECONDS = 12 * 3600
 # A user's deactivation is seen by passthrough cookies within this long (as by login tokens).
 USER_CACHE_SECONDS = 2.0
-# j<id>-<label>: ids as the API's routes take them (no job has an id past 64 bits), labels as
-# new_host_label makes them.
-_SESSION_LABEL = re.compile(r"j([0-9]{1,18})-([a-z0-9]{1,40})")
-
-
-def new_host_label() -> str:
-    """The random part of a new job's host name (64 bits, lower-case hex: valid in DNS)."""
-    return secrets.token_hex(8)
 
 
 @dataclass
@@ -76,84 +58,6 @@ def cookie_name(job_id: int) -> str:
     return f"uws-session-{job_id}"
 
 
-class SessionHosts:
-    """Host names of sessions: j<id>-<label>.<domain>, any port."""
-
-    def __init__(self, domain: str) -> None:
-        self.suffix = "." + domain.lower().strip(".")
-
-    def is_session_host(self, host: str) -> bool:
-        """Whether a Host header names something under the session domain (a session, or a
-        name that only looks like one): such requests never reach the API."""
-        return host_name(host).endswith(self.suffix)
-
-    def job(self, host: str) -> tuple[int, str] | None:
-        """(job id, label) of a session's Host header, or None."""
-        name = host_name(host)
-        if not name.endswith(self.suffix):
-            return None
-        match = _SESSION_LABEL.fullmatch(name[: -len(self.suffix)])
-        return (int(match.group(1)), match.group(2)) if match else None
-
-    def name(self, job_id: int, label: str) -> str:
-        return f"j{job_id}-{label}{self.suffix}"
-
-
-class SessionURLs:
-    """Where browsers find sessions: the links connection_details carries, and the origin each
-    session's app is told it serves from."""
-
-    def __init__(self, mode: str, public_origin: str, passthrough_url: str, session_host: str) -> None:
-        self.mode = mode  # UWSApp.passthrough_mode: "origin" or "path"
-        self.public_origin = public_origin
-        self.passthrough_url = passthrough_url
-        self.hosts = SessionHosts(session_host)
-
-    def base(self) -> str:
-        """scheme://host[:port] that session links start from, before origin mode swaps the host."""
-        return (self.passthrough_url or self.public_origin).rstrip("/")
-
-    def origin(self, job_id: int, label: str) -> str:
-        """A session's own origin: the scheme and port of passthrough_url (or public_url, or the
-        server's own), the host name j<id>-<label>.<session_host>."""
-        scheme, _, rest = self.base().partition("://")
-        authority = rest.split("/", 1)[0]
-        port = ""
-        if not authority.endswith("]") and ":" in authority:
-            port = ":" + authority.rsplit(":", 1)[1]
-        return f"{scheme}://{self.hosts.name(job_id, label)}{port}"
-
-    def app_origin(self, job_id: int, label: str) -> str:
-        """The origin a session's app serves pages from (its own, or the server's in path mode)."""
-        return self.origin(job_id, label) if self.mode == "origin" else self.public_origin
-
-    def connection_url(self, job_id: int, ready: dict[str, Any], label: str) -> tuple[str, str]:
-        """url_domain and url_path of a ready session, through this server's passthrough.
-
-        url_domain is an origin (no path, no trailing slash); url_path starts with '/' and has
-        at most one '?', so clients can insert /tree/<path> before the query. Stored without
-        the token: models.job_model adds it when the job is shown to its owner."""
-        from .models import link_with_token
-
-        path = ready.get("path") or "/"
-        if not path.startswith("/"):
-            path = "/" + path
-        if self.mode == "origin":
-            return self.origin(job_id, label), link_with_token(path, "")
-        prefix = f"/passthrough/{job_id}"
-        if not path.startswith(prefix + "/"):
-            path = prefix + path
-        return self.base(), link_with_token(path, "")
-
-
-def host_name(host: str) -> str:
-    """A Host header without its port, lower case (host names are case-blind)."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
 class ProxyService(LoggingConfigurable):
     """Who may reach a session and where it is; its options are the passthrough's."""
 
@@ -165,9 +69,10 @@ class ProxyService(LoggingConfigurable):
         help="Seconds one proxied HTTP request may take in all, for long downloads (then 504).",
     ).tag(config=True)
     websocket_max_message_size = Integer(
-        64 << 20,
-        help="""Largest websocket message (bytes) the passthrough relays when it relays whole
-        messages (websockets opened with a link's ?token=); a larger one ends the websocket.""",
+        0,
+        help="""No longer used: session websockets are relayed as bytes, with back-pressure both
+        ways, so the server never holds a whole message and there is nothing to cap. Setting it
+        only logs a warning.""",
     ).tag(config=True)
 
     def __init__(
@@ -181,6 +86,13 @@ class ProxyService(LoggingConfigurable):
         self.targets: dict[int, Target] = {}
         self.secret = self._load_secret()
         self._active: dict[int, tuple[float, bool]] = {}
+        # Idle keep-alive connections to the sessions' apps, shared by every relay.
+        self.pool = UpstreamPool()
+        if self.websocket_max_message_size:
+            self.log.warning(
+                "ProxyService.websocket_max_message_size (proxy_websocket_max_message_size) has "
+                "no effect: session websockets are relayed as bytes, never as whole messages."
+            )
 
     def _load_secret(self) -> bytes:
         """Cookie signing key, kept in the data directory so cookies survive restarts."""
@@ -228,6 +140,17 @@ class ProxyService(LoggingConfigurable):
         self.targets.pop(job_id, None)
 
     # ---- cookies ---------------------------------------------------------------------------
+    def access_cookie(self, target: Target, secure: bool) -> str:
+        """The Set-Cookie value that lets the browser in after a link's token: HttpOnly, and
+        host-only (no Domain) on a session's own origin, so no other session's host gets it."""
+        path = "/" if target.path_prefix is None else target.path_prefix + "/"
+        expires = httputil.format_timestamp(time.time() + COOKIE_SECONDS)
+        value = self.make_cookie(target.job_id, target.user_id)
+        cookie = (
+            f"{cookie_name(target.job_id)}={value}; expires={expires}; HttpOnly; Path={path}; SameSite=Lax"
+        )
+        return cookie + "; Secure" if secure else cookie
+
     def _sign(self, text: str) -> str:
         return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()
 

@@ -18,30 +18,24 @@ import os
 import re
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tornado import httputil, netutil
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
 
 from ..access_log import log_access
-from ..errors import error_body
+from ..errors import APIError, error_body
 from ..forwarded import ProxyTrust
-from ..http_head import Head
-from ..upstream import UpstreamError
-from . import wire
-from .components import Components
-from .fast_proxy import (
-    Route,
-    admitted_target,
-    answer_headers,
-    failure_body,
-    fetch_bodyless,
-    is_websocket,
-    may_take,
-)
-from .splice import WebSocketUpstream
+from . import splice, wire
+from .admission import Route, admit, fast_route
+from .head import Head, HeadError, RequestHead, RequestHeads, ResponseHead
+from .relay import relay
 from .wire import MAX_HEAD
+
+if TYPE_CHECKING:
+    from ..handlers.components import Components
 
 log = logging.getLogger("uws.proxy")
 
@@ -99,7 +93,7 @@ class FrontServer:
         # them rather than one per request.
         deadline = time.monotonic() - self.idle_seconds
         for conn in list(self.connections):
-            if conn.task is None and conn.splice is None and conn.last_active < deadline:
+            if conn.task is None and conn.last_active < deadline:
                 conn.close(abort=True)  # (a close would wait for a client that takes nothing)
         self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
 
@@ -128,6 +122,21 @@ class _PrefilledIOStream(IOStream):
             self._front = None
         super().close_fd()
 
+    def take_socket(self) -> tuple[socket.socket, bytes, Callable[[], None]]:
+        """The connection's socket, taken from Tornado (after RequestHandler.detach), with what
+        Tornado had read but not used, and what to call once it is closed: it stays one of the
+        front's open connections until then."""
+        sock = socket.socket(fileno=os.dup(self.socket.fileno()))
+        unread = bytes(self._read_buffer[: self._read_buffer_size]) + bytes(self._prefix)
+        front, self._front = self._front, None
+        self.close()  # (closes Tornado's descriptor: the connection lives on in the copy)
+
+        def closed() -> None:
+            if front is not None:
+                front.handed_off -= 1
+
+        return sock, unread, closed
+
     def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
         if self._prefix:
             n = min(len(buf), len(self._prefix))
@@ -145,6 +154,7 @@ class FrontConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.scanned = 0  # how much of the buffer is known to hold no complete head
+        self.heads = RequestHeads()
         self.task: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
         self.peer_ip = ""
@@ -153,10 +163,8 @@ class FrontConnection(asyncio.Protocol):
         self.handing_off = False
         self.closing = False
         self._drain: asyncio.Future[None] | None = None
-        self.splice: WebSocketUpstream | None = None  # a relayed websocket: bytes both ways
         self.peer_trusted = False
         self.refused = False
-        self.websocket_user: int | None = None  # whose websocket count this connection holds
 
     # ---- the transport's events --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -184,9 +192,6 @@ class FrontConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
-        if self.splice is not None:
-            self.splice.send(data)
-            return
         if not self.buffer:
             self.last_active = time.monotonic()  # a head's time runs from its first byte
         self.buffer += data
@@ -203,23 +208,14 @@ class FrontConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
         self.front.connections.discard(self)
-        self._release_websocket()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the browser went away: end the request to the app too
-        if self.splice is not None:
-            self.splice.close()
         self._wake_writer()
 
     def pause_writing(self) -> None:
-        if self.splice is not None:
-            self.splice.pause_reading()  # the browser is slow to take the app's frames
-            return
         self._drain = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
-        if self.splice is not None:
-            self.splice.resume_reading()
-            return
         self._wake_writer()
         if self.handing_off:
             self._hand_off()
@@ -257,51 +253,54 @@ class FrontConnection(asyncio.Protocol):
             self._hand_off()  # Tornado refuses a head this long
             return
         try:
-            first, _, rest = self.buffer[:end].decode("latin1").partition("\r\n")
-            start = httputil.parse_request_start_line(first)
-            headers = Head.parse(rest)
-        except Exception:  # Tornado answers a malformed request with its 400
+            request = self.heads.parse(bytes(self.buffer[: end + 4]))
+        except HeadError:  # Tornado answers a malformed request with its 400
             self._hand_off()
             return
-        parts = self.front.parts
-        if start.version != "HTTP/1.1":
+        chosen = fast_route(self.front.parts, request.method, request.path, request.headers)
+        if (
+            chosen is None
+            or request.version != "1.1"
+            or "Expect" in request.headers
+            or "close" in request.headers.get("Connection", "").lower()
+        ):
             self._hand_off()
             return
-        route = is_websocket(parts, start.method, start.path, headers)
-        if route is not None:
-            self.task = asyncio.ensure_future(self._serve_websocket(start, headers, end + 4, route))
-            return
-        route = may_take(parts, start.method, start.path, headers)
-        if route is None or "Expect" in headers or "close" in headers.get("Connection", "").lower():
-            self._hand_off()
-            return
-        self.task = asyncio.ensure_future(self._serve(start, headers, end + 4, route))
+        route, websocket = chosen
+        serve = self._serve_websocket if websocket else self._serve
+        self.task = asyncio.ensure_future(serve(request, end + 4, route))
 
-    async def _admit(self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route) -> Any:
+    async def _admit(self, request: RequestHead, size: int, route: Route) -> Any:
         """The request's session, its head taken from the buffer; or None, the connection handed
-        to Tornado, whose handlers give the refusal or the token exchange."""
-        target = await admitted_target(self.front.parts, route, start.method, headers)
-        if target is None:
+        to Tornado, whose handlers give the refusal."""
+        admission = await admit(self.front.parts, route, request.method, request.headers)
+        if admission.target is None:
             self.task = None
             if not self.gone:
                 self._hand_off()
             return None
         del self.buffer[:size]
-        return target
+        return admission.target
 
-    async def _serve(self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route) -> None:
+    async def _serve(self, request: RequestHead, size: int, route: Route) -> None:
         try:
-            target = await self._admit(start, headers, size, route)
+            target = await self._admit(request, size, route)
             if target is None:
                 return
             began = time.perf_counter()
-            remote_ip, protocol = self._origin(headers)
-            status = await self._relay(target, start, headers, remote_ip, protocol)
-            log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
+            remote_ip, protocol = self._origin(request.headers)
+            headers = wire.forward_headers(
+                request.headers, request.headers.get("Host", ""), remote_ip, protocol, target
+            )
+            answer = _FrontAnswer(self, request.method)
+            status = await relay(
+                self.front.parts.proxy, target, request.method, request.path, headers, None, answer
+            )
+            log_access(status, request.method, request.path, remote_ip, time.perf_counter() - began)
         except asyncio.CancelledError:
             return  # the browser went away
         except Exception:
-            log.exception("Passthrough request %s %s failed", start.method, start.path[:200])
+            log.exception("Passthrough request %s %s failed", request.method, request.path[:200])
             self.close(abort=True)
             return
         finally:
@@ -321,77 +320,6 @@ class FrontConnection(asyncio.Protocol):
         from trusted proxies only)."""
         return self.front.trust.origin(self.peer_ip, self.peer_trusted, headers, "http")
 
-    async def _relay(
-        self,
-        target: Any,
-        start: httputil.RequestStartLine,
-        headers: Head,
-        remote_ip: str,
-        protocol: str,
-    ) -> int:
-        """Relay one request to the session and its answer back; the status sent."""
-        parts = self.front.parts
-        transport = self.transport
-        assert transport is not None
-        upstream_headers = wire.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
-        status = 0
-        head: bytes | None = None
-        chunked = False
-
-        def on_headers(answer: httputil.ResponseStartLine, upstream: Head) -> None:
-            nonlocal status, head, chunked
-            status = answer.code
-            out = answer_headers(upstream, target, start.path)
-            bodyless = start.method == "HEAD" or status in (204, 304) or status < 200
-            if not bodyless and "Content-Length" not in out:
-                out.add("Transfer-Encoding", "chunked")  # the app's own framing, or none (read to close)
-                chunked = True
-            head = out.encode(f"HTTP/1.1 {status} {answer.reason}")
-
-        def on_chunk(chunk: bytes) -> asyncio.Future[None] | None:
-            nonlocal head
-            if not chunk:
-                return None
-            parts.proxy.touch(target, bytes_out=len(chunk))
-            data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
-            if head is not None:
-                if len(data) <= SMALL_WRITE:
-                    data = head + data
-                else:
-                    transport.write(head)
-                head = None
-            transport.write(data)
-            return self._drain  # awaited by the upstream reader: back-pressure
-
-        try:
-            await fetch_bodyless(
-                parts,
-                target,
-                start.method,
-                wire.upstream_uri(target, start.path),
-                upstream_headers,
-                on_headers,
-                on_chunk,
-            )
-        except UpstreamError as e:
-            if status and head is None:
-                self.close(abort=True)  # part of the answer went out: all that can be done is to end it
-                return status
-            status = 504 if e.timeout else 502
-            self._answer_json(status, failure_body(e.timeout))
-            return status
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("Passthrough to job %s failed", target.job_id)
-            self.close(abort=True)
-            return status or 502
-        if head is not None:  # an answer without a body
-            transport.write(head)
-        if chunked:
-            transport.write(b"0\r\n\r\n")
-        return status
-
     def _answer_json(self, status: int, body: bytes, close: bool = False) -> None:
         """A JSON answer of the server's own (an error), written straight to the browser."""
         self.transport.write(  # type: ignore[union-attr]
@@ -406,81 +334,63 @@ class FrontConnection(asyncio.Protocol):
         )
 
     # ---- websockets ----------------------------------------------------------------------------
-    async def _serve_websocket(
-        self, start: httputil.RequestStartLine, headers: Head, size: int, route: Route
-    ) -> None:
-        """Relay a websocket as bytes: the app's own handshake answer, then whatever either side
-        sends, frames, pings and close codes alike, untouched."""
+    async def _serve_websocket(self, request: RequestHead, size: int, route: Route) -> None:
+        """Splice a websocket to the session (uws.passthrough.splice): the connection leaves the
+        front for good, though it counts as one of its connections until it is closed."""
         parts = self.front.parts
-        upstream: WebSocketUpstream | None = None
         try:
-            target = await self._admit(start, headers, size, route)
+            target = await self._admit(request, size, route)
             if target is None:
                 return
             began = time.perf_counter()
-            remote_ip, protocol = self._origin(headers)
-            if not parts.websockets.acquire(target.user_id):
-                self._refuse_websocket(429, parts.websockets.refusal, start, remote_ip, began)
+            remote_ip, protocol = self._origin(request.headers)
+            opened = await splice.connect(parts, target, request.path, request.headers, remote_ip, protocol)
+            if self.gone:
+                if not isinstance(opened, APIError):
+                    opened[0].close()
+                    parts.websockets.release(target.user_id)
                 return
-            self.websocket_user = target.user_id  # given back when the connection ends
-            out = wire.forward_headers(headers, headers.get("Host", ""), remote_ip, protocol, target)
-            out.add("Connection", "Upgrade")
-            out.add("Upgrade", headers["Upgrade"])
-            loop = asyncio.get_running_loop()
-            try:
-                _, upstream = await asyncio.wait_for(
-                    loop.create_connection(lambda: WebSocketUpstream(self, target), target.host, target.port),
-                    parts.config.proxy_connect_timeout,
+            if isinstance(opened, APIError):
+                self._answer_json(opened.status, error_body(opened.message), close=True)
+                self.close()
+                log_access(
+                    opened.status, request.method, request.path, remote_ip, time.perf_counter() - began
                 )
-                upstream.transport.write(out.encode(f"GET {wire.upstream_uri(target, start.path)} HTTP/1.1"))
-                end = await asyncio.wait_for(upstream.answered, parts.config.proxy_connect_timeout)
-                status = httputil.parse_response_start_line(
-                    upstream.head[: upstream.head.index(b"\r\n")].decode("latin1")
-                ).code
-            except (OSError, TimeoutError, ValueError, httputil.HTTPInputError):
-                status = 502
-            if status != 101:
-                # As the websocket handler answers: the app's refusal, or 502 when there was none.
-                if upstream is not None:
-                    upstream.close()
-                status = status if 300 <= status < 599 else 502
-                self._refuse_websocket(status, wire.WEBSOCKET_REFUSED, start, remote_ip, began)
                 return
-            parts.proxy.touch(target)
-            self.splice = upstream
-            early_client = bytes(self.buffer)
-            self.buffer.clear()
-            upstream.start_splicing(end)  # the app's handshake answer and any frames after it
-            if early_client:
-                upstream.send(early_client)
-            if self.reading_paused:
-                self.reading_paused = False
-                self.transport.resume_reading()  # type: ignore[union-attr]
-            log_access(101, start.method, start.path, remote_ip, time.perf_counter() - began)
+            session, switch = opened
+            self._join(session, switch, target.user_id, request.path)
+            log_access(101, request.method, request.path, remote_ip, time.perf_counter() - began)
         except asyncio.CancelledError:
-            if upstream is not None:
-                upstream.close()
+            pass
         except Exception:
-            log.exception("Passthrough websocket %s failed", start.path[:200])
-            if upstream is not None:
-                upstream.close()
+            log.exception("Passthrough websocket %s failed", request.path[:200])
             self.close(abort=True)
         finally:
             if self.task is asyncio.current_task():
                 self.task = None
 
-    def _refuse_websocket(
-        self, status: int, message: str, start: httputil.RequestStartLine, remote_ip: str, began: float
-    ) -> None:
-        self._release_websocket()
-        self._answer_json(status, error_body(message), close=True)
-        self.close()
-        log_access(status, start.method, start.path, remote_ip, time.perf_counter() - began)
+    def _join(self, session: splice.SessionSide, switch: ResponseHead, user_id: int, path: str) -> None:
+        transport = self.transport
+        assert transport is not None
+        front = self.front
+        front.connections.discard(self)
+        front.handed_off += 1
+        self.gone = True  # (its transport now belongs to the splice)
 
-    def _release_websocket(self) -> None:
-        if self.websocket_user is not None:
-            self.front.parts.websockets.release(self.websocket_user)
-            self.websocket_user = None
+        def closed() -> None:
+            front.handed_off -= 1
+            front.parts.websockets.release(user_id)
+
+        browser = splice.BrowserSide(session, closed)
+        browser.transport = transport
+        transport.set_protocol(browser)
+        early = bytes(self.buffer)  # frames the browser sent before the switch
+        self.buffer.clear()
+        session.join(browser, switch, [], path)
+        if early:
+            session.send(early)
+        if self.reading_paused:
+            transport.resume_reading()
 
     # ---- handing over to Tornado -------------------------------------------------------------
     def _hand_off(self) -> None:
@@ -506,3 +416,58 @@ class FrontConnection(asyncio.Protocol):
         # abort() closes only this protocol's descriptor: the connection lives on in the copy.
         transport.abort()
         self.front.tornado_server.handle_stream(_PrefilledIOStream(sock, prefix, self.front), peer)
+
+
+class _FrontAnswer:
+    """A relayed answer written straight to the front's transport: the head goes out with the
+    first piece of the body, so a small answer is one write."""
+
+    def __init__(self, conn: FrontConnection, method: str) -> None:
+        self.conn = conn
+        self.method = method
+        self.head: bytes | None = None
+        self.chunked = False
+        self.sent = False
+
+    def start(self, answer: ResponseHead, headers: Head) -> None:
+        date = answer.headers.get("Date")
+        if date is not None:
+            headers.add("Date", date)
+        status = answer.code
+        bodyless = self.method == "HEAD" or status in (204, 304) or status < 200
+        if not bodyless and "Content-Length" not in headers:
+            headers.add("Transfer-Encoding", "chunked")  # the app's own framing, or none (read to close)
+            self.chunked = True
+        self.head = headers.encode(f"HTTP/1.1 {status} {answer.reason}")
+
+    def write(self, chunk: bytes) -> asyncio.Future[None] | None:
+        if not chunk:
+            return None
+        transport = self.conn.transport
+        assert transport is not None
+        data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunked else chunk
+        if self.head is not None:
+            if len(data) <= SMALL_WRITE:
+                data = self.head + data
+            else:
+                transport.write(self.head)
+            self.head = None
+        self.sent = True
+        transport.write(data)
+        return self.conn._drain  # awaited by the upstream reader: back-pressure
+
+    def end(self) -> None:
+        transport = self.conn.transport
+        assert transport is not None
+        if self.head is not None:  # an answer without a body
+            transport.write(self.head)
+            self.head = None
+        if self.chunked:
+            transport.write(b"0\r\n\r\n")
+
+    def fail(self, status: int, body: bytes) -> bool:
+        if self.sent:
+            self.conn.close(abort=True)  # part of the answer went out: all that can be done is to end it
+            return False
+        self.conn._answer_json(status, body)
+        return True

@@ -1,5 +1,5 @@
 """What the passthrough changes in requests and answers on their way through, on every path
-(the Tornado handlers, the fast path, the front door): which headers pass each way, which
+(the front door, connections handed to Tornado, the full handlers): which headers pass each way, which
 cookies a session may set, the path the session sees, and the answer when it does not answer.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import APIError
-from ..http_head import Head
-from ..proxy import Target
+from .head import Head
+from .service import Target
 
 MAX_HEAD = 65536  # as Tornado's max_header_size: a longer head goes to Tornado, which refuses it
 HOP_BY_HOP = {
