@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from typing import Any
 
@@ -76,7 +77,7 @@ class ShareService:
         return await self.db.run(_list)
 
     # ---- create ----------------------------------------------------------------------------
-    async def create(self, user: CurrentUser, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def create(self, user: CurrentUser, body: dict[str, Any]) -> builtins.list[dict[str, Any]]:
         if "original_workspace_id" not in body or "shared_user_ids" not in body:
             raise APIError(400, "Missing required fields.")
         raw_id = body["original_workspace_id"]
