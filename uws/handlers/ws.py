@@ -20,11 +20,10 @@ from tornado.routing import Rule
 from ..auth.tokens import CurrentUser
 from ..errors import APIError, not_authenticated
 from ..queries import owned_jobs, user_snapshot
+from ..sessions.status import TERMINAL
 from ..websockets import MAX_TICKETS_PER_USER, TICKET_SECONDS
 from .base import ID, BaseHandler, UpgradeMatches, send_error
 from .components import Components, SettingsComponents
-
-TERMINAL = ("complete", "failed")
 
 
 class TicketHandler(BaseHandler):
