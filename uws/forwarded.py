@@ -83,7 +83,8 @@ class TrustingHTTPServer(httpserver.HTTPServer):
     """Tornado's HTTPServer with xheaders=True, believing them only from `trust`'s proxies."""
 
     def initialize(self, *args: Any, trust: ProxyTrust, **kwargs: Any) -> None:  # type: ignore[override]
-        super().initialize(*args, xheaders=True, **kwargs)
+        kwargs["xheaders"] = True
+        super().initialize(*args, **kwargs)
         self.trust = trust
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .sessions.status import JobStatus, WorkspaceStatus
 from .utils import UTC, utcnow
 
 
@@ -136,7 +137,7 @@ class Workspace(Base):
     datetime_last_job_launch: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     request_details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     current_details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(32), default="idle", index=True)
+    status: Mapped[str] = mapped_column(String(32), default=WorkspaceStatus.IDLE, index=True)
     status_message: Mapped[str] = mapped_column(Text, default="")
     default_job_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
@@ -153,7 +154,7 @@ class Job(Base):
     job_type: Mapped[str] = mapped_column(String(255))
     resource: Mapped[str] = mapped_column(String(255), default="")
     resource_job_id: Mapped[int] = mapped_column(BigInteger, default=-1)
-    status: Mapped[str] = mapped_column(String(32), default="pending", index=True)
+    status: Mapped[str] = mapped_column(String(32), default=JobStatus.PENDING, index=True)
     datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     datetime_start: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     datetime_end: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

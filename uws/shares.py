@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ from .auth.tokens import CurrentUser
 from .errors import APIError
 from .models import share_model
 from .quotas import check_disk, disk_limit
+from .sessions.status import WorkspaceStatus
 from .storage.safepath import TooLarge
 from .utils import utcnow
 from .workspaces import DIR_FAILURE_DELETE
@@ -76,7 +78,7 @@ class ShareService:
         return await self.db.run(_list)
 
     # ---- create ----------------------------------------------------------------------------
-    async def create(self, user: CurrentUser, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def create(self, user: CurrentUser, body: dict[str, Any]) -> builtins.list[dict[str, Any]]:
         if "original_workspace_id" not in body or "shared_user_ids" not in body:
             raise APIError(400, "Missing required fields.")
         raw_id = body["original_workspace_id"]
@@ -101,9 +103,9 @@ class ShareService:
             raise APIError(404, f"Workspace {raw_id} not found for user.")
         if unaccepted:
             raise APIError(400, f"Workspace {ws_id} is a shared workspace and has not been accepted.")
-        if original.status == "deleting":
+        if original.status == WorkspaceStatus.DELETING:
             raise APIError(400, f"Workspace {ws_id} is being deleted.")
-        if original.status == "initializing":
+        if original.status == WorkspaceStatus.INITIALIZING:
             raise APIError(400, f"Workspace {ws_id} is still initializing.")
         ids = body["shared_user_ids"]
         if not isinstance(ids, list):
@@ -185,7 +187,7 @@ class ShareService:
                     default_job_type=orig.default_job_type,
                     request_details=orig.request_details,
                     current_details=orig.current_details,
-                    status="initializing",
+                    status=WorkspaceStatus.INITIALIZING,
                     disk_space=size,
                 )
                 session.add(copy)
@@ -232,7 +234,7 @@ class ShareService:
                 )
             )
             copy = session.get(orm.Workspace, copy_id)
-            if mapping is None or copy is None or copy.status != "initializing":
+            if mapping is None or copy is None or copy.status != WorkspaceStatus.INITIALIZING:
                 return None
             original = (
                 session.get(orm.Workspace, mapping.original_workspace_id)
@@ -250,7 +252,7 @@ class ShareService:
             return
         copy, original, recipient, room = loaded
         storage = self.app.storage
-        status, message, path = "idle", "", ""
+        status, message, path = WorkspaceStatus.IDLE, "", ""
         try:
             account = await self.app.accounts.get(recipient.username)
             if original is None or not storage.valid_workspace_dir(original.file_path):
@@ -269,12 +271,12 @@ class ShareService:
             else:
                 log.exception("Copying shared workspace %s failed", copy_id)
                 message = f"Copy failed: {e}"
-            status, disk, current = "error", 0, None
+            status, disk, current = WorkspaceStatus.ERROR, 0, None
             path = await self._discard_partial(path, copy_id)
 
         def _finish(session: Any) -> None:
             row = session.get(orm.Workspace, copy_id)
-            if row is None or row.status != "initializing":
+            if row is None or row.status != WorkspaceStatus.INITIALIZING:
                 return  # cancelled meanwhile
             row.status = status
             row.status_message = message
@@ -353,7 +355,7 @@ class ShareService:
             raise APIError(400, f"Shared workspace {copy_id} has been accepted and cannot be deleted.")
         await self.app.accounts.get(copy_owner.username)
         storage = self.app.storage
-        untouched = copy.status == "initializing" or not copy.file_path
+        untouched = copy.status == WorkspaceStatus.INITIALIZING or not copy.file_path
         if not untouched and not storage.valid_workspace_dir(copy.file_path):
             raise APIError(500, DIR_FAILURE_DELETE)
 
@@ -365,9 +367,9 @@ class ShareService:
                 # A bulk delete: a concurrent cancel of the same share just finds nothing.
                 gone = session.execute(delete(orm.Workspace).where(orm.Workspace.id == copy_id))
                 return "removed" if gone.rowcount else "gone"
-            if row.status == "deleting":
+            if row.status == WorkspaceStatus.DELETING:
                 return "already"
-            row.status = "deleting"
+            row.status = WorkspaceStatus.DELETING
             return "queued"
 
         result = await self.db.run(_mark)
@@ -386,7 +388,11 @@ class ShareService:
 
     async def resume(self) -> None:
         ids = await self.db.run(
-            lambda s: list(s.scalars(select(orm.Workspace.id).where(orm.Workspace.status == "initializing")))
+            lambda s: list(
+                s.scalars(
+                    select(orm.Workspace.id).where(orm.Workspace.status == WorkspaceStatus.INITIALIZING)
+                )
+            )
         )
         for copy_id in ids:
             self.workspaces.spawn(self.initialise_copy(copy_id))

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from tornado import web
+from tornado.http1connection import HTTP1Connection
 from tornado.routing import PathMatches
 
 from ..errors import APIError, error_body
@@ -156,7 +157,8 @@ class BaseHandler(Components, web.RequestHandler):
         if self._received > self._body_limit + DRAIN_BYTES:
             self.send_api_error(APIError(413, BODY_TOO_LARGE))
             # Not worth reading any further; closing stops the client sending.
-            self.request.connection.close()
+            if isinstance(self.request.connection, HTTP1Connection):  # every request here has one
+                self.request.connection.close()
 
     def body_chunks(self) -> list[bytes]:
         """The body as received, or 413 when it went over the limit (it was dropped as it came)."""

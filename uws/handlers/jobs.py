@@ -13,13 +13,13 @@ class JobsHandler(BaseHandler):
         filters: dict[str, Any] = {}
         if job_id is None:
             for key in ("workspace_id", "resource_job_id"):
-                value = self.query_int(key)
-                if value is not None:
-                    filters[key] = value
+                number = self.query_int(key)
+                if number is not None:
+                    filters[key] = number
             for key in ("job_type", "status"):
-                value = self.query_value(key)
-                if value is not None:
-                    filters[key] = value
+                text = self.query_value(key)
+                if text is not None:
+                    filters[key] = text
         caller = self.user.id
         one = int(job_id) if job_id is not None else None
         jobs = await self.db.run(lambda session: owned_jobs(session, caller, one, filters))

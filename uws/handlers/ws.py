@@ -20,11 +20,10 @@ from tornado.routing import Rule
 from ..auth.tokens import CurrentUser
 from ..errors import APIError, not_authenticated
 from ..queries import owned_jobs, user_snapshot
+from ..sessions.status import TERMINAL
 from ..websockets import MAX_TICKETS_PER_USER, TICKET_SECONDS
 from .base import ID, BaseHandler, UpgradeMatches, send_error
-from .components import Components
-
-TERMINAL = ("complete", "failed")
+from .components import Components, SettingsComponents
 
 
 class TicketHandler(BaseHandler):
@@ -127,7 +126,7 @@ class AuthenticatedWebSocket(Components, websocket.WebSocketHandler):
 
 
 async def open_counted(
-    handler: Components,
+    handler: websocket.WebSocketHandler,
     user_id: int,
     handshake: Callable[..., Awaitable[None]],
     *args: Any,
@@ -137,7 +136,7 @@ async def open_counted(
     if the user may open one more websocket, else answer a JSON 429. The count is given back by
     `release_counted` in on_close, or here when no websocket is open any more (a failed
     handshake never reaches on_close); giving it back twice is harmless."""
-    counter = handler.websockets
+    counter = SettingsComponents(handler.settings).websockets
     if not counter.acquire(user_id):
         send_error(handler, APIError(429, counter.refusal))
         return
@@ -149,11 +148,11 @@ async def open_counted(
             release_counted(handler)
 
 
-def release_counted(handler: Components) -> None:
+def release_counted(handler: websocket.WebSocketHandler) -> None:
     user_id = getattr(handler, "_uws_counted_user", None)
     if user_id is not None:
         handler._uws_counted_user = None  # type: ignore[attr-defined]
-        handler.websockets.release(user_id)
+        SettingsComponents(handler.settings).websockets.release(user_id)
 
 
 def job_message(job: dict[str, Any]) -> dict[str, Any]:

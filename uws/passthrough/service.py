@@ -23,6 +23,7 @@ from traitlets.config import LoggingConfigurable
 
 from .. import orm
 from ..keys import read_key
+from ..sessions.status import JobStatus
 from .upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class ProxyService(LoggingConfigurable):
 
         def _load(session: Any) -> Target | None:
             job = session.get(orm.Job, job_id)
-            if job is None or job.status != "running":
+            if job is None or job.status != JobStatus.RUNNING:
                 return None
             current = (job.job_details or {}).get("current_job_details") or {}
             proxy = current.get("proxy_details") or {}
@@ -200,7 +201,9 @@ class ProxyService(LoggingConfigurable):
 
         def _stamp(session: Any) -> list[int]:
             jobs = session.scalars(
-                select(orm.Job).where(orm.Job.user_id == user_id, orm.Job.status.in_(("pending", "running")))
+                select(orm.Job).where(
+                    orm.Job.user_id == user_id, orm.Job.status.in_((JobStatus.PENDING, JobStatus.RUNNING))
+                )
             ).all()
             for job in jobs:
                 job.spawner_state = {**(job.spawner_state or {}), "cookies_not_before": now}

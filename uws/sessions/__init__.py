@@ -1,9 +1,10 @@
 """Sessions: the life cycle of a job, from the start request to its end.
 
 service (JobService, what handlers call) · launch (starting one) · record (the live record of an
-active job) · tracker (helper messages) · reconcile (checking silent ones) · transitions (database
-changes of status) · status (the enums) · jobtypes, params (what may be started, with what) ·
-culler (idle sessions) · channel, protocol (the link to helpers) · helper, proctree (the helper).
+active job) · tracker (helper messages) · reconcile (checking silent ones) · servicebase (what
+those two use of the service) · transitions (database changes of status) · status (the enums) ·
+jobtypes, params (what may be started, with what) · culler (idle sessions) · channel, protocol
+(the link to helpers) · helper, proctree (the helper).
 
 Imports nothing itself: the helper imports this package and must stay light.
 """

@@ -24,11 +24,11 @@ from .. import orm
 from .status import JobStatus
 
 if TYPE_CHECKING:
+    from ..db import Database
+    from ..events import EventBus
+    from ..keys import SessionTokens
     from ..passthrough import ProxyService
-    from .db import Database
-    from .events import EventBus
-    from .jobs import JobService
-    from .keys import SessionTokens
+    from .service import JobService
 
 log = logging.getLogger("uws.culler")
 

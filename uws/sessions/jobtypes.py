@@ -69,7 +69,7 @@ def build_spec(
     origin: str,
 ) -> dict[str, Any]:
     kind = job_type.get("job_type")
-    template = templates.get(kind)
+    template = templates.get(kind) if isinstance(kind, str) else None
     if template is None:
         raise JobTypeError(f"unknown job type class {kind!r}")
     values: dict[str, Any] = dict(template.get("defaults", {}))

@@ -101,7 +101,8 @@ class Launcher:
         resource = app.resources.get(app.main_resource_key, {})
         translated = translate(valid, resource.get("parameter_mapping") or {})
         limit = minutes(valid.get("time_limit_min"))
-        cpus = valid.get("num_cpus") if isinstance(valid.get("num_cpus"), int) else 1
+        num_cpus = valid.get("num_cpus")
+        cpus = num_cpus if isinstance(num_cpus, int) else 1
         await app.quotas.check_core_hours(user.id, cpus * (limit or 0) / 60)
         # From the check until the job has a live record, the start counts as one of the user's
         # sessions: starts that arrive together must not all see the count from before them.

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from sqlalchemy import select
 
 from .. import orm
 from ..spawners.base import Spawner
-from .record import LiveSessions
+from .servicebase import JobServiceBase
 from .status import ACTIVE, JobStatus
 
 log = logging.getLogger("uws.jobs")
@@ -22,14 +21,9 @@ log = logging.getLogger("uws.jobs")
 LAUNCH_INTERRUPTED = "Launch interrupted by a server restart; the session was ended."
 
 
-class Reconciler:
+class Reconciler(JobServiceBase):
     """A part of JobService: it uses the service's app, database, channel, live records and
     transitions (_finish, _update, apply_exit, _spawner, _terminate)."""
-
-    app: Any
-    db: Any
-    channel: Any
-    live: LiveSessions
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -45,9 +39,11 @@ class Reconciler:
         log.warning("Checking job %s failed (%s); keeping its status", job_id, error)
         record = self.live.get(job_id)
         now = time.monotonic()
-        if record is not None and record.unanswered_since is None:
-            record.unanswered_since = now
-        since = record.unanswered_since if record is not None else now
+        since = now
+        if record is not None:
+            if record.unanswered_since is None:
+                record.unanswered_since = now
+            since = record.unanswered_since
         # A queued job has no helper yet: it waits for the scheduler to come back, however long.
         gone = not helper_alive and status != JobStatus.PENDING
         if gone and time.monotonic() - since > self.app.lost_contact_seconds:

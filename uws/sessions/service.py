@@ -167,7 +167,7 @@ class JobService(HelperMessages, Reconciler):
         record = self.live.get(job_id)
         if record is not None:
             return record.owner
-        return await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.user_id)
+        return await self.db.run(lambda s: row.user_id if (row := s.get(orm.Job, job_id)) else None)
 
     async def _is_terminal(self, job_id: int) -> bool:
         status = await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.status)

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import orm
 from ..spawners.base import Spawner
-from .record import LiveSessions
+from .servicebase import JobServiceBase
 from .status import TERMINAL
 
 log = logging.getLogger("uws.jobs")
@@ -19,13 +19,9 @@ log = logging.getLogger("uws.jobs")
 SESSION_PORTS = range(1024, 65536)
 
 
-class HelperMessages:
+class HelperMessages(JobServiceBase):
     """A part of JobService: it uses the service's database, events, live records and
     transitions (_update, apply_exit, _spawner, _send_stop)."""
-
-    db: Any
-    events: Any
-    live: LiveSessions
 
     async def on_message(self, job_id: int, message: dict[str, Any]) -> None:
         record = self.live.get(job_id)

@@ -273,7 +273,9 @@ class SlurmBase(Spawner):
         return [f"#SBATCH {line}" for line in lines]
 
     async def start(self, spec: dict[str, Any], secret: str) -> int:
-        with open(os.path.join(self.parent.share_dir, "slurm_job.sh")) as f:
+        app = self.parent
+        assert app is not None, "SpawnerFactory makes every spawner with the app as its parent"
+        with open(os.path.join(app.share_dir, "slurm_job.sh")) as f:
             template = f.read()
         secret_file = os.path.join(self.job_dir, ".secret")
         script = template.format(

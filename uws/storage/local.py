@@ -228,16 +228,16 @@ class LocalFileSystemStorage(LoggingConfigurable):
 
     def apply(self, account: Account, workspace_dir: str, plan: Plan) -> None:
         """Write a validated plan. Raises APIError when the file system says no."""
-        for op in plan.symlinks:
+        for link in plan.symlinks:
             try:
-                safepath.make_symlink(workspace_dir, op.parts, op.source, account)
+                safepath.make_symlink(workspace_dir, link.parts, link.source, account)
             except (UnsafePath, OSError) as e:
-                raise write_error(e, "symlink destination path", "/".join(op.parts)) from None
-        for op in plan.files:
+                raise write_error(e, "symlink destination path", "/".join(link.parts)) from None
+        for file in plan.files:
             try:
-                safepath.write_file(workspace_dir, op.parts, op.content, account)
+                safepath.write_file(workspace_dir, file.parts, file.content, account)
             except (UnsafePath, OSError) as e:
-                raise write_error(e, "file path", "/".join(op.parts)) from None
+                raise write_error(e, "file path", "/".join(file.parts)) from None
 
     # ---- uploads ---------------------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,63 @@
+"""What the parts of JobService (tracker.py's HelperMessages, reconcile.py's Reconciler) use of
+the whole: its attributes and the transitions service.py implements. Declared once here, so
+each part is type-checked against the same signatures that JobService must keep."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..db import Database
+    from ..events import EventBus
+    from ..spawners.base import Spawner
+    from .channel import SessionChannel
+    from .record import LiveSessions
+    from .status import JobStatus
+
+
+class JobServiceBase(abc.ABC):
+    app: Any  # the UWSApp
+    db: Database
+    events: EventBus
+    channel: SessionChannel
+    live: LiveSessions
+
+    @abc.abstractmethod
+    async def secret_for(self, job_id: int) -> str | None: ...
+
+    @abc.abstractmethod
+    async def _spawner(self, job_id: int) -> Spawner | None: ...
+
+    @abc.abstractmethod
+    async def _send_stop(self, job_id: int) -> None: ...
+
+    @abc.abstractmethod
+    async def _terminate(self, job_id: int) -> None: ...
+
+    @abc.abstractmethod
+    async def _update(
+        self,
+        job_id: int,
+        *,
+        message: str | None = None,
+        ready: dict[str, Any] | None = None,
+        running: bool = False,
+        source_time: float | None = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def apply_exit(
+        self, job_id: int, ended: dict[str, Any], source_time: float | None = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def _finish(
+        self,
+        job_id: int,
+        status: JobStatus,
+        message: str,
+        log_tail: str = "",
+        stopping_completes: bool = False,
+        source_time: float | None = None,
+    ) -> None: ...
