@@ -3,7 +3,8 @@
 service (JobService, what handlers call) · launch (starting one) · record (the live record of an
 active job) · tracker (helper messages) · reconcile (checking silent ones) · transitions (database
 changes of status) · status (the enums) · jobtypes, params (what may be started, with what) ·
-culler (idle sessions) · channel, protocol (the link to helpers) · helper, proctree (the helper).
+culler (idle sessions) · channel, protocol (the link to helpers) · helper, helper_app, helper_link,
+proctree (the helper).
 
 Imports nothing itself: the helper imports this package and must stay light.
 """
