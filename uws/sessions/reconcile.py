@@ -23,17 +23,20 @@ LAUNCH_INTERRUPTED = "Launch interrupted by a server restart; the session was en
 
 
 class Reconciler:
-    """A part of JobService: it uses the service's app, database, channel, live records and
+    """A part of JobService: it uses the service's app, options, database, channel, live records and
     transitions (_finish, _update, apply_exit, _spawner, _terminate)."""
 
     app: Any
     db: Any
+    heartbeat_seconds: float
+    reconcile_seconds: float
+    lost_contact_seconds: float
     channel: Any
     live: LiveSessions
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.app.reconcile_seconds)
+            await asyncio.sleep(self.reconcile_seconds)
             try:
                 await self.reconcile()
             except Exception:
@@ -50,7 +53,7 @@ class Reconciler:
         since = record.unanswered_since if record is not None else now
         # A queued job has no helper yet: it waits for the scheduler to come back, however long.
         gone = not helper_alive and status != JobStatus.PENDING
-        if gone and time.monotonic() - since > self.app.lost_contact_seconds:
+        if gone and time.monotonic() - since > self.lost_contact_seconds:
             spawner = record.spawner if record is not None else None
             await self._finish(job_id, JobStatus.FAILED, "Lost contact with the job on the resource.")
             if spawner is not None:  # so it cannot run on unowned, should it come back
@@ -82,7 +85,7 @@ class Reconciler:
                 for j in s.scalars(select(orm.Job).where(orm.Job.status.in_(ACTIVE)))
             ]
         )
-        silent_after = self.app.heartbeat_seconds * 3
+        silent_after = self.heartbeat_seconds * 3
         now = time.monotonic()
         for job_id, user_id, status, resource_job_id in rows:
             # Every active job gets its record at launch or here at start-up; one without a
@@ -141,5 +144,5 @@ class Reconciler:
         if startup:
             # Give reconnecting helpers a moment, then check the silent ones for evidence.
             asyncio.get_running_loop().call_later(
-                self.app.heartbeat_seconds * 3 + 1, lambda: asyncio.ensure_future(self.reconcile())
+                self.heartbeat_seconds * 3 + 1, lambda: asyncio.ensure_future(self.reconcile())
             )
