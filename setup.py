@@ -40,7 +40,15 @@ setup(
     extras_require={
         # jupyterlab: the passthrough's end-to-end tests run a real JupyterLab.
         # playwright: drives the system's Chromium in the browser isolation tests.
-        "test": ["pytest>=8", "schemathesis>=3.30", "ruff>=0.5", "jupyterlab>=4", "playwright>=1.40"],
+        # types-psutil: psutil's type hints, for mypy over the session helper.
+        "test": [
+            "pytest>=8",
+            "schemathesis>=3.30",
+            "ruff>=0.5",
+            "jupyterlab>=4",
+            "playwright>=1.40",
+            "types-psutil",
+        ],
     },
     # Pluggable classes by name (c.UWSApp.spawner_class = "slurm"), as JupyterHub names its
     # spawners: another package adds one with an entry point in the same group. uws/plugins.py

@@ -32,8 +32,8 @@ CONFIG = """
 c.UWSApp.authenticator_class = "dev"
 c.LocalFileSystemStorage.root_dir = "{root}"
 c.UWSApp.log_level = "WARN"
-c.UWSApp.max_running_jobs_per_user = 0
-c.UWSApp.max_concurrent_starts = 0
+c.JobService.max_running_jobs_per_user = 0
+c.JobService.max_concurrent_starts = 0
 c.UWSApp.job_types = {{
     "local_test_job": {{"name": "Local Test Job", "job_type": "LocalTestJob",
                        "environment_details": {{"main_resource": {{"sleep_seconds": "600"}}}}}},

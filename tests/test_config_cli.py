@@ -104,6 +104,11 @@ def test_generate_config_documents_options() -> None:
         "c.ProxyService.request_timeout",
         "c.IdleCuller.timeout_seconds",
         "c.Spawner.grace_seconds",
+        "c.JobService.max_running_jobs_per_user",
+        "c.JobService.max_concurrent_starts",
+        "c.JobService.heartbeat_seconds",
+        "c.JobService.lost_contact_seconds",
+        "c.StatusReporter.build",
     ]:
         assert option in out, option
     assert "Largest request body in bytes" in out

@@ -25,10 +25,10 @@ from helpers.harness import Client, Server, running_server
 LIMITS_CONFIG = (
     LOCAL_CONFIG
     + f"""
-c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.reconcile_seconds = 1
+c.JobService.heartbeat_seconds = 1
+c.JobService.reconcile_seconds = 1
 c.UWSApp.stop_grace_seconds = 2
-c.UWSApp.max_running_jobs_per_user = 2
+c.JobService.max_running_jobs_per_user = 2
 c.UWSApp.job_types = {{
     "sleeper": {{"name": "Sleeper", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["sleep", "600"], "readiness_path": ""}}}}}},

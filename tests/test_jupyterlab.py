@@ -33,7 +33,7 @@ LAB_CONFIG = (
     + ORIGIN_MODE
     + """
 c.UWSApp.spawner_class = "local"
-c.UWSApp.heartbeat_seconds = 1
+c.JobService.heartbeat_seconds = 1
 c.UWSApp.cull_interval_seconds = 1
 c.UWSApp.idle_warning_seconds = 2
 c.UWSApp.job_types = {

@@ -23,8 +23,8 @@ SECRET = f"TOP-SECRET-OF-B-{secrets.token_hex(4)}"
 CONFIG = (
     LOCAL_CONFIG
     + f"""
-c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.reconcile_seconds = 1
+c.JobService.heartbeat_seconds = 1
+c.JobService.reconcile_seconds = 1
 c.UWSApp.job_types = {{
     "secret": {{"name": "Secret", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["sh", "-c", "echo {SECRET}; exit 3"]}}}}}},

@@ -22,7 +22,7 @@ SECRETS_CONFIG = (
     LOCAL_CONFIG
     + f"""
 c.UWSApp.spawner_class = "local"
-c.UWSApp.heartbeat_seconds = 1
+c.JobService.heartbeat_seconds = 1
 c.UWSApp.job_types = {{
     "web": {{"name": "Web app", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["{APP_PYTHON}", "-m", "http.server", "{{port}}", "--bind", "127.0.0.1"],

@@ -30,7 +30,7 @@ from helpers.harness import Client, Server, running_server
 TARGET_CONFIG = (
     LOCAL_CONFIG
     + f"""
-c.UWSApp.heartbeat_seconds = 1
+c.JobService.heartbeat_seconds = 1
 c.UWSApp.session_channel_url = "ipc://@DIR@/channel/ch.sock"
 c.UWSApp.job_types = {{
     "sleeper": {{"name": "Sleeper", "job_type": "LocalTestJob",

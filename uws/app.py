@@ -3,54 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvloop
-from tornado import web
 from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default
 from traitlets import validate as validate_trait
-from traitlets.config import Application, catch_config_error
+from traitlets.config import Application, Configurable, catch_config_error
 
 from . import __version__, plugins
-from .access_log import RedactCredentials, log_access
+from .access_log import log_request, setup_logging
 from .auth.accounts import AccountCache
-from .config_json import DEFAULT_MAPPING, DEFAULT_PARAMETERS, ConfigError, original_form, validate
+from .cli import SERVER_ALIASES, SERVER_FLAGS, SUBCOMMANDS, configurable_classes
+from .config_json import (
+    ConfigError,
+    default_job_types,
+    default_parameters,
+    default_resources,
+    original_form,
+)
+from .configuration import api_host_problems, moved, read_config
+from .startup import log_started, tune_runtime
 
 if TYPE_CHECKING:
     from .passthrough import SessionURLs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-NO_LOGIN_METHOD = (
-    "no login method configured: set c.UWSApp.authenticator_class (e.g. 'local' or 'globus') in the "
-    "config file, or pass --dev for the development login (no client token; never on a shared machine)"
-)
-# Options that moved to the class they configure: old UWSApp name -> (class, new name). The old
-# names keep working (with a warning naming the new place) for configs written before the move.
-MOVED_OPTIONS = {
-    "proxy_connect_timeout": ("ProxyService", "connect_timeout"),
-    "proxy_request_timeout": ("ProxyService", "request_timeout"),
-    "proxy_websocket_max_message_size": ("ProxyService", "websocket_max_message_size"),
-    "idle_timeout_seconds": ("IdleCuller", "timeout_seconds"),
-    "idle_warning_seconds": ("IdleCuller", "warning_seconds"),
-    "cull_interval_seconds": ("IdleCuller", "interval_seconds"),
-    "stop_grace_seconds": ("Spawner", "grace_seconds"),
-    "status_check_timeout": ("StatusReporter", "check_timeout"),
-}
-
-
-def moved(old: str) -> str:
-    cls, new = MOVED_OPTIONS[old]
-    return f"Deprecated: use c.{cls}.{new} (c.UWSApp.{old} still works)."
 
 
 class UWSApp(Application):
@@ -62,56 +46,18 @@ class UWSApp(Application):
     ./uws-data. A login method must be named: c.UWSApp.authenticator_class in the config, or
     --dev for the development login that needs no client token (what scripts/serve does)."""
 
-    aliases = {
-        "config": "UWSApp.config_file",
-        "ip": "UWSApp.ip",
-        "port": "UWSApp.port",
-        "db-url": "UWSApp.db_url",
-        "log-level": "Application.log_level",
-    }
-    flags = {
-        "debug": (
-            {"Application": {"log_level": logging.DEBUG}, "UWSApp": {"debug": True}},
-            "Log debug messages and show more detail.",
-        ),
-        "dev": (
-            {"UWSApp": {"authenticator_class": "dev"}},
-            """Development login: no client token needed, and every user's files belong to the
-            server's own OS account. Never on a shared machine.""",
-        ),
-    }
-    classes = List()
+    aliases = SERVER_ALIASES
+    flags = SERVER_FLAGS
+    subcommands = SUBCOMMANDS
+    classes: List[type[Configurable]] = List()
 
     @default("log_level")
     def _log_level(self) -> int:
         return logging.INFO
 
     @default("classes")
-    def _classes(self) -> list[type]:
-        from .health import StatusReporter
-        from .mail import Mailer
-        from .passthrough import ProxyService
-        from .sessions.culler import IdleCuller
-        from .spawners.base import Spawner
-
-        # Every class the entry points name (another package's spawner too), for
-        # generate-config; their bases (SlurmBase) are added by traitlets.
-        found = [UWSApp, ProxyService, IdleCuller, StatusReporter, Mailer, Spawner]
-        for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
-            found += [cls for cls in plugins.all_classes(group) if cls not in found]
-        return found
-
-    subcommands = {
-        "check-config": ("uws.cli.CheckConfigApp", "Validate a configuration file and list every problem."),
-        "generate-config": (
-            "uws.cli.GenerateConfigApp",
-            "Print a uws_config.py with every option and its help.",
-        ),
-        "upgrade-db": ("uws.cli.UpgradeDBApp", "Create or upgrade the database to the current schema."),
-        "create-client-token": ("uws.cli.CreateClientTokenApp", "Create (or renew) an API client token."),
-        "quota": ("uws.cli.QuotaApp", "Show or set a user's disk and core-hour maximums."),
-        "user": ("uws.cli.UserApp", "List users, or deactivate and reactivate one."),
-    }
+    def _classes(self) -> list[type[Configurable]]:
+        return configurable_classes()
 
     # ---- options ---------------------------------------------------------------------------
     config_file = Unicode(
@@ -226,15 +172,7 @@ class UWSApp(Application):
 
     @default("resources")
     def _resources(self) -> dict[str, Any]:
-        return {
-            self.main_resource_key: {
-                "name": "Local Resource",
-                "resource_type": "LocalResource",
-                "passthrough_domain": "",
-                "connection_details": {},
-                "parameter_mapping": dict(DEFAULT_MAPPING),
-            }
-        }
+        return default_resources(self.main_resource_key)
 
     job_types = Dict(
         config=True,
@@ -245,15 +183,9 @@ class UWSApp(Application):
 
     @default("job_types")
     def _job_types(self) -> dict[str, Any]:
-        return {
-            "local_test_job": {
-                "name": "Local Test Job",
-                "job_type": "LocalTestJob",
-                "environment_details": {self.main_resource_key: {}},
-            }
-        }
+        return default_job_types(self.main_resource_key)
 
-    parameters = List(
+    parameters: List[Any] = List(
         config=True,
         help="""Resource options users may request when starting a session, served verbatim by
         GET /parameters/ and used to validate PUT /workspaces/<id>/start/.""",
@@ -261,7 +193,7 @@ class UWSApp(Application):
 
     @default("parameters")
     def _parameters(self) -> list[Any]:
-        return [dict(p, validation=dict(p["validation"])) for p in DEFAULT_PARAMETERS]
+        return default_parameters()
 
     user_authentication_methods = Dict(
         config=True, help="Every login method of an original config.json, for /status/ health."
@@ -305,7 +237,6 @@ class UWSApp(Application):
     users_min_search_length = Integer(
         0, config=True, help="Minimum length of ?search= on GET /users/ (0 lists everyone)."
     )
-    status_check_timeout = Float(5.0, config=True, help=moved("status_check_timeout"))
     session_channel_url = Unicode(
         "",
         config=True,
@@ -335,38 +266,12 @@ class UWSApp(Application):
         the group uws.spawners, or an import path.
         Default: 'sudo' when users have their own OS accounts, else 'local'.""",
     )
-    heartbeat_seconds = Float(5.0, config=True, help="Seconds between session helper heartbeats.")
-    reconcile_seconds = Float(
-        10.0,
-        config=True,
-        help="Seconds between checks of sessions whose helper has gone silent.",
-    )
-    lost_contact_seconds = Float(
-        900.0,
-        config=True,
-        help="""A session whose helper is silent and whose resource (the Slurm scheduler, say)
-        does not answer keeps its status, and is checked again with backoff; after this many
-        seconds of that it is marked failed ("Lost contact with the job on the resource.").""",
-    )
-    stop_grace_seconds = Float(5.0, config=True, help=moved("stop_grace_seconds"))
     background_fs_threads = Integer(
         2,
         config=True,
         help="""Threads for slow file work in the background (share copies, workspace deletion),
         kept apart from the threads that serve creates, uploads, updates and rescans.""",
     )
-    max_concurrent_starts = Integer(
-        20,
-        config=True,
-        help="Sessions that may be starting at once; more get 429 with Retry-After (0: no limit).",
-    )
-    max_running_jobs_per_user = Integer(
-        10,
-        config=True,
-        help="Active sessions one user may have; more get 429 with Retry-After (0: no limit).",
-    )
-    proxy_connect_timeout = Float(5.0, config=True, help=moved("proxy_connect_timeout"))
-    proxy_request_timeout = Float(3600.0, config=True, help=moved("proxy_request_timeout"))
     # ---- connection limits (what one client can hold of the server) ----
     head_timeout = Float(
         30.0,
@@ -386,9 +291,6 @@ class UWSApp(Application):
         help="""Websockets one user may have open at once: event streams plus relayed session
         websockets (counted against the session's owner). More are refused with 429.""",
     )
-    proxy_websocket_max_message_size = Integer(
-        64 << 20, config=True, help=moved("proxy_websocket_max_message_size")
-    )
     trusted_proxies = List(
         Unicode(),
         [],
@@ -397,14 +299,23 @@ class UWSApp(Application):
         on this host) whose X-Forwarded-For, X-Real-Ip, X-Forwarded-Proto and X-Scheme headers
         are believed. From any other peer they are ignored. Empty (default): never believed.""",
     )
+    # Deprecated names of options now on the class they configure (uws/configuration.py).
+    proxy_connect_timeout = Float(5.0, config=True, help=moved("proxy_connect_timeout"))
+    proxy_request_timeout = Float(3600.0, config=True, help=moved("proxy_request_timeout"))
+    proxy_websocket_max_message_size = Integer(
+        64 << 20, config=True, help=moved("proxy_websocket_max_message_size")
+    )
     idle_timeout_seconds = Float(0, config=True, help=moved("idle_timeout_seconds"))
     idle_warning_seconds = Float(300, config=True, help=moved("idle_warning_seconds"))
     cull_interval_seconds = Float(30, config=True, help=moved("cull_interval_seconds"))
-    build = Unicode(
-        "",
-        config=True,
-        help="Build id shown by /status/. Default: $UWS_BUILD, else the git commit if known.",
-    )
+    stop_grace_seconds = Float(5.0, config=True, help=moved("stop_grace_seconds"))
+    status_check_timeout = Float(5.0, config=True, help=moved("status_check_timeout"))
+    build = Unicode("", config=True, help=moved("build"))
+    max_concurrent_starts = Integer(20, config=True, help=moved("max_concurrent_starts"))
+    max_running_jobs_per_user = Integer(10, config=True, help=moved("max_running_jobs_per_user"))
+    heartbeat_seconds = Float(5.0, config=True, help=moved("heartbeat_seconds"))
+    reconcile_seconds = Float(10.0, config=True, help=moved("reconcile_seconds"))
+    lost_contact_seconds = Float(900.0, config=True, help=moved("lost_contact_seconds"))
 
     # ---- start-up --------------------------------------------------------------------------
     @catch_config_error
@@ -416,85 +327,16 @@ class UWSApp(Application):
 
     def load_uws_config(self, require_login: bool = True) -> None:
         """Read the config file; `require_login` is off for subcommands that only use the database."""
-        self.config_warnings: list[str] = []
-        if self.config_file:
-            if self.config_file.endswith(".json"):
-                from . import config_json
-
-                cfg, self.config_warnings = config_json.load(self.config_file)
-                self.update_config(cfg)
-            else:
-                if not os.path.exists(self.config_file):
-                    raise ConfigError([f"config file {self.config_file} not found"])
-                self.load_config_file(self.config_file)
-            # The command line wins over the file.
-            self.update_config(self.cli_config)
-        self.forward_moved_options()
-        problems, warnings = validate(self.as_original_config())
-        problems += self.class_problems()
-        if require_login and not self.authenticator_class:
-            # Fail closed: a config that forgets the line must not fall back to a login anyone can use.
-            problems.append(NO_LOGIN_METHOD)
-        if problems:
-            raise ConfigError(problems)
-        self.config_warnings += [w for w in warnings if w not in self.config_warnings]
-
-    def class_problems(self) -> list[str]:
-        """Class names that are neither an entry point nor importable, found before start-up."""
-        problems = []
-        for option, group in (
-            ("authenticator_class", plugins.AUTHENTICATORS),
-            ("storage_accounts_from", plugins.AUTHENTICATORS),
-            ("storage_class", plugins.STORAGE),
-            ("spawner_class", plugins.SPAWNERS),
-        ):
-            name = getattr(self, option)
-            if name:
-                try:
-                    plugins.load_class(group, name)
-                except plugins.PluginError as e:
-                    problems.append(f"UWSApp.{option}: {e}")
-        return problems
-
-    def forward_moved_options(self) -> None:
-        """c.UWSApp.<old name> configures the class the option moved to, unless the config also
-        sets it there (the new name wins), with a warning naming the new place."""
-        old_section = self.config.UWSApp
-        for old, (cls, new) in MOVED_OPTIONS.items():
-            if old not in old_section:
-                continue
-            section = self.config[cls]
-            if new in section:
-                message = f"c.UWSApp.{old} is ignored: c.{cls}.{new} is set"
-            else:
-                section[new] = old_section[old]
-                message = f"c.UWSApp.{old} is deprecated: use c.{cls}.{new}"
-            if message not in self.config_warnings:
-                self.config_warnings.append(message)
+        self.config_warnings = read_config(self, require_login)
 
     def as_original_config(self) -> dict[str, Any]:
         """The configuration in the original format, so one validator serves both formats."""
         return original_form(self)
 
-    def init_logging_format(self) -> None:
-        logging.basicConfig(
-            level=self.log_level,
-            format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s",
-            datefmt="%H:%M:%S",
-        )
-        self.log.setLevel(self.log_level)
-        logging.getLogger("tornado.access").setLevel(logging.DEBUG if self.debug else logging.WARNING)
-        for name in ("tornado.access", "tornado.application", "tornado.general"):
-            logging.getLogger(name).addFilter(RedactCredentials())
-
     def init_db(self) -> None:
         from . import db
 
-        # Private from the start: the database, cookie_secret and session_key live here.
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        if not self.db_url:
-            self.db_url = f"sqlite:///{os.path.join(self.data_dir, 'uws.sqlite')}"
-        self.db = db.Database(self.db_url)
+        self.db = db.open_database(self.data_dir, self.db_url)
         db.prepare(self.db.engine)
 
     def init_auth(self) -> None:
@@ -527,9 +369,19 @@ class UWSApp(Application):
         )
 
     def init_services(self) -> None:
+        from . import models
+        from .events import EventBus
+        from .keys import SessionTokens, secure_data_dir
         from .mail import Mailer
+        from .passthrough import ProxyService
         from .quotas import QuotaService
+        from .sessions.channel import default_url as default_channel_url
+        from .sessions.culler import IdleCuller
+        from .sessions.jobtypes import load_templates
+        from .sessions.service import JobService
         from .shares import ShareService
+        from .spawners import SpawnerFactory
+        from .websockets import TicketStore, WebSocketCounter
         from .workspaces import WorkspaceService
 
         self.share_dir = os.path.join(os.path.dirname(HERE), "share", "uws")
@@ -540,38 +392,22 @@ class UWSApp(Application):
         self.workspaces = WorkspaceService(self)
         self.accounts = AccountCache(self.account_provider, self.fs_executor, self.workspaces.spawn)
         self.shares = ShareService(self)
-        from .events import EventBus
-        from .sessions.jobtypes import load_templates
-        from .sessions.service import JobService
-        from .websockets import TicketStore, WebSocketCounter
-
         self.events = EventBus()
         self.tickets = TicketStore()
         self.websockets = WebSocketCounter(self.max_websockets_per_user)
         self.job_templates = load_templates(self.share_dir)
-        if not self.session_channel_url:
-            # Beside the data directory, not in it: helpers of other accounts must reach the
-            # socket, and the data directory is for the server alone.
-            self.session_channel_url = "ipc://" + os.path.join(
-                self.data_dir.rstrip("/") + "-channel", "sessions.sock"
-            )
-        self.secure_data_dir()
-        from . import models
-        from .keys import SessionTokens
-
+        self.session_channel_url = self.session_channel_url or default_channel_url(self.data_dir)
+        inside = [self.storage.root_dir]
+        if self.session_channel_url.startswith("ipc://"):
+            inside.append(self.session_channel_url[len("ipc://") :])
+        secure_data_dir(self.data_dir, inside, self.spawner_class not in ("local", "LocalProcessSpawner"))
         self.session_tokens = models.session_tokens = SessionTokens.load(self.data_dir)
-        from .spawners import SpawnerFactory
-
         self.spawner_factory = SpawnerFactory(self, self.spawner_class, self.session_channel_url)
-        self.jobs = JobService(self)
+        self.jobs = JobService(self, parent=self)
         self.spawner_factory.channel = self.jobs.channel
-        from .passthrough import ProxyService
-
         self.proxy = ProxyService(
             self.db, self.data_dir, self.passthrough_mode, self.session_tokens, parent=self
         )
-        from .sessions.culler import IdleCuller
-
         self.culler = IdleCuller(
             self.db, self.events, self.jobs, self.proxy, self.job_types, self.session_tokens, parent=self
         )
@@ -580,48 +416,14 @@ class UWSApp(Application):
         from .health import StatusReporter
 
         self.health = StatusReporter(
-            self.as_original_config(),
-            self.authenticator,
-            self.storage,
-            self.spawner_factory,
-            self.build,
-            parent=self,
+            self.as_original_config(), self.authenticator, self.storage, self.spawner_factory, parent=self
         )
-
-    def secure_data_dir(self) -> None:
-        """No other account may list the data directory (its files are 0600 in any case). When
-        sessions run as other accounts and must pass through it, to the session socket or the
-        workspaces root inside it, it is 0711 (enter, not list); otherwise 0700."""
-        data = os.path.realpath(self.data_dir)
-        needed = [self.storage.root_dir]
-        if self.session_channel_url.startswith("ipc://"):
-            needed.append(self.session_channel_url[len("ipc://") :])
-        passed = any(os.path.realpath(p).startswith(data + os.sep) for p in needed)
-        others = self.spawner_class not in ("local", "LocalProcessSpawner")
-        mode = 0o711 if passed and others else 0o700
-        if os.stat(data).st_mode & 0o777 != mode:
-            os.chmod(data, mode)
-
-    def init_build(self) -> None:
-        if self.build:
-            return
-        self.build = os.environ.get("UWS_BUILD", "").strip()
-        if not self.build:
-            try:
-                out = subprocess.run(
-                    ["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
-                    capture_output=True,
-                    text=True,
-                    timeout=2,
-                )
-                self.build = out.stdout.strip() if out.returncode == 0 else ""
-            except (OSError, subprocess.SubprocessError):
-                self.build = ""
 
     def init_webapp(self) -> None:
         from .forwarded import ProxyTrust
         from .handlers import api_host_routes, session_host_routes
         from .handlers.base import NotFoundHandler
+        from .handlers.components import web_settings
         from .passthrough.handed_off import UWSWebApplication
 
         try:
@@ -637,61 +439,12 @@ class UWSApp(Application):
             default_handler_class=NotFoundHandler,
             debug=False,
             compress_response=False,
-            **self.web_settings(),
+            **web_settings(self),
         )
         if self.passthrough_mode == "origin":
             # Every path on a session's host goes to that session, before any API route is tried.
-            self.webapp.add_handlers(".*" + re.escape(self.session_urls.hosts.suffix), session_host_routes)
-
-    def web_settings(self) -> dict[str, Any]:
-        """What handlers may use (uws/handlers/components.py gives each its type)."""
-        from .handlers.components import WebConfig
-
-        config = WebConfig(
-            max_json_body_size=self.max_json_body_size,
-            max_body_size=self.max_body_size,
-            max_details_bytes=self.max_details_bytes,
-            users_min_search_length=self.users_min_search_length,
-            cors_allowed_origins=tuple(self.cors_allowed_origins),
-            job_types=self.job_types,
-            parameters=self.parameters,
-            share_dir=self.share_dir,
-            passthrough_mode=self.passthrough_mode,
-            sessions_base=self.session_urls.base(),
-            proxy_connect_timeout=self.proxy.connect_timeout,
-            proxy_request_timeout=self.proxy.request_timeout,
-        )
-        return {
-            "web_config": config,
-            "app": self,
-            "db": self.db,
-            "auth": self.auth_service,
-            "authenticator": self.authenticator,
-            "workspaces": self.workspaces,
-            "shares": self.shares,
-            "jobs": self.jobs,
-            "quotas": self.quotas,
-            "events": self.events,
-            "tickets": self.tickets,
-            "websockets": self.websockets,
-            "proxy": self.proxy,
-            "session_hosts": self.session_urls.hosts,
-            "status_report": self.health.report,
-        }
-
-    def check_session_host(self) -> None:
-        """An API host name under the session domain would be routed to sessions (and share
-        cookies with them): refuse to start."""
-        if self.passthrough_mode != "origin":
-            return
-        from urllib.parse import urlsplit
-
-        for url in (self.public_origin(), self.passthrough_url):
-            name = (urlsplit(url).hostname or "").lower() if url else ""
-            if name and self.session_urls.hosts.is_session_host(name):
-                raise ConfigError(
-                    [f"The API's host name {name!r} is under UWSApp.session_host {self.session_host!r}"]
-                )
+            host = ".*" + re.escape(self.session_urls.hosts.suffix)
+            self.webapp.add_handlers(host, cast(list[Any], session_host_routes))
 
     def public_origin(self) -> str:
         return self.public_url or f"http://{self.ip}:{self.port}"
@@ -711,7 +464,7 @@ class UWSApp(Application):
         if self.subapp is not None:
             self.subapp.start()
             return
-        self.init_logging_format()
+        setup_logging(cast(int, self.log_level), self.debug, self.log)
         for warning in self.config_warnings:
             self.log.warning("config: %s", warning)
         try:
@@ -719,10 +472,9 @@ class UWSApp(Application):
         except Exception as e:
             self.log.error("%s", e)
             self.exit(1)
-        try:
-            self.check_session_host()
-        except ConfigError as e:
-            self.log.error("%s", e)
+        problems = api_host_problems(self)
+        if problems:
+            self.log.error("%s", ConfigError(problems))
             self.exit(2)
         self.init_auth()
         self.init_storage()
@@ -733,7 +485,6 @@ class UWSApp(Application):
         except ChannelError as e:
             self.log.error("%s", e)
             self.exit(1)
-        self.init_build()
         self.init_health()
         self.init_webapp()
         # uvloop: asyncio's event loop written in C. A small request relayed by the passthrough
@@ -741,15 +492,7 @@ class UWSApp(Application):
         uvloop.run(self.serve())
 
     async def serve(self) -> None:
-        # Start-up made many long-lived objects; moving them out of the collector's sight and
-        # collecting less often keeps full collections from stalling requests.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(20_000, 20, 20)
-        # Database and file system threads hand the GIL back and forth with the event loop; the
-        # default 5 ms switch interval would let a thread holding the SQLite write lock wait that
-        # long for its turn.
-        sys.setswitchinterval(0.0005)
+        tune_runtime()
         from .forwarded import TrustingHTTPServer
         from .passthrough.front import FrontServer
 
@@ -769,31 +512,7 @@ class UWSApp(Application):
         await self.workspaces.resume()
         await self.jobs.begin()
         self.culler.begin()
-        url = self.public_url or f"http://{self.ip}:{self.port}"
-        self.log.info(
-            "UWS %s listening on %s (database %s)",
-            __version__,
-            url,
-            self.db.engine.url.render_as_string(hide_password=True),
-        )
-        if self.passthrough_mode == "path":
-            self.log.warning(
-                "Sessions are served under /passthrough/<id>/ on one origin (passthrough_mode = "
-                "'path'): a page in one session can act in any other session the same browser "
-                "opens. Use this only for a single user or fully trusted users."
-            )
-        else:
-            self.log.info("Sessions are served from their own origins under *.%s", self.session_host)
-        if self.authenticator_class == "dev":
-            self.log.warning(
-                "Development login: anyone who can reach this server logs in as any user, without a "
-                "client token. Never use it on a shared machine. Try:\n"
-                '  TOKEN=$(curl -s -X POST %s/tokens/ -d \'{"user_info": {"username": "alice", '
-                '"email": "alice@example.org"}}\' | python3 -c \'import json,sys; print(json.load(sys.stdin)["token"])\')\n'
-                '  curl -s -H "UWS-Authorization: Token $TOKEN" %s/workspaces/',
-                url,
-                url,
-            )
+        log_started(self)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -805,17 +524,6 @@ class UWSApp(Application):
         self.culler.close()
         await self.workspaces.drain()
         self.db.close()
-
-
-def log_request(handler: web.RequestHandler) -> None:
-    request = handler.request
-    log_access(
-        handler.get_status(),
-        request.method or "",
-        request.uri or "",
-        request.remote_ip or "",
-        request.request_time(),
-    )
 
 
 main = UWSApp.launch_instance

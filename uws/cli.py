@@ -1,14 +1,63 @@
-"""`uws` subcommands. Each reads the same configuration as the server."""
+"""The `uws` command line: the server's aliases and flags, its subcommands (each reads the same
+configuration as the server), and the classes whose options the command line and
+generate-config know."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 from traitlets import Bool, Float, Integer, Unicode
-from traitlets.config import Application
+from traitlets.config import Application, Configurable
 
+from . import plugins
 from .config_json import ConfigError
+
+SERVER_ALIASES = {
+    "config": "UWSApp.config_file",
+    "ip": "UWSApp.ip",
+    "port": "UWSApp.port",
+    "db-url": "UWSApp.db_url",
+    "log-level": "Application.log_level",
+}
+SERVER_FLAGS = {
+    "debug": (
+        {"Application": {"log_level": logging.DEBUG}, "UWSApp": {"debug": True}},
+        "Log debug messages and show more detail.",
+    ),
+    "dev": (
+        {"UWSApp": {"authenticator_class": "dev"}},
+        """Development login: no client token needed, and every user's files belong to the
+            server's own OS account. Never on a shared machine.""",
+    ),
+}
+SUBCOMMANDS = {
+    "check-config": ("uws.cli.CheckConfigApp", "Validate a configuration file and list every problem."),
+    "generate-config": ("uws.cli.GenerateConfigApp", "Print a uws_config.py with every option and its help."),
+    "upgrade-db": ("uws.cli.UpgradeDBApp", "Create or upgrade the database to the current schema."),
+    "create-client-token": ("uws.cli.CreateClientTokenApp", "Create (or renew) an API client token."),
+    "quota": ("uws.cli.QuotaApp", "Show or set a user's disk and core-hour maximums."),
+    "user": ("uws.cli.UserApp", "List users, or deactivate and reactivate one."),
+}
+
+
+def configurable_classes() -> list[type[Configurable]]:
+    """UWSApp's `classes`: every configurable class of the server, and every class the entry
+    points name (another package's spawner too); their bases (SlurmBase) are added by traitlets."""
+    from .app import UWSApp
+    from .health import StatusReporter
+    from .mail import Mailer
+    from .passthrough import ProxyService
+    from .sessions.culler import IdleCuller
+    from .sessions.service import JobService
+    from .spawners.base import Spawner
+
+    found: list[type[Configurable]] = [UWSApp, ProxyService, JobService, IdleCuller, StatusReporter]
+    found += [Mailer, Spawner]
+    for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
+        found += [cls for cls in plugins.all_classes(group) if cls not in found]
+    return found
 
 
 class _ConfiguredApp(Application):
@@ -27,14 +76,10 @@ class _ConfiguredApp(Application):
         return app
 
     def database(self) -> Any:
-        import os
-
         from . import db
 
         app = self.server_app()
-        os.makedirs(app.data_dir, mode=0o700, exist_ok=True)
-        url = app.db_url or f"sqlite:///{os.path.join(app.data_dir, 'uws.sqlite')}"
-        return db, db.Database(url)
+        return db, db.open_database(app.data_dir, app.db_url)
 
 
 class CheckConfigApp(_ConfiguredApp):

@@ -7,6 +7,7 @@ the server never knows which format it was started with.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any
@@ -376,6 +377,33 @@ DEFAULT_MAPPING = {
     "memory_mb": "memory_per_node",
     "time_limit_min": "time_limit",
 }
+
+
+# The embedded defaults of UWSApp.resources, job_types and parameters: this machine, one test job.
+def default_resources(main_resource_key: str) -> dict[str, Any]:
+    return {
+        main_resource_key: {
+            "name": "Local Resource",
+            "resource_type": "LocalResource",
+            "passthrough_domain": "",
+            "connection_details": {},
+            "parameter_mapping": dict(DEFAULT_MAPPING),
+        }
+    }
+
+
+def default_job_types(main_resource_key: str) -> dict[str, Any]:
+    return {
+        "local_test_job": {
+            "name": "Local Test Job",
+            "job_type": "LocalTestJob",
+            "environment_details": {main_resource_key: {}},
+        }
+    }
+
+
+def default_parameters() -> list[Any]:
+    return copy.deepcopy(DEFAULT_PARAMETERS)
 
 
 def original_form(app: Any) -> dict[str, Any]:

@@ -152,6 +152,13 @@ def prepare(engine: Engine) -> None:
         )
 
 
+def open_database(data_dir: str, url: str = "") -> Database:
+    """The server's database: `url`, or by default SQLite in the data directory, which is made
+    here, private from the start (the database, cookie_secret and session_key live there)."""
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    return Database(url or f"sqlite:///{os.path.join(data_dir, 'uws.sqlite')}")
+
+
 class Database:
     """Runs blocking SQLAlchemy work on a thread pool so a slow query never stalls the loop."""
 

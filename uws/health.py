@@ -6,11 +6,13 @@ polled freely without the server polling its dependencies at the same rate."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Float
+from traitlets import Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from . import __version__
@@ -39,11 +41,31 @@ async def check_url(url: str, timeout: float = 5.0) -> tuple[bool, str]:
     return True, "Connected successfully."
 
 
+def build_id() -> str:
+    """$UWS_BUILD, else the short git commit of this checkout, else ""."""
+    build = os.environ.get("UWS_BUILD", "").strip()
+    if build:
+        return build
+    try:
+        out = subprocess.run(
+            ["git", "-C", os.path.dirname(os.path.abspath(__file__)), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 class StatusReporter(LoggingConfigurable):
     """The dependencies part of /status/, from the configuration in the original format (so
     every resource, login method and storage a config.json lists is reported)."""
 
     check_timeout = Float(5.0, help="Seconds each /status/ health check may take.").tag(config=True)
+    build = Unicode(
+        "", help="Build id shown by /status/. Default: $UWS_BUILD, else the git commit if known."
+    ).tag(config=True)
 
     def __init__(
         self,
@@ -51,7 +73,6 @@ class StatusReporter(LoggingConfigurable):
         authenticator: Authenticator,
         storage: Any,
         spawners: SpawnerFactory,
-        build: str,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -61,7 +82,8 @@ class StatusReporter(LoggingConfigurable):
         self.authenticator = authenticator
         self.storage = storage
         self.spawners = spawners
-        self.build = build
+        # Looked up once, at start-up: never in a /status/ request.
+        self.build = self.build or build_id()
         self._cache: tuple[float, dict[str, Any]] | None = None
 
     async def resource_health(self, key: str, entry: dict[str, Any]) -> dict[str, Any]:

@@ -69,6 +69,17 @@ def read_key(path: str) -> bytes:
     return data
 
 
+def secure_data_dir(data_dir: str, passed_through: list[str], sessions_as_others: bool) -> None:
+    """No other account may list the data directory (its files are 0600 in any case). When
+    sessions run as other accounts and must pass through it, to one of `passed_through` (the
+    session socket, the workspaces root) inside it, it is 0711 (enter, not list); otherwise 0700."""
+    data = os.path.realpath(data_dir)
+    passed = any(os.path.realpath(p).startswith(data + os.sep) for p in passed_through)
+    mode = 0o711 if passed and sessions_as_others else 0o700
+    if os.stat(data).st_mode & 0o777 != mode:
+        os.chmod(data, mode)
+
+
 class SessionTokens:
     """Link tokens of sessions: HMAC-SHA256 of the job id under a key in <data_dir>/session_key."""
 

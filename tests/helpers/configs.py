@@ -91,10 +91,10 @@ APP_PYTHON = "/usr/bin/python3" if SUDO_AVAILABLE else sys.executable
 SESSION_CONFIG = (
     LOCAL_CONFIG
     + f"""
-c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.reconcile_seconds = 1
+c.JobService.heartbeat_seconds = 1
+c.JobService.reconcile_seconds = 1
 c.UWSApp.stop_grace_seconds = 2
-c.UWSApp.max_running_jobs_per_user = 3
+c.JobService.max_running_jobs_per_user = 3
 c.UWSApp.job_types = {{
     "local_test_job": {{"name": "Local Test Job", "job_type": "LocalTestJob",
                        "environment_details": {{"main_resource": {{"sleep_seconds": "2"}}}}}},
@@ -118,7 +118,7 @@ ECHO_APP = os.path.join(shared_dir(), "apps", "echo_app.py")
 PROXY_CONFIG = (
     LOCAL_CONFIG
     + f"""
-c.UWSApp.heartbeat_seconds = 1
+c.JobService.heartbeat_seconds = 1
 c.UWSApp.proxy_request_timeout = 3
 c.UWSApp.cull_interval_seconds = 0.5
 c.UWSApp.idle_warning_seconds = 2
@@ -139,7 +139,7 @@ c.UWSApp.job_types = {{
 # (test_origins.py, test_browser_isolation.py).
 ORIGIN_APP = os.path.join(shared_dir(), "apps", "origin_app.py")
 PAGE_JOB_TYPES = f"""
-c.UWSApp.heartbeat_seconds = 1
+c.JobService.heartbeat_seconds = 1
 c.UWSApp.job_types = {{
     "page": {{"name": "Page", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["{APP_PYTHON}", "{ORIGIN_APP}", "{{port}}", "{{base_url}}"],
@@ -157,7 +157,7 @@ MESSAGE_CAP = 1 << 20
 HOSTILE_CONFIG = (
     LOCAL_CONFIG
     + f"""
-c.UWSApp.heartbeat_seconds = 1
+c.JobService.heartbeat_seconds = 1
 c.UWSApp.proxy_request_timeout = 3
 c.UWSApp.max_websockets_per_user = {WEBSOCKET_CAP}
 c.UWSApp.trusted_proxies = ["127.0.0.1/32", "10.9.9.0/24"]

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from uws.app import MOVED_OPTIONS, UWSApp
+from uws.app import UWSApp
 from uws.auth.accounts import Account, AccountCache, AccountProvider
+from uws.configuration import MOVED_OPTIONS
 from uws.errors import APIError
-from uws.health import StatusReporter
+from uws.health import StatusReporter, build_id
 from uws.passthrough import ProxyService, SessionURLs
 from uws.sessions.culler import IdleCuller
+from uws.sessions.service import JobService
 from uws.spawners import SpawnerFactory
 
 
@@ -51,6 +53,27 @@ def culler_of(app: UWSApp) -> IdleCuller:
     return IdleCuller(None, None, None, None, {}, None, parent=app)  # type: ignore[arg-type]
 
 
+def reporter_of(app: UWSApp) -> StatusReporter:
+    factory = SpawnerFactory(app, "local", "")
+    return StatusReporter(app.as_original_config(), None, None, factory, parent=app)  # type: ignore[arg-type]
+
+
+def jobs_of(app: UWSApp, tmp_path: Any) -> JobService:
+    app.session_channel_url = f"ipc://{tmp_path}/channel/sessions.sock"
+    app.db = app.events = None
+    return JobService(app, parent=app)
+
+
+def job_options(jobs: JobService) -> tuple[Any, ...]:
+    return (
+        jobs.max_concurrent_starts,
+        jobs.max_running_jobs_per_user,
+        jobs.heartbeat_seconds,
+        jobs.reconcile_seconds,
+        jobs.lost_contact_seconds,
+    )
+
+
 def test_old_names_configure_the_new_place(tmp_path: Any) -> None:
     app = configured(
         tmp_path,
@@ -62,6 +85,12 @@ def test_old_names_configure_the_new_place(tmp_path: Any) -> None:
         cull_interval_seconds=1.0,
         stop_grace_seconds=2.0,
         status_check_timeout=1.0,
+        build="b1",
+        max_concurrent_starts=3,
+        max_running_jobs_per_user=4,
+        heartbeat_seconds=0.5,
+        reconcile_seconds=2.0,
+        lost_contact_seconds=60.0,
     )
     proxy = proxy_of(app, tmp_path)
     assert (proxy.connect_timeout, proxy.request_timeout, proxy.websocket_max_message_size) == (
@@ -71,22 +100,34 @@ def test_old_names_configure_the_new_place(tmp_path: Any) -> None:
     )
     culler = culler_of(app)
     assert (culler.timeout_seconds, culler.warning_seconds, culler.interval_seconds) == (60.0, 10.0, 1.0)
-    factory = SpawnerFactory(app, "local", "")
-    assert factory.grace_seconds() == 2.0
-    assert StatusReporter(app.as_original_config(), None, None, factory, "", parent=app).check_timeout == 1.0
+    assert SpawnerFactory(app, "local", "").grace_seconds() == 2.0
+    reporter = reporter_of(app)
+    assert (reporter.check_timeout, reporter.build) == (1.0, "b1")
+    assert job_options(jobs_of(app, tmp_path)) == (3, 4, 0.5, 2.0, 60.0)
     for old, (cls, new) in MOVED_OPTIONS.items():
         assert f"c.UWSApp.{old} is deprecated: use c.{cls}.{new}" in app.config_warnings
 
 
 def test_new_names_win_and_need_no_warning(tmp_path: Any) -> None:
-    app = configured(tmp_path, ProxyService__request_timeout=4.0, Spawner__grace_seconds=1.5)
+    app = configured(
+        tmp_path,
+        ProxyService__request_timeout=4.0,
+        Spawner__grace_seconds=1.5,
+        JobService__max_running_jobs_per_user=7,
+    )
     assert proxy_of(app, tmp_path).request_timeout == 4.0
     assert SpawnerFactory(app, "local", "").grace_seconds() == 1.5
+    assert jobs_of(app, tmp_path).max_running_jobs_per_user == 7
     assert app.config_warnings == []
     app = configured(tmp_path, ProxyService__request_timeout=4.0, proxy_request_timeout=9.0)
     assert proxy_of(app, tmp_path).request_timeout == 4.0
     assert app.config_warnings == [
         "c.UWSApp.proxy_request_timeout is ignored: c.ProxyService.request_timeout is set"
+    ]
+    app = configured(tmp_path, JobService__heartbeat_seconds=2.0, heartbeat_seconds=9.0)
+    assert jobs_of(app, tmp_path).heartbeat_seconds == 2.0
+    assert app.config_warnings == [
+        "c.UWSApp.heartbeat_seconds is ignored: c.JobService.heartbeat_seconds is set"
     ]
 
 
@@ -101,6 +142,8 @@ def test_defaults_are_unchanged(tmp_path: Any) -> None:
     culler = culler_of(app)
     assert (culler.timeout_seconds, culler.warning_seconds, culler.interval_seconds) == (0.0, 300.0, 30.0)
     assert SpawnerFactory(app, "local", "").grace_seconds() == 5.0
+    assert job_options(jobs_of(app, tmp_path)) == (20, 10, 5.0, 10.0, 900.0)
+    assert reporter_of(app).build == build_id()
 
 
 class CountingProvider(AccountProvider):

@@ -1,4 +1,4 @@
-"""uws/passthrough/head.py, beyond tests/test_http_head.py: what Head accepts reads as Tornado's
+"""uws/passthrough/head.py, beyond tests/unit/test_unit_head.py: what Head accepts reads as Tornado's
 HTTPHeaders reads it, and the edits a relay makes keep the other lines as they were."""
 
 from __future__ import annotations

@@ -156,12 +156,6 @@ class FakeProxy:
 class FakeApp:
     main_resource_key = "main_resource"
     passthrough_mode = "path"
-    heartbeat_seconds = 0  # every helper counts as silent: each reconcile pass polls
-    stop_grace_seconds = 0
-    reconcile_seconds = 3600
-    lost_contact_seconds = 0
-    max_concurrent_starts = 0
-    max_running_jobs_per_user = 0
     session_group = ""
     session_channel_url = "ipc:///nonexistent/sessions.sock"
     data_dir = "/nonexistent"
@@ -238,6 +232,17 @@ class FakeApp:
         return accounts
 
 
+def job_service(app: FakeApp) -> JobService:
+    return JobService(
+        app,
+        heartbeat_seconds=0,  # every helper counts as silent: each reconcile pass polls
+        reconcile_seconds=3600,
+        lost_contact_seconds=0,
+        max_concurrent_starts=0,
+        max_running_jobs_per_user=0,
+    )
+
+
 CULLED = "Stopped after 1 minute without activity."
 READY = {"type": "heartbeat", "metrics": {"cpu": 1}, "state": {"phase": "ready", "ready": {"port": 8888}}}
 
@@ -312,7 +317,7 @@ async def one_cycle(jobs: JobService, app: FakeApp, n: int) -> str:
 def test_thousand_sessions_leave_no_per_job_state() -> None:
     async def main() -> None:
         app = FakeApp()
-        jobs = JobService(app)
+        jobs = job_service(app)
         jobs.channel = FakeChannel(jobs)  # type: ignore[assignment]
         await jobs.reconcile(startup=True)
         paths: dict[str, int] = {}
@@ -349,7 +354,7 @@ def test_reconcile_passes_on_what_the_resource_says() -> None:
 
     async def main() -> None:
         app = FakeApp()
-        jobs = JobService(app)
+        jobs = job_service(app)
         jobs.channel = FakeChannel(jobs)  # type: ignore[assignment]
         queued, running = await start(jobs, app), await start(jobs, app)
         app.spawned[queued].status_message = "Slurm queue (Resources)"  # type: ignore[attr-defined]

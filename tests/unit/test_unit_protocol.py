@@ -164,7 +164,7 @@ def test_other_identities(ident: bytes) -> None:
 def test_the_largest_real_message_fits_in_a_frame(tmp_path: Any, junk: bytes) -> None:
     """An "exited" message with the helper's log tail (its last LOG_TAIL_BYTES bytes, each at
     worst a 6-byte JSON escape such as \\u0000 or \\ufffd) stays below the frame cap."""
-    from uws.sessions.helper import LOG_TAIL_BYTES, read_tail
+    from uws.sessions.helper_app import LOG_TAIL_BYTES, read_tail
 
     log = tmp_path / "app.log"
     log.write_bytes(junk * (3 * LOG_TAIL_BYTES))

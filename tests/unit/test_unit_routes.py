@@ -16,11 +16,10 @@ from tornado import web
 from tornado.routing import PathMatches, Rule
 from tornado.websocket import WebSocketHandler
 
-from uws.app import UWSApp
 from uws.errors import error_body
 from uws.handlers import api_host_routes, session_host_routes
 from uws.handlers.base import UpgradeMatches
-from uws.handlers.components import Components, WebConfig
+from uws.handlers.components import Components, WebConfig, web_settings
 
 DOC_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "share", "uws", "openapi.yaml")
 METHODS = ("get", "put", "post", "delete", "patch", "head")
@@ -132,7 +131,7 @@ def accessor_names() -> set[str]:
 
 
 def test_the_app_provides_every_accessor() -> None:
-    """UWSApp.web_settings fills a key for every accessor handlers use, and a WebConfig whose
+    """web_settings fills a key for every accessor handlers use, and a WebConfig whose
     fields are the app's configured values."""
     fields = WebConfig.__dataclass_fields__
     values: dict[str, Any] = {name: f"<{name}>" for name in fields}
@@ -149,7 +148,7 @@ def test_the_app_provides_every_accessor() -> None:
         health=SimpleNamespace(report=object()),
     )
     fake = SimpleNamespace(**values)
-    settings = UWSApp.web_settings(fake)  # type: ignore[arg-type]
+    settings = web_settings(fake)  # type: ignore[arg-type]
     parts = Components()
     parts.settings = settings
     for name in accessor_names():

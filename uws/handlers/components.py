@@ -2,8 +2,8 @@
 
 UWSApp.init_webapp puts each service and the configured values handlers apply into the Tornado
 application's settings (JupyterHub's way); this is the one place that says what each of them
-is. Handlers never reach into the application object itself, so what they depend on is
-written down here and a type checker can follow it.
+is, and (web_settings) where each comes from. Handlers never reach into the application object
+itself, so what they depend on is written down here and a type checker can follow it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,41 @@ class WebConfig:
     sessions_base: str
     proxy_connect_timeout: float
     proxy_request_timeout: float
+
+
+def web_settings(app: UWSApp) -> dict[str, Any]:
+    """The Tornado settings of the assembled server: what the accessors below read."""
+    config = WebConfig(
+        max_json_body_size=app.max_json_body_size,
+        max_body_size=app.max_body_size,
+        max_details_bytes=app.max_details_bytes,
+        users_min_search_length=app.users_min_search_length,
+        cors_allowed_origins=tuple(app.cors_allowed_origins),
+        job_types=app.job_types,
+        parameters=app.parameters,
+        share_dir=app.share_dir,
+        passthrough_mode=app.passthrough_mode,
+        sessions_base=app.session_urls.base(),
+        proxy_connect_timeout=app.proxy.connect_timeout,
+        proxy_request_timeout=app.proxy.request_timeout,
+    )
+    return {
+        "web_config": config,
+        "app": app,
+        "db": app.db,
+        "auth": app.auth_service,
+        "authenticator": app.authenticator,
+        "workspaces": app.workspaces,
+        "shares": app.shares,
+        "jobs": app.jobs,
+        "quotas": app.quotas,
+        "events": app.events,
+        "tickets": app.tickets,
+        "websockets": app.websockets,
+        "proxy": app.proxy,
+        "session_hosts": app.session_urls.hosts,
+        "status_report": app.health.report,
+    }
 
 
 class Components:

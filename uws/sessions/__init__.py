@@ -4,7 +4,7 @@ service (JobService, what handlers call) · launch (starting one) · record (the
 active job) · tracker (helper messages) · reconcile (checking silent ones) · servicebase (what
 those two use of the service) · transitions (database changes of status) · status (the enums) ·
 jobtypes, params (what may be started, with what) · culler (idle sessions) · channel, protocol
-(the link to helpers) · helper, proctree (the helper).
+(the link to helpers) · helper, helper_app, helper_link, proctree (the helper).
 
 Imports nothing itself: the helper imports this package and must stay light.
 """

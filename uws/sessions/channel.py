@@ -36,6 +36,12 @@ class ChannelError(Exception):
     """The channel cannot be set up as configured (a message for the operator)."""
 
 
+def default_url(data_dir: str) -> str:
+    """ipc://<data_dir>-channel/sessions.sock: beside the data directory, not in it (helpers of
+    other accounts must reach the socket, and the data directory is for the server alone)."""
+    return "ipc://" + os.path.join(data_dir.rstrip("/") + "-channel", "sessions.sock")
+
+
 def group_id(name: str) -> int:
     """The gid of the group allowed to reach the ipc socket; the server's own group when empty."""
     if not name:

@@ -121,21 +121,21 @@ class Launcher:
             self._release(user.id)
 
     def check_limits(self, user: CurrentUser) -> None:
-        app = self.app
-        if app.max_concurrent_starts and self.starts_in_progress >= app.max_concurrent_starts:
+        jobs = self.jobs
+        if jobs.max_concurrent_starts and self.starts_in_progress >= jobs.max_concurrent_starts:
             raise APIError(
                 429, "Too many sessions are starting right now; try again shortly.", {"Retry-After": "2"}
             )
-        if app.max_running_jobs_per_user:
+        if jobs.max_running_jobs_per_user:
             # A start in progress counts through its reservation, launched or not yet.
             running = self.reserved.get(user.id, 0) + sum(
                 1 for r in self.jobs.live if r.owner == user.id and not r.launching
             )
-            if running >= app.max_running_jobs_per_user:
+            if running >= jobs.max_running_jobs_per_user:
                 raise APIError(
                     429,
                     f"You already have {running} sessions running (maximum "
-                    f"{app.max_running_jobs_per_user}). Stop one and try again.",
+                    f"{jobs.max_running_jobs_per_user}). Stop one and try again.",
                     {"Retry-After": "30"},
                 )
 
@@ -199,7 +199,7 @@ class Launcher:
                 time_limit_minutes=limit,
                 origin=app.session_urls.app_origin(job_id, label),
             )
-            spec["heartbeat_seconds"] = app.heartbeat_seconds
+            spec["heartbeat_seconds"] = jobs.heartbeat_seconds
             spec["grace_seconds"] = app.spawner_factory.grace_seconds(spawner)
             spec["resource_options"] = translated
             spec["cpus"] = cpus

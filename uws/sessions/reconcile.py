@@ -27,7 +27,7 @@ class Reconciler(JobServiceBase):
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.app.reconcile_seconds)
+            await asyncio.sleep(self.reconcile_seconds)
             try:
                 await self.reconcile()
             except Exception:
@@ -46,7 +46,7 @@ class Reconciler(JobServiceBase):
             since = record.unanswered_since
         # A queued job has no helper yet: it waits for the scheduler to come back, however long.
         gone = not helper_alive and status != JobStatus.PENDING
-        if gone and time.monotonic() - since > self.app.lost_contact_seconds:
+        if gone and time.monotonic() - since > self.lost_contact_seconds:
             spawner = record.spawner if record is not None else None
             await self._finish(job_id, JobStatus.FAILED, "Lost contact with the job on the resource.")
             if spawner is not None:  # so it cannot run on unowned, should it come back
@@ -78,7 +78,7 @@ class Reconciler(JobServiceBase):
                 for j in s.scalars(select(orm.Job).where(orm.Job.status.in_(ACTIVE)))
             ]
         )
-        silent_after = self.app.heartbeat_seconds * 3
+        silent_after = self.heartbeat_seconds * 3
         now = time.monotonic()
         for job_id, user_id, status, resource_job_id in rows:
             # Every active job gets its record at launch or here at start-up; one without a
@@ -137,5 +137,5 @@ class Reconciler(JobServiceBase):
         if startup:
             # Give reconnecting helpers a moment, then check the silent ones for evidence.
             asyncio.get_running_loop().call_later(
-                self.app.heartbeat_seconds * 3 + 1, lambda: asyncio.ensure_future(self.reconcile())
+                self.heartbeat_seconds * 3 + 1, lambda: asyncio.ensure_future(self.reconcile())
             )

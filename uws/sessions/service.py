@@ -15,6 +15,9 @@ import os
 import time
 from typing import Any
 
+from traitlets import Float, Integer
+from traitlets.config import LoggingConfigurable
+
 from .. import orm
 from ..auth.tokens import CurrentUser
 from ..errors import APIError
@@ -41,8 +44,28 @@ EXIT_MESSAGES = {
 }
 
 
-class JobService(HelperMessages, Reconciler):
-    def __init__(self, app: Any) -> None:
+class JobService(HelperMessages, Reconciler, LoggingConfigurable):
+    max_concurrent_starts = Integer(
+        20,
+        help="Sessions that may be starting at once; more get 429 with Retry-After (0: no limit).",
+    ).tag(config=True)
+    max_running_jobs_per_user = Integer(
+        10,
+        help="Active sessions one user may have; more get 429 with Retry-After (0: no limit).",
+    ).tag(config=True)
+    heartbeat_seconds = Float(5.0, help="Seconds between session helper heartbeats.").tag(config=True)
+    reconcile_seconds = Float(
+        10.0, help="Seconds between checks of sessions whose helper has gone silent."
+    ).tag(config=True)
+    lost_contact_seconds = Float(
+        900.0,
+        help="""A session whose helper is silent and whose resource (the Slurm scheduler, say)
+        does not answer keeps its status, and is checked again with backoff; after this many
+        seconds of that it is marked failed ("Lost contact with the job on the resource.").""",
+    ).tag(config=True)
+
+    def __init__(self, app: Any, **kw: Any) -> None:
+        super().__init__(**kw)
         self.app = app
         self.db = app.db
         self.events = app.events

@@ -4,7 +4,6 @@ each part is type-checked against the same signatures that JobService must keep.
 
 from __future__ import annotations
 
-import abc
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,48 +15,47 @@ if TYPE_CHECKING:
     from .status import JobStatus
 
 
-class JobServiceBase(abc.ABC):
+class JobServiceBase:
     app: Any  # the UWSApp
     db: Database
     events: EventBus
     channel: SessionChannel
     live: LiveSessions
+    # JobService's options (traits there)
+    heartbeat_seconds: float
+    reconcile_seconds: float
+    lost_contact_seconds: float
 
-    @abc.abstractmethod
-    async def secret_for(self, job_id: int) -> str | None: ...
+    if TYPE_CHECKING:  # (only declared: JobService's metaclass is traitlets')
 
-    @abc.abstractmethod
-    async def _spawner(self, job_id: int) -> Spawner | None: ...
+        async def secret_for(self, job_id: int) -> str | None: ...
 
-    @abc.abstractmethod
-    async def _send_stop(self, job_id: int) -> None: ...
+        async def _spawner(self, job_id: int) -> Spawner | None: ...
 
-    @abc.abstractmethod
-    async def _terminate(self, job_id: int) -> None: ...
+        async def _send_stop(self, job_id: int) -> None: ...
 
-    @abc.abstractmethod
-    async def _update(
-        self,
-        job_id: int,
-        *,
-        message: str | None = None,
-        ready: dict[str, Any] | None = None,
-        running: bool = False,
-        source_time: float | None = None,
-    ) -> None: ...
+        async def _terminate(self, job_id: int) -> None: ...
 
-    @abc.abstractmethod
-    async def apply_exit(
-        self, job_id: int, ended: dict[str, Any], source_time: float | None = None
-    ) -> None: ...
+        async def _update(
+            self,
+            job_id: int,
+            *,
+            message: str | None = None,
+            ready: dict[str, Any] | None = None,
+            running: bool = False,
+            source_time: float | None = None,
+        ) -> None: ...
 
-    @abc.abstractmethod
-    async def _finish(
-        self,
-        job_id: int,
-        status: JobStatus,
-        message: str,
-        log_tail: str = "",
-        stopping_completes: bool = False,
-        source_time: float | None = None,
-    ) -> None: ...
+        async def apply_exit(
+            self, job_id: int, ended: dict[str, Any], source_time: float | None = None
+        ) -> None: ...
+
+        async def _finish(
+            self,
+            job_id: int,
+            status: JobStatus,
+            message: str,
+            log_tail: str = "",
+            stopping_completes: bool = False,
+            source_time: float | None = None,
+        ) -> None: ...

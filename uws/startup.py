@@ -1,0 +1,53 @@
+"""What the server does once it is assembled, as it starts serving: the process tuned for a
+long-running server, and the log lines that say where it listens and how it runs."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import TYPE_CHECKING
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .app import UWSApp
+
+
+def tune_runtime() -> None:
+    # Start-up made many long-lived objects; moving them out of the collector's sight and
+    # collecting less often keeps full collections from stalling requests.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    # Database and file system threads hand the GIL back and forth with the event loop; the
+    # default 5 ms switch interval would let a thread holding the SQLite write lock wait that
+    # long for its turn.
+    sys.setswitchinterval(0.0005)
+
+
+def log_started(app: UWSApp) -> None:
+    url = app.public_url or f"http://{app.ip}:{app.port}"
+    app.log.info(
+        "UWS %s listening on %s (database %s)",
+        __version__,
+        url,
+        app.db.engine.url.render_as_string(hide_password=True),
+    )
+    if app.passthrough_mode == "path":
+        app.log.warning(
+            "Sessions are served under /passthrough/<id>/ on one origin (passthrough_mode = "
+            "'path'): a page in one session can act in any other session the same browser "
+            "opens. Use this only for a single user or fully trusted users."
+        )
+    else:
+        app.log.info("Sessions are served from their own origins under *.%s", app.session_host)
+    if app.authenticator_class == "dev":
+        app.log.warning(
+            "Development login: anyone who can reach this server logs in as any user, without a "
+            "client token. Never use it on a shared machine. Try:\n"
+            '  TOKEN=$(curl -s -X POST %s/tokens/ -d \'{"user_info": {"username": "alice", '
+            '"email": "alice@example.org"}}\' | python3 -c \'import json,sys; print(json.load(sys.stdin)["token"])\')\n'
+            '  curl -s -H "UWS-Authorization: Token $TOKEN" %s/workspaces/',
+            url,
+            url,
+        )
