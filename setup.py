@@ -40,13 +40,14 @@ setup(
     extras_require={
         # jupyterlab: the passthrough's end-to-end tests run a real JupyterLab.
         # playwright: drives the system's Chromium in the browser isolation tests.
-        # types-psutil: psutil's type hints, for mypy over the session helper.
+        # mypy and types-psutil (psutil's type hints): scripts/test type-checks uws first.
         "test": [
             "pytest>=8",
             "schemathesis>=3.30",
             "ruff>=0.5",
             "jupyterlab>=4",
             "playwright>=1.40",
+            "mypy>=1.8",
             "types-psutil",
         ],
     },
