@@ -53,7 +53,7 @@ def test_bad_entries_are_refused(entry: str) -> None:
 
 
 def test_server_refuses_to_start_with_a_bad_entry() -> None:
-    server = Server("sqlite", LOCAL_CONFIG + 'c.UWSApp.trusted_proxies = ["localhost"]\n')
+    server = Server("sqlite", LOCAL_CONFIG + 'c.FrontServer.trusted_proxies = ["localhost"]\n')
     try:
         with pytest.raises(RuntimeError, match="trusted_proxies: 'localhost'"):
             server.start()

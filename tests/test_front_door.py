@@ -355,13 +355,15 @@ LIMITED_CONNECTIONS = 6
 @pytest.fixture(scope="module")
 def impatient(backend: str):
     """A server that gives a request head 1 s (the default is 30 s)."""
-    yield from running_server(backend, LOCAL_CONFIG + "c.UWSApp.head_timeout = 1\n")
+    yield from running_server(backend, LOCAL_CONFIG + "c.FrontServer.head_timeout = 1\n")
 
 
 @pytest.fixture(scope="module")
 def crowded(backend: str):
     """A server that takes at most LIMITED_CONNECTIONS connections at once."""
-    yield from running_server(backend, LOCAL_CONFIG + f"c.UWSApp.max_connections = {LIMITED_CONNECTIONS}\n")
+    yield from running_server(
+        backend, LOCAL_CONFIG + f"c.FrontServer.max_connections = {LIMITED_CONNECTIONS}\n"
+    )
 
 
 def closed_within(conn: Connection, seconds: float) -> bool:

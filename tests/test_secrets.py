@@ -13,9 +13,9 @@ import psutil
 import pytest
 import requests
 
-from helpers.api import create, login, start, wait_for, wait_ready, ws_dir
+from helpers.api import create, login, start, unique_name, wait_for, wait_ready, ws_dir
 from helpers.configs import APP_PYTHON, LOCAL_CONFIG
-from helpers.harness import Client, Server, running_server, uws_command
+from helpers.harness import IS_ROOT, Client, Server, running_server, uws_command
 
 # Sessions as the server's own user, so JupyterLab comes from this checkout's virtualenv.
 SECRETS_CONFIG = (
@@ -196,3 +196,17 @@ def test_check_config_warns_about_token_on_a_command_line(tmp_path: str) -> None
     assert (
         "warning: available_job_types.x.environment_details.main_resource.command puts {token}" in out.stdout
     )
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root (an OS account of its own for the user)")
+def test_local_spawner_needs_no_session_group_membership(sserver: Server) -> None:
+    """With the local spawner the helper runs as the server's own account, which reaches the
+    channel whatever the session's account is: an account outside session_group (made before
+    the server, say) starts sessions all the same."""
+    name = unique_name("ng")
+    subprocess.run(["useradd", "--create-home", "--", name], check=True, capture_output=True)
+    c = login(sserver, sserver.client_token, username=name)
+    w = create(c)
+    job = start(c, w["id"], job_type="web")
+    wait_ready(c, job["id"], 60)
+    c.put(f"/jobs/{job['id']}/stop")

@@ -272,34 +272,11 @@ class UWSApp(Application):
         help="""Threads for slow file work in the background (share copies, workspace deletion),
         kept apart from the threads that serve creates, uploads, updates and rescans.""",
     )
-    # ---- connection limits (what one client can hold of the server) ----
-    head_timeout = Float(
-        30.0,
-        config=True,
-        help="""Seconds a client has to send a complete request head, from its first byte; also
-        the longest a kept-alive connection may sit idle between requests. Then it is closed.""",
-    )
-    max_connections = Integer(
-        10000,
-        config=True,
-        help="""Client connections open at once (websockets included); more are answered 503 and
-        closed. Keep it well under the process's open-file limit (ulimit -n).""",
-    )
-    max_websockets_per_user = Integer(
-        100,
-        config=True,
-        help="""Websockets one user may have open at once: event streams plus relayed session
-        websockets (counted against the session's owner). More are refused with 429.""",
-    )
-    trusted_proxies = List(
-        Unicode(),
-        [],
-        config=True,
-        help="""IP addresses or CIDR networks of reverse proxies (e.g. ["127.0.0.1"] for nginx
-        on this host) whose X-Forwarded-For, X-Real-Ip, X-Forwarded-Proto and X-Scheme headers
-        are believed. From any other peer they are ignored. Empty (default): never believed.""",
-    )
     # Deprecated names of options now on the class they configure (uws/configuration.py).
+    head_timeout = Float(30.0, config=True, help=moved("head_timeout"))
+    max_connections = Integer(10000, config=True, help=moved("max_connections"))
+    trusted_proxies = List(Unicode(), [], config=True, help=moved("trusted_proxies"))
+    max_websockets_per_user = Integer(100, config=True, help=moved("max_websockets_per_user"))
     proxy_connect_timeout = Float(5.0, config=True, help=moved("proxy_connect_timeout"))
     proxy_request_timeout = Float(3600.0, config=True, help=moved("proxy_request_timeout"))
     proxy_websocket_max_message_size = Integer(
@@ -394,7 +371,7 @@ class UWSApp(Application):
         self.shares = ShareService(self)
         self.events = EventBus()
         self.tickets = TicketStore()
-        self.websockets = WebSocketCounter(self.max_websockets_per_user)
+        self.websockets = WebSocketCounter(parent=self)
         self.job_templates = load_templates(self.share_dir)
         self.session_channel_url = self.session_channel_url or default_channel_url(self.data_dir)
         inside = [self.storage.root_dir]
@@ -420,14 +397,14 @@ class UWSApp(Application):
         )
 
     def init_webapp(self) -> None:
-        from .forwarded import ProxyTrust
         from .handlers import api_host_routes, session_host_routes
         from .handlers.base import NotFoundHandler
         from .handlers.components import web_settings
+        from .passthrough.front import FrontServer
         from .passthrough.handed_off import UWSWebApplication
 
         try:
-            self.proxy_trust = ProxyTrust(self.trusted_proxies)
+            self.front = FrontServer(parent=self)
         except ValueError as e:
             self.log.error("%s", e)
             self.exit(1)
@@ -494,20 +471,18 @@ class UWSApp(Application):
     async def serve(self) -> None:
         tune_runtime()
         from .forwarded import TrustingHTTPServer
-        from .passthrough.front import FrontServer
 
+        front = self.front
         server = TrustingHTTPServer(
             self.webapp,
-            trust=self.proxy_trust,
+            trust=front.trust,
             # API handlers refuse oversize bodies themselves (a JSON 413, counted as the body
             # streams in); the passthrough streams bodies of any size to sessions.
             max_body_size=1 << 40,
             # Tornado's header timeout: its wait for each request head, idle time included.
-            idle_connection_timeout=self.head_timeout,
+            idle_connection_timeout=front.head_timeout,
         )
-        front = FrontServer(
-            self.webapp.parts, server, self.head_timeout, self.max_connections, self.proxy_trust
-        )
+        front.attach(self.webapp.parts, server)
         await front.listen(self.port, self.ip)
         await self.workspaces.resume()
         await self.jobs.begin()

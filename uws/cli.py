@@ -49,12 +49,14 @@ def configurable_classes() -> list[type[Configurable]]:
     from .health import StatusReporter
     from .mail import Mailer
     from .passthrough import ProxyService
+    from .passthrough.front import FrontServer
     from .sessions.culler import IdleCuller
     from .sessions.service import JobService
     from .spawners.base import Spawner
+    from .websockets import WebSocketCounter
 
-    found: list[type[Configurable]] = [UWSApp, ProxyService, JobService, IdleCuller, StatusReporter]
-    found += [Mailer, Spawner]
+    found: list[type[Configurable]] = [UWSApp, FrontServer, ProxyService, WebSocketCounter, JobService]
+    found += [IdleCuller, StatusReporter, Mailer, Spawner]
     for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
         found += [cls for cls in plugins.all_classes(group) if cls not in found]
     return found

@@ -2,7 +2,7 @@
 
 Anyone who can reach the server's port directly (another local account, a session app, a
 neighbour on the network) can send X-Forwarded-For or X-Forwarded-Proto. Those headers are read
-only on connections from an address in `UWSApp.trusted_proxies`; the front door and Tornado's
+only on connections from an address in `FrontServer.trusted_proxies`; the front door and Tornado's
 HTTPServer both ask `ProxyTrust`, so they cannot disagree.
 """
 

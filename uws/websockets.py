@@ -6,6 +6,10 @@ from __future__ import annotations
 import collections
 import secrets
 import time
+from typing import Any
+
+from traitlets import Integer
+from traitlets.config import LoggingConfigurable
 
 from .auth.tokens import CurrentUser
 
@@ -61,17 +65,23 @@ class TicketStore:
         return entry[1], entry[2]
 
 
-class WebSocketCounter:
+class WebSocketCounter(LoggingConfigurable):
     """Open websockets per user (event streams and relayed session websockets alike), held to
-    UWSApp.max_websockets_per_user so one user cannot hold the server's connections."""
+    `max_per_user` so one user cannot hold the server's connections."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    max_per_user = Integer(
+        100,
+        help="""Websockets one user may have open at once: event streams plus relayed session
+        websockets (counted against the session's owner). More are refused with 429.""",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.open: collections.Counter[int] = collections.Counter()
-        self.refusal = f"Too many open websockets (at most {limit} per user); close some first."
+        self.refusal = f"Too many open websockets (at most {self.max_per_user} per user); close some first."
 
     def acquire(self, user_id: int) -> bool:
-        if self.open[user_id] >= self.limit:
+        if self.open[user_id] >= self.max_per_user:
             return False
         self.open[user_id] += 1
         return True

@@ -159,8 +159,8 @@ HOSTILE_CONFIG = (
     + f"""
 c.JobService.heartbeat_seconds = 1
 c.UWSApp.proxy_request_timeout = 3
-c.UWSApp.max_websockets_per_user = {WEBSOCKET_CAP}
-c.UWSApp.trusted_proxies = ["127.0.0.1/32", "10.9.9.0/24"]
+c.WebSocketCounter.max_per_user = {WEBSOCKET_CAP}
+c.FrontServer.trusted_proxies = ["127.0.0.1/32", "10.9.9.0/24"]
 c.UWSApp.job_types = {{
     "hostile": {{"name": "Hostile", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["{APP_PYTHON}", "{HOSTILE_APP}", "{{port}}", "{{base_url}}"],

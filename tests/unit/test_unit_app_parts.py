@@ -18,9 +18,11 @@ from uws.configuration import MOVED_OPTIONS
 from uws.errors import APIError
 from uws.health import StatusReporter, build_id
 from uws.passthrough import ProxyService, SessionURLs
+from uws.passthrough.front import FrontServer
 from uws.sessions.culler import IdleCuller
 from uws.sessions.service import JobService
 from uws.spawners import SpawnerFactory
+from uws.websockets import WebSocketCounter
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +93,14 @@ def test_old_names_configure_the_new_place(tmp_path: Any) -> None:
         heartbeat_seconds=0.5,
         reconcile_seconds=2.0,
         lost_contact_seconds=60.0,
+        head_timeout=7.0,
+        max_connections=50,
+        trusted_proxies=["10.0.0.0/8"],
+        max_websockets_per_user=9,
     )
+    front = FrontServer(parent=app)
+    assert (front.head_timeout, front.max_connections, front.trust.trusts("10.1.2.3")) == (7.0, 50, True)
+    assert WebSocketCounter(parent=app).max_per_user == 9
     proxy = proxy_of(app, tmp_path)
     assert (proxy.connect_timeout, proxy.request_timeout, proxy.websocket_max_message_size) == (
         2.5,

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from tornado import httputil, netutil
 from tornado.httpserver import HTTPServer
 from tornado.iostream import IOStream
+from traitlets import Float, Integer, List, Unicode
+from traitlets.config import LoggingConfigurable
 
 from ..access_log import log_access
 from ..errors import APIError, error_body
@@ -47,32 +49,42 @@ REFUSAL_LINGER = 2.0  # seconds a refused connection is read (and ignored) befor
 TOO_MANY_CONNECTIONS = error_body("The server has too many open connections; try again later.")
 
 
-class FrontServer:
-    """Listens on the server's port; serves the fast path itself, the rest through Tornado.
+class FrontServer(LoggingConfigurable):
+    """Listens on the server's port; serves the fast path itself, the rest through Tornado. Its
+    options are the listening socket's: what one client can hold of the server, and whose
+    X-Forwarded-* headers are believed (here and, through `trust`, in Tornado's HTTPServer)."""
 
-    `head_seconds` bounds both the wait for a request head to be complete (from its first byte)
-    and an idle connection's life between requests, here and (as its header_timeout) in
-    Tornado's HTTPServer: a client holding connections open without sending complete requests
-    holds each for that long at most. At most `max_connections` connections are open at once,
-    those handed to Tornado (websockets included) counted until their socket is closed."""
+    head_timeout = Float(
+        30.0,
+        help="""Seconds a client has to send a complete request head, from its first byte; also
+        the longest a kept-alive connection may sit idle between requests. Then it is closed.""",
+    ).tag(config=True)
+    max_connections = Integer(
+        10000,
+        help="""Client connections open at once (websockets included); more are answered 503 and
+        closed. Keep it well under the process's open-file limit (ulimit -n).""",
+    ).tag(config=True)
+    trusted_proxies = List(
+        Unicode(),
+        [],
+        help="""IP addresses or CIDR networks of reverse proxies (e.g. ["127.0.0.1"] for nginx
+        on this host) whose X-Forwarded-For, X-Real-Ip, X-Forwarded-Proto and X-Scheme headers
+        are believed. From any other peer they are ignored. Empty (default): never believed.""",
+    ).tag(config=True)
 
-    def __init__(
-        self,
-        parts: Components,
-        tornado_server: HTTPServer,
-        head_seconds: float,
-        max_connections: int,
-        trust: ProxyTrust,
-    ) -> None:
-        self.parts = parts
-        self.tornado_server = tornado_server
-        self.idle_seconds = head_seconds
-        self.max_connections = max_connections
-        self.trust = trust
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trust = ProxyTrust(self.trusted_proxies)  # (ValueError names a bad entry)
         self.connections: set[FrontConnection] = set()
         self.handed_off = 0  # connections Tornado serves, still open
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def attach(self, parts: Components, tornado_server: HTTPServer) -> None:
+        """What the front serves with: the handlers' components, and Tornado's HTTPServer for
+        the connections it hands over."""
+        self.parts = parts
+        self.tornado_server = tornado_server
 
     async def listen(self, port: int, address: str) -> None:
         loop = asyncio.get_running_loop()
@@ -83,7 +95,7 @@ class FrontServer:
     def _sweep_every(self) -> float:
         # Often enough that a connection outlives its time by a fraction of it; one timer for
         # all connections rather than one per request.
-        return max(0.1, min(5.0, self.idle_seconds / 4))
+        return max(0.1, min(5.0, self.head_timeout / 4))
 
     def open_connections(self) -> int:
         return len(self.connections) + self.handed_off
@@ -91,7 +103,7 @@ class FrontServer:
     def _sweep(self) -> None:
         # Tornado's idle_connection_timeout, for connections still here: one timer for all of
         # them rather than one per request.
-        deadline = time.monotonic() - self.idle_seconds
+        deadline = time.monotonic() - self.head_timeout
         for conn in list(self.connections):
             if conn.task is None and conn.last_active < deadline:
                 conn.close(abort=True)  # (a close would wait for a client that takes nothing)

@@ -11,6 +11,7 @@ get_state()/load_state() round-trip through the database, so a restarted server 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from ..storage import safepath
 
 # exit.json holds an exit code, a reason and a short log tail; anything bigger is not the helper's.
 EXIT_FILE_MAX_BYTES = 1 << 20
+
+log = logging.getLogger("uws.spawners")
 
 
 class LaunchError(Exception):
@@ -173,22 +176,38 @@ class Spawner(LoggingConfigurable):
 
     def check_channel_access(self) -> None:
         """Refuse to start a helper that could not reach the ipc:// session channel (its
-        account outside session_group): it would only leave the session pending."""
-        if self.channel_gid is None or self.account.uid in (os.geteuid(), 0):
+        account outside session_group): it would only leave the session pending. A helper that
+        runs as the server's own account reaches the socket whatever the session's account is."""
+        if self.channel_gid is None or self.helper_runs_as_server() or self.account.uid in (os.geteuid(), 0):
             return
         if self.channel_gid not in self.account.groups and not self._in_group_now():
+            log.warning(
+                "Refusing to launch job %s: account %s (groups %s, now %s) lacks the channel's group %s",
+                self.job_id,
+                self.account.username,
+                sorted(self.account.groups),
+                self._groups_now(),
+                self.channel_gid,
+            )
             raise LaunchError(
                 f"The OS account {self.account.username} is not a member of the server's session group,"
                 " so its sessions cannot report to the server. Please contact your administrator."
             )
 
+    def helper_runs_as_server(self) -> bool:
+        """Whether the session's helper runs as the server's own account (not the session's)."""
+        return False
+
     def _in_group_now(self) -> bool:
         """The account's groups as the OS has them now: the account record may have been read
         before the account joined the session group."""
+        return self.channel_gid in self._groups_now()
+
+    def _groups_now(self) -> list[int]:
         try:
-            return self.channel_gid in os.getgrouplist(self.account.username, self.account.gid)
+            return sorted(os.getgrouplist(self.account.username, self.account.gid))
         except (OSError, KeyError):
-            return False
+            return []
 
     def prepare_job_dir(self, spec: dict[str, Any]) -> None:
         """Create <workspace>/.<job id>/ and job.json, owned by the session's account, without

@@ -60,6 +60,9 @@ class LocalProcessSpawner(Spawner):
     def launch_prefix(self) -> list[str]:
         return []
 
+    def helper_runs_as_server(self) -> bool:
+        return not self.launch_prefix()
+
     async def start(self, spec: dict[str, Any], secret: str) -> int:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._start_sync, spec, secret)
