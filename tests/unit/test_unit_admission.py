@@ -1,0 +1,179 @@
+"""uws/passthrough/admission.py in process: the one decision every passthrough entry point asks.
+A real ProxyService (real cookie signing) with its target and user caches filled in; the token
+service and the job owner lookup are stand-ins (no database)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from uws.errors import APIError
+from uws.passthrough import ProxyService, SessionHosts, Target
+from uws.passthrough.admission import Admission, admit, fast_route
+from uws.passthrough.head import Head
+
+OWNER, OTHER, JOB, LABEL, TOKEN = 7, 8, 12, "0123456789abcdef", "t" * 43
+HOST = f"j{JOB}-{LABEL}.localhost:8000"
+
+
+class Tokens:
+    async def authenticate(self, header: str) -> Any:
+        users = {"Token owner": OWNER, "Token other": OTHER}
+        if header not in users:
+            raise APIError(401, "Invalid token provided.")
+        return SimpleNamespace(id=users[header])
+
+
+class Jobs:
+    async def owner_of(self, job_id: int) -> int | None:
+        return OWNER if job_id in (JOB, JOB + 1) else None
+
+
+class NoJobs:
+    """The database as target() sees it when no job is running: nothing to load."""
+
+    async def run(self, fn: Any) -> None:
+        return None
+
+
+def parts_for(tmp_path: Any, mode: str = "origin", running: bool = True) -> Any:
+    proxy = ProxyService(NoJobs(), str(tmp_path), mode, SimpleNamespace(token=lambda job_id: TOKEN))  # type: ignore[arg-type]
+    if running:
+        proxy.targets[JOB] = Target(
+            JOB,
+            OWNER,
+            "127.0.0.1",
+            9,
+            TOKEN,
+            False,
+            "web",
+            LABEL,
+            None if mode == "origin" else f"/passthrough/{JOB}",
+        )
+    for user in (OWNER, OTHER):
+        proxy._active[user] = (time.monotonic() + 3600, True)
+    return SimpleNamespace(
+        config=SimpleNamespace(passthrough_mode=mode),
+        session_hosts=SessionHosts("localhost"),
+        proxy=proxy,
+        auth=Tokens(),
+        jobs=Jobs(),
+    )
+
+
+def head(**headers: str) -> Head:
+    return Head((name.replace("_", "-"), value) for name, value in headers.items())
+
+
+def decide(parts: Any, method: str = "GET", token: str | None = None, **headers: str) -> Admission:
+    headers.setdefault("Host", HOST)
+    route = parts.session_hosts.job(headers["Host"])
+    return asyncio.run(admit(parts, route, method, head(**headers), token))
+
+
+def refusal(admission: Admission) -> tuple[int, str]:
+    assert admission.target is None and admission.refusal is not None
+    return admission.refusal.status, admission.refusal.message
+
+
+def test_the_owner_is_let_in_by_header_or_cookie(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path)
+    by_header = decide(parts, UWS_Authorization="Token owner")
+    assert by_header.target is not None and by_header.target.job_id == JOB and not by_header.set_cookie
+    cookie = parts.proxy.make_cookie(JOB, OWNER)
+    assert decide(parts, Cookie=f"uws-session-{JOB}={cookie}").target is not None
+
+
+def test_others_and_strangers_are_refused(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path)
+    no_access = (403, "You do not have access to this session.")
+    assert refusal(decide(parts, UWS_Authorization="Token other")) == no_access
+    assert refusal(decide(parts)) == no_access
+    assert refusal(decide(parts, UWS_Authorization="Token forged")) == no_access
+    other_job_cookie = parts.proxy.make_cookie(JOB + 1, OWNER)
+    assert refusal(decide(parts, Cookie=f"uws-session-{JOB}={other_job_cookie}")) == no_access
+
+
+def test_the_link_token_is_exchanged_for_a_cookie(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path)
+    admitted = decide(parts, token=TOKEN)
+    assert admitted.target is not None and admitted.set_cookie
+    assert refusal(decide(parts, token="x" * 43))[0] == 403
+
+
+def test_a_wrong_label_is_refused_even_to_the_owner(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path)
+    assert (
+        refusal(decide(parts, Host=f"j{JOB}-ffffffffffffffff.localhost", UWS_Authorization="Token owner"))[0]
+        == 403
+    )
+
+
+def test_a_session_that_is_not_running(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path, running=False)
+    assert refusal(decide(parts, UWS_Authorization="Token owner")) == (
+        503,
+        "The session is not running or not ready yet.",
+    )
+    assert refusal(decide(parts, UWS_Authorization="Token other"))[0] == 403
+    assert refusal(decide(parts, token=TOKEN))[0] == 403  # no token opens a stopped session
+
+
+def test_no_session_at_this_address(tmp_path: Any) -> None:
+    assert refusal(decide(parts_for(tmp_path), Host="localhost:8000")) == (
+        404,
+        "No session has this address.",
+    )
+
+
+def test_cross_origin_websockets_and_posts_do_not_ride_on_the_cookie(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path)
+    cookie = f"uws-session-{JOB}={parts.proxy.make_cookie(JOB, OWNER)}"
+    sibling = "http://j99-aaaa.localhost:8000"
+    assert refusal(decide(parts, Cookie=cookie, Origin=sibling, Upgrade="websocket"))[0] == 403
+    assert refusal(decide(parts, "POST", Cookie=cookie, Origin=sibling))[0] == 403
+    assert decide(parts, "POST", Cookie=cookie, Origin=f"http://{HOST}").target is not None
+    assert decide(parts, Cookie=cookie, Origin=sibling).target is not None  # a read: the SOP's job
+
+
+def test_logout_ends_cookies_issued_before_it(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path)
+    cookie = f"uws-session-{JOB}={parts.proxy.make_cookie(JOB, OWNER)}"
+    parts.proxy.targets[JOB].cookies_not_before = time.time_ns() // 1000 + 1
+    assert refusal(decide(parts, Cookie=cookie))[0] == 403
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "expected"),
+    [
+        ("GET", "/a.js", {"Host": HOST}, ((JOB, LABEL), False)),
+        ("HEAD", "/a.js", {"Host": HOST}, ((JOB, LABEL), False)),
+        ("GET", "/ws", {"Host": HOST, "Upgrade": "websocket", "Connection": "Upgrade"}, ((JOB, LABEL), True)),
+        ("GET", "/ws", {"Host": HOST, "Upgrade": "websocket"}, None),  # no Connection: upgrade
+        ("GET", "/ws", {"Host": HOST, "Upgrade": "h2c", "Connection": "Upgrade"}, None),
+        ("POST", "/a", {"Host": HOST}, None),
+        ("GET", "/a", {"Host": HOST, "Content-Length": "0"}, None),
+        ("GET", "/a", {"Host": HOST, "Transfer-Encoding": "chunked"}, None),
+        ("GET", "/a?token=x", {"Host": HOST}, None),  # a token to exchange: the full handler
+        ("GET", "/a", {"Host": f"{HOST},{HOST}"}, None),
+        ("GET", "/a", {"Host": "localhost:8000"}, None),  # not a session's host
+    ],
+)
+def test_what_the_fast_paths_take(
+    tmp_path: Any, method: str, path: str, headers: dict[str, str], expected: Any
+) -> None:
+    assert fast_route(parts_for(tmp_path), method, path, Head(headers.items())) == expected
+
+
+def test_path_mode_routes_by_path(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path, mode="path")
+    assert fast_route(parts, "GET", f"/passthrough/{JOB}/x", Head([("Host", "api")])) == ((JOB, None), False)
+    assert fast_route(parts, "GET", "/passthrough/1x/x", Head([("Host", "api")])) is None
+    assert fast_route(parts, "GET", "/passthrough/" + "9" * 19 + "/", Head([("Host", "api")])) is None
+    route = (JOB, None)
+    admitted = asyncio.run(admit(parts, route, "GET", head(Host="api", UWS_Authorization="Token owner")))
+    assert admitted.target is not None
