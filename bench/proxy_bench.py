@@ -8,8 +8,10 @@ session running tests/apps/echo_app.py, then measures with wrk (Debian package `
     configurable-http-proxy (installed with npm into bench/.work/chp when missing);
   - websocket echo round trips (1,000 sequential messages): direct, through UWS, through CHP;
   - a 1 GB download through UWS: the server's RSS growth while it streams.
+With --baseline, a second server from another checkout (an earlier commit's worktree) runs beside
+it and is measured in the same interleaved rounds: a before/after figure from one run.
 
-    python bench/proxy_bench.py [--duration 5] [--rounds 3]
+    python bench/proxy_bench.py [--duration 5] [--rounds 3] [--baseline ../uws-before]
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from common import WORK, start_server
-from helpers.harness import free_port
+from common import WORK
+from helpers.harness import Server, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APP = os.path.join(os.path.dirname(HERE), "tests", "apps", "echo_app.py")
@@ -90,7 +92,7 @@ def median_run(runs: list[tuple[float, float]]) -> tuple[float, float]:
     )
 
 
-def chp_binary(workdir: str) -> str | None:
+def chp_binary() -> str | None:
     local = os.path.join(HERE, ".work", "chp", "node_modules", ".bin", "configurable-http-proxy")
     if os.path.exists(local):
         return local
@@ -104,6 +106,60 @@ def chp_binary(workdir: str) -> str | None:
     return local if os.path.exists(local) else None
 
 
+def start_uws(workdir: str, env: dict[str, str] | None = None) -> tuple[Server, dict[str, str], int]:
+    """A `uws` server with one echo session: the server, the headers that reach the session
+    through it (its owner's token, the session's host name) and the app's own port."""
+    os.makedirs(workdir)
+    config = CONFIG.format(root=os.path.join(workdir, "workspaces"), python=sys.executable, app=APP)
+    server = Server("sqlite", config, directory=workdir, env=env).start(poll_seconds=0.005)
+    base = server.base
+    token = requests.post(
+        base + "/tokens/", data=json.dumps({"user_info": {"username": "bench", "email": "b@x"}})
+    ).json()["token"]
+    auth = {"UWS-Authorization": f"Token {token}"}
+    ws_id = requests.post(
+        base + "/workspaces/", headers=auth, data='{"name": "b", "description": ""}'
+    ).json()["data"]["workspace"]["id"]
+    job = requests.put(f"{base}/workspaces/{ws_id}/start/", headers=auth, data='{"job_type": "echo"}').json()[
+        "data"
+    ]["job"]
+    deadline = time.monotonic() + 60
+    while True:
+        current = requests.get(f"{base}/jobs/{job['id']}", headers=auth).json()["data"]["jobs"][0][
+            "job_details"
+        ]["current_job_details"]
+        if "connection_details" in current:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the session did not get ready: {current}")
+        time.sleep(0.1)
+    # The session's origin, reached at this machine's address with its host name as Host.
+    auth["Host"] = current["connection_details"]["url_domain"].split("://", 1)[1]
+    return server, auth, int(current["proxy_details"]["port"])
+
+
+def start_chp(app_port: int) -> tuple[subprocess.Popen | None, str | None]:
+    binary = chp_binary()
+    if not binary:
+        return None, None
+    chp_port, api_port = free_port(), free_port()
+    chp = subprocess.Popen(
+        [binary, "--ip", "127.0.0.1", "--port", str(chp_port), "--api-ip", "127.0.0.1"]
+        + ["--api-port", str(api_port), "--default-target", f"http://127.0.0.1:{app_port}"]
+        + ["--log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{chp_port}/hello"
+    for _ in range(100):
+        try:
+            requests.get(url, timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    return chp, url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,69 +168,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per peer and concurrency")
     parser.add_argument("--workdir", default=WORK)
     parser.add_argument("--download-mb", type=int, default=1024)
+    parser.add_argument(
+        "--baseline",
+        help="another checkout of UWS (a git worktree of an earlier commit, say): its server runs "
+        "beside this one's, measured in the same interleaved rounds",
+    )
     args = parser.parse_args()
     os.makedirs(os.path.join(args.workdir, "chp"), exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="uws-pbench-", dir=args.workdir)
-    server, _ = start_server(
-        workdir, CONFIG.format(root=os.path.join(workdir, "workspaces"), python=sys.executable, app=APP)
-    )
-    base, port = server.base, server.port
+    servers: list[Server] = []
     chp = None
     try:
-        token = requests.post(
-            base + "/tokens/", data=json.dumps({"user_info": {"username": "bench", "email": "b@x"}})
-        ).json()["token"]
-        auth = {"UWS-Authorization": f"Token {token}"}
-        ws_id = requests.post(
-            base + "/workspaces/", headers=auth, data='{"name": "b", "description": ""}'
-        ).json()["data"]["workspace"]["id"]
-        job = requests.put(
-            f"{base}/workspaces/{ws_id}/start/", headers=auth, data='{"job_type": "echo"}'
-        ).json()["data"]["job"]
-        while True:
-            current = requests.get(f"{base}/jobs/{job['id']}", headers=auth).json()["data"]["jobs"][0][
-                "job_details"
-            ]["current_job_details"]
-            if "connection_details" in current:
-                break
-            time.sleep(0.1)
-        app_port = int(current["proxy_details"]["port"])
-        # The session's origin, reached at this machine's address with its host name as Host.
-        session_host = current["connection_details"]["url_domain"].split("://", 1)[1]
-        auth["Host"] = session_host
-        path = "/hello"
-        direct = f"http://127.0.0.1:{app_port}{path}"
-        proxied = f"{base}{path}"
-        binary = chp_binary(workdir)
-        chp_url = None
-        if binary:
-            chp_port, api_port = free_port(), free_port()
-            chp = subprocess.Popen(
-                [
-                    binary,
-                    "--ip",
-                    "127.0.0.1",
-                    "--port",
-                    str(chp_port),
-                    "--api-ip",
-                    "127.0.0.1",
-                    "--api-port",
-                    str(api_port),
-                    "--default-target",
-                    f"http://127.0.0.1:{app_port}",
-                    "--log-level",
-                    "error",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            chp_url = f"http://127.0.0.1:{chp_port}{path}"
-            for _ in range(100):
-                try:
-                    requests.get(chp_url, timeout=1)
-                    break
-                except requests.ConnectionError:
-                    time.sleep(0.1)
+        server, auth, app_port = start_uws(os.path.join(workdir, "uws"))
+        servers.append(server)
+        peers = {"UWS": (f"{server.base}/hello", auth)}
+        if args.baseline:
+            env = {"PYTHONPATH": os.path.abspath(args.baseline)}
+            before, before_auth, _ = start_uws(os.path.join(workdir, "baseline"), env)
+            servers.append(before)
+            peers["UWS before"] = (f"{before.base}/hello", before_auth)
+        direct = f"http://127.0.0.1:{app_port}/hello"
+        chp, chp_url = start_chp(app_port)
+        if chp_url:
+            peers["CHP"] = (chp_url, {})
         print(
             f"HTTP GET of a 5-byte answer (wrk, one thread; median of {args.rounds} interleaved "
             f"{args.duration} s runs each):"
@@ -182,65 +198,72 @@ def main() -> None:
         for c in (1, 16):
             # Interleaved rounds, medians: this 2-core VM's speed drifts by tens of percent from
             # one run to the next, which would otherwise land on whichever peer ran then.
-            runs: dict[str, list[tuple[float, float]]] = {"direct": [], "UWS": [], "CHP": []}
+            runs: dict[str, list[tuple[float, float]]] = {"direct": [], **{name: [] for name in peers}}
             for _ in range(args.rounds):
                 runs["direct"].append(wrk(direct, c, args.duration, {}))
-                runs["UWS"].append(wrk(proxied, c, args.duration, auth))
-                if chp_url:
-                    runs["CHP"].append(wrk(chp_url, c, args.duration, {}))
-            (d_rps, d_p99), (u_rps, u_p99) = median_run(runs["direct"]), median_run(runs["UWS"])
-            line = (
-                f"  c={c:<2}  direct {d_rps:8,.0f} req/s p99 {d_p99:6.2f} ms | UWS {u_rps:8,.0f} req/s "
-                f"p99 {u_p99:6.2f} ms ({u_rps / d_rps:.0%} of direct)"
-            )
+                for name, (url, headers) in peers.items():
+                    runs[name].append(wrk(url, c, args.duration, headers))
+            d_rps, d_p99 = median_run(runs["direct"])
+            line = f"  c={c:<2}  direct {d_rps:8,.0f} req/s p99 {d_p99:6.2f} ms"
+            for name in peers:
+                rps, p99 = median_run(runs[name])
+                line += f" | {name} {rps:8,.0f} req/s p99 {p99:6.2f} ms ({rps / d_rps:.0%} of direct)"
             if chp_url:
-                c_rps, c_p99 = median_run(runs["CHP"])
-                line += f" | CHP {c_rps:8,.0f} req/s p99 {c_p99:6.2f} ms (UWS/CHP {u_rps / c_rps:.2f}x)"
+                u_rps, c_rps = median_run(runs["UWS"])[0], median_run(runs["CHP"])[0]
+                line += f" | UWS/CHP {u_rps / c_rps:.2f}x"
             print(line)
             print(
                 "        runs, req/s: "
                 + "; ".join(
                     f"{name} " + ", ".join(f"{rps:,.0f}" for rps, _ in values)
                     for name, values in runs.items()
-                    if values
                 )
             )
 
-        ws_path = "/ws"
-        d = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{app_port}{ws_path}", {})))
-        u = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{port}{ws_path}", auth)))
+        port = server.port
+        d = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{app_port}/ws", {})))
+        u = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{port}/ws", auth)))
         line = f"websocket echo round trip, p50: direct {d:.3f} ms, UWS {u:.3f} ms (overhead {u - d:.3f} ms)"
+        if args.baseline:
+            _, before_auth = peers["UWS before"]
+            b = median_ms(asyncio.run(ws_rtt(f"ws://127.0.0.1:{servers[1].port}/ws", before_auth)))
+            line += f", UWS before {b:.3f} ms (overhead {b - d:.3f} ms)"
         if chp_url:
             ch = median_ms(asyncio.run(ws_rtt(chp_url.replace("http", "ws").replace("/hello", "/ws"), {})))
             line += f", CHP {ch:.3f} ms (overhead {ch - d:.3f} ms)"
         print(line)
-
-        proc = psutil.Process(server.proc.pid)
-        before = proc.memory_info().rss
-        peak = [before]
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        t0 = time.time()
-        r = requests.get(f"{base}/big?mb={args.download_mb}", headers=auth, stream=True)
-        total = sum(len(chunk) for chunk in r.iter_content(1 << 20))
-        seconds = time.time() - t0
-        done.set()
-        sampler.join()
-        print(
-            f"{total / (1 << 30):.2f} GiB download through UWS in {seconds:.1f} s ({total / seconds / 1e6:.0f} MB/s): "
-            f"server RSS {before / 1e6:.0f} MB -> peak {peak[0] / 1e6:.0f} MB (+{(peak[0] - before) / 1e6:.1f} MB)"
-        )
+        download(server, auth, args.download_mb)
     finally:
         if chp:
             chp.terminate()
-        server.close()
+        for each in servers:
+            each.close()
+
+
+def download(server: Server, auth: dict[str, str], megabytes: int) -> None:
+    """A large download through UWS, and the server's memory meanwhile."""
+    proc = psutil.Process(server.proc.pid)  # type: ignore[union-attr]
+    before = proc.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    t0 = time.time()
+    r = requests.get(f"{server.base}/big?mb={megabytes}", headers=auth, stream=True)
+    total = sum(len(chunk) for chunk in r.iter_content(1 << 20))
+    seconds = time.time() - t0
+    done.set()
+    sampler.join()
+    print(
+        f"{total / (1 << 30):.2f} GiB download through UWS in {seconds:.1f} s ({total / seconds / 1e6:.0f} MB/s): "
+        f"server RSS {before / 1e6:.0f} MB -> peak {peak[0] / 1e6:.0f} MB (+{(peak[0] - before) / 1e6:.1f} MB)"
+    )
 
 
 if __name__ == "__main__":
