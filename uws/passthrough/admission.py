@@ -95,10 +95,11 @@ class Admission:
 
 
 def _session_cookie(job_id: int, method: str, headers: Any) -> str | None:
-    if not cookie_counts(method, headers):
+    cookies = headers.get("Cookie")
+    if not cookies or not cookie_counts(method, headers):
         return None
     try:
-        return httputil.parse_cookie(headers.get("Cookie", "")).get(cookie_name(job_id))
+        return httputil.parse_cookie(cookies).get(cookie_name(job_id))
     except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
         return None
 
@@ -120,7 +121,8 @@ async def admit(
     if route is None:
         return Admission(refusal=APIError(404, "No session has this address."))
     job_id, label = route
-    target = await parts.proxy.target(job_id)  # cached; the first request after a restart loads it
+    # Cached; the first request after a restart loads it.
+    target = parts.proxy.targets.get(job_id) or await parts.proxy.target(job_id)
     if target is None:
         # No cookie opens a session that is not running; its owner is told it is not ready.
         user_id = await _header_user(parts, headers.get("UWS-Authorization"))
@@ -129,7 +131,8 @@ async def admit(
         return Admission(refusal=APIError(403, NO_ACCESS))
     if not label_matches(target, label):
         return Admission(refusal=APIError(403, NO_ACCESS))
-    user_id = await parts.proxy.cookie_user(target, _session_cookie(job_id, method, headers))
+    cookie = _session_cookie(job_id, method, headers)
+    user_id = await parts.proxy.cookie_user(target, cookie) if cookie else None
     if user_id is None:
         user_id = await _header_user(parts, headers.get("UWS-Authorization"))
     if user_id == target.user_id:
