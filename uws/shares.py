@@ -12,13 +12,12 @@ from sqlalchemy.orm import aliased
 
 from . import orm
 from .auth.tokens import CurrentUser
-from .errors import APIError
+from .errors import DIR_FAILURE_DELETE, APIError
 from .models import share_model
 from .quotas import check_disk, disk_limit
 from .sessions.status import WorkspaceStatus
 from .share_copies import ShareCopies
 from .utils import utcnow
-from .workspaces import DIR_FAILURE_DELETE
 
 log = logging.getLogger("uws.shares")
 

@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 from .. import orm
 from ..auth.accounts import Account
 from ..auth.tokens import CurrentUser
-from ..errors import APIError
+from ..errors import DIR_FAILURE_JOBS, APIError
 from ..models import job_model
 from ..passthrough.urls import new_host_label
 from ..spawners.base import LaunchError, Spawner
-from ..workspaces import DIR_FAILURE_JOBS
 from . import transitions
 from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
 from .params import DefaultValueError, translate, validate_resource_options, with_defaults
