@@ -28,3 +28,13 @@ def not_authenticated(message: str) -> APIError:
 
 
 NO_STORAGE_ACCOUNT = "User could not be found/created on main storage system."
+# When a workspace's directory is not a valid one: the answers of workspace writes, session
+# starts, workspace and share deletion.
+DIR_FAILURE_JOBS = (
+    "Please contact a system administrator there is a failure with the workspace directory that "
+    "will not allow for jobs to be created."
+)
+DIR_FAILURE_DELETE = (
+    "Please contact a system administrator there is a failure with the workspace directory that "
+    "will not allow for this workspace to be deleted."
+)

@@ -1,4 +1,5 @@
-"""Shared workspaces: a share is a copy of the sharer's workspace owned by the recipient."""
+"""Shared workspaces: a share is a copy of the sharer's workspace owned by the recipient. The
+requests (list, create, accept, delete) are here; the copying is in uws.share_copies."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from sqlalchemy.orm import aliased
 
 from . import orm
 from .auth.tokens import CurrentUser
-from .errors import APIError
+from .errors import DIR_FAILURE_DELETE, APIError
 from .models import share_model
 from .quotas import check_disk, disk_limit
 from .sessions.status import WorkspaceStatus
-from .storage.safepath import TooLarge
+from .share_copies import ShareCopies
 from .utils import utcnow
-from .workspaces import DIR_FAILURE_DELETE
 
 log = logging.getLogger("uws.shares")
 
@@ -32,11 +32,62 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def _record_shares(
+    session: Any, ws_id: int, recipients: list[orm.User], size: int
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The copies' workspaces (initializing) and share mappings; the share models and the copies' ids."""
+    # Each copy is charged to its recipient now, before any byte is copied, so shares
+    # made meanwhile see it; the copy itself stops at what the quota leaves.
+    for recipient in recipients:
+        maximum, used = disk_limit(session, recipient.id, lock=True)
+        whose = f"of user {recipient.first_name} {recipient.last_name} "
+        check_disk(maximum, used, size, whose)
+    last_job = session.scalar(
+        select(orm.Job).where(orm.Job.workspace_id == ws_id).order_by(orm.Job.id.desc()).limit(1)
+    )
+    options: dict[str, Any] = {}
+    job_type = ""
+    if last_job is not None:
+        job_type = last_job.job_type
+        request = (last_job.job_details or {}).get("request_job_details", {})
+        options = dict(request.get("resource_options", {}) or {})
+    orig = session.get(orm.Workspace, ws_id)
+    orig_owner = session.get(orm.User, orig.user_id)
+    models, copy_ids = [], []
+    for recipient in recipients:
+        copy = orm.Workspace(
+            user_id=recipient.id,
+            name=orig.name,
+            description=orig.description,
+            default_job_type=orig.default_job_type,
+            request_details=orig.request_details,
+            current_details=orig.current_details,
+            status=WorkspaceStatus.INITIALIZING,
+            disk_space=size,
+        )
+        session.add(copy)
+        session.flush()
+        mapping = orm.SharedWorkspaceMapping(
+            original_workspace_id=orig.id,
+            shared_workspace_id=copy.id,
+            last_resource_options=options,
+            last_job_type=job_type,
+            is_accepted=False,
+        )
+        session.add(mapping)
+        session.flush()
+        copy_owner = session.get(orm.User, recipient.id)
+        models.append(share_model(mapping, (orig, orig_owner), (copy, copy_owner)))
+        copy_ids.append(copy.id)
+    return models, copy_ids
+
+
 class ShareService:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.db = app.db
         self.workspaces = app.workspaces
+        self.copies = ShareCopies(app)
 
     # ---- read ------------------------------------------------------------------------------
     async def list(self, user: CurrentUser, ws_id: int | None, is_accepted: bool | None) -> dict[str, Any]:
@@ -79,9 +130,22 @@ class ShareService:
 
     # ---- create ----------------------------------------------------------------------------
     async def create(self, user: CurrentUser, body: dict[str, Any]) -> builtins.list[dict[str, Any]]:
+        """Share a workspace: one copy per recipient, charged now and filled in the background."""
         if "original_workspace_id" not in body or "shared_user_ids" not in body:
             raise APIError(400, "Missing required fields.")
-        raw_id = body["original_workspace_id"]
+        original = await self._shareable_original(user, body["original_workspace_id"])
+        recipients = await self._recipients(user, body["shared_user_ids"])
+        await self._check_can_receive(original.id, recipients)
+        size = await self.copies.size(original)
+        models, copy_ids = await self.db.run(
+            lambda session: _record_shares(session, original.id, recipients, size)
+        )
+        self.workspaces.invalidate(user.id, *(recipient.id for recipient in recipients))
+        for copy_id in copy_ids:
+            self.copies.start(copy_id)
+        return models
+
+    async def _shareable_original(self, user: CurrentUser, raw_id: Any) -> orm.Workspace:
         ws_id = _as_int(raw_id)
 
         def _original(session: Any) -> tuple[orm.Workspace | None, bool]:
@@ -107,7 +171,10 @@ class ShareService:
             raise APIError(400, f"Workspace {ws_id} is being deleted.")
         if original.status == WorkspaceStatus.INITIALIZING:
             raise APIError(400, f"Workspace {ws_id} is still initializing.")
-        ids = body["shared_user_ids"]
+        return original
+
+    async def _recipients(self, user: CurrentUser, ids: Any) -> builtins.list[orm.User]:
+        """The active users named by shared_user_ids, in their order."""
         if not isinstance(ids, list):
             raise APIError(400, "shared_user_ids is not a list.")
         user_ids = [_as_int(i) for i in ids]
@@ -117,7 +184,7 @@ class ShareService:
         if len(user_ids) > cap:
             raise APIError(400, f"A workspace can be shared with at most {cap} users at once.")
 
-        def _recipients(session: Any) -> list[orm.User] | None:
+        def _recipients(session: Any) -> builtins.list[orm.User] | None:
             found = []
             for uid in user_ids:
                 row = session.get(orm.User, uid)
@@ -131,6 +198,11 @@ class ShareService:
             raise APIError(400, "Invalid user id provided.")
         if user.id in user_ids:
             raise APIError(400, "Cannot share a workspace with yourself.")
+        return recipients
+
+    async def _check_can_receive(self, ws_id: int, recipients: builtins.list[orm.User]) -> None:
+        """No recipient has a pending share of this workspace, and each has a file-system account."""
+        user_ids = [recipient.id for recipient in recipients]
 
         def _duplicates(session: Any) -> int | None:
             return session.scalar(
@@ -157,150 +229,6 @@ class ShareService:
                     400,
                     f"User {recipient.first_name} {recipient.last_name} does not have permission on the file system.",
                 ) from None
-
-        size = await self._size(original)
-
-        def _create(session: Any) -> tuple[list[dict[str, Any]], list[int]]:
-            # Each copy is charged to its recipient now, before any byte is copied, so shares
-            # made meanwhile see it; the copy itself stops at what the quota leaves.
-            for recipient in recipients:
-                maximum, used = disk_limit(session, recipient.id, lock=True)
-                whose = f"of user {recipient.first_name} {recipient.last_name} "
-                check_disk(maximum, used, size, whose)
-            last_job = session.scalar(
-                select(orm.Job).where(orm.Job.workspace_id == ws_id).order_by(orm.Job.id.desc()).limit(1)
-            )
-            options: dict[str, Any] = {}
-            job_type = ""
-            if last_job is not None:
-                job_type = last_job.job_type
-                request = (last_job.job_details or {}).get("request_job_details", {})
-                options = dict(request.get("resource_options", {}) or {})
-            orig = session.get(orm.Workspace, ws_id)
-            orig_owner = session.get(orm.User, orig.user_id)
-            models, copy_ids = [], []
-            for recipient in recipients:
-                copy = orm.Workspace(
-                    user_id=recipient.id,
-                    name=orig.name,
-                    description=orig.description,
-                    default_job_type=orig.default_job_type,
-                    request_details=orig.request_details,
-                    current_details=orig.current_details,
-                    status=WorkspaceStatus.INITIALIZING,
-                    disk_space=size,
-                )
-                session.add(copy)
-                session.flush()
-                mapping = orm.SharedWorkspaceMapping(
-                    original_workspace_id=orig.id,
-                    shared_workspace_id=copy.id,
-                    last_resource_options=options,
-                    last_job_type=job_type,
-                    is_accepted=False,
-                )
-                session.add(mapping)
-                session.flush()
-                copy_owner = session.get(orm.User, recipient.id)
-                models.append(share_model(mapping, (orig, orig_owner), (copy, copy_owner)))
-                copy_ids.append(copy.id)
-            return models, copy_ids
-
-        models, copy_ids = await self.db.run(_create)
-        self.workspaces.invalidate(user.id, *user_ids)
-        for copy_id in copy_ids:
-            self.workspaces.spawn(self.initialise_copy(copy_id))
-        return models
-
-    async def _size(self, original: orm.Workspace) -> int:
-        """Bytes a copy of the original takes: counted afresh, as sessions write without
-        updating the recorded size."""
-        storage = self.app.storage
-        if storage.valid_workspace_dir(original.file_path):
-            try:
-                disk, _ = await self.workspaces.to_background_thread(storage.scan, original.file_path)
-                return disk
-            except (OSError, APIError):
-                log.warning("Could not measure workspace %s; using its recorded size", original.id)
-        return original.disk_space or 0
-
-    async def initialise_copy(self, copy_id: int) -> None:
-        """Copy the original's files into the recipient's directory, then idle (or error)."""
-
-        def _load(session: Any) -> tuple[Any, ...] | None:
-            mapping = session.scalar(
-                select(orm.SharedWorkspaceMapping).where(
-                    orm.SharedWorkspaceMapping.shared_workspace_id == copy_id
-                )
-            )
-            copy = session.get(orm.Workspace, copy_id)
-            if mapping is None or copy is None or copy.status != WorkspaceStatus.INITIALIZING:
-                return None
-            original = (
-                session.get(orm.Workspace, mapping.original_workspace_id)
-                if mapping.original_workspace_id
-                else None
-            )
-            recipient = session.get(orm.User, copy.user_id)
-            maximum, used = disk_limit(session, copy.user_id)
-            # What the quota leaves once this copy's own charge is taken back.
-            room = None if maximum is None else max(0, maximum - used + (copy.disk_space or 0))
-            return copy, original, recipient, room
-
-        loaded = await self.db.run(_load)
-        if loaded is None:
-            return
-        copy, original, recipient, room = loaded
-        storage = self.app.storage
-        status, message, path = WorkspaceStatus.IDLE, "", ""
-        try:
-            account = await self.app.accounts.get(recipient.username)
-            if original is None or not storage.valid_workspace_dir(original.file_path):
-                raise OSError("the original workspace is gone")
-            path = storage.workspace_dir(account, copy_id)
-            background = self.workspaces.to_background_thread
-            if storage.valid_workspace_dir(path):
-                await background(storage.delete_dir, path)
-            path = await background(storage.create_workspace_dir, account, copy_id)
-            await background(storage.copy_workspace, original.file_path, path, account, room)
-            disk, current = await background(storage.scan, path)
-        except Exception as e:
-            if isinstance(e, TooLarge):
-                log.warning("Shared workspace %s is larger than its recipient's disk quota", copy_id)
-                message = "Copy failed: the workspace is larger than the recipient's remaining disk quota."
-            else:
-                log.exception("Copying shared workspace %s failed", copy_id)
-                message = f"Copy failed: {e}"
-            status, disk, current = WorkspaceStatus.ERROR, 0, None
-            path = await self._discard_partial(path, copy_id)
-
-        def _finish(session: Any) -> None:
-            row = session.get(orm.Workspace, copy_id)
-            if row is None or row.status != WorkspaceStatus.INITIALIZING:
-                return  # cancelled meanwhile
-            row.status = status
-            row.status_message = message
-            if path:
-                row.file_path = path
-            if current is not None:
-                row.current_details = current
-            row.disk_space = disk  # a failed copy holds no files, so it is charged nothing
-
-        await self.db.run(_finish)
-        self.workspaces.invalidate(recipient.id)
-        self.app.mailer.share_invitation(recipient, copy)
-
-    async def _discard_partial(self, path: str, copy_id: int) -> str:
-        """Remove what a failed copy wrote, as the recipient is charged nothing for it; the
-        directory path the copy keeps ("" once removed)."""
-        storage = self.app.storage
-        if path and storage.valid_workspace_dir(path):
-            try:
-                await self.workspaces.to_background_thread(storage.delete_dir, path)
-                return ""
-            except Exception:
-                log.exception("Could not clear the failed copy of shared workspace %s", copy_id)
-        return path
 
     # ---- accept / delete -------------------------------------------------------------------
     async def accept(self, user: CurrentUser, copy_id: int, put_type: str) -> None:
@@ -387,12 +315,4 @@ class ShareService:
             self.workspaces.spawn(self.workspaces.run_deletion(copy_id))
 
     async def resume(self) -> None:
-        ids = await self.db.run(
-            lambda s: list(
-                s.scalars(
-                    select(orm.Workspace.id).where(orm.Workspace.status == WorkspaceStatus.INITIALIZING)
-                )
-            )
-        )
-        for copy_id in ids:
-            self.workspaces.spawn(self.initialise_copy(copy_id))
+        await self.copies.resume()

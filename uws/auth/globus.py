@@ -1,9 +1,7 @@
 """Globus login through globus-sdk: token mode and OAuth mode (contract 2.1).
 
-globus_sdk is imported only when a Globus login happens, so start-up stays fast.
+The Globus calls themselves (globus-sdk on worker threads) are in uws.auth.globus_api.
 
-- Every SDK call blocks, so it runs on a worker thread, with connect and read timeouts on the
-  SDK's transport and at most one retry (S10).
 - Users are found by their Globus identity id (`sub`) through an ExternalUserMapping. A new user
   gets the local part of the Globus email as username; a collision gets a numeric suffix. An
   existing user with that name and email is taken over only with link_existing_users_by_email.
@@ -14,13 +12,11 @@ globus_sdk is imported only when a Globus login happens, so start-up stays fast.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -31,31 +27,26 @@ from ..errors import APIError, not_authenticated
 from ..utils import isoformat, utcnow
 from .accounts import AccountProvider, NoAccounts
 from .base import Authenticator
+from .globus_api import (
+    AUTH_RESOURCE_SERVER,
+    GROUPS_RESOURCE_SERVER,
+    INVALID_CREDENTIALS,
+    SERVER_ERROR,
+    GlobusAPI,
+    GroupsUnavailable,
+)
 
 log = logging.getLogger("uws.auth.globus")
 
-T = TypeVar("T")
-
-AUTH_RESOURCE_SERVER = "auth.globus.org"
-GROUPS_RESOURCE_SERVER = "groups.api.globus.org"
-GROUPS_SCOPE = f"urn:globus:auth:scope:{GROUPS_RESOURCE_SERVER}:view_my_groups_and_memberships"
-OAUTH_SCOPES = ("openid", "profile", "email", GROUPS_SCOPE)
-
-INVALID_CREDENTIALS = "Incorrect authentication credentials."
 NO_GROUPS_TOKEN = "Groups token not available for authentication."
 NOT_A_MEMBER = (
     "User is not a member of any allowed Globus groups. Please contact your administrator for access."
 )
-SERVER_ERROR = "A server error occurred."
 
 # Names a Globus login never gets as-is (a collision suffix is added instead).
 RESERVED_USERNAMES = frozenset({"admin", "root"})
 MAX_USERNAME = 32
 _INVALID_USERNAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-class _GroupsUnavailable(Exception):
-    """The Groups API could not answer: membership is then treated as none (fail closed)."""
 
 
 def username_base(email: str, fallback: str = "") -> str:
@@ -131,10 +122,10 @@ class GlobusAuthenticator(Authenticator):
                 raise APIError(400, "Missing redirect url.")
             code = body.get("code")
             if code is None:
-                return {"auth_uri": await self._blocking(lambda: self._authorize_url(redirect_url))}
+                return {"auth_uri": await self._globus().authorize_url(redirect_url)}
             if not isinstance(code, str) or not code:
                 raise not_authenticated(INVALID_CREDENTIALS)
-            tokens = await self._exchange_code(redirect_url, code)
+            tokens = await self._globus().exchange_code(redirect_url, code)
             groups_token = tokens.get(GROUPS_RESOURCE_SERVER)
             identity_token = (
                 groups_token or tokens.get(AUTH_RESOURCE_SERVER) or next(iter(tokens.values()), None)
@@ -149,7 +140,7 @@ class GlobusAuthenticator(Authenticator):
                 raise not_authenticated(INVALID_CREDENTIALS)
             groups_token = identity_token = token.strip()
 
-        identity = await self._identity(identity_token)
+        identity = await self._globus().identity(identity_token)
         # The result of this login's group check, recorded on the user's mapping (B13).
         details: dict[str, Any] = {
             "groups_checked_at": isoformat(utcnow()),
@@ -169,121 +160,14 @@ class GlobusAuthenticator(Authenticator):
         user_id = await self._find_or_create(app, identity, details, app.account_provider.reserved)
         return await self.issue_token(app, user_id)
 
-    # ---- Globus calls (blocking, run on a worker thread) ----------------------------------
-    async def _blocking(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, fn)
-
-    def _tune(self, client: Any) -> Any:
-        # requests accepts a (connect, read) pair; the SDK hands http_timeout through as is.
-        client.transport.http_timeout = (self.connect_timeout, self.read_timeout)
-        return client
-
-    def _retry_config(self) -> Any:
-        from globus_sdk.transport import RetryConfig
-
-        return RetryConfig(max_retries=1, max_sleep=1)
-
-    def _auth_client(self) -> Any:
-        import globus_sdk
-
-        client = globus_sdk.ConfidentialAppAuthClient(
-            self.client_id, self.client_secret, retry_config=self._retry_config()
-        )
-        return self._tune(client)
-
-    def _authorize_url(self, redirect_url: str) -> str:
-        with self._auth_client() as client:
-            client.oauth2_start_flow(redirect_url, OAUTH_SCOPES)
-            return str(client.oauth2_get_authorize_url())
-
-    def _exchange_code_sync(self, redirect_url: str, code: str) -> dict[str, str]:
-        with self._auth_client() as client:
-            client.oauth2_start_flow(redirect_url, OAUTH_SCOPES)
-            response = client.oauth2_exchange_code_for_tokens(code)
-            return {
-                str(rs): str(info.get("access_token") or "")
-                for rs, info in response.by_resource_server.items()
-                if info.get("access_token")
-            }
-
-    def _introspect_sync(self, token: str) -> dict[str, Any]:
-        with self._auth_client() as client:
-            data = client.oauth2_token_introspect(token).data
-            return dict(data) if isinstance(data, dict) else {}
-
-    def _my_groups_sync(self, groups_token: str) -> set[str]:
-        import globus_sdk
-
-        try:
-            with self._tune(
-                globus_sdk.GroupsClient(
-                    authorizer=globus_sdk.AccessTokenAuthorizer(groups_token),
-                    retry_config=self._retry_config(),
-                )
-            ) as client:
-                groups = list(client.get_my_groups(statuses="active"))
-        except Exception as e:
-            raise _GroupsUnavailable(str(e)) from e
-        ids: set[str] = set()
-        for group in groups:
-            if not isinstance(group, dict) or not group.get("id"):
-                continue
-            memberships = group.get("my_memberships")
-            if isinstance(memberships, list) and not any(
-                isinstance(m, dict) and m.get("status") == "active" for m in memberships
-            ):
-                continue
-            ids.add(str(group["id"]))
-        return ids
-
-    def _sdk_failure(self, what: str, error: Exception, *, bad_request_means_invalid: bool) -> APIError:
-        """Turn an SDK error into the answer: a rejected credential is 401, the rest 500."""
-        status = getattr(error, "http_status", None)
-        if isinstance(status, int) and status == 400 and bad_request_means_invalid:
-            log.info("Globus %s rejected the credential: %s", what, error)
-            return not_authenticated(INVALID_CREDENTIALS)
-        if status in (401, 403):
-            log.error("Globus Auth refused this server's client credentials during %s: %s", what, error)
-        else:
-            log.error("Globus %s failed: %r", what, error)
-        return APIError(500, SERVER_ERROR)
-
-    async def _exchange_code(self, redirect_url: str, code: str) -> dict[str, str]:
-        try:
-            return await self._blocking(lambda: self._exchange_code_sync(redirect_url, code))
-        except APIError:
-            raise
-        except Exception as e:
-            raise self._sdk_failure("code exchange", e, bad_request_means_invalid=True) from None
-
-    async def _identity(self, token: str) -> dict[str, str]:
-        try:
-            info = await self._blocking(lambda: self._introspect_sync(token))
-        except Exception as e:
-            raise self._sdk_failure("token introspection", e, bad_request_means_invalid=True) from None
-        if info.get("active") is not True or not info.get("sub"):
-            raise not_authenticated(INVALID_CREDENTIALS)
-        exp = info.get("exp")
-        if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp < time.time():
-            raise not_authenticated(INVALID_CREDENTIALS)
-
-        def text(key: str) -> str:
-            value = info.get(key)
-            return value.strip() if isinstance(value, str) else ""
-
-        return {
-            "sub": str(info["sub"]),
-            "email": text("email"),
-            "name": text("name"),
-            "username": text("username") or text("preferred_username"),
-        }
+    def _globus(self) -> GlobusAPI:
+        return GlobusAPI(self.client_id, self.client_secret, self.connect_timeout, self.read_timeout)
 
     async def _allowed_groups_of(self, groups_token: str) -> list[str]:
         """The allowed groups the token's identity is an active member of; none on failure."""
         try:
-            mine = await self._blocking(lambda: self._my_groups_sync(groups_token))
-        except _GroupsUnavailable as e:
+            mine = await self._globus().my_groups(groups_token)
+        except GroupsUnavailable as e:
             log.warning("Globus Groups API failed; treating the user as a member of no group: %s", e)
             return []
         return sorted(set(self.allowed_globus_groups) & mine)

@@ -8,7 +8,7 @@ from typing import Any
 from tornado import httputil
 
 from ..errors import APIError
-from ..workspaces import check_json_size
+from ..workspace_writes import check_json_size
 from .base import ID, BaseHandler
 
 FILTER_KEYS = ("name", "description", "status")
@@ -30,13 +30,13 @@ class WorkspaceListMixin(BaseHandler):
 
 class WorkspacesHandler(WorkspaceListMixin):
     async def post(self) -> None:
-        model = await self.workspaces.create(self.user, self.json_body())
+        model = await self.workspaces.writes.create(self.user, self.json_body())
         self.ok("Successful.", {"workspace": model})
 
 
 class WorkspaceHandler(WorkspaceListMixin):
     async def put(self, ws_id: str) -> None:
-        await self.workspaces.update(self.user, int(ws_id), self.body, self.json_body)
+        await self.workspaces.writes.update(self.user, int(ws_id), self.body, self.json_body)
         self.ok("Update successful.")
 
     async def delete(self, ws_id: str) -> None:
@@ -56,7 +56,7 @@ class WorkspaceActionHandler(BaseHandler):
         workspace_id = int(ws_id)
         kind = put_type.lower()
         if kind == "upload":
-            await self.workspaces.upload(self.user, workspace_id, await self.uploaded_files())
+            await self.workspaces.writes.upload(self.user, workspace_id, await self.uploaded_files())
             self.ok("Successful upload.")
             return
         if kind == "start":

@@ -8,18 +8,20 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import orm
+from ..auth.accounts import Account
 from ..auth.tokens import CurrentUser
-from ..errors import APIError
+from ..errors import DIR_FAILURE_JOBS, APIError
 from ..models import job_model
 from ..passthrough.urls import new_host_label
-from ..spawners.base import LaunchError
-from ..workspaces import DIR_FAILURE_JOBS
+from ..spawners.base import LaunchError, Spawner
 from . import transitions
 from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
 from .params import DefaultValueError, translate, validate_resource_options, with_defaults
+from .record import LiveSession
 from .status import JobStatus
 
 if TYPE_CHECKING:
@@ -31,6 +33,22 @@ IMPROPER = "Job Type improperly configured. Please contact a system administrato
 PARAMETERS_IMPROPER = (
     "Resource option defaults improperly configured. Please contact a system administrator to resolve this."
 )
+
+
+@dataclass
+class StartRequest:
+    """A start request checked against the configuration: everything the launch needs."""
+
+    user: CurrentUser
+    account: Account
+    ws: orm.Workspace
+    job_type_id: str
+    job_type: dict[str, Any]
+    settings: dict[str, Any]  # the job type's settings for the main resource
+    request_details: dict[str, Any]  # recorded on the job as asked for
+    translated: dict[str, Any]  # the resource options under the resource's own names
+    limit: int | None  # minutes
+    cpus: int
 
 
 class Launcher:
@@ -114,7 +132,18 @@ class Launcher:
         self.starts_in_progress += 1
         try:
             return await self._launch(
-                user, account, ws, job_type_id, job_type, settings, request_details, translated, limit, cpus
+                StartRequest(
+                    user=user,
+                    account=account,
+                    ws=ws,
+                    job_type_id=job_type_id,
+                    job_type=job_type,
+                    settings=settings,
+                    request_details=request_details,
+                    translated=translated,
+                    limit=limit,
+                    cpus=cpus,
+                )
             )
         finally:
             self.starts_in_progress -= 1
@@ -146,74 +175,19 @@ class Launcher:
         else:
             self.reserved.pop(user_id, None)
 
-    async def _launch(  # the launch is one sequence of steps, each undone on failure: kept whole
-        self,
-        user: CurrentUser,
-        account: Any,
-        ws: orm.Workspace,
-        job_type_id: str,
-        job_type: dict[str, Any],
-        settings: dict[str, Any],
-        request_details: dict[str, Any],
-        translated: dict[str, Any],
-        limit: int | None,
-        cpus: int,
-    ) -> dict[str, Any]:
+    async def _launch(self, req: StartRequest) -> dict[str, Any]:
+        """The launch's steps, each undone if a later one fails: the job created, its helper
+        started, the start recorded."""
         app, jobs = self.app, self.jobs
         secret = secrets.token_hex(32)
         label = new_host_label()
-        initial = {
-            "secret": secret,
-            "cpus": cpus,
-            "time_limit_minutes": limit,
-            "resource_options": translated,
-            "host_label": label,
-        }
-
-        def _create(session: Any) -> int:
-            return transitions.new_job(
-                session,
-                workspace_id=ws.id,
-                user_id=user.id,
-                job_type=job_type_id,
-                resource=app.main_resource_key,
-                request_details=request_details,
-                state=initial,
-            ).id
-
-        job_id = await jobs.db.run(_create)
-        record = jobs.live.add(job_id, user.id, secret=secret, launching=True)
-        spawner = app.spawner_factory.make(job_id, account, ws.file_path)
+        job_id = await self._create_job(req, secret, label)
+        record = jobs.live.add(job_id, req.user.id, secret=secret, launching=True)
+        spawner = app.spawner_factory.make(job_id, req.account, req.ws.file_path)
         # On an origin of its own, a session's app serves from "/".
         by_origin = app.passthrough_mode == "origin"
         base_url = "/" if by_origin else f"/passthrough/{job_id}/"
-        try:
-            spec = build_spec(
-                app.job_templates,
-                job_type,
-                settings,
-                job_id=job_id,
-                workspace_dir=ws.file_path,
-                job_dir=spawner.job_dir,
-                base_url=base_url,
-                time_limit_minutes=limit,
-                origin=app.session_urls.app_origin(job_id, label),
-            )
-            spec["heartbeat_seconds"] = jobs.heartbeat_seconds
-            spec["grace_seconds"] = app.spawner_factory.grace_seconds(spawner)
-            spec["resource_options"] = translated
-            spec["cpus"] = cpus
-            spec["gpu"] = (request_details.get("resource_options") or {}).get("gpu_enabled") is True
-            # Apps that cannot serve under /passthrough/<id>/ get the prefix stripped.
-            strip = not any("{base_url}" in part for part in spec["command"])
-            pid = await spawner.start(spec, f"{secret}\n{app.session_tokens.token(job_id)}")
-        except Exception as e:
-            message = (
-                str(e) if isinstance(e, JobTypeError | OSError | LaunchError) else "A server error occurred."
-            )
-            log.exception("Launching job %s failed", job_id)
-            await jobs._finish(job_id, JobStatus.FAILED, f"Launch failed: {message}")
-            raise APIError(500, f"Launch failed: {message}") from None
+        pid, strip = await self._spawn(req, job_id, spawner, secret, label, base_url)
         if os.environ.get("UWS_TEST_DIE_AFTER_SPAWN") == "1":
             # Tests only: die in the window between starting a helper and recording it, which a
             # restart must recover from (the variable is never set outside the test suite).
@@ -222,14 +196,86 @@ class Launcher:
         state = {
             **spawner.get_state(),
             "secret": secret,
-            "cpus": cpus,
-            "time_limit_minutes": limit,
+            "cpus": req.cpus,
+            "time_limit_minutes": req.limit,
             "spawner": type(spawner).__name__,
             "proxy_strip_prefix": strip,
             "host_label": label,
             "base_url": base_url,
-            "idle_timeout_seconds": settings.get("idle_timeout_seconds"),
+            "idle_timeout_seconds": req.settings.get("idle_timeout_seconds"),
         }
+        model, status = await self._record_launch(job_id, pid, state, record, spawner)
+        record.launching = False
+        record.last_seen = time.monotonic()
+        app.workspaces.invalidate(req.user.id)
+        jobs.publish(req.user.id, model)
+        if status != JobStatus.PENDING:
+            # Stopped while it was being submitted: cancel it now that it exists.
+            asyncio.ensure_future(jobs._terminate(job_id))
+        return model
+
+    async def _create_job(self, req: StartRequest, secret: str, label: str) -> int:
+        initial = {
+            "secret": secret,
+            "cpus": req.cpus,
+            "time_limit_minutes": req.limit,
+            "resource_options": req.translated,
+            "host_label": label,
+        }
+
+        def _create(session: Any) -> int:
+            return transitions.new_job(
+                session,
+                workspace_id=req.ws.id,
+                user_id=req.user.id,
+                job_type=req.job_type_id,
+                resource=self.app.main_resource_key,
+                request_details=req.request_details,
+                state=initial,
+            ).id
+
+        return await self.jobs.db.run(_create)
+
+    async def _spawn(
+        self, req: StartRequest, job_id: int, spawner: Spawner, secret: str, label: str, base_url: str
+    ) -> tuple[int, bool]:
+        """Build the launch spec and start the helper; returns its pid and whether the proxy
+        strips the /passthrough/<id>/ prefix. A failure fails the job."""
+        app = self.app
+        try:
+            spec = build_spec(
+                app.job_templates,
+                req.job_type,
+                req.settings,
+                job_id=job_id,
+                workspace_dir=req.ws.file_path,
+                job_dir=spawner.job_dir,
+                base_url=base_url,
+                time_limit_minutes=req.limit,
+                origin=app.session_urls.app_origin(job_id, label),
+            )
+            spec["heartbeat_seconds"] = self.jobs.heartbeat_seconds
+            spec["grace_seconds"] = app.spawner_factory.grace_seconds(spawner)
+            spec["resource_options"] = req.translated
+            spec["cpus"] = req.cpus
+            spec["gpu"] = (req.request_details.get("resource_options") or {}).get("gpu_enabled") is True
+            # Apps that cannot serve under /passthrough/<id>/ get the prefix stripped.
+            strip = not any("{base_url}" in part for part in spec["command"])
+            pid = await spawner.start(spec, f"{secret}\n{app.session_tokens.token(job_id)}")
+        except Exception as e:
+            message = (
+                str(e) if isinstance(e, JobTypeError | OSError | LaunchError) else "A server error occurred."
+            )
+            log.exception("Launching job %s failed", job_id)
+            await self.jobs._finish(job_id, JobStatus.FAILED, f"Launch failed: {message}")
+            raise APIError(500, f"Launch failed: {message}") from None
+        return pid, strip
+
+    async def _record_launch(
+        self, job_id: int, pid: int, state: dict[str, Any], record: LiveSession, spawner: Spawner
+    ) -> tuple[dict[str, Any], str]:
+        """Mark the job submitted; returns its model and the status it has now."""
+        jobs = self.jobs
 
         def _submitted(session: Any) -> tuple[dict[str, Any], str]:
             job = session.get(orm.Job, job_id)
@@ -237,7 +283,7 @@ class Launcher:
             return job_model(job), job.status
 
         try:
-            model, status = await jobs.db.run(_submitted)
+            return await jobs.db.run(_submitted)
         except Exception:
             # Unrecorded, the helper would run on unsupervised: end the job, then the helper
             # (in that order, so that its exit report cannot turn the job into a completed one).
@@ -252,11 +298,3 @@ class Launcher:
                 jobs._forget(job_id)
             await jobs._cancel_quietly(job_id, spawner)
             raise APIError(500, "Launch failed: the session could not be recorded.") from None
-        record.launching = False
-        record.last_seen = time.monotonic()
-        app.workspaces.invalidate(user.id)
-        jobs.publish(user.id, model)
-        if status != JobStatus.PENDING:
-            # Stopped while it was being submitted: cancel it now that it exists.
-            asyncio.ensure_future(jobs._terminate(job_id))
-        return model

@@ -4,7 +4,8 @@ each active one (a live record, uws.sessions.record).
 State changes arrive pushed from each session's helper over the session channel (tracker.py);
 nothing polls the sessions in a loop. A reconciliation pass (reconcile.py) asks the spawner
 about any job whose helper has gone silent, and marks a job finished only on evidence. Starting
-a session is launch.py's; the database transitions are transitions.py's.
+a session is launch.py's, stopping one stopping.py's; the database transitions are
+transitions.py's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from typing import Any
 
 from traitlets import Float, Integer
@@ -22,7 +22,7 @@ from .. import orm
 from ..auth.tokens import CurrentUser
 from ..errors import APIError
 from ..models import job_model
-from ..spawners.base import LaunchError, Spawner
+from ..spawners.base import Spawner
 from ..utils import utcnow
 from . import transitions
 from .channel import SessionChannel
@@ -30,6 +30,7 @@ from .launch import Launcher
 from .reconcile import Reconciler
 from .record import LiveSessions
 from .status import TERMINAL, JobStatus
+from .stopping import Stopping
 from .tracker import HelperMessages
 
 log = logging.getLogger("uws.jobs")
@@ -44,7 +45,7 @@ EXIT_MESSAGES = {
 }
 
 
-class JobService(HelperMessages, Reconciler, LoggingConfigurable):
+class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
     max_concurrent_starts = Integer(
         20,
         help="Sessions that may be starting at once; more get 429 with Retry-After (0: no limit).",
@@ -110,91 +111,11 @@ class JobService(HelperMessages, Reconciler, LoggingConfigurable):
     ) -> dict[str, Any]:
         return await self.launcher.start(user, ws_id, parse_body, idempotency_key)
 
-    # ---- stop (contract 2.10) ----------------------------------------------------------------
-    async def stop(self, user: CurrentUser, job_id: int, put_type: str) -> str:
-        def _load(session: Any) -> orm.Job | None:
-            job = session.get(orm.Job, job_id)
-            if job is None:
-                return None
-            ws = session.get(orm.Workspace, job.workspace_id)
-            return job if ws is not None and ws.user_id == user.id else None
-
-        job = await self.db.run(_load)
-        if job is None:
-            raise APIError(404, f"Job {job_id} not found for user.")
-        if put_type.lower() != "stop":
-            raise APIError(400, "Invalid PUT type passed.")
-        if job.status == JobStatus.PENDING and job.resource_job_id == -1:
-            await self._finish(job_id, JobStatus.COMPLETE, "Job stopped before it was submitted.")
-            return "Successful stop."
-        if job.status in TERMINAL or job.status == JobStatus.STOPPING:
-            raise APIError(400, "This job is not running or pending.")
-        if not await self.request_stop(job_id, user.id):
-            raise APIError(400, "This job is not running or pending.")
-        return "Job queued to stop."
-
-    async def request_stop(self, job_id: int, user_id: int, final_message: str | None = None) -> bool:
-        """Move a pending or running job to `stopping` and end it in the background."""
-
-        def _stopping(session: Any) -> dict[str, Any] | None:
-            row = session.get(orm.Job, job_id)
-            return job_model(row) if transitions.mark_stopping(row) else None
-
-        model = await self.db.run(_stopping)
-        if model is None:
-            return False
-        record = self.live.get(job_id)
-        if record is not None:
-            record.stop_requested = True
-            record.stop_message = final_message or record.stop_message
-        self.publish(user_id, model)
-        asyncio.ensure_future(self._terminate(job_id))
-        return True
-
-    async def _terminate(self, job_id: int) -> None:
-        """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
-        spawner = await self._spawner(job_id)
-        await self._send_stop(job_id)
-        deadline = time.monotonic() + self.app.spawner_factory.grace_seconds(spawner) + 10
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            if await self._is_terminal(job_id):
-                return
-        try:
-            if spawner is not None:
-                await spawner.stop()
-                # A scheduler takes a moment to record the cancellation.
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    try:
-                        ended = await spawner.poll()
-                    except LaunchError:  # the scheduler is slow to answer: not yet known
-                        ended = None
-                    if ended is not None:
-                        await self.apply_exit(job_id, ended)
-                        return
-                    await asyncio.sleep(0.5)
-        except Exception:
-            log.exception("Stopping job %s through its spawner failed", job_id)
-        if not await self._is_terminal(job_id):
-            await self._finish(job_id, JobStatus.FAILED, "Failed to stop job.")
-
-    async def _send_stop(self, job_id: int) -> None:
-        secret = await self.secret_for(job_id)
-        if secret:
-            record = self.live.get(job_id)
-            grace = self.app.spawner_factory.grace_seconds(record.spawner if record is not None else None)
-            await self.channel.send(job_id, secret, {"type": "stop", "grace_seconds": grace})
-
     async def owner_of(self, job_id: int) -> int | None:
         record = self.live.get(job_id)
         if record is not None:
             return record.owner
         return await self.db.run(lambda s: row.user_id if (row := s.get(orm.Job, job_id)) else None)
-
-    async def _is_terminal(self, job_id: int) -> bool:
-        status = await self.db.run(lambda s: (row := s.get(orm.Job, job_id)) and row.status)
-        return status is None or status in TERMINAL
 
     async def _spawner(self, job_id: int) -> Spawner | None:
         record = self.live.get(job_id)

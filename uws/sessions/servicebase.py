@@ -1,5 +1,5 @@
-"""What the parts of JobService (tracker.py's HelperMessages, reconcile.py's Reconciler) use of
-the whole: its attributes and the transitions service.py implements. Declared once here, so
+"""What the parts of JobService (tracker.py's HelperMessages, reconcile.py's Reconciler,
+stopping.py's Stopping) use of the whole: its attributes and the transitions service.py implements. Declared once here, so
 each part is type-checked against the same signatures that JobService must keep."""
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class JobServiceBase:
             running: bool = False,
             source_time: float | None = None,
         ) -> None: ...
+
+        def publish(self, user_id: int, model: dict[str, Any], source_time: float | None = None) -> None: ...
 
         async def apply_exit(
             self, job_id: int, ended: dict[str, Any], source_time: float | None = None
