@@ -359,6 +359,7 @@ class UWSApp(Application):
         from .shares import ShareService
         from .spawners import SpawnerFactory
         from .websockets import TicketStore, WebSocketCounter
+        from .workspace_writes import WriteRules
         from .workspaces import WorkspaceService
 
         self.share_dir = os.path.join(os.path.dirname(HERE), "share", "uws")
@@ -366,10 +367,22 @@ class UWSApp(Application):
             self.share_dir = os.path.join(sys.prefix, "share", "uws")
         self.quotas = QuotaService(self.db)
         self.mailer = Mailer(parent=self)
-        self.workspaces = WorkspaceService(self)
-        self.accounts = AccountCache(self.account_provider, self.fs_executor, self.workspaces.spawn)
-        self.shares = ShareService(self)
         self.events = EventBus()
+        self.workspaces = WorkspaceService(
+            self.db,
+            self.storage,
+            self.events,
+            self.quotas,
+            WriteRules(self.job_types, self.max_description_length, self.max_details_bytes),
+            self.fs_executor,
+            self.background_fs_executor,
+        )
+        self.accounts = self.workspaces.accounts = AccountCache(
+            self.account_provider, self.fs_executor, self.workspaces.spawn
+        )
+        self.shares = self.workspaces.shares = ShareService(
+            self.db, self.storage, self.workspaces, self.accounts, self.mailer
+        )
         self.tickets = TicketStore()
         self.websockets = WebSocketCounter(parent=self)
         self.job_templates = load_templates(self.share_dir)

@@ -4,7 +4,7 @@ files into the recipient's directory (resumed at start-up, cleaned up when it fa
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -14,19 +14,35 @@ from .quotas import disk_limit
 from .sessions.status import WorkspaceStatus
 from .storage.safepath import TooLarge
 
+if TYPE_CHECKING:
+    from .auth.accounts import AccountCache
+    from .db import Database
+    from .mail import Mailer
+    from .storage.local import LocalFileSystemStorage
+    from .workspaces import WorkspaceService
+
 log = logging.getLogger("uws.shares")
 
 
 class ShareCopies:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.db = app.db
-        self.workspaces = app.workspaces
+    def __init__(
+        self,
+        db: Database,
+        storage: LocalFileSystemStorage,
+        workspaces: WorkspaceService,
+        accounts: AccountCache,
+        mailer: Mailer,
+    ) -> None:
+        self.db = db
+        self.storage = storage
+        self.workspaces = workspaces
+        self.accounts = accounts
+        self.mailer = mailer
 
     async def size(self, original: orm.Workspace) -> int:
         """Bytes a copy of the original takes: counted afresh, as sessions write without
         updating the recorded size."""
-        storage = self.app.storage
+        storage = self.storage
         if storage.valid_workspace_dir(original.file_path):
             try:
                 disk, _ = await self.workspaces.to_background_thread(storage.scan, original.file_path)
@@ -77,10 +93,10 @@ class ShareCopies:
         if loaded is None:
             return
         copy, original, recipient, room = loaded
-        storage = self.app.storage
+        storage = self.storage
         status, message, path = WorkspaceStatus.IDLE, "", ""
         try:
-            account = await self.app.accounts.get(recipient.username)
+            account = await self.accounts.get(recipient.username)
             if original is None or not storage.valid_workspace_dir(original.file_path):
                 raise OSError("the original workspace is gone")
             path = storage.workspace_dir(account, copy_id)
@@ -114,12 +130,12 @@ class ShareCopies:
 
         await self.db.run(_finish)
         self.workspaces.invalidate(recipient.id)
-        self.app.mailer.share_invitation(recipient, copy)
+        self.mailer.share_invitation(recipient, copy)
 
     async def _discard_partial(self, path: str, copy_id: int) -> str:
         """Remove what a failed copy wrote, as the recipient is charged nothing for it; the
         directory path the copy keeps ("" once removed)."""
-        storage = self.app.storage
+        storage = self.storage
         if path and storage.valid_workspace_dir(path):
             try:
                 await self.workspaces.to_background_thread(storage.delete_dir, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import aliased
@@ -18,6 +18,13 @@ from .quotas import check_disk, disk_limit
 from .sessions.status import WorkspaceStatus
 from .share_copies import ShareCopies
 from .utils import utcnow
+
+if TYPE_CHECKING:
+    from .auth.accounts import AccountCache
+    from .db import Database
+    from .mail import Mailer
+    from .storage.local import LocalFileSystemStorage
+    from .workspaces import WorkspaceService
 
 log = logging.getLogger("uws.shares")
 
@@ -83,11 +90,19 @@ def _record_shares(
 
 
 class ShareService:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.db = app.db
-        self.workspaces = app.workspaces
-        self.copies = ShareCopies(app)
+    def __init__(
+        self,
+        db: Database,
+        storage: LocalFileSystemStorage,
+        workspaces: WorkspaceService,
+        accounts: AccountCache,
+        mailer: Mailer,
+    ) -> None:
+        self.db = db
+        self.storage = storage
+        self.workspaces = workspaces
+        self.accounts = accounts
+        self.copies = ShareCopies(db, storage, workspaces, accounts, mailer)
 
     # ---- read ------------------------------------------------------------------------------
     async def list(self, user: CurrentUser, ws_id: int | None, is_accepted: bool | None) -> dict[str, Any]:
@@ -180,7 +195,7 @@ class ShareService:
         user_ids = [_as_int(i) for i in ids]
         if any(i is None for i in user_ids) or len(set(user_ids)) != len(user_ids):
             raise APIError(400, "Invalid user id provided.")
-        cap = self.app.storage.max_share_recipients
+        cap = self.storage.max_share_recipients
         if len(user_ids) > cap:
             raise APIError(400, f"A workspace can be shared with at most {cap} users at once.")
 
@@ -223,7 +238,7 @@ class ShareService:
             raise APIError(400, f"Workspace {ws_id} already has a pending share for user {duplicate}.")
         for recipient in recipients:
             try:
-                await self.app.accounts.get(recipient.username)
+                await self.accounts.get(recipient.username)
             except APIError:
                 raise APIError(
                     400,
@@ -281,8 +296,8 @@ class ShareService:
             raise APIError(403, f"User does not have permissions for shared workspace {copy_id}.")
         if mapping.is_accepted:
             raise APIError(400, f"Shared workspace {copy_id} has been accepted and cannot be deleted.")
-        await self.app.accounts.get(copy_owner.username)
-        storage = self.app.storage
+        await self.accounts.get(copy_owner.username)
+        storage = self.storage
         untouched = copy.status == WorkspaceStatus.INITIALIZING or not copy.file_path
         if not untouched and not storage.valid_workspace_dir(copy.file_path):
             raise APIError(500, DIR_FAILURE_DELETE)
@@ -305,7 +320,7 @@ class ShareService:
         if result == "removed":
             # The copy may have been mid-way: clear whatever directory it had started.
             try:
-                account = await self.app.accounts.get(copy_owner.username)
+                account = await self.accounts.get(copy_owner.username)
                 path = storage.workspace_dir(account, copy_id)
                 if storage.valid_workspace_dir(path):
                     await self.workspaces.to_background_thread(storage.delete_dir, path)

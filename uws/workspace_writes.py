@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import orm
@@ -19,7 +20,18 @@ from .sessions.status import WorkspaceStatus
 from .utils import utcnow
 
 if TYPE_CHECKING:
+    from .quotas import QuotaService
     from .workspaces import WorkspaceService
+
+
+@dataclass(frozen=True)
+class WriteRules:
+    """UWSApp's options that writes are checked against: the job types a workspace may default
+    to, and the caps on what it stores (max_description_length, max_details_bytes; 0: no limit)."""
+
+    job_types: dict[str, Any]
+    max_description_length: int
+    max_details_bytes: int
 
 
 def check_name_fields(body: dict[str, Any]) -> None:
@@ -32,9 +44,9 @@ def check_name_fields(body: dict[str, Any]) -> None:
         raise APIError(400, "description must be a string.")
 
 
-def check_stored_sizes(body: dict[str, Any], app: Any) -> None:
+def check_stored_sizes(body: dict[str, Any], max_description_length: int, max_details_bytes: int) -> None:
     """Descriptions and details are stored as sent and go out again in every listing: capped."""
-    limit = app.max_description_length
+    limit = max_description_length
     if limit and isinstance(body.get("description"), str) and len(body["description"]) > limit:
         raise APIError(400, f"description must be at most {limit} characters.")
     details = body.get("workspace_details")
@@ -46,7 +58,7 @@ def check_stored_sizes(body: dict[str, Any], app: Any) -> None:
                 {k: v for k, v in f.items() if k != "content"} if isinstance(f, dict) else f for f in files
             ]
             details = {**details, "files": stored}
-        check_json_size(details, "workspace_details", app.max_details_bytes)
+        check_json_size(details, "workspace_details", max_details_bytes)
 
 
 def check_json_size(value: Any, field: str, limit: int) -> None:
@@ -75,9 +87,10 @@ def merge_request_details(existing: dict[str, Any] | None, plan: Any) -> dict[st
 
 
 class WorkspaceWrites:
-    def __init__(self, workspaces: WorkspaceService) -> None:
+    def __init__(self, workspaces: WorkspaceService, quotas: QuotaService, rules: WriteRules) -> None:
         self.workspaces = workspaces
-        self.app = workspaces.app
+        self.quotas = quotas
+        self.rules = rules
         self.db = workspaces.db
         self.storage = workspaces.storage
         # One write at a time per workspace, so that what each checked still holds when it writes.
@@ -86,18 +99,21 @@ class WorkspaceWrites:
     def after_write(self, user_id: int, limited: bool) -> None:
         """Quota warnings (80%, 90%) after anything that added files, for users with a maximum."""
         if limited:
-            self.workspaces.spawn(self.app.quotas.warn_if_near(user_id, self.app.events))
+            self.workspaces.spawn(self.quotas.warn_if_near(user_id, self.workspaces.events))
 
     def check_job_type(self, value: Any) -> None:
-        if value and (not isinstance(value, str) or value not in self.app.job_types):
+        if value and (not isinstance(value, str) or value not in self.rules.job_types):
             raise APIError(400, f"{value} is not in the list of available job types.")
+
+    def check_stored_sizes(self, body: dict[str, Any]) -> None:
+        check_stored_sizes(body, self.rules.max_description_length, self.rules.max_details_bytes)
 
     # ---- create ----------------------------------------------------------------------------
     async def create(self, user: CurrentUser, body: dict[str, Any]) -> dict[str, Any]:
         if "name" not in body or "description" not in body:
             raise APIError(400, "Missing required fields.")
         check_name_fields(body)
-        check_stored_sizes(body, self.app)
+        self.check_stored_sizes(body)
         default_job_type = body.get("default_job_type")
         self.check_job_type(default_job_type)
         details = body.get("workspace_details", {})
@@ -107,7 +123,7 @@ class WorkspaceWrites:
         if not account.username.strip():
             raise APIError(500, "Please report this error to your system administrator and try again.")
         plan = await self.workspaces.to_thread(self.storage.plan, account, details, None)
-        limited = await self.app.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
+        limited = await self.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
         storage = self.storage
 
         def _build() -> tuple[str, int, dict[str, Any]]:
@@ -161,7 +177,7 @@ class WorkspaceWrites:
         account, ws = await self.workspaces.owned_for_put(user, ws_id, None)
         body = parse()
         check_name_fields(body)
-        check_stored_sizes(body, self.app)
+        self.check_stored_sizes(body)
         if "default_job_type" in body:
             self.check_job_type(body["default_job_type"])
         details = body.get("workspace_details", {})
@@ -171,7 +187,7 @@ class WorkspaceWrites:
             raise APIError(500, DIR_FAILURE_JOBS)
         async with self.locks[ws_id]:
             plan = await self.workspaces.to_thread(self.storage.plan, account, details, ws.file_path)
-            limited = await self.app.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
+            limited = await self.quotas.check_disk_write(user.id, sum(len(f.content) for f in plan.files))
             if plan.files or plan.symlinks:
                 await self.workspaces.to_thread(self.storage.apply, account, ws.file_path, plan)
             disk, current = await self.workspaces.to_thread(self.storage.scan, ws.file_path)
@@ -213,7 +229,7 @@ class WorkspaceWrites:
             await self.workspaces.to_thread(
                 self.storage.validate_uploads, ws.file_path, [n for n, _ in uploads]
             )
-            limited = await self.app.quotas.check_disk_write(user.id, total)
+            limited = await self.quotas.check_disk_write(user.id, total)
             await self.workspaces.to_thread(self.storage.save_uploads, account, ws.file_path, uploads)
             try:
                 await self.workspaces.rescan(ws_id, user.id, modified=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, exists, select
 
@@ -21,7 +22,15 @@ from .errors import DIR_FAILURE_DELETE, APIError
 from .models import workspace_model
 from .sessions.status import ACTIVE, WorkspaceStatus
 from .utils import utcnow
-from .workspace_writes import WorkspaceWrites
+from .workspace_writes import WorkspaceWrites, WriteRules
+
+if TYPE_CHECKING:
+    from .auth.accounts import AccountCache
+    from .db import Database
+    from .events import EventBus
+    from .quotas import QuotaService
+    from .shares import ShareService
+    from .storage.local import LocalFileSystemStorage
 
 log = logging.getLogger("uws.workspaces")
 
@@ -39,10 +48,27 @@ def unaccepted_share_clause() -> Any:
 
 
 class WorkspaceService:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.db = app.db
-        self.storage = app.storage
+    # Set by UWSApp.init_services once built: the account cache runs its work on this service's tasks.
+    accounts: AccountCache
+    # Set by UWSApp.init_services once built: shares are built from this service.
+    shares: ShareService
+
+    def __init__(
+        self,
+        db: Database,
+        storage: LocalFileSystemStorage,
+        events: EventBus,
+        quotas: QuotaService,
+        rules: WriteRules,
+        fs_executor: Executor,
+        background_fs_executor: Executor,
+    ) -> None:
+        self.db = db
+        self.storage = storage
+        self.events = events
+        # Threads for the file work requests wait on; the background ones for copies and deletions.
+        self.fs_executor = fs_executor
+        self.background_fs_executor = background_fs_executor
         # user id -> list of workspace models in id order (this process owns every write)
         self._cache: dict[int, list[dict[str, Any]]] = {}
         self._cache_bytes: dict[int, bytes] = {}
@@ -50,7 +76,7 @@ class WorkspaceService:
         self._background: set[asyncio.Task[Any]] = set()
         self._pending_events: set[int] = set()
         self._published: dict[int, dict[int, dict[str, Any]]] = {}
-        self.writes = WorkspaceWrites(self)
+        self.writes = WorkspaceWrites(self, quotas, rules)
 
     # ---- cache -------------------------------------------------------------------------
     def invalidate(self, *user_ids: int) -> None:
@@ -60,7 +86,7 @@ class WorkspaceService:
             self._generation[uid] = self._generation.get(uid, 0) + 1
             self._cache.pop(uid, None)
             self._cache_bytes.pop(uid, None)
-            if self.app.events.has_subscribers(uid) and uid not in self._pending_events:
+            if self.events.has_subscribers(uid) and uid not in self._pending_events:
                 self._pending_events.add(uid)
                 self.spawn(self._publish_changes(uid))
 
@@ -75,9 +101,9 @@ class WorkspaceService:
             before = {}
         for ws_id, model in models.items():
             if before.get(ws_id) != model:
-                self.app.events.publish(user_id, "workspace", model)
+                self.events.publish(user_id, "workspace", model)
         for ws_id in before.keys() - models.keys():
-            self.app.events.publish(user_id, "workspace_deleted", {"id": ws_id})
+            self.events.publish(user_id, "workspace_deleted", {"id": ws_id})
 
     async def models_for(self, user_id: int) -> list[dict[str, Any]]:
         cached = self._cache.get(user_id)
@@ -118,7 +144,7 @@ class WorkspaceService:
 
     # ---- shared checks -------------------------------------------------------------------
     async def account(self, username: str) -> Account:
-        return await self.app.accounts.get(username)
+        return await self.accounts.get(username)
 
     async def owned_for_put(
         self, user: CurrentUser, ws_id: int, put_type: str | None
@@ -152,11 +178,11 @@ class WorkspaceService:
         return account, ws
 
     async def to_thread(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.app.fs_executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.fs_executor, fn, *args)
 
     async def to_background_thread(self, fn: Any, *args: Any) -> Any:
         """For work that may take long (copies, deletions), so it never delays requests."""
-        return await asyncio.get_running_loop().run_in_executor(self.app.background_fs_executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.background_fs_executor, fn, *args)
 
     # ---- delete ----------------------------------------------------------------------------
     async def delete(self, user: CurrentUser, ws_id: int) -> None:
@@ -273,7 +299,7 @@ class WorkspaceService:
         )
         for ws_id in deleting:
             self.spawn(self.run_deletion(ws_id))
-        await self.app.shares.resume()
+        await self.shares.resume()
 
     async def drain(self) -> None:
         if self._background:
