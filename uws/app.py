@@ -346,18 +346,12 @@ class UWSApp(Application):
         )
 
     def init_services(self) -> None:
-        from . import models
+        """Each service is given the components and option values it uses. One built after a
+        service that uses it is set on that service as soon as it exists."""
         from .events import EventBus
-        from .keys import SessionTokens, secure_data_dir
         from .mail import Mailer
-        from .passthrough import ProxyService
         from .quotas import QuotaService
-        from .sessions.channel import default_url as default_channel_url
-        from .sessions.culler import IdleCuller
-        from .sessions.jobtypes import load_templates
-        from .sessions.service import JobService
         from .shares import ShareService
-        from .spawners import SpawnerFactory
         from .websockets import TicketStore, WebSocketCounter
         from .workspace_writes import WriteRules
         from .workspaces import WorkspaceService
@@ -385,6 +379,20 @@ class UWSApp(Application):
         )
         self.tickets = TicketStore()
         self.websockets = WebSocketCounter(parent=self)
+        self.init_sessions()
+
+    def init_sessions(self) -> None:
+        """The session side of init_services: the channel's place, spawners, jobs, passthrough, culler."""
+        from . import models
+        from .keys import SessionTokens, secure_data_dir
+        from .passthrough import ProxyService
+        from .sessions.channel import default_url as default_channel_url
+        from .sessions.culler import IdleCuller
+        from .sessions.jobtypes import load_templates
+        from .sessions.service import JobService
+        from .sessions.servicebase import JobParts, JobSettings
+        from .spawners import SpawnerFactory
+
         self.job_templates = load_templates(self.share_dir)
         self.session_channel_url = self.session_channel_url or default_channel_url(self.data_dir)
         inside = [self.storage.root_dir]
@@ -393,9 +401,31 @@ class UWSApp(Application):
         secure_data_dir(self.data_dir, inside, self.spawner_class not in ("local", "LocalProcessSpawner"))
         self.session_tokens = models.session_tokens = SessionTokens.load(self.data_dir)
         self.spawner_factory = SpawnerFactory(self, self.spawner_class, self.session_channel_url)
-        self.jobs = JobService(self, parent=self)
+        parts = JobParts(
+            db=self.db,
+            events=self.events,
+            accounts=self.accounts,
+            workspaces=self.workspaces,
+            quotas=self.quotas,
+            storage=self.storage,
+            spawner_factory=self.spawner_factory,
+            session_urls=self.session_urls,
+            session_tokens=self.session_tokens,
+        )
+        settings = JobSettings(
+            job_types=self.job_types,
+            job_templates=self.job_templates,
+            parameters=self.parameters,
+            resources=self.resources,
+            main_resource_key=self.main_resource_key,
+            passthrough_mode=self.passthrough_mode,
+            session_channel_url=self.session_channel_url,
+            session_group=self.session_group,
+            channel_key_file=os.path.join(self.data_dir, "session_channel.key"),
+        )
+        self.jobs = JobService(parts, settings, parent=self)
         self.spawner_factory.channel = self.jobs.channel
-        self.proxy = ProxyService(
+        self.proxy = self.jobs.proxy = ProxyService(
             self.db, self.data_dir, self.passthrough_mode, self.session_tokens, parent=self
         )
         self.culler = IdleCuller(

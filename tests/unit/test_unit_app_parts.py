@@ -21,6 +21,7 @@ from uws.passthrough import ProxyService, SessionURLs
 from uws.passthrough.front import FrontServer
 from uws.sessions.culler import IdleCuller
 from uws.sessions.service import JobService
+from uws.sessions.servicebase import JobParts, JobSettings
 from uws.spawners import SpawnerFactory
 from uws.websockets import WebSocketCounter
 
@@ -61,9 +62,20 @@ def reporter_of(app: UWSApp) -> StatusReporter:
 
 
 def jobs_of(app: UWSApp, tmp_path: Any) -> JobService:
-    app.session_channel_url = f"ipc://{tmp_path}/channel/sessions.sock"
-    app.db = app.events = None
-    return JobService(app, parent=app)
+    """Only its options are read: it is given no parts."""
+    settings = JobSettings(
+        job_types=app.job_types,
+        job_templates={},
+        parameters=app.parameters,
+        resources=app.resources,
+        main_resource_key=app.main_resource_key,
+        passthrough_mode=app.passthrough_mode,
+        session_channel_url=f"ipc://{tmp_path}/channel/sessions.sock",
+        session_group=app.session_group,
+        channel_key_file="",
+    )
+    parts = JobParts(None, None, None, None, None, None, None, None, None)  # type: ignore[arg-type]
+    return JobService(parts, settings, parent=app)
 
 
 def job_options(jobs: JobService) -> tuple[Any, ...]:

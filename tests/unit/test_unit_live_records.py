@@ -27,6 +27,7 @@ from uws.db import Database
 from uws.errors import APIError
 from uws.quotas import QuotaService
 from uws.sessions.service import JobService
+from uws.sessions.servicebase import JobParts, JobSettings
 from uws.sessions.status import TERMINAL, JobStatus, WorkspaceStatus
 from uws.spawners.base import LaunchError
 
@@ -233,14 +234,40 @@ class FakeApp:
 
 
 def job_service(app: FakeApp) -> JobService:
-    return JobService(
-        app,
+    """Assembled from the fakes as UWSApp.init_services assembles it."""
+    parts = JobParts(
+        db=app.db,
+        events=app.events,  # type: ignore[arg-type]
+        accounts=app.accounts,
+        workspaces=app.workspaces,  # type: ignore[arg-type]
+        quotas=app.quotas,
+        storage=app.storage,  # type: ignore[arg-type]
+        spawner_factory=app.spawner_factory,
+        session_urls=app.session_urls,
+        session_tokens=app.session_tokens,  # type: ignore[arg-type]
+    )
+    settings = JobSettings(
+        job_types=app.job_types,
+        job_templates=app.job_templates,
+        parameters=app.parameters,
+        resources=app.resources,
+        main_resource_key=app.main_resource_key,
+        passthrough_mode=app.passthrough_mode,
+        session_channel_url=app.session_channel_url,
+        session_group=app.session_group,
+        channel_key_file=os.path.join(app.data_dir, "session_channel.key"),
+    )
+    jobs = JobService(
+        parts,
+        settings,
         heartbeat_seconds=0,  # every helper counts as silent: each reconcile pass polls
         reconcile_seconds=3600,
         lost_contact_seconds=0,
         max_concurrent_starts=0,
         max_running_jobs_per_user=0,
     )
+    jobs.proxy = app.proxy  # type: ignore[assignment]
+    return jobs
 
 
 CULLED = "Stopped after 1 minute without activity."

@@ -26,6 +26,7 @@ from .status import JobStatus
 
 if TYPE_CHECKING:
     from .service import JobService
+    from .servicebase import JobParts, JobSettings
 
 log = logging.getLogger("uws.jobs")
 
@@ -55,9 +56,10 @@ class Launcher:
     """Starts sessions for the JobService. Its own state is about starts, not jobs: the
     idempotency keys in flight, and the starts in progress (overall and per user)."""
 
-    def __init__(self, jobs: JobService) -> None:
+    def __init__(self, jobs: JobService, parts: JobParts, settings: JobSettings) -> None:
         self.jobs = jobs
-        self.app = jobs.app
+        self.parts = parts
+        self.settings = settings
         self.inflight: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
         self.starts_in_progress = 0
         self.reserved: dict[int, int] = {}  # user id -> starts in progress (see check_limits)
@@ -88,15 +90,15 @@ class Launcher:
         return job
 
     async def _start(self, user: CurrentUser, ws_id: int, parse_body: Any) -> dict[str, Any]:
-        app = self.app
-        account, ws = await app.workspaces.owned_for_put(user, ws_id, "start")
-        if not app.storage.valid_workspace_dir(ws.file_path):
+        parts, config = self.parts, self.settings
+        account, ws = await parts.workspaces.owned_for_put(user, ws_id, "start")
+        if not parts.storage.valid_workspace_dir(ws.file_path):
             raise APIError(500, DIR_FAILURE_JOBS)
         body = parse_body()
         job_type_id = body.get("job_type") or ws.default_job_type
         if not job_type_id:
             raise APIError(400, "Missing job_type and no default job type set on workspace.")
-        if not isinstance(job_type_id, str) or job_type_id not in app.job_types:
+        if not isinstance(job_type_id, str) or job_type_id not in config.job_types:
             raise APIError(400, f"{job_type_id} is not in the list of available job types.")
         job_details = body.get("job_details", {})
         if not isinstance(job_details, dict):
@@ -104,24 +106,24 @@ class Launcher:
         options = body.get("resource_options", {})
         if not isinstance(options, dict):
             raise APIError(400, "Resource options not JSON.")
-        valid, errors = validate_resource_options(app.parameters, options)
+        valid, errors = validate_resource_options(config.parameters, options)
         if errors:
             raise APIError(422, f"Invalid resource options found: {errors!r}")
-        job_type = app.job_types[job_type_id]
-        settings = settings_for(job_type, app.main_resource_key)
-        if settings is None or job_type.get("job_type") not in app.job_templates:
+        job_type = config.job_types[job_type_id]
+        settings = settings_for(job_type, config.main_resource_key)
+        if settings is None or job_type.get("job_type") not in config.job_templates:
             raise APIError(400, IMPROPER)
         try:
-            valid = with_defaults(app.parameters, valid, {"time_limit_min": job_type_minutes(settings)})
+            valid = with_defaults(config.parameters, valid, {"time_limit_min": job_type_minutes(settings)})
         except DefaultValueError as e:
             log.error("Refused to start a session: %s", e)
             raise APIError(400, PARAMETERS_IMPROPER) from None
-        resource = app.resources.get(app.main_resource_key, {})
+        resource = config.resources.get(config.main_resource_key, {})
         translated = translate(valid, resource.get("parameter_mapping") or {})
         limit = minutes(valid.get("time_limit_min"))
         num_cpus = valid.get("num_cpus")
         cpus = num_cpus if isinstance(num_cpus, int) else 1
-        await app.quotas.check_core_hours(user.id, cpus * (limit or 0) / 60)
+        await parts.quotas.check_core_hours(user.id, cpus * (limit or 0) / 60)
         # From the check until the job has a live record, the start counts as one of the user's
         # sessions: starts that arrive together must not all see the count from before them.
         self.check_limits(user)
@@ -178,14 +180,14 @@ class Launcher:
     async def _launch(self, req: StartRequest) -> dict[str, Any]:
         """The launch's steps, each undone if a later one fails: the job created, its helper
         started, the start recorded."""
-        app, jobs = self.app, self.jobs
+        parts, jobs = self.parts, self.jobs
         secret = secrets.token_hex(32)
         label = new_host_label()
         job_id = await self._create_job(req, secret, label)
         record = jobs.live.add(job_id, req.user.id, secret=secret, launching=True)
-        spawner = app.spawner_factory.make(job_id, req.account, req.ws.file_path)
+        spawner = parts.spawner_factory.make(job_id, req.account, req.ws.file_path)
         # On an origin of its own, a session's app serves from "/".
-        by_origin = app.passthrough_mode == "origin"
+        by_origin = self.settings.passthrough_mode == "origin"
         base_url = "/" if by_origin else f"/passthrough/{job_id}/"
         pid, strip = await self._spawn(req, job_id, spawner, secret, label, base_url)
         if os.environ.get("UWS_TEST_DIE_AFTER_SPAWN") == "1":
@@ -207,7 +209,7 @@ class Launcher:
         model, status = await self._record_launch(job_id, pid, state, record, spawner)
         record.launching = False
         record.last_seen = time.monotonic()
-        app.workspaces.invalidate(req.user.id)
+        parts.workspaces.invalidate(req.user.id)
         jobs.publish(req.user.id, model)
         if status != JobStatus.PENDING:
             # Stopped while it was being submitted: cancel it now that it exists.
@@ -229,7 +231,7 @@ class Launcher:
                 workspace_id=req.ws.id,
                 user_id=req.user.id,
                 job_type=req.job_type_id,
-                resource=self.app.main_resource_key,
+                resource=self.settings.main_resource_key,
                 request_details=req.request_details,
                 state=initial,
             ).id
@@ -241,10 +243,10 @@ class Launcher:
     ) -> tuple[int, bool]:
         """Build the launch spec and start the helper; returns its pid and whether the proxy
         strips the /passthrough/<id>/ prefix. A failure fails the job."""
-        app = self.app
+        parts = self.parts
         try:
             spec = build_spec(
-                app.job_templates,
+                self.settings.job_templates,
                 req.job_type,
                 req.settings,
                 job_id=job_id,
@@ -252,16 +254,16 @@ class Launcher:
                 job_dir=spawner.job_dir,
                 base_url=base_url,
                 time_limit_minutes=req.limit,
-                origin=app.session_urls.app_origin(job_id, label),
+                origin=parts.session_urls.app_origin(job_id, label),
             )
             spec["heartbeat_seconds"] = self.jobs.heartbeat_seconds
-            spec["grace_seconds"] = app.spawner_factory.grace_seconds(spawner)
+            spec["grace_seconds"] = parts.spawner_factory.grace_seconds(spawner)
             spec["resource_options"] = req.translated
             spec["cpus"] = req.cpus
             spec["gpu"] = (req.request_details.get("resource_options") or {}).get("gpu_enabled") is True
             # Apps that cannot serve under /passthrough/<id>/ get the prefix stripped.
             strip = not any("{base_url}" in part for part in spec["command"])
-            pid = await spawner.start(spec, f"{secret}\n{app.session_tokens.token(job_id)}")
+            pid = await spawner.start(spec, f"{secret}\n{parts.session_tokens.token(job_id)}")
         except Exception as e:
             message = (
                 str(e) if isinstance(e, JobTypeError | OSError | LaunchError) else "A server error occurred."

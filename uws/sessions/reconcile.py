@@ -22,7 +22,7 @@ LAUNCH_INTERRUPTED = "Launch interrupted by a server restart; the session was en
 
 
 class Reconciler(JobServiceBase):
-    """A part of JobService: it uses the service's app, database, channel, live records and
+    """A part of JobService: it uses the service's database, channel, live records and
     transitions (_finish, _update, apply_exit, _spawner, _terminate)."""
 
     async def _reconcile_loop(self) -> None:

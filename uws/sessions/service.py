@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
@@ -29,9 +28,13 @@ from .channel import SessionChannel
 from .launch import Launcher
 from .reconcile import Reconciler
 from .record import LiveSessions
+from .servicebase import JobParts, JobSettings
 from .status import TERMINAL, JobStatus
 from .stopping import Stopping
 from .tracker import HelperMessages
+
+if TYPE_CHECKING:
+    from ..passthrough import ProxyService
 
 log = logging.getLogger("uws.jobs")
 
@@ -65,21 +68,24 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
         seconds of that it is marked failed ("Lost contact with the job on the resource.").""",
     ).tag(config=True)
 
-    def __init__(self, app: Any, **kw: Any) -> None:
+    # Set by UWSApp.init_services once built: the passthrough is built after the jobs.
+    proxy: ProxyService
+
+    def __init__(self, parts: JobParts, settings: JobSettings, **kw: Any) -> None:
         super().__init__(**kw)
-        self.app = app
-        self.db = app.db
-        self.events = app.events
+        self.parts = parts
+        self.db = parts.db
+        self.events = parts.events
         self.channel = SessionChannel(
-            app.session_channel_url,
+            settings.session_channel_url,
             self.secret_for,
             self.on_message,
-            group=app.session_group,
-            key_file=os.path.join(app.data_dir, "session_channel.key"),
+            group=settings.session_group,
+            key_file=settings.channel_key_file,
         )
         # Everything held about an active job, in one record per job: removed when it ends.
         self.live = LiveSessions()
-        self.launcher = Launcher(self)
+        self.launcher = Launcher(self, parts, settings)
         self._reconcile_task: asyncio.Task[None] | None = None
 
     # ---- life cycle --------------------------------------------------------------------------
@@ -134,11 +140,11 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
         job, ws, user = loaded
         state = job.spawner_state or {}
         try:
-            account = await self.app.accounts.get(user.username)
+            account = await self.parts.accounts.get(user.username)
         except APIError:
             return None
         workspace_dir = ws.file_path if ws is not None else (state.get("job_dir") or "").rsplit("/.", 1)[0]
-        spawner = self.app.spawner_factory.make(job_id, account, workspace_dir, state.get("spawner"))
+        spawner = self.parts.spawner_factory.make(job_id, account, workspace_dir, state.get("spawner"))
         spawner.load_state(state)
         record = self.live.get(job_id)
         if record is not None:  # kept only while the job is live: an ended job's is not reused
@@ -155,7 +161,7 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
         running: bool = False,
         source_time: float | None = None,
     ) -> None:
-        app = self.app
+        urls = self.parts.session_urls
 
         def _apply(session: Any) -> tuple[int, dict[str, Any]] | None:
             job = session.get(orm.Job, job_id)
@@ -165,7 +171,7 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
             before = (job.status, dict(details.get("current_job_details") or {}), details.get("metrics"))
             if ready:
                 label = str((job.spawner_state or {}).get("host_label") or "")
-                transitions.mark_ready(job, ready, *app.session_urls.connection_url(job_id, ready, label))
+                transitions.mark_ready(job, ready, *urls.connection_url(job_id, ready, label))
             if running:
                 transitions.mark_running(job)
             current = dict((job.job_details or {}).get("current_job_details") or {})
@@ -263,12 +269,12 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
             return
         user_id, model, ws_id = result
         self.publish(user_id, model, source_time=source_time)
-        await self.app.workspaces.rescan(ws_id, user_id)
-        await self.app.quotas.warn_if_near(user_id, self.events)
+        await self.parts.workspaces.rescan(ws_id, user_id)
+        await self.parts.quotas.warn_if_near(user_id, self.events)
 
     def _forget(self, job_id: int) -> None:
         """Drop everything held about a job: its live record, and what others keep by its id."""
-        self.app.proxy.forget(job_id)
+        self.proxy.forget(job_id)
         self.channel.forget(job_id)
         record = self.live.forget(job_id)
         if record is not None and record.spawner is not None:

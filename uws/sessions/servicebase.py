@@ -1,22 +1,62 @@
-"""What the parts of JobService (tracker.py's HelperMessages, reconcile.py's Reconciler,
-stopping.py's Stopping) use of the whole: its attributes and the transitions service.py implements. Declared once here, so
-each part is type-checked against the same signatures that JobService must keep."""
+"""What JobService is given (JobParts, JobSettings), and what its parts (tracker.py's
+HelperMessages, reconcile.py's Reconciler, stopping.py's Stopping) use of the whole: its
+attributes and the transitions service.py implements. Declared once here, so each part is
+type-checked against the same signatures that JobService must keep."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..auth.accounts import AccountCache
     from ..db import Database
     from ..events import EventBus
+    from ..keys import SessionTokens
+    from ..passthrough.urls import SessionURLs
+    from ..quotas import QuotaService
+    from ..spawners import SpawnerFactory
     from ..spawners.base import Spawner
+    from ..storage.local import LocalFileSystemStorage
+    from ..workspaces import WorkspaceService
     from .channel import SessionChannel
     from .record import LiveSessions
     from .status import JobStatus
 
 
+@dataclass(frozen=True)
+class JobParts:
+    """The rest of the server as JobService uses it, handed over by UWSApp.init_services."""
+
+    db: Database
+    events: EventBus
+    accounts: AccountCache
+    workspaces: WorkspaceService
+    quotas: QuotaService
+    storage: LocalFileSystemStorage
+    spawner_factory: SpawnerFactory
+    session_urls: SessionURLs
+    session_tokens: SessionTokens
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """UWSApp's options that sessions are started from (under the same names), the job
+    templates read from share/uws, and where the session channel listens."""
+
+    job_types: dict[str, Any]
+    job_templates: dict[str, Any]
+    parameters: list[Any]
+    resources: dict[str, Any]
+    main_resource_key: str
+    passthrough_mode: str
+    session_channel_url: str
+    session_group: str
+    channel_key_file: str  # the channel's CURVE key pair (tcp://)
+
+
 class JobServiceBase:
-    app: Any  # the UWSApp
+    parts: JobParts
     db: Database
     events: EventBus
     channel: SessionChannel

@@ -22,7 +22,7 @@ log = logging.getLogger("uws.jobs")
 
 
 class Stopping(JobServiceBase):
-    """A part of JobService: it uses the service's app, database, channel, live records and
+    """A part of JobService: it uses the service's spawner factory, database, channel, live records and
     transitions (_finish, apply_exit, _spawner, publish)."""
 
     async def stop(self, user: CurrentUser, job_id: int, put_type: str) -> str:
@@ -69,7 +69,7 @@ class Stopping(JobServiceBase):
         """Ask the helper to stop; fall back to the spawner when the helper does not answer."""
         spawner = await self._spawner(job_id)
         await self._send_stop(job_id)
-        deadline = time.monotonic() + self.app.spawner_factory.grace_seconds(spawner) + 10
+        deadline = time.monotonic() + self.parts.spawner_factory.grace_seconds(spawner) + 10
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             if await self._is_terminal(job_id):
@@ -97,7 +97,7 @@ class Stopping(JobServiceBase):
         secret = await self.secret_for(job_id)
         if secret:
             record = self.live.get(job_id)
-            grace = self.app.spawner_factory.grace_seconds(record.spawner if record is not None else None)
+            grace = self.parts.spawner_factory.grace_seconds(record.spawner if record is not None else None)
             await self.channel.send(job_id, secret, {"type": "stop", "grace_seconds": grace})
 
     async def _is_terminal(self, job_id: int) -> bool:
