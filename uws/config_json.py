@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from traitlets.config import Config
@@ -439,7 +439,32 @@ def default_parameters() -> list[Any]:
     return copy.deepcopy(DEFAULT_PARAMETERS)
 
 
-def original_form(app: Any) -> dict[str, Any]:
+class ConfiguredOptions(Protocol):
+    """The options of UWSApp (under its names) that the original format is made from."""
+
+    @property
+    def api_auth_key(self) -> str: ...
+    @property
+    def authenticator_class(self) -> str: ...
+    @property
+    def user_authentication_methods(self) -> dict[str, Any]: ...
+    @property
+    def storage_key(self) -> str: ...
+    @property
+    def storage_class(self) -> str: ...
+    @property
+    def storage_methods(self) -> dict[str, Any]: ...
+    @property
+    def main_resource_key(self) -> str: ...
+    @property
+    def resources(self) -> dict[str, Any]: ...
+    @property
+    def job_types(self) -> dict[str, Any]: ...
+    @property
+    def parameters(self) -> list[Any]: ...
+
+
+def original_form(app: ConfiguredOptions) -> dict[str, Any]:
     """UWSApp's configuration in the original format, so one validator (and /status/) serves
     both formats."""
     auths = dict(app.user_authentication_methods) or {
