@@ -34,6 +34,9 @@ c.LocalFileSystemStorage.root_dir = "{root}"
 c.UWSApp.log_level = "WARN"
 c.UWSApp.max_running_jobs_per_user = 0
 c.UWSApp.max_concurrent_starts = 0
+# The fan-out step holds --clients event streams for its one user, more than the default per-user
+# cap; the cap is not what it measures.
+c.UWSApp.max_websockets_per_user = {websockets}
 c.UWSApp.job_types = {{
     "local_test_job": {{"name": "Local Test Job", "job_type": "LocalTestJob",
                        "environment_details": {{"main_resource": {{"sleep_seconds": "600"}}}}}},
@@ -49,9 +52,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 class Bench:
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, clients: int) -> None:
         self.workdir = workdir
-        self.server, _ = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
+        config = CONFIG.format(root=os.path.join(workdir, "workspaces"), websockets=clients + 10)
+        self.server, _ = start_server(workdir, config)
         self.proc, self.base = self.server.proc, self.server.base
         self.http = AsyncHTTPClient(max_clients=64)
 
@@ -189,7 +193,7 @@ async def main() -> None:
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="uws-sbench-", dir=args.workdir)
-    bench = Bench(workdir)
+    bench = Bench(workdir, args.clients)
     try:
         await bench.ready()
         latencies, durations = await bench.start_to_running(args.starts)
