@@ -20,7 +20,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -98,8 +98,13 @@ class Bench:
             job = (
                 await self.call("PUT", f"/workspaces/{self.ws_id}/start/", {"job_type": "local_test_job"})
             )["data"]["job"]
+            # Bounded as a whole: a pending session still sends metrics events every few seconds.
+            give_up = t0 + 60
             while True:
-                event = json.loads(await conn.read_message())
+                try:
+                    event = json.loads(await asyncio.wait_for(conn.read_message(), give_up - time.time()))
+                except TimeoutError:
+                    self.fail(f"job {job['id']} was not running 60 s after its start")
                 received = time.time()
                 if "source_time" in event:
                     latencies.append(received - event["source_time"])
@@ -132,10 +137,12 @@ class Bench:
                 ]
             )
         deadline = time.time() + 120
-        while time.time() < deadline:
+        while True:
             listed = (await self.call("GET", "/jobs/?status=running"))["data"]["jobs"]
             if len({j["id"] for j in listed} & {j["id"] for j in jobs}) == count:
                 break
+            if time.time() > deadline:
+                self.fail(f"{count} idle sessions were not all running after 120 s")
             await asyncio.sleep(0.5)
         await asyncio.sleep(6)  # past start-up, into steady heartbeats
         server = psutil.Process(self.proc.pid)
@@ -176,6 +183,10 @@ class Bench:
         for conn in conns:
             conn.close()
         return times, rss
+
+    def fail(self, what: str) -> NoReturn:
+        # The server's log goes with its directory when the benchmark stops it; show it first.
+        raise SystemExit(f"{what}; the server's log ends:\n{self.server.log()}")
 
     def stop(self) -> None:
         self.server.close()
