@@ -20,7 +20,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -34,6 +34,9 @@ c.LocalFileSystemStorage.root_dir = "{root}"
 c.UWSApp.log_level = "WARN"
 c.JobService.max_running_jobs_per_user = 0
 c.JobService.max_concurrent_starts = 0
+# The fan-out step holds --clients event streams for its one user, more than the default per-user
+# cap; the cap is not what it measures.
+c.WebSocketCounter.max_per_user = {websockets}
 c.UWSApp.job_types = {{
     "local_test_job": {{"name": "Local Test Job", "job_type": "LocalTestJob",
                        "environment_details": {{"main_resource": {{"sleep_seconds": "600"}}}}}},
@@ -49,9 +52,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 class Bench:
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, clients: int) -> None:
         self.workdir = workdir
-        self.server, _ = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
+        config = CONFIG.format(root=os.path.join(workdir, "workspaces"), websockets=clients + 10)
+        self.server, _ = start_server(workdir, config)
         self.proc, self.base = self.server.proc, self.server.base
         self.http = AsyncHTTPClient(max_clients=64)
 
@@ -94,8 +98,13 @@ class Bench:
             job = (
                 await self.call("PUT", f"/workspaces/{self.ws_id}/start/", {"job_type": "local_test_job"})
             )["data"]["job"]
+            # Bounded as a whole: a pending session still sends metrics events every few seconds.
+            give_up = t0 + 60
             while True:
-                event = json.loads(await conn.read_message())
+                try:
+                    event = json.loads(await asyncio.wait_for(conn.read_message(), give_up - time.time()))
+                except TimeoutError:
+                    self.fail(f"job {job['id']} was not running 60 s after its start")
                 received = time.time()
                 if "source_time" in event:
                     latencies.append(received - event["source_time"])
@@ -128,10 +137,12 @@ class Bench:
                 ]
             )
         deadline = time.time() + 120
-        while time.time() < deadline:
+        while True:
             listed = (await self.call("GET", "/jobs/?status=running"))["data"]["jobs"]
             if len({j["id"] for j in listed} & {j["id"] for j in jobs}) == count:
                 break
+            if time.time() > deadline:
+                self.fail(f"{count} idle sessions were not all running after 120 s")
             await asyncio.sleep(0.5)
         await asyncio.sleep(6)  # past start-up, into steady heartbeats
         server = psutil.Process(self.proc.pid)
@@ -173,6 +184,10 @@ class Bench:
             conn.close()
         return times, rss
 
+    def fail(self, what: str) -> NoReturn:
+        # The server's log goes with its directory when the benchmark stops it; show it first.
+        raise SystemExit(f"{what}; the server's log ends:\n{self.server.log()}")
+
     def stop(self) -> None:
         self.server.close()
 
@@ -189,7 +204,7 @@ async def main() -> None:
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="uws-sbench-", dir=args.workdir)
-    bench = Bench(workdir)
+    bench = Bench(workdir, args.clients)
     try:
         await bench.ready()
         latencies, durations = await bench.start_to_running(args.starts)
