@@ -106,11 +106,17 @@ def chp_binary() -> str | None:
     return local if os.path.exists(local) else None
 
 
-def start_uws(workdir: str, env: dict[str, str] | None = None) -> tuple[Server, dict[str, str], int]:
+def start_uws(workdir: str, checkout: str | None = None) -> tuple[Server, dict[str, str], int]:
     """A `uws` server with one echo session: the server, the headers that reach the session
-    through it (its owner's token, the session's host name) and the app's own port."""
+    through it (its owner's token, the session's host name) and the app's own port. With
+    `checkout`, the server and its session helper run that checkout's code (the helper's
+    environment is its own, so it gets the path through helper_pythonpath)."""
     os.makedirs(workdir)
     config = CONFIG.format(root=os.path.join(workdir, "workspaces"), python=sys.executable, app=APP)
+    env = None
+    if checkout:
+        config += f'c.Spawner.helper_pythonpath = "{checkout}"\n'
+        env = {"PYTHONPATH": checkout}
     server = Server("sqlite", config, directory=workdir, env=env).start(poll_seconds=0.005)
     base = server.base
     token = requests.post(
@@ -183,8 +189,9 @@ def main() -> None:
         servers.append(server)
         peers = {"UWS": (f"{server.base}/hello", auth)}
         if args.baseline:
-            env = {"PYTHONPATH": os.path.abspath(args.baseline)}
-            before, before_auth, _ = start_uws(os.path.join(workdir, "baseline"), env)
+            before, before_auth, _ = start_uws(
+                os.path.join(workdir, "baseline"), os.path.abspath(args.baseline)
+            )
             servers.append(before)
             peers["UWS before"] = (f"{before.base}/hello", before_auth)
         direct = f"http://127.0.0.1:{app_port}/hello"
