@@ -1,4 +1,4 @@
-"""The server's front door (uws/handlers/front.py): it relays a let-in client's bodyless GETs and
+"""The server's front door (uws/passthrough/front.py): it relays a let-in client's bodyless GETs and
 HEADs to the session itself, and hands a connection to Tornado at its first other request.
 These tests talk raw HTTP/1.1 over one socket, so that what one connection carries, in which
 order and split how, is under the test's control (an HTTP library would open new connections).
