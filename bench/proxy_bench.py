@@ -188,12 +188,14 @@ def main() -> None:
         server, auth, app_port = start_uws(os.path.join(workdir, "uws"))
         servers.append(server)
         peers = {"UWS": (f"{server.base}/hello", auth)}
+        processes = {"UWS": psutil.Process(server.proc.pid)}  # type: ignore[union-attr]
         if args.baseline:
             before, before_auth, _ = start_uws(
                 os.path.join(workdir, "baseline"), os.path.abspath(args.baseline)
             )
             servers.append(before)
             peers["UWS before"] = (f"{before.base}/hello", before_auth)
+            processes["UWS before"] = psutil.Process(before.proc.pid)  # type: ignore[union-attr]
         direct = f"http://127.0.0.1:{app_port}/hello"
         chp, chp_url = start_chp(app_port)
         if chp_url:
@@ -206,10 +208,16 @@ def main() -> None:
             # Interleaved rounds, medians: this 2-core VM's speed drifts by tens of percent from
             # one run to the next, which would otherwise land on whichever peer ran then.
             runs: dict[str, list[tuple[float, float]]] = {"direct": [], **{name: [] for name in peers}}
+            # The server's CPU time per relayed request: steadier than req/s on a noisy machine.
+            cpu: dict[str, list[float]] = {name: [] for name in processes}
             for _ in range(args.rounds):
                 runs["direct"].append(wrk(direct, c, args.duration, {}))
                 for name, (url, headers) in peers.items():
+                    before_cpu = sum(processes[name].cpu_times()[:2]) if name in processes else 0.0
                     runs[name].append(wrk(url, c, args.duration, headers))
+                    if name in processes:
+                        used = sum(processes[name].cpu_times()[:2]) - before_cpu
+                        cpu[name].append(used / (runs[name][-1][0] * args.duration) * 1e6)
             d_rps, d_p99 = median_run(runs["direct"])
             line = f"  c={c:<2}  direct {d_rps:8,.0f} req/s p99 {d_p99:6.2f} ms"
             for name in peers:
@@ -219,6 +227,10 @@ def main() -> None:
                 u_rps, c_rps = median_run(runs["UWS"])[0], median_run(runs["CHP"])[0]
                 line += f" | UWS/CHP {u_rps / c_rps:.2f}x"
             print(line)
+            print(
+                "        server CPU per request, median: "
+                + "; ".join(f"{name} {sorted(v)[len(v) // 2]:.0f} µs" for name, v in cpu.items())
+            )
             print(
                 "        runs, req/s: "
                 + "; ".join(
