@@ -3,6 +3,7 @@ more than one module (or a benchmark) uses. A module's own configuration stays i
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -49,7 +50,10 @@ def session_python_config() -> str:
     shared = shared_dir()
     # Only members of the session group reach the session channel; accounts the server creates
     # join it.
-    subprocess.run(["groupadd", "--", SESSION_GROUP], capture_output=True)
+    if subprocess.run(["groupadd", "--", SESSION_GROUP], capture_output=True).returncode == 0:
+        # Made by this process (a test run, or a benchmark that has no pytest teardown): gone
+        # when it exits.
+        atexit.register(subprocess.run, ["groupdel", "--", SESSION_GROUP], capture_output=True)
     return (
         f'c.Spawner.python = "/usr/bin/python3"\nc.Spawner.helper_pythonpath = "{shared}"\n'
         f'c.UWSApp.session_group = "{SESSION_GROUP}"\n'
