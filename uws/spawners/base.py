@@ -68,6 +68,9 @@ class Spawner(LoggingConfigurable):
 
     # Whether poll() is cheap enough to run on every reconcile pass, helper alive or not.
     poll_while_alive = False
+    # Whether start_failure() can tell, moments after start(), that the helper has already
+    # ended (a helper on this machine; not one waiting in a batch queue).
+    watches_start = False
     # The server's CURVE public key (Z85) for a tcp:// session channel; set by the app.
     channel_server_key = ""
     # The group that may reach an ipc:// session channel (None for tcp://); set by the app.
@@ -110,6 +113,12 @@ class Spawner(LoggingConfigurable):
     async def stop(self) -> None:
         """End the session from the outside (used when its helper cannot be reached)."""
         raise NotImplementedError
+
+    async def start_failure(self) -> dict[str, Any] | None:
+        """For a helper that has not reported yet (watches_start): None while it runs; once it
+        has ended, how, as poll() says it, with the cause it left in its output when it wrote no
+        exit.json. Called every few tenths of a second: cheap while the helper runs."""
+        return None
 
     async def usage(self) -> float | None:
         """Core seconds the resource allocated to the session, for resources that account that
