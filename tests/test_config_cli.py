@@ -32,7 +32,8 @@ def test_check_config_accepts_shipped_examples() -> None:
         if os.path.isdir(REFERENCE)
         else []
     ):
-        r = run_uws("check-config", path)
+        # The examples describe other machines: only the files are checked here.
+        r = run_uws("check-config", path, "--file-only")
         assert r.returncode == 0, (path, r.stdout, r.stderr)
         assert "valid" in r.stdout
 

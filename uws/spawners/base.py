@@ -157,7 +157,8 @@ class Spawner(LoggingConfigurable):
             yield message
 
     # ---- shared helpers ----------------------------------------------------------------------
-    def helper_command(self) -> list[str]:
+    def helper_invocation(self) -> list[str]:
+        """The interpreter running the helper's module, before the helper's own arguments."""
         # The helper runs in the job directory, which the session's account can write, and is
         # handed the job secret: nothing there (nor the account's own site-packages or PYTHON*
         # variables) may stand in for a uws module. -I keeps the working directory, the user's
@@ -169,13 +170,12 @@ class Spawner(LoggingConfigurable):
             prefix, flags = ["env", f"PYTHONPATH={self.helper_pythonpath}"], ["-P", "-s"]
         else:
             prefix, flags = [], ["-I"]
+        return [*prefix, self.python, *flags, "-m", "uws.session_helper"]
+
+    def helper_command(self) -> list[str]:
         key = ["--server-key", self.channel_server_key] if self.channel_server_key else []
         return [
-            *prefix,
-            self.python,
-            *flags,
-            "-m",
-            "uws.session_helper",
+            *self.helper_invocation(),
             "--job-dir",
             self.job_dir,
             "--endpoint",
