@@ -380,10 +380,10 @@ def test_thousand_sessions_leave_no_per_job_state() -> None:
 
         assert len(jobs.live) == 0
         for _ in range(50):  # each start's watch ends at its next look (every 0.2 s)
-            if not jobs.launcher.watches:
+            if not jobs.launcher.start_watches.tasks:
                 break
             await asyncio.sleep(0.02)
-        assert jobs.launcher.watches == set()
+        assert jobs.launcher.start_watches.tasks == set()
         assert jobs.launcher.reserved == {} and jobs.launcher.starts_in_progress == 0
 
         def _rows(s: Any) -> tuple[list[str], str]:

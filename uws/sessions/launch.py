@@ -22,6 +22,7 @@ from . import transitions
 from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
 from .params import DefaultValueError, translate, validate_resource_options, with_defaults
 from .record import LiveSession
+from .startwatch import StartWatches
 from .status import JobStatus
 
 if TYPE_CHECKING:
@@ -34,11 +35,6 @@ IMPROPER = "Job Type improperly configured. Please contact a system administrato
 PARAMETERS_IMPROPER = (
     "Resource option defaults improperly configured. Please contact a system administrator to resolve this."
 )
-# A helper that ends before it first reports is found within this many seconds of ending, for
-# this long after its start (a helper that lives longer is past what can fail on its start).
-START_WATCH_INTERVAL = 0.2
-START_WATCH_SECONDS = 30.0
-HIDDEN = "[hidden]"
 
 
 @dataclass
@@ -60,7 +56,7 @@ class StartRequest:
 class Launcher:
     """Starts sessions for the JobService. Its own state is about starts, not jobs: the
     idempotency keys in flight, the starts in progress (overall and per user), and the watches
-    on helpers that have not reported yet (each ends by itself)."""
+    on started helpers that have not reported yet (uws.sessions.startwatch)."""
 
     def __init__(self, jobs: JobService, parts: JobParts, settings: JobSettings) -> None:
         self.jobs = jobs
@@ -69,11 +65,7 @@ class Launcher:
         self.inflight: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
         self.starts_in_progress = 0
         self.reserved: dict[int, int] = {}  # user id -> starts in progress (see check_limits)
-        self.watches: set[asyncio.Task[None]] = set()
-
-    def close(self) -> None:
-        for task in list(self.watches):
-            task.cancel()
+        self.start_watches = StartWatches(jobs, parts.session_tokens)
 
     # ---- start (contract 2.5) ----------------------------------------------------------------
     async def start(
@@ -223,9 +215,7 @@ class Launcher:
         parts.workspaces.invalidate(req.user.id)
         jobs.publish(req.user.id, model)
         if spawner.watches_start:
-            task = asyncio.ensure_future(self._watch_start(job_id, record, spawner))
-            self.watches.add(task)
-            task.add_done_callback(self.watches.discard)
+            self.start_watches.watch(job_id, record, spawner)
         if status != JobStatus.PENDING:
             # Stopped while it was being submitted: cancel it now that it exists.
             asyncio.ensure_future(jobs._terminate(job_id))
@@ -315,41 +305,3 @@ class Launcher:
                 jobs._forget(job_id)
             await jobs._cancel_quietly(job_id, spawner)
             raise APIError(500, "Launch failed: the session could not be recorded.") from None
-
-    async def _watch_start(self, job_id: int, record: LiveSession, spawner: Spawner) -> None:
-        """Until the helper first reports: when it has ended before that, fail the job at once
-        with the cause it left, rather than once the reconciler finds it silent. Ends when the
-        helper reports, the job ends or is being stopped, or START_WATCH_SECONDS pass."""
-
-        def watched() -> bool:
-            return self.jobs.live.get(job_id) is record and not record.heard and not record.stop_requested
-
-        deadline = time.monotonic() + START_WATCH_SECONDS
-        ended = None
-        try:
-            while ended is None and time.monotonic() < deadline:
-                await asyncio.sleep(START_WATCH_INTERVAL)
-                if not watched():
-                    return
-                ended = await spawner.start_failure()
-        except Exception:
-            log.exception("Watching the start of job %s failed; the reconciler checks it", job_id)
-            return
-        if ended is None or not watched():
-            return
-        ended = self._without_secrets(job_id, record, ended)
-        log.warning("Job %s: its session helper ended before reporting: %s", job_id, ended.get("message"))
-        await self.jobs.apply_exit(job_id, ended)
-
-    def _without_secrets(self, job_id: int, record: LiveSession, ended: dict[str, Any]) -> dict[str, Any]:
-        """The helper's own output goes to the job: never with the job's secret or session token
-        in it, whatever wrote them there."""
-        hidden_values = [s for s in (record.secret, self.parts.session_tokens.token(job_id)) if s]
-        cleaned = dict(ended)
-        for key in ("message", "log_tail"):
-            text = cleaned.get(key)
-            if isinstance(text, str):
-                for secret in hidden_values:
-                    text = text.replace(secret, HIDDEN)
-                cleaned[key] = text
-        return cleaned
