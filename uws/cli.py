@@ -126,6 +126,7 @@ class CheckConfigApp(_ConfiguredApp):
             print(f"deployment problem: {problem}", file=sys.stderr)
         if found.problems:
             self.exit(1)
+        print(f"deployment: {found.summary()}")
 
 
 class GenerateConfigApp(Application):

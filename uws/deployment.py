@@ -42,6 +42,12 @@ HEALTH_SECONDS = 30.0
 class Findings:
     problems: list[str] = field(default_factory=list)  # sessions would fail: check-config exits 1
     notes: list[str] = field(default_factory=list)  # what could not be checked, and why
+    helper_started_as: str = ""  # whom the session helper's interpreter started as, if it did
+
+    def summary(self) -> str:
+        """One line for a deployment without problems."""
+        tried = f"; the session helper starts as {self.helper_started_as}" if self.helper_started_as else ""
+        return f"no problems found{tried}."
 
 
 @dataclass
@@ -210,7 +216,9 @@ def probe_helper(spawner: LocalProcessSpawner, who: str, found: Findings) -> Non
     except (OSError, subprocess.TimeoutExpired) as e:
         found.problems.append(f"As {who}: the session helper could not start: {' '.join(argv)}: {e}")
         return
-    if result.returncode != 0:
+    if result.returncode == 0:
+        found.helper_started_as = who
+    else:
         ended = start_failure(result.stdout, result.returncode)
         found.problems.append(f"As {who}: {ended['message']} (exit code {result.returncode})")
 

@@ -78,3 +78,5 @@ async def _log_deployment(app: UWSApp) -> None:
         app.log.info("deployment: %s", note)
     for problem in found.problems:
         app.log.warning("deployment: %s", problem)
+    if not found.problems:
+        app.log.info("deployment: %s", found.summary())
