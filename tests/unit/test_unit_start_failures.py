@@ -37,6 +37,12 @@ def test_sudo_refusing_to_execute_the_python_says_how_to_fix_it() -> None:
     )
 
 
+def test_env_refusing_to_execute_the_python_says_how_to_fix_it() -> None:
+    """With helper_pythonpath the interpreter is run through env(1), which says it instead."""
+    raw = "env: ‘/root/venv/bin/python’: Permission denied\n".encode()
+    assert start_failure(raw, 126)["message"].endswith(f"Permission denied. {PYTHON_FIX}")
+
+
 def test_a_traceback_comes_down_to_its_exception_and_the_helpers_own_line_is_left_out() -> None:
     raw = (
         b"uws-session-helper: job 7: helper pid 123, endpoint ipc:///srv/uws-channel/sessions.sock\n"

@@ -20,7 +20,11 @@ CAUSE_CHARS = 500
 LOG_TAIL_CHARS = 2000
 
 # Causes that come from the deployment, not the session, and what fixes them.
-INTERPRETER = re.compile(r"unable to execute|command not found|No module named '?(uws|zmq|psutil)\b")
+# sudo's words when it cannot run the interpreter, env(1)'s (with helper_pythonpath), Python's.
+INTERPRETER = re.compile(
+    r"unable to execute|command not found|env: .*: (Permission denied|No such file or directory)"
+    r"|No module named '?(uws|zmq|psutil)\b"
+)
 SUDO_REFUSED = re.compile(r"sudo: (a password is required|sorry, user .* is not allowed)")
 SUDO_FIX = (
     "The server's account needs a sudoers rule that lets it run the session helper as session "
