@@ -190,7 +190,11 @@ def test_check_config_warns_about_token_on_a_command_line(tmp_path: str) -> None
             "{'main_resource': {'command': ['app', '--token={token}']}}}}\n"
         )
     out = subprocess.run(
-        [*uws_command(), "check-config", config], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        [*uws_command(), "check-config", config, "--file-only"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert (

@@ -29,7 +29,7 @@ from .config_json import (
     original_form,
 )
 from .configuration import api_host_problems, moved, read_config
-from .startup import log_started, tune_runtime
+from .startup import check_deployment_later, log_started, tune_runtime
 
 if TYPE_CHECKING:
     from .passthrough import SessionURLs
@@ -531,6 +531,7 @@ class UWSApp(Application):
         await self.jobs.begin()
         self.culler.begin()
         log_started(self)
+        check_deployment_later(self)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

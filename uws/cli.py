@@ -4,6 +4,7 @@ generate-config know."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import Any
@@ -33,7 +34,10 @@ SERVER_FLAGS = {
     ),
 }
 SUBCOMMANDS = {
-    "check-config": ("uws.cli.CheckConfigApp", "Validate a configuration file and list every problem."),
+    "check-config": (
+        "uws.cli.CheckConfigApp",
+        "Validate a configuration file and list every problem, then check this machine's deployment.",
+    ),
     "generate-config": ("uws.cli.GenerateConfigApp", "Print a uws_config.py with every option and its help."),
     "upgrade-db": ("uws.cli.UpgradeDBApp", "Create or upgrade the database to the current schema."),
     "create-client-token": ("uws.cli.CreateClientTokenApp", "Create (or renew) an API client token."),
@@ -86,8 +90,19 @@ class _ConfiguredApp(Application):
 
 class CheckConfigApp(_ConfiguredApp):
     name = "uws check-config"
-    description = "Validate a configuration file: uws check-config FILE. Exit code 0 means valid."
+    description = """Validate a configuration file, then check the deployment on this machine
+    (uws.deployment): uws check-config FILE [--account NAME] [--file-only]. Exit code 0: both
+    fine; 1: the file is valid, but sessions would fail here; 2: the file is not valid."""
     require_login = True
+    aliases = {**_ConfiguredApp.aliases, "account": "CheckConfigApp.account"}
+    flags = {
+        **Application.flags,
+        "file-only": ({"CheckConfigApp": {"file_only": True}}, "Check the file only, not this machine."),
+    }
+    account = Unicode(
+        "", config=True, help="A session account to try the session helper as (default: one found here)."
+    )
+    file_only = Bool(False, config=True, help="Check the file only, not this machine.")
 
     def start(self) -> None:
         if self.extra_args:
@@ -100,6 +115,18 @@ class CheckConfigApp(_ConfiguredApp):
         for warning in app.config_warnings:
             print(f"warning: {warning}")
         print(f"{app.config_file or 'embedded defaults'}: valid")
+        if self.file_only:
+            return
+        from .deployment import check_deployment
+
+        found = asyncio.run(check_deployment(app, self.account))
+        for note in found.notes:
+            print(f"note: {note}")
+        for problem in found.problems:
+            print(f"deployment problem: {problem}", file=sys.stderr)
+        if found.problems:
+            self.exit(1)
+        print(f"deployment: {found.summary()}")
 
 
 class GenerateConfigApp(Application):

@@ -1,8 +1,10 @@
 """What the server does once it is assembled, as it starts serving: the process tuned for a
-long-running server, and the log lines that say where it listens and how it runs."""
+long-running server, the log lines that say where it listens and how it runs, and the warnings
+about the deployment (uws.deployment, as `uws check-config` finds them)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 from typing import TYPE_CHECKING
@@ -11,6 +13,9 @@ from . import __version__
 
 if TYPE_CHECKING:
     from .app import UWSApp
+
+# Strong references to the background checks (the event loop keeps only weak ones).
+_checks: set[asyncio.Task[None]] = set()
 
 
 def tune_runtime() -> None:
@@ -51,3 +56,27 @@ def log_started(app: UWSApp) -> None:
             url,
             url,
         )
+
+
+def check_deployment_later(app: UWSApp) -> None:
+    """Log the deployment's problems as warnings, in the background: the checks start the
+    session helper's interpreter and ask the resource, which takes a moment."""
+    task = asyncio.ensure_future(_log_deployment(app))
+    _checks.add(task)
+    task.add_done_callback(_checks.discard)
+
+
+async def _log_deployment(app: UWSApp) -> None:
+    from .deployment import check_deployment
+
+    try:
+        found = await check_deployment(app)
+    except Exception:
+        app.log.exception("Checking the deployment failed")
+        return
+    for note in found.notes:
+        app.log.info("deployment: %s", note)
+    for problem in found.problems:
+        app.log.warning("deployment: %s", problem)
+    if not found.problems:
+        app.log.info("deployment: %s", found.summary())

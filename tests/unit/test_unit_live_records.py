@@ -33,6 +33,7 @@ from uws.spawners.base import LaunchError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CYCLES = 1000
+PATHS = 9  # the ways a session ends, in one_cycle
 BATCH = 50  # started together, so the stop's polling intervals overlap
 
 
@@ -56,20 +57,28 @@ class MemoryDatabase(Database):
 
 class MockSpawner:
     """A spawner whose session is a flag: `start` fails when the app says so, `poll` reports
-    an exit once the session has been told to end."""
+    an exit once the session has been told to end, `start_failure` a helper that ended before
+    it reported once a test says so."""
 
     poll_while_alive = False
+    watches_start = True
 
     def __init__(self, app: FakeApp, job_id: int) -> None:
         self.app, self.job_id = app, job_id
         self.job_dir = f"/nonexistent/.uws/jobs/{job_id}"
         self.ended: dict[str, Any] | None = None
+        self.ended_before_report: dict[str, Any] | None = None
+        self.credentials = ""
 
     async def start(self, spec: dict[str, Any], secret: str) -> int:
         if self.app.launch_failures_wanted:
             self.app.launch_failures_wanted -= 1
             raise LaunchError("the resource refused it")
+        self.credentials = secret
         return 10_000 + self.job_id
+
+    async def start_failure(self) -> dict[str, Any] | None:
+        return self.ended_before_report
 
     async def session_host(self, port: int) -> str | None:
         return "127.0.0.1"
@@ -179,7 +188,7 @@ class FakeApp:
         self.quotas = QuotaService(self.db)
         self.proxy = FakeProxy()
         self.session_tokens = Stub()
-        self.session_tokens.token = lambda job_id: "t"  # type: ignore[method-assign]
+        self.session_tokens.token = lambda job_id: f"token-{job_id}"  # type: ignore[method-assign]
         self.storage = Stub()
         self.storage.valid_workspace_dir = lambda path: True  # type: ignore[method-assign]
         # Starts that fail in the spawner. Nothing here suspends between setting this and the
@@ -296,8 +305,8 @@ async def wait_terminal(jobs: JobService, job_id: int) -> None:
 
 
 async def one_cycle(jobs: JobService, app: FakeApp, n: int) -> str:
-    """One session, ended by path n % 8. Returns the path's name."""
-    path = n % 8
+    """One session, ended by path n % PATHS. Returns the path's name."""
+    path = n % PATHS
     if path == 7:  # the resource refused the launch
         app.launch_failures_wanted += 1
         with pytest.raises(APIError, match="Launch failed: the resource refused it"):
@@ -305,6 +314,20 @@ async def one_cycle(jobs: JobService, app: FakeApp, n: int) -> str:
         return "launch failed"
     job_id = await start(jobs, app)
     assert job_id in jobs.live
+    if path == 8:  # the helper ended before it reported, its credentials in its output
+        spawner = app.spawned[job_id]
+        secret, token = spawner.credentials.split("\n")
+        spawner.ended_before_report = {
+            "reason": "launch_failed",
+            "message": f"The session helper could not start: {secret} {token}.",
+            "exit_code": 1,
+            "log_tail": f"{secret}\n{token}",
+        }
+        await wait_terminal(jobs, job_id)
+        current = app.db.call(lambda s: s.get(orm.Job, job_id).job_details["current_job_details"])
+        assert current["message"] == "The session helper could not start: [hidden] [hidden]. (exit code 1)"
+        assert current["log_tail"] == "[hidden]\n[hidden]"
+        return "ended before reporting"
     await jobs.on_message(job_id, READY)
     if path == 0:  # stopped by its user: the helper answers the stop with `exited`
         assert await jobs.stop(app.user, job_id, "stop") == "Job queued to stop."
@@ -353,9 +376,14 @@ def test_thousand_sessions_leave_no_per_job_state() -> None:
             for name in names:
                 paths[name] = paths.get(name, 0) + 1
         await asyncio.sleep(0.05)  # the reaps scheduled by the last endings
-        assert len(paths) == 8 and sum(paths.values()) == CYCLES, paths
+        assert len(paths) == PATHS and sum(paths.values()) == CYCLES, paths
 
         assert len(jobs.live) == 0
+        for _ in range(50):  # each start's watch ends at its next look (every 0.2 s)
+            if not jobs.launcher.start_watches.tasks:
+                break
+            await asyncio.sleep(0.02)
+        assert jobs.launcher.start_watches.tasks == set()
         assert jobs.launcher.reserved == {} and jobs.launcher.starts_in_progress == 0
 
         def _rows(s: Any) -> tuple[list[str], str]:

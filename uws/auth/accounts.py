@@ -58,7 +58,7 @@ def login_defs_uid_range(path: str = LOGIN_DEFS) -> tuple[int, int]:
     return values["UID_MIN"], values["UID_MAX"]
 
 
-def _account(entry: pwd.struct_passwd) -> Account:
+def account_of(entry: pwd.struct_passwd) -> Account:
     groups = {entry.pw_gid}
     try:
         groups.update(os.getgrouplist(entry.pw_name, entry.pw_gid))
@@ -86,7 +86,7 @@ class ServerAccount(AccountProvider):
     """Everything belongs to the server's own OS account (development, single-user machines)."""
 
     def account(self, username: str) -> Account:
-        return _account(pwd.getpwuid(os.getuid()))
+        return account_of(pwd.getpwuid(os.getuid()))
 
 
 class OSAccounts(AccountProvider):
@@ -125,7 +125,7 @@ class OSAccounts(AccountProvider):
         if not self.usable(entry):
             log.warning("Refusing OS account %s (uid %d) as a user's storage account", username, entry.pw_uid)
             raise APIError(400, NO_STORAGE_ACCOUNT)
-        return _account(entry)
+        return account_of(entry)
 
     def account(self, username: str) -> Account:
         if not valid_username(username):

@@ -22,6 +22,7 @@ from . import transitions
 from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
 from .params import DefaultValueError, translate, validate_resource_options, with_defaults
 from .record import LiveSession
+from .startwatch import StartWatches
 from .status import JobStatus
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ class StartRequest:
 
 class Launcher:
     """Starts sessions for the JobService. Its own state is about starts, not jobs: the
-    idempotency keys in flight, and the starts in progress (overall and per user)."""
+    idempotency keys in flight, the starts in progress (overall and per user), and the watches
+    on started helpers that have not reported yet (uws.sessions.startwatch)."""
 
     def __init__(self, jobs: JobService, parts: JobParts, settings: JobSettings) -> None:
         self.jobs = jobs
@@ -63,6 +65,7 @@ class Launcher:
         self.inflight: dict[tuple[Any, ...], asyncio.Future[dict[str, Any]]] = {}
         self.starts_in_progress = 0
         self.reserved: dict[int, int] = {}  # user id -> starts in progress (see check_limits)
+        self.start_watches = StartWatches(jobs, parts.session_tokens)
 
     # ---- start (contract 2.5) ----------------------------------------------------------------
     async def start(
@@ -211,6 +214,8 @@ class Launcher:
         record.last_seen = time.monotonic()
         parts.workspaces.invalidate(req.user.id)
         jobs.publish(req.user.id, model)
+        if spawner.watches_start:
+            self.start_watches.watch(job_id, record, spawner)
         if status != JobStatus.PENDING:
             # Stopped while it was being submitted: cancel it now that it exists.
             asyncio.ensure_future(jobs._terminate(job_id))

@@ -23,6 +23,7 @@ class LiveSession:
     spawner: Spawner | None = None  # loaded once, then kept for the job's life
     launching: bool = False  # started here, not yet recorded as submitted
     last_seen: float = 0.0  # monotonic time of the helper's last message
+    heard: bool = False  # its helper has reported (to this server process) at least once
     metrics: dict[str, Any] = field(default_factory=dict)  # from the last heartbeat
     recorded: tuple[str, float] | None = None  # (phase in the database, when it was written)
     stop_requested: bool = False  # the server asked it to stop

@@ -97,6 +97,7 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
     def close(self) -> None:
         if self._reconcile_task:
             self._reconcile_task.cancel()
+        self.launcher.start_watches.close()
         self.channel.close()
 
     def lock(self, job_id: int) -> asyncio.Lock:

@@ -35,6 +35,7 @@ class HelperMessages(JobServiceBase):
                 return
             record = self.live.add(job_id, row[1])
         record.last_seen = time.monotonic()
+        record.heard = True
         seen = message.get("time") if isinstance(message.get("time"), int | float) else None
         kind = message["type"]
         state = message.get("state") or {}

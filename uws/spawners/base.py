@@ -68,6 +68,9 @@ class Spawner(LoggingConfigurable):
 
     # Whether poll() is cheap enough to run on every reconcile pass, helper alive or not.
     poll_while_alive = False
+    # Whether start_failure() can tell, moments after start(), that the helper has already
+    # ended (a helper on this machine; not one waiting in a batch queue).
+    watches_start = False
     # The server's CURVE public key (Z85) for a tcp:// session channel; set by the app.
     channel_server_key = ""
     # The group that may reach an ipc:// session channel (None for tcp://); set by the app.
@@ -111,6 +114,12 @@ class Spawner(LoggingConfigurable):
         """End the session from the outside (used when its helper cannot be reached)."""
         raise NotImplementedError
 
+    async def start_failure(self) -> dict[str, Any] | None:
+        """For a helper that has not reported yet (watches_start): None while it runs; once it
+        has ended, how, as poll() says it, with the cause it left in its output when it wrote no
+        exit.json. Called every few tenths of a second: cheap while the helper runs."""
+        return None
+
     async def usage(self) -> float | None:
         """Core seconds the resource allocated to the session, for resources that account that
         way (Slurm: CPUs × elapsed); None means the server counts requested CPUs × the wall
@@ -148,7 +157,8 @@ class Spawner(LoggingConfigurable):
             yield message
 
     # ---- shared helpers ----------------------------------------------------------------------
-    def helper_command(self) -> list[str]:
+    def helper_invocation(self) -> list[str]:
+        """The interpreter running the helper's module, before the helper's own arguments."""
         # The helper runs in the job directory, which the session's account can write, and is
         # handed the job secret: nothing there (nor the account's own site-packages or PYTHON*
         # variables) may stand in for a uws module. -I keeps the working directory, the user's
@@ -160,13 +170,12 @@ class Spawner(LoggingConfigurable):
             prefix, flags = ["env", f"PYTHONPATH={self.helper_pythonpath}"], ["-P", "-s"]
         else:
             prefix, flags = [], ["-I"]
+        return [*prefix, self.python, *flags, "-m", "uws.session_helper"]
+
+    def helper_command(self) -> list[str]:
         key = ["--server-key", self.channel_server_key] if self.channel_server_key else []
         return [
-            *prefix,
-            self.python,
-            *flags,
-            "-m",
-            "uws.session_helper",
+            *self.helper_invocation(),
             "--job-dir",
             self.job_dir,
             "--endpoint",

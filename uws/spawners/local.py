@@ -4,6 +4,7 @@ owner's OS account, through sudo)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pwd
 import signal
@@ -14,7 +15,11 @@ import psutil
 from traitlets import List, Unicode
 
 from ..storage import safepath
-from .base import Spawner
+from .access import helper_access_problem
+from .base import LaunchError, Spawner
+from .helper_log import HEAD_BYTES, start_failure
+
+log = logging.getLogger("uws.spawners")
 
 # Where a session app may listen for the passthrough's connections to 127.0.0.1.
 LOOPBACK_OR_ANY = frozenset({"127.0.0.1", "0.0.0.0", "::1", "::", "::ffff:127.0.0.1"})
@@ -56,6 +61,8 @@ class LocalProcessSpawner(Spawner):
 
     # Popen objects of helpers this process started, so their exit is reaped (no zombies).
     _children: dict[int, subprocess.Popen] = {}
+    watches_start = True
+    exit_code: int | None = None  # the helper's, once this process has reaped it
 
     def launch_prefix(self) -> list[str]:
         return []
@@ -69,24 +76,25 @@ class LocalProcessSpawner(Spawner):
 
     def _start_sync(self, spec: dict[str, Any], secret: str) -> int:
         self.check_channel_access()
+        self.check_helper_access()
         self.prepare_job_dir(spec)
         # A fresh file, created through directory fds: the user may have swapped the job
         # directory for a symlink since prepare_job_dir.
         with safepath.open_dir(self.job_dir) as dir_fd:
             fd = safepath.create_file_at("helper.log", dir_fd, self.account)
-        log = os.fdopen(fd, "ab")
+        log_file = os.fdopen(fd, "ab")
         try:
             proc = subprocess.Popen(
                 self.launch_prefix() + self.helper_command(),
                 stdin=subprocess.PIPE,
-                stdout=log,
+                stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=self.job_dir,
                 start_new_session=True,  # the session outlives the server
                 env=self.helper_env(),
             )
         finally:
-            log.close()
+            log_file.close()
         assert proc.stdin is not None
         proc.stdin.write((secret + "\n").encode())
         proc.stdin.close()
@@ -97,6 +105,29 @@ class LocalProcessSpawner(Spawner):
         except psutil.Error:
             self.create_time = None
         return proc.pid
+
+    def check_helper_access(self) -> None:
+        """Refuse to start a helper whose account could not run it (its Python under a home
+        directory closed to other accounts, say): it could only fail, every time."""
+        if self.helper_runs_as_server():
+            return
+        problem = helper_access_problem(self.python, self.helper_pythonpath, self.account)
+        if problem is not None:
+            log.warning("Refusing to launch job %s: %s", self.job_id, problem)
+            raise LaunchError(problem)
+
+    async def start_failure(self) -> dict[str, Any] | None:
+        if self._alive():
+            return None
+        return await asyncio.get_running_loop().run_in_executor(None, self._ended_before_report)
+
+    def _ended_before_report(self) -> dict[str, Any]:
+        exit_info = self.read_exit()
+        if exit_info is not None:
+            return exit_info
+        return start_failure(
+            safepath.read_file(self.job_dir, "helper.log", HEAD_BYTES, head=True), self.exit_code
+        )
 
     async def reap(self) -> None:
         child = self._children.get(self.pid) if self.pid is not None else None
@@ -157,6 +188,7 @@ class LocalProcessSpawner(Spawner):
         if child is not None:
             if child.poll() is None:
                 return True
+            self.exit_code = child.returncode
             self._children.pop(self.pid, None)
             return False
         try:

@@ -220,9 +220,12 @@ def open_dir(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def read_file(dir_path: str, name: str, max_bytes: int, tail: bool = False) -> bytes | None:
-    """A regular file's bytes (its last max_bytes with tail=True), read through directory fds;
-    None when it is missing, not a plain file, hard-linked, or (without tail) too big."""
+def read_file(
+    dir_path: str, name: str, max_bytes: int, tail: bool = False, head: bool = False
+) -> bytes | None:
+    """A regular file's bytes (its last max_bytes with tail=True, its first with head=True),
+    read through directory fds; None when it is missing, not a plain file, hard-linked, or
+    (without tail or head) too big."""
     try:
         with open_dir(dir_path) as dir_fd:
             # O_NONBLOCK: a FIFO put there must not hang the reading thread.
@@ -236,7 +239,7 @@ def read_file(dir_path: str, name: str, max_bytes: int, tail: bool = False) -> b
             return None
         if tail:
             os.lseek(fd, max(0, st.st_size - max_bytes), os.SEEK_SET)
-        elif st.st_size > max_bytes:
+        elif st.st_size > max_bytes and not head:
             return None
         chunks, left = [], max_bytes
         while left > 0:
