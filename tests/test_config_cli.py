@@ -115,6 +115,17 @@ def test_generate_config_documents_options() -> None:
     assert "Largest request body in bytes" in out
 
 
+@pytest.mark.parametrize("subcommand", ["check-config", "upgrade-db", "create-client-token", "quota", "user"])
+def test_subcommand_help_lists_its_options(subcommand: str) -> None:
+    """--help of a subcommand whose --config and --db-url are UWSApp's options (it crashed with
+    KeyError: 'UWSApp' before)."""
+    result = subprocess.run(
+        uws_command() + [subcommand, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout and "--db-url" in result.stdout
+
+
 def test_moved_options_keep_their_old_names(tmp_path) -> None:
     """Options now on the class they configure still work under their old UWSApp names, with a
     warning that names the new place; both names at once: the new one wins."""

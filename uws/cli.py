@@ -73,6 +73,13 @@ class _ConfiguredApp(Application):
     # Database-only subcommands run without a login method; check-config requires one.
     require_login = False
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from .app import UWSApp
+
+        # The options its aliases set (--config, --db-url) are UWSApp's: --help lists them there.
+        self.classes = [*self.classes, UWSApp]
+
     def server_app(self) -> Any:
         from .app import UWSApp
 
