@@ -359,7 +359,9 @@ def test_rest_newer_layout_and_one_query_per_interval(backend: str, newer_slurmr
         c = login(srv, srv.new_client_token())
         w = create(c)
         pending = start(c, w["id"], job_type="echo", resource_options={"time_limit_min": 5, "num_cpus": 2})
-        current = wait_ready(c, pending["id"], 60)["job_details"]["current_job_details"]
+        # The whole node: it starts once the previous test's jobs have left it and the scheduler
+        # has run again, which took over 60 s once in a full run.
+        current = wait_ready(c, pending["id"], 150)["job_details"]["current_job_details"]
         assert 240 <= current["time_left"] <= 300
         queued = [start(c, w["id"], job_type="echo") for _ in range(2)]  # the node is full: they wait
         for job in queued:  # (Resources) for the first, (Priority) behind it
