@@ -32,9 +32,8 @@ from ..errors import APIError, error_body
 from ..forwarded import ProxyTrust
 from . import splice, wire
 from .admission import Route, admit, fast_route
-from .head import Head, HeadError, RequestHead, RequestHeads, ResponseHead
+from .head import MAX_HEAD, Head, HeadError, RequestHead, RequestHeads, ResponseHead
 from .relay import relay
-from .wire import MAX_HEAD
 
 if TYPE_CHECKING:
     from ..handlers.components import Components

@@ -17,6 +17,10 @@ from typing import overload
 import httptools
 from tornado import httputil
 
+# The longest head read, as Tornado's max_header_size: a longer request head goes to Tornado,
+# which refuses it; a longer answer head ends its request (502).
+MAX_HEAD = 65536
+
 
 class HeadError(Exception):
     """A head that is not HTTP/1.1 as RFC 9112 has it (a client's: 400; a session's: 502)."""
@@ -161,35 +165,59 @@ class ResponseHead:
     headers: Head
 
 
+class AnswerHeads:
+    """llhttp's callbacks that collect each answer's head (status, reason, header lines, but not
+    a chunked body's trailers), for a class that reads answers with an HttpResponseParser made
+    on itself (`_parser`). Its on_headers_complete calls `_take_head()`."""
+
+    _parser: httptools.HttpResponseParser
+    _lines: list[tuple[bytes, bytes]]
+    _reason: bytes
+    _in_head: bool
+
+    def _clear_head(self) -> None:
+        self._lines = []
+        self._reason = b""
+        self._in_head = True
+
+    def on_message_begin(self) -> None:
+        self._clear_head()
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._lines.append((name, value))
+
+    def _take_head(self) -> ResponseHead:
+        """The head just completed (and no more header lines: what follows is trailers)."""
+        self._in_head = False
+        parser = self._parser
+        return ResponseHead(
+            parser.get_status_code(),
+            self._reason.decode("latin1"),
+            parser.get_http_version(),
+            Head.from_raw(self._lines),
+        )
+
+
+class _OneAnswerHead(AnswerHeads):
+    def __init__(self) -> None:
+        self._clear_head()
+        self._parser = httptools.HttpResponseParser(self)
+        self.head: ResponseHead | None = None
+
+    def on_headers_complete(self) -> None:
+        self.head = self._take_head()
+
+
 def parse_response_head(data: bytes) -> ResponseHead:
     """The answer whose head is `data` (up to its blank line, or with the start of a body): for
     tests and one-off reads. Relays read answers as they stream (uws.passthrough.upstream)."""
-
-    class Reader:
-        lines: list[tuple[bytes, bytes]] = []
-        reason = b""
-        head: ResponseHead | None = None
-
-        def on_status(self, reason: bytes) -> None:
-            self.reason += reason
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            if self.head is None:
-                self.lines.append((name, value))
-
-        def on_headers_complete(self) -> None:
-            self.head = ResponseHead(
-                parser.get_status_code(),
-                self.reason.decode("latin1"),
-                parser.get_http_version(),
-                Head.from_raw(self.lines),
-            )
-
-    reader = Reader()
-    reader.lines = []
-    parser = httptools.HttpResponseParser(reader)
+    reader = _OneAnswerHead()
     try:
-        parser.feed_data(data)
+        reader._parser.feed_data(data)
     except httptools.HttpParserUpgrade:
         pass
     except httptools.HttpParserError as e:

@@ -15,8 +15,7 @@ import httptools
 
 from ..errors import APIError
 from . import wire
-from .head import Head, HeadError, ResponseHead
-from .wire import MAX_HEAD
+from .head import MAX_HEAD, AnswerHeads, HeadError, ResponseHead
 
 if TYPE_CHECKING:
     from ..handlers.components import Components
@@ -47,7 +46,7 @@ class _End(asyncio.Protocol):
             self.transport.close()
 
 
-class SessionSide(_End):
+class SessionSide(AnswerHeads, _End):
     """The app's end of a relayed websocket: its handshake answer, then its bytes."""
 
     def __init__(self, service: ProxyService, target: Target) -> None:
@@ -57,29 +56,16 @@ class SessionSide(_End):
         self.pending = bytearray()  # what the app sent after its answer, before the browser is joined
         self.lost = False
         self.answered: asyncio.Future[ResponseHead] = asyncio.get_running_loop().create_future()
+        self._clear_head()
         self._parser = httptools.HttpResponseParser(self)
-        self._lines: list[tuple[bytes, bytes]] = []
-        self._reason = b""
         self._head: ResponseHead | None = None
         self._head_bytes = 0
 
-    # llhttp's callbacks, for the handshake answer
-    def on_message_begin(self) -> None:
-        self._lines = []
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._lines.append((name, value))
-
+    # llhttp's callbacks (and AnswerHeads'), for the handshake answer
     def on_headers_complete(self) -> None:
-        code = self._parser.get_status_code()
-        if code >= 200 or code == 101:  # (other 1xx answers are interim)
-            reason = self._reason.decode("latin1")
-            version = self._parser.get_http_version()
-            self._head = ResponseHead(code, reason, version, Head.from_raw(self._lines))
+        head = self._take_head()
+        if head.code >= 200 or head.code == 101:  # (other 1xx answers are interim)
+            self._head = head
 
     # the transport's events
     def data_received(self, data: bytes) -> None:

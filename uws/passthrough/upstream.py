@@ -19,11 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httptools
 
-from .head import Head, HeadError, ResponseHead
+from .head import MAX_HEAD, AnswerHeads, Head, HeadError, ResponseHead
 
 IDLE_SECONDS = 30.0
 MAX_IDLE_PER_TARGET = 64
-MAX_HEAD = 65536  # as Tornado's max_header_size
 BUFFER_HIGH = 1 << 20  # stop reading from the app while this much is waiting to be relayed
 MAX_INTERIM = 16  # 1xx answers skipped before the real one: an app sending them forever is broken
 
@@ -40,7 +39,7 @@ class _Closed(Exception):
     pass
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(AnswerHeads, asyncio.Protocol):
     """One connection to a session app, and the answer being read from it."""
 
     def __init__(self) -> None:
@@ -66,9 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.error: str | None = None
         self.interim = 0
         self.head_bytes = 0
-        self._lines: list[tuple[bytes, bytes]] = []
-        self._reason = b""
-        self._in_head = False
+        self._clear_head()
 
     # ---- the transport's events --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,28 +113,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._drain.set_result(None)
         self._drain = None
 
-    # ---- llhttp's callbacks ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._lines = []
-        self._reason = b""
-        self._in_head = True
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:  # (not a chunked body's trailers)
-            self._lines.append((name, value))
-
+    # ---- llhttp's callbacks (and AnswerHeads') ---------------------------------------------
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        code = self._parser.get_status_code()
+        head = self._take_head()
+        code = head.code
         if code < 200:  # 100 Continue and other interim answers (a 101 is refused as an upgrade)
             self.interim += 1
             if self.interim > MAX_INTERIM:
                 raise HeadError("too many interim answers")
             return
-        headers = Head.from_raw(self._lines)
+        headers = head.headers
         encoding = headers.get("Transfer-Encoding")
         if encoding is not None and encoding.lower() != "chunked":
             # As Tornado's own client: chunked only (llhttp would read anything else to the close).
@@ -145,9 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.until_close = (
             encoding is None and "Content-Length" not in headers and code not in (204, 304)
         ) and not self.head_request
-        self.head = ResponseHead(
-            code, self._reason.decode("latin1"), self._parser.get_http_version(), headers
-        )
+        self.head = head
         if self.head_request:
             # llhttp cannot be told the answer is to a HEAD, so it would wait for the body the
             # length announces: the answer ends here, and the connection with it.

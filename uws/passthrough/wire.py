@@ -11,7 +11,6 @@ from ..errors import APIError
 from .head import Head
 from .service import Target
 
-MAX_HEAD = 65536  # as Tornado's max_header_size: a longer head goes to Tornado, which refuses it
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
