@@ -132,6 +132,32 @@ def test_other_broken_answers(hserver: Server, owner: Client, hostile: int, path
     assert r.status_code == status and r.json()["success"] is False
 
 
+@pytest.mark.parametrize("path", ["big-head", "garbage", "bare-lf", "interim", "chunk?size=-5"])
+@pytest.mark.parametrize("entry", ["front", "handler"])
+def test_broken_websocket_handshake_answers(
+    hserver: Server, owner: Client, hostile: int, path: str, entry: str
+) -> None:
+    """A broken answer to a websocket upgrade, through the front door's splice (the owner's
+    header) or the handler's (a link's token): the browser gets the JSON refusal, and the same
+    session still answers afterwards."""
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+    upgrade["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ=="
+    url = f"{hserver.base}/passthrough/{hostile}/{path}"
+    if entry == "front":
+        headers = {**owner.headers(), **upgrade}
+    else:
+        details = get_job(owner, hostile)["job_details"]["current_job_details"]["connection_details"]
+        url += ("&" if "?" in path else "?") + "token=" + details["url_path"].split("token=", 1)[1]
+        headers = upgrade
+    r = requests.get(url, headers=headers, timeout=20)
+    assert r.status_code == 502
+    assert r.json() == {"success": False, "message": "The session did not accept the websocket."}
+    assert (
+        requests.get(f"{hserver.base}/passthrough/{hostile}/hello", headers=owner.headers(), timeout=10).text
+        == "hello"
+    )
+
+
 def test_truncated_answer_is_cut_off(hserver: Server, owner: Client, hostile: int) -> None:
     """An answer that ends before its Content-Length: the head went out, so the browser's
     connection is ended rather than the answer passed off as whole."""
