@@ -14,6 +14,13 @@ from ..errors import not_authenticated
 from ..utils import hash_token, new_token, utcnow
 
 
+# What a user may do through the API. Every user holds the first three; admins hold all five.
+# A token carries a subset of its owner's rights (scopes); the original API's login tokens carry
+# no scope list and so hold everything their owner holds.
+USER_SCOPES = frozenset({"read", "workspaces", "sessions"})
+ADMIN_SCOPES = USER_SCOPES | {"admin", "metrics"}
+
+
 @dataclass(frozen=True)
 class CurrentUser:
     id: int
@@ -21,6 +28,22 @@ class CurrentUser:
     email: str
     first_name: str
     last_name: str
+    is_admin: bool = False
+    # The token's scopes; None for a token with its owner's full rights.
+    scopes: frozenset[str] | None = None
+
+    def rights(self) -> frozenset[str]:
+        """What this request may do: the owner's rights now, narrowed by the token's scopes."""
+        held = ADMIN_SCOPES if self.is_admin else USER_SCOPES
+        if self.scopes is None:
+            return held
+        granted = set(self.scopes)
+        if "admin" in granted:
+            granted |= {"metrics"}  # an admin token may read the metrics too
+        return held & granted
+
+    def may(self, scope: str) -> bool:
+        return scope in self.rights()
 
 
 def user_from_row(row: orm.User) -> CurrentUser:
