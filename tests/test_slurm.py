@@ -14,7 +14,8 @@ import time
 import pytest
 import requests
 
-from helpers.api import create, get_job, get_ws, login, start, wait_for, wait_ready, wait_status
+from helpers import api
+from helpers.api import create, get_job, get_ws, login, start, wait_for, wait_status
 from helpers.configs import APP_PYTHON, LOCAL_CONFIG, SUDO_AVAILABLE, session_python_config, shared_dir
 from helpers.harness import IS_ROOT, Client, Server, free_port, running_server
 
@@ -64,6 +65,31 @@ c.UWSApp.job_types = {{
 @pytest.fixture(scope="module", params=SPAWNERS)
 def slurm_server(backend: str, request: pytest.FixtureRequest):
     yield from running_server(backend, slurm_config(request.param))
+
+
+def cluster_state() -> str:
+    """What the scheduler says about its queue and node, for a failure message."""
+    out = []
+    for command in (["squeue", "-o", "%i %u %T %r %M %l"], ["sinfo", "-N", "-o", "%N %T %C %E"]):
+        try:
+            out.append(subprocess.run(command, capture_output=True, text=True, timeout=10).stdout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out.append(f"{command[0]}: {e}")
+    return "\n".join(out)
+
+
+def wait_ready(c: Client, job_id: int, timeout: float = 150) -> dict:
+    """helpers.api.wait_ready, with the job and the cluster's state in the failure. The time is
+    generous: in a full run the scheduler sometimes takes a minute or more to place a job on a
+    node that the previous test's jobs have only just left."""
+    try:
+        return api.wait_ready(c, job_id, timeout)
+    except AssertionError:
+        job = get_job(c, job_id)
+        raise AssertionError(
+            f"job {job_id} not ready after {timeout} s: {job['status']}, "
+            f"{job['job_details'].get('current_job_details')}\n{cluster_state()}"
+        ) from None
 
 
 def cancel_all(username: str) -> None:
@@ -120,7 +146,7 @@ def test_launch_ready_and_stop(slurm_server: Server, user: Client) -> None:
     job = start(user, w["id"], job_type="echo", resource_options={"num_cpus": 2, "memory_mb": 1024})
     slurm_id = job["resource_job_id"]
     assert slurm_id > 0
-    ready = wait_ready(user, job["id"], 60)
+    ready = wait_ready(user, job["id"])
     details = ready["job_details"]["current_job_details"]["connection_details"]
     assert requests.get(details["url_domain"] + details["url_path"], timeout=10).text == "hello"
     assert squeue_state(slurm_id) == "RUNNING"
@@ -172,7 +198,7 @@ def test_failure_is_reported_with_log(slurm_server: Server, user: Client) -> Non
 def test_scancel_from_outside(slurm_server: Server, user: Client) -> None:
     w = create(user)
     job = start(user, w["id"], job_type="echo")
-    wait_ready(user, job["id"], 60)
+    wait_ready(user, job["id"])
     subprocess.run(["scancel", str(job["resource_job_id"])], check=True, timeout=10)
     done = wait_status(user, job["id"], "complete", "failed", timeout=60)
     assert done["status"] == "complete"
@@ -194,7 +220,7 @@ def test_server_restart_reattaches(backend: str, spawner: str) -> None:
         w = create(c)
         running = [start(c, w["id"], job_type="echo") for _ in range(cpus)]
         for job in running:
-            wait_ready(c, job["id"], 60)
+            wait_ready(c, job["id"])
         queued = [start(c, w["id"], job_type="echo") for _ in range(2)]
         srv.proc.kill()
         srv.proc.wait()
@@ -219,7 +245,7 @@ def test_pending_reason_reaches_the_user(slurm_server: Server, user: Client) -> 
     w = create(user)
     fillers = [start(user, w["id"], job_type="echo") for _ in range(cpus)]
     for job in fillers:
-        wait_ready(user, job["id"], 60)
+        wait_ready(user, job["id"])
     waiting = start(user, w["id"], job_type="echo")
     # Right after submission Slurm's reason is "None"; once the scheduler has looked, it says why.
     pending = wait_for(
@@ -232,7 +258,7 @@ def test_pending_reason_reaches_the_user(slurm_server: Server, user: Client) -> 
     )
     assert pending["status"] == "pending"
     user.put(f"/jobs/{fillers[0]['id']}/stop")
-    wait_ready(user, waiting["id"], 60)
+    wait_ready(user, waiting["id"])
     for job in [*fillers[1:], waiting]:
         user.put(f"/jobs/{job['id']}/stop")
     for job in [*fillers, waiting]:
@@ -258,8 +284,8 @@ def test_scheduler_restart_while_sessions_run(slurm_server: Server, user: Client
     w = create(user)
     job = start(user, w["id"], job_type="echo")
     lost = start(user, w["id"], job_type="echo")
-    ready = wait_ready(user, job["id"], 60)
-    wait_ready(user, lost["id"], 60)
+    ready = wait_ready(user, job["id"])
+    wait_ready(user, lost["id"])
     details = ready["job_details"]["current_job_details"]["connection_details"]
     pid = int(open("/run/slurmctld.pid").read())
     os.kill(pid, 15)
@@ -299,7 +325,7 @@ def test_time_limit_from_slurm(backend: str) -> None:
             job = start(c, create(c)["id"], job_type="echo", resource_options={"time_limit_min": 5})
             jobs.append((c, job))
         for c, job in jobs:
-            current = wait_ready(c, job["id"], 60)["job_details"]["current_job_details"]
+            current = wait_ready(c, job["id"])["job_details"]["current_job_details"]
             assert 240 <= current["time_left"] <= 300
             subprocess.run(
                 ["scontrol", "update", f"JobId={job['resource_job_id']}", "TimeLimit=1"],
@@ -361,7 +387,7 @@ def test_rest_newer_layout_and_one_query_per_interval(backend: str, newer_slurmr
         pending = start(c, w["id"], job_type="echo", resource_options={"time_limit_min": 5, "num_cpus": 2})
         # The whole node: it starts once the previous test's jobs have left it and the scheduler
         # has run again, which took over 60 s once in a full run.
-        current = wait_ready(c, pending["id"], 150)["job_details"]["current_job_details"]
+        current = wait_ready(c, pending["id"])["job_details"]["current_job_details"]
         assert 240 <= current["time_left"] <= 300
         queued = [start(c, w["id"], job_type="echo") for _ in range(2)]  # the node is full: they wait
         for job in queued:  # (Resources) for the first, (Priority) behind it
@@ -443,7 +469,7 @@ def test_original_config_slurm_resource(backend: str) -> None:
         assert "root_url and api_token are not used" in check.stdout + check.stderr
         c = login(srv, srv.new_client_token())
         job = start(c, create(c)["id"], job_type="echo", resource_options={"num_cpus": 1})
-        wait_ready(c, job["id"], 60)
+        wait_ready(c, job["id"])
         assert scontrol_job(job["resource_job_id"])["Partition"] == "uws"
         assert c.put(f"/jobs/{job['id']}/stop").status_code == 200
         wait_status(c, job["id"], "complete", timeout=60)
@@ -497,7 +523,7 @@ def test_rest_tokens_cached_and_renewed_before_expiry(backend: str, tmp_path) ->
         try:
             c = login(srv, srv.new_client_token())
             job = start(c, create(c)["id"], job_type="echo")
-            wait_ready(c, job["id"], 60)
+            wait_ready(c, job["id"])
             time.sleep(4)  # status queries every second
             assert c.put(f"/jobs/{job['id']}/stop").status_code == 200
             wait_status(c, job["id"], "complete", timeout=60)
