@@ -160,7 +160,9 @@ class AdminService:
             if status is not None:
                 stmt = stmt.where(orm.Job.status == status)
             rows = session.execute(stmt.order_by(orm.Job.id)).all()
-            return [{"user": name, "job": job_view(job_model(job), with_link_token=False)} for job, name in rows]
+            return [
+                {"user": name, "job": job_view(job_model(job), with_link_token=False)} for job, name in rows
+            ]
 
         return await self.db.run(_list)
 
