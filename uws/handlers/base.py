@@ -98,7 +98,6 @@ class BaseHandler(Components, web.RequestHandler):
         self._received = 0
         self._body_limit = self.config.max_json_body_size  # prepare() settles it per request
         self.user: Any = None
-        self._refusal: APIError | None = None
 
     def compute_etag(self) -> None:
         return None  # answers are small and dynamic; hashing every one costs more than it saves
@@ -148,27 +147,8 @@ class BaseHandler(Components, web.RequestHandler):
         if self.request.method not in self.allowed_methods():
             return  # answered with 405 by the method itself
         if self.auth_required:
-            try:
-                self.user = await self.auth.authenticate(self.request.headers.get("UWS-Authorization"))
-                require_scope(self.user, self.required_scope())
-            except APIError as refusal:
-                self.refuse_after_body(refusal, length)
-
-    def refuse_after_body(self, refusal: APIError, length: str | None) -> None:
-        """Refuse the request, but read (and drop) a body still on its way first, when it is
-        small: answering before the body is read makes Tornado close the connection, and a
-        keep-alive client (requests.Session) would find it reset at its next request."""
-        chunked = "Transfer-Encoding" in self.request.headers
-        if not chunked and (length is None or int(length) == 0 or int(length) > DRAIN_BYTES):
-            raise refusal
-        self._refusal = refusal
-        self._chunks = []
-        method = str(self.request.method).lower()
-
-        async def refuse(*args: Any, **kwargs: Any) -> None:
-            raise refusal
-
-        setattr(self, method, refuse)  # runs once the body has been read
+            self.user = await self.auth.authenticate(self.request.headers.get("UWS-Authorization"))
+            require_scope(self.user, self.required_scope())
 
     def required_scope(self) -> str | None:
         """The scope this request needs; a handler whose methods need different scopes for
@@ -179,12 +159,6 @@ class BaseHandler(Components, web.RequestHandler):
         if self._finished:
             return
         self._received += len(chunk)
-        if self._refusal is not None:  # refused already: the body is only drained
-            if self._received > DRAIN_BYTES:
-                self.send_api_error(self._refusal)
-                if isinstance(self.request.connection, HTTP1Connection):
-                    self.request.connection.close()
-            return
         if self._received <= self._body_limit:
             self._chunks.append(chunk)
             return
