@@ -704,8 +704,9 @@ class World:
                 ]
 
     def headers_for(self, case: Any) -> dict[str, str]:
-        if (case.method.upper(), case.operation.path) == ("DELETE", "/tokens/"):
-            # Logging out must not log the fuzzing user out: a fresh key of a separate user.
+        if case.method.upper() == "DELETE" and case.operation.path in ("/tokens/", "/tokens/api/{id}/"):
+            # Logging out (or revoking a token by id) must not log the fuzzing user out: a fresh
+            # key of a separate user.
             token = login(self.server, self.client_token, self.logout_username).token
         else:
             token = self.user.token

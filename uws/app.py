@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
 import uvloop
-from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Set, TraitError, Unicode, default
 from traitlets import validate as validate_trait
 from traitlets.config import Application, Configurable, catch_config_error
 
@@ -234,6 +234,17 @@ class UWSApp(Application):
     token_expiry_seconds = Integer(
         0, config=True, help="Seconds a login token stays valid; 0 means until logout."
     )
+    admin_users = Set(
+        Unicode(),
+        set(),
+        config=True,
+        help="""Usernames that are admins: they may use the /admin/ endpoints (every user, job
+        and quota) and give their API tokens the admin and metrics scopes. Admins can also be
+        made with `uws user set-admin NAME` (kept in the database). A name in this set is an
+        admin whatever the database says, and cannot be demoted there; removing it from the
+        set (and restarting) takes its admin rights away, from every token it holds, unless
+        `uws user set-admin` made it an admin too.""",
+    )
     users_min_search_length = Integer(
         0, config=True, help="Minimum length of ?search= on GET /users/ (0 lists everyone)."
     )
@@ -321,7 +332,9 @@ class UWSApp(Application):
 
         cls = plugins.load_class(plugins.AUTHENTICATORS, self.authenticator_class)
         self.authenticator = cls(parent=self, key=self.api_auth_key)
-        self.token_service = self.auth_service = TokenService(self.db, self.token_expiry_seconds)
+        self.token_service = self.auth_service = TokenService(
+            self.db, self.token_expiry_seconds, admin_users=self.admin_users
+        )
         accounts_from = self.storage_accounts_from or self.authenticator_class
         if accounts_from == self.authenticator_class:
             self.account_provider = self.authenticator.account_provider()
@@ -431,6 +444,9 @@ class UWSApp(Application):
         self.culler = IdleCuller(
             self.db, self.events, self.jobs, self.proxy, self.job_types, self.session_tokens, parent=self
         )
+        from .admin import AdminService
+
+        self.admin = AdminService(self.db, self.auth_service, self.proxy, self.events, self.jobs)
 
     def init_health(self) -> None:
         from .health import StatusReporter

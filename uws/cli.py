@@ -42,7 +42,7 @@ SUBCOMMANDS = {
     "upgrade-db": ("uws.cli.UpgradeDBApp", "Create or upgrade the database to the current schema."),
     "create-client-token": ("uws.cli.CreateClientTokenApp", "Create (or renew) an API client token."),
     "quota": ("uws.cli.QuotaApp", "Show or set a user's disk and core-hour maximums."),
-    "user": ("uws.cli.UserApp", "List users, or deactivate and reactivate one."),
+    "user": ("uws.cli.UserApp", "List users, deactivate and reactivate one, or make one an admin."),
 }
 
 
@@ -237,24 +237,42 @@ class QuotaApp(_ConfiguredApp):
             self.exit(1)
 
 
+USER_USAGE = "usage: uws user activate|deactivate USER | uws user set-admin USER [--unset] | uws user list"
+
+
 class UserApp(_ConfiguredApp):
     name = "uws user"
-    description = """uws user deactivate USER | uws user activate USER | uws user list.
-    A deactivated user's tokens stop working (within 2 s) and the user is hidden from /users/."""
+    description = """uws user deactivate USER | uws user activate USER | uws user set-admin USER
+    [--unset] | uws user list. A deactivated user's tokens stop working (within 2 s) and the user
+    is hidden from /users/. set-admin makes a user an admin (--unset: no longer one), which a
+    running server sees within 2 s, on every token the user holds; users named in
+    c.UWSApp.admin_users stay admins whatever this says."""
+    flags = {
+        **Application.flags,
+        "unset": ({"UserApp": {"unset": True}}, "With set-admin: the user is no longer an admin."),
+    }
+    unset = Bool(False, config=True, help="With set-admin: the user is no longer an admin.")
 
     def start(self) -> None:
         args = self.extra_args
         if (
             not args
-            or args[0] not in ("activate", "deactivate", "list")
+            or args[0] not in ("activate", "deactivate", "set-admin", "list")
             or (args[0] != "list" and len(args) != 2)
         ):
-            print("usage: uws user activate|deactivate USER | uws user list", file=sys.stderr)
+            print(USER_USAGE, file=sys.stderr)
             self.exit(2)
         from sqlalchemy import select
 
         from . import orm
 
+        app = self.server_app()
+        if args[0] == "set-admin" and self.unset and args[1] in app.admin_users:
+            print(
+                f"{args[1]} is an admin through c.UWSApp.admin_users: remove the name there to demote.",
+                file=sys.stderr,
+            )
+            self.exit(1)
         db, database = self.database()
         db.prepare(database.engine)
 
@@ -263,11 +281,15 @@ class UserApp(_ConfiguredApp):
                 rows = session.scalars(select(orm.User).order_by(orm.User.id))
                 return "\n".join(
                     f"{u.id}\t{u.username}\t{u.email}\t{'active' if u.is_active else 'inactive'}"
+                    + ("\tadmin" if u.is_admin or u.username in app.admin_users else "")
                     for u in rows
                 )
             user = session.scalar(select(orm.User).where(orm.User.username == args[1]))
             if user is None:
                 raise LookupError(f"no user named {args[1]!r}")
+            if args[0] == "set-admin":
+                user.is_admin = not self.unset
+                return f"{user.username}: {'admin' if user.is_admin else 'not an admin'}"
             user.is_active = args[0] == "activate"
             return f"{user.username}: {'active' if user.is_active else 'inactive'}"
 

@@ -22,7 +22,7 @@ log = logging.getLogger("uws.db")
 
 # The newest migration in uws/alembic/versions. A test checks it matches Alembic's head, so a new
 # migration cannot be added without updating it. Kept here so start-up need not import Alembic.
-HEAD_REVISION = "0001_initial"
+HEAD_REVISION = "0002_admins_scoped_tokens"
 
 T = TypeVar("T")
 

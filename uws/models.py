@@ -84,6 +84,19 @@ def job_model(job: orm.Job) -> dict[str, Any]:
     }
 
 
+def job_view(job: dict[str, Any], with_link_token: bool) -> dict[str, Any]:
+    """A job model as a client sees it: the owner's link carries the session's token only for
+    requests that may reach into sessions (the `sessions` scope); a read-only token, or an admin
+    looking at another user's job, gets the link without it."""
+    current = job["job_details"]["current_job_details"]
+    link = current.get("connection_details")
+    if with_link_token or not isinstance(link, dict) or not isinstance(link.get("url_path"), str):
+        return job
+    link = {**link, "url_path": link_with_token(link["url_path"], "")}
+    details = {**job["job_details"], "current_job_details": {**current, "connection_details": link}}
+    return {**job, "job_details": details}
+
+
 def user_model(user: orm.User) -> dict[str, Any]:
     return {
         "id": user.id,

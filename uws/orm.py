@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -76,10 +77,15 @@ class User(Base):
     last_name: Mapped[str] = mapped_column(String(150), default="")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set by `uws user set-admin` (or an admin's PUT /admin/users/<name>/); the names in
+    # c.UWSApp.admin_users are admins whatever this says.
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ApiToken(Base):
-    """A user's login key. Only the SHA-256 of the key is stored; logout deletes the row."""
+    """A user's key: a login token (scopes NULL: the owner's full rights, as the original API's
+    POST /tokens/ issues) or an API token made with POST /tokens/api/ (a list of scopes, a note).
+    Only the SHA-256 of the key is stored; logout and revocation delete the row."""
 
     __tablename__ = "api_tokens"
 
@@ -88,6 +94,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    scopes: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    note: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 class ClientToken(Base):

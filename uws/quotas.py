@@ -106,22 +106,25 @@ class QuotaService:
                     break
 
     async def quota_model(self, user_id: int) -> dict[str, Any]:
-        def _read(session: Any) -> dict[str, Any]:
-            quota = session.get(orm.Quota, user_id)
-            return {
-                "disk_bytes": {
-                    "used": disk_used(session, user_id),
-                    "maximum": quota.max_disk_bytes if quota else None,
-                },
-                "core_hours": {
-                    "used": f"{(quota.used_core_hours if quota else 0.0):.5f}",
-                    "maximum": None
-                    if quota is None or quota.max_core_hours is None
-                    else f"{quota.max_core_hours:.5f}",
-                },
-            }
+        return await self.db.run(
+            lambda session: quota_model(session.get(orm.Quota, user_id), disk_used(session, user_id))
+        )
 
-        return await self.db.run(_read)
+
+def quota_model(quota: orm.Quota | None, disk_bytes_used: int) -> dict[str, Any]:
+    """A user's quota as GET /quota/ (and the admin's user list) show it."""
+    return {
+        "disk_bytes": {
+            "used": disk_bytes_used,
+            "maximum": quota.max_disk_bytes if quota else None,
+        },
+        "core_hours": {
+            "used": f"{(quota.used_core_hours if quota else 0.0):.5f}",
+            "maximum": None
+            if quota is None or quota.max_core_hours is None
+            else f"{quota.max_core_hours:.5f}",
+        },
+    }
 
 
 def set_quota(

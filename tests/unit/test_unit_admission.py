@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from uws.auth.scopes import CurrentUser
 from uws.errors import APIError
 from uws.passthrough import ProxyService, SessionHosts, Target
 from uws.passthrough.admission import Admission, admit, fast_route
@@ -21,11 +22,17 @@ HOST = f"j{JOB}-{LABEL}.localhost:8000"
 
 
 class Tokens:
-    async def authenticate(self, header: str) -> Any:
-        users = {"Token owner": OWNER, "Token other": OTHER}
+    async def authenticate(self, header: str) -> CurrentUser:
+        # "owner-read": an API token of the owner's with the read scope only.
+        users = {
+            "Token owner": (OWNER, None),
+            "Token other": (OTHER, None),
+            "Token owner-read": (OWNER, {"read"}),
+        }
         if header not in users:
             raise APIError(401, "Invalid token provided.")
-        return SimpleNamespace(id=users[header])
+        user_id, scopes = users[header]
+        return CurrentUser(user_id, "u", "", "", "", scopes=None if scopes is None else frozenset(scopes))
 
 
 class Jobs:
@@ -94,6 +101,8 @@ def test_others_and_strangers_are_refused(tmp_path: Any) -> None:
     assert refusal(decide(parts, UWS_Authorization="Token other")) == no_access
     assert refusal(decide(parts)) == no_access
     assert refusal(decide(parts, UWS_Authorization="Token forged")) == no_access
+    # The owner's token without the sessions scope does not reach into the session.
+    assert refusal(decide(parts, UWS_Authorization="Token owner-read")) == no_access
     other_job_cookie = parts.proxy.make_cookie(JOB + 1, OWNER)
     assert refusal(decide(parts, Cookie=f"uws-session-{JOB}={other_job_cookie}")) == no_access
 

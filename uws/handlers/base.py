@@ -11,6 +11,7 @@ from tornado import web
 from tornado.http1connection import HTTP1Connection
 from tornado.routing import PathMatches
 
+from ..auth.scopes import require_scope
 from ..errors import APIError, error_body
 from ..utils import parse_bool
 from .components import Components
@@ -87,6 +88,10 @@ class BaseHandler(Components, web.RequestHandler):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
     # Open endpoints ignore UWS-Authorization entirely (contract 1.2).
     auth_required = True
+    # The scope (uws.auth.scopes) each method needs, checked in prepare() and nowhere else;
+    # None: any authenticated request. Every method a handler serves must be named here
+    # (tests/unit/test_unit_scopes.py checks each route's handler).
+    required_scopes: dict[str, str | None] = {"GET": "read", "HEAD": "read"}
 
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
@@ -143,6 +148,12 @@ class BaseHandler(Components, web.RequestHandler):
             return  # answered with 405 by the method itself
         if self.auth_required:
             self.user = await self.auth.authenticate(self.request.headers.get("UWS-Authorization"))
+            require_scope(self.user, self.required_scope())
+
+    def required_scope(self) -> str | None:
+        """The scope this request needs; a handler whose methods need different scopes for
+        different paths (start vs. upload) overrides this, never checks in the method."""
+        return self.required_scopes[str(self.request.method)]
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..admin import AdminService
     from ..app import UWSApp
     from ..auth.base import Authenticator
     from ..auth.tokens import TokenService
@@ -71,6 +72,7 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         "shares": app.shares,
         "jobs": app.jobs,
         "quotas": app.quotas,
+        "admin": app.admin,
         "events": app.events,
         "tickets": app.tickets,
         "websockets": app.websockets,
@@ -123,6 +125,11 @@ class Components:
     @property
     def quotas(self) -> QuotaService:
         return self.settings["quotas"]
+
+    @property
+    def admin(self) -> AdminService:
+        """The /admin/ endpoints' actions."""
+        return self.settings["admin"]
 
     @property
     def events(self) -> EventBus:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..models import job_view
 from ..queries import owned_jobs
 from .base import ID, BaseHandler
 
@@ -22,13 +23,16 @@ class JobsHandler(BaseHandler):
                     filters[key] = text
         caller = self.user.id
         one = int(job_id) if job_id is not None else None
-        jobs = await self.db.run(lambda session: owned_jobs(session, caller, one, filters))
+        found = await self.db.run(lambda session: owned_jobs(session, caller, one, filters))
+        jobs = [job_view(job, self.user.may("sessions")) for job in found]
         message = "Successful." if jobs else "Job matching given parameters could not be found."
         self.ok(message, {"jobs": jobs})
 
 
 class JobActionHandler(BaseHandler):
     """PUT /jobs/<id>/stop/."""
+
+    required_scopes = {"PUT": "sessions"}
 
     async def put(self, job_id: str, put_type: str) -> None:
         message = await self.jobs.stop(self.user, int(job_id), put_type)

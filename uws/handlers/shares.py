@@ -15,18 +15,24 @@ class ShareListMixin(BaseHandler):
 
 
 class SharesHandler(ShareListMixin):
+    required_scopes = {"GET": "read", "POST": "workspaces"}
+
     async def post(self) -> None:
         models = await self.shares.create(self.user, self.json_body())
         self.ok("Successful.", {"shared_workspaces": models})
 
 
 class ShareHandler(ShareListMixin):
+    required_scopes = {"GET": "read", "DELETE": "workspaces"}
+
     async def delete(self, ws_id: str) -> None:
         await self.shares.delete(self.user, int(ws_id))
         self.ok(f"Shared workspace {ws_id} queued for deletion.")
 
 
 class ShareActionHandler(BaseHandler):
+    required_scopes = {"PUT": "workspaces"}
+
     async def put(self, ws_id: str, put_type: str) -> None:
         await self.shares.accept(self.user, int(ws_id), put_type)
         self.ok("Successful.")

@@ -1,8 +1,11 @@
-"""POST /tokens/ (login through the configured Authenticator) and DELETE /tokens/ (logout)."""
+"""POST /tokens/ (login through the configured Authenticator), DELETE /tokens/ (logout), and
+the scoped API tokens: POST and GET /tokens/api/, DELETE /tokens/api/<id>/."""
 
 from __future__ import annotations
 
-from .base import BaseHandler
+from ..admin import end_access
+from ..errors import APIError
+from .base import ID, BaseHandler
 
 
 class TokensHandler(BaseHandler):
@@ -18,12 +21,39 @@ class TokensHandler(BaseHandler):
         header = self.request.headers.get("UWS-Authorization")
         user = await self.auth.authenticate(header)
         everything = bool(self.query_bool("all"))
+        # Any token may log itself out; only one with its owner's full rights may log out all.
+        if everything and not user.covers(None):
+            raise APIError(403, "Only a token with its owner's full rights may revoke all tokens.")
         await self.auth.revoke(header, user.id, everything)
-        # A logout also ends the browser's access to the user's sessions.
-        await self.proxy.end_cookies(user.id)
-        # Open websockets of this user re-check their own token and close with 4401 if revoked.
-        self.events.publish(user.id, "token_revoked", {})
+        # A logout also ends the browser's access to the user's sessions, and open websockets
+        # of this user re-check their own token (closing with 4401 if it was revoked).
+        await end_access(self.auth, self.proxy, self.events, user.id)
         self.ok("Successful logout.")
 
 
-default_handlers = [(r"/tokens/?", TokensHandler)]
+class ApiTokensHandler(BaseHandler):
+    # POST checks the new token's scopes against the request's own rights (parse_scopes).
+    required_scopes = {"GET": "read", "POST": None}
+
+    async def get(self) -> None:
+        self.ok("Successful.", {"tokens": await self.auth.list_tokens(self.user)})
+
+    async def post(self) -> None:
+        token = await self.auth.create_api_token(self.user, self.json_body())
+        self.ok("Successful. The token is shown only this once.", {"token": token})
+
+
+class ApiTokenHandler(BaseHandler):
+    # revoke_token lets a token revoke itself or tokens with no more rights than its own.
+    required_scopes = {"DELETE": None}
+
+    async def delete(self, token_id: str) -> None:
+        await self.auth.revoke_token(self.user, int(token_id))
+        self.ok(f"Token {token_id} revoked.")
+
+
+default_handlers = [
+    (r"/tokens/?", TokensHandler),
+    (r"/tokens/api/?", ApiTokensHandler),
+    (rf"/tokens/api/{ID}/?", ApiTokenHandler),
+]

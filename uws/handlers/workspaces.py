@@ -29,12 +29,16 @@ class WorkspaceListMixin(BaseHandler):
 
 
 class WorkspacesHandler(WorkspaceListMixin):
+    required_scopes = {"GET": "read", "POST": "workspaces"}
+
     async def post(self) -> None:
         model = await self.workspaces.writes.create(self.user, self.json_body())
         self.ok("Successful.", {"workspace": model})
 
 
 class WorkspaceHandler(WorkspaceListMixin):
+    required_scopes = {"GET": "read", "PUT": "workspaces", "DELETE": "workspaces"}
+
     async def put(self, ws_id: str) -> None:
         await self.workspaces.writes.update(self.user, int(ws_id), self.body, self.json_body)
         self.ok("Update successful.")
@@ -46,6 +50,14 @@ class WorkspaceHandler(WorkspaceListMixin):
 
 class WorkspaceActionHandler(BaseHandler):
     """PUT /workspaces/<id>/<put_type>/: upload here; start arrives with the sessions work."""
+
+    required_scopes = {"PUT": "workspaces"}
+
+    def required_scope(self) -> str | None:
+        # Starting a session is the sessions scope's; every other PUT here changes the workspace.
+        if self.request.method == "PUT" and self.path_args[1].lower() == "start":
+            return "sessions"
+        return super().required_scope()
 
     def body_limit(self) -> int:
         if self.request.method == "PUT" and self.path_args[1].lower() == "upload":

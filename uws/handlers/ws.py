@@ -17,8 +17,10 @@ from typing import Any
 from tornado import websocket
 from tornado.routing import Rule
 
+from ..auth.scopes import require_scope
 from ..auth.tokens import CurrentUser
 from ..errors import APIError, not_authenticated
+from ..models import job_view
 from ..queries import owned_jobs, user_snapshot
 from ..sessions.status import TERMINAL
 from ..websockets import MAX_TICKETS_PER_USER, TICKET_SECONDS
@@ -27,6 +29,9 @@ from .components import Components, SettingsComponents
 
 
 class TicketHandler(BaseHandler):
+    # A ticket opens only the event streams, which are reads; it carries the token's scopes.
+    required_scopes = {"POST": "read"}
+
     def post(self) -> None:
         header = self.request.headers.get("UWS-Authorization", "")
         ticket = self.tickets.issue(self.user, header)
@@ -60,6 +65,9 @@ class AuthenticatedWebSocket(Components, websocket.WebSocketHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
             self.user, self.auth_header = await self.authenticate()
+            # Streams report the owner's own objects: reads. A token without the sessions
+            # scope gets job links without the session's token (job_view).
+            require_scope(self.user, "read")
             await self.authorize(*args)
         except APIError as e:
             send_error(self, e)
@@ -88,6 +96,9 @@ class AuthenticatedWebSocket(Components, websocket.WebSocketHandler):
         except APIError:
             self.close(4401, "Token revoked or expired.")
             return False
+
+    def job_view(self, job: dict[str, Any]) -> dict[str, Any]:
+        return job_view(job, self.user.may("sessions"))
 
     async def send(self, payload: dict[str, Any]) -> bool:
         try:
@@ -193,7 +204,7 @@ class JobStreamHandler(AuthenticatedWebSocket):
     async def deliver(self, event: dict[str, Any]) -> bool:
         if event["type"] != "job":
             return True
-        job = event["data"]
+        job = self.job_view(event["data"])
         fields = (job["status"], job["job_details"]["current_job_details"])
         if self.last_sent.get(job["id"]) == fields:
             return True
@@ -249,6 +260,8 @@ class EventsHandler(AuthenticatedWebSocket):
         if event["id"] <= getattr(self, "sent_up_to", -1):
             return True
         self.sent_up_to = event["id"]
+        if event["type"] == "job":
+            event = {**event, "data": self.job_view(event["data"])}
         return await self.send({k: v for k, v in event.items() if k != "job_id"})
 
     async def resync(self) -> bool:
@@ -257,6 +270,7 @@ class EventsHandler(AuthenticatedWebSocket):
         latest = self.events.latest_id()
         snapshot = await self.db.run(lambda session: user_snapshot(session, user_id))
         self.sent_up_to = latest
+        snapshot["jobs"] = [self.job_view(job) for job in snapshot["jobs"]]
         return await self.send({"id": latest, "type": "snapshot", "time": time.time(), "data": snapshot})
 
 

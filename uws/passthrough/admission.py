@@ -2,9 +2,10 @@
 
 Every entry point asks `admit` (the front door, connections already handed to Tornado, the full
 handlers for bodies, token exchanges and websockets), so they cannot disagree. A request gets
-through when it carries the job owner's UWS-Authorization header, the job's access cookie, or
-the job's token in ?token= (the link in connection_details). The token is then exchanged for
-an HttpOnly cookie, so later requests (assets, XHR, websockets) need nothing more.
+through when it carries the job owner's UWS-Authorization header (of a token with the
+`sessions` scope), the job's access cookie, or the job's token in ?token= (the link in
+connection_details). The token is then exchanged for an HttpOnly cookie, so later requests
+(assets, XHR, websockets) need nothing more.
 """
 
 from __future__ import annotations
@@ -105,12 +106,15 @@ def _session_cookie(job_id: int, method: str, headers: Any) -> str | None:
 
 
 async def _header_user(parts: Components, header: str | None) -> int | None:
+    """Whose UWS-Authorization header this is, if its token may reach into sessions (the
+    `sessions` scope: a read-only API token opens no session)."""
     if not header:
         return None
     try:
-        return (await parts.auth.authenticate(header)).id
+        user = await parts.auth.authenticate(header)
     except APIError:
         return None
+    return user.id if user.may("sessions") else None
 
 
 async def admit(

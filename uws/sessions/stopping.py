@@ -25,17 +25,27 @@ class Stopping(JobServiceBase):
     """A part of JobService: it uses the service's spawner factory, database, channel, live records and
     transitions (_finish, apply_exit, _spawner, publish)."""
 
-    async def stop(self, user: CurrentUser, job_id: int, put_type: str) -> str:
-        def _load(session: Any) -> orm.Job | None:
+    async def stop(self, user: CurrentUser, job_id: int, put_type: str, as_admin: bool = False) -> str:
+        """PUT /jobs/<id>/stop/ by the owner, or (as_admin) PUT /admin/jobs/<id>/stop/ by an
+        admin: the same stop, reported to the owner; the admin owns nothing by it."""
+        if as_admin and not user.may("admin"):
+            raise APIError(403, "Only administrators may do this.")
+
+        def _load(session: Any) -> tuple[orm.Job, int] | None:
             job = session.get(orm.Job, job_id)
             if job is None:
                 return None
             ws = session.get(orm.Workspace, job.workspace_id)
-            return job if ws is not None and ws.user_id == user.id else None
+            if as_admin:
+                return job, ws.user_id if ws is not None else job.user_id
+            return (job, ws.user_id) if ws is not None and ws.user_id == user.id else None
 
-        job = await self.db.run(_load)
-        if job is None:
-            raise APIError(404, f"Job {job_id} not found for user.")
+        found = await self.db.run(_load)
+        if found is None:
+            raise APIError(
+                404, f"Job {job_id} not found for user." if not as_admin else f"Job {job_id} not found."
+            )
+        job, owner_id = found
         if put_type.lower() != "stop":
             raise APIError(400, "Invalid PUT type passed.")
         if job.status == JobStatus.PENDING and job.resource_job_id == -1:
@@ -43,7 +53,7 @@ class Stopping(JobServiceBase):
             return "Successful stop."
         if job.status in TERMINAL or job.status == JobStatus.STOPPING:
             raise APIError(400, "This job is not running or pending.")
-        if not await self.request_stop(job_id, user.id):
+        if not await self.request_stop(job_id, owner_id):
             raise APIError(400, "This job is not running or pending.")
         return "Job queued to stop."
 
