@@ -13,7 +13,6 @@ from .. import orm
 from ..errors import not_authenticated
 from ..utils import hash_token, new_token, utcnow
 
-
 # What a user may do through the API. Every user holds the first three; admins hold all five.
 # A token carries a subset of its owner's rights (scopes); the original API's login tokens carry
 # no scope list and so hold everything their owner holds.
