@@ -13,6 +13,7 @@ from tornado.routing import PathMatches
 
 from ..errors import APIError, error_body
 from ..utils import parse_bool
+from .auditing import Declared, record_answer, refused_request
 from .components import Components
 
 log = logging.getLogger("uws.web")
@@ -87,6 +88,10 @@ class BaseHandler(Components, web.RequestHandler):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
     # Open endpoints ignore UWS-Authorization entirely (contract 1.2).
     auth_required = True
+    # This request's audit line, as `audit` declared it (class defaults: a request that declares
+    # nothing and is answered without an error costs one attribute check in on_finish).
+    _audit: Declared | None = None
+    _error: APIError | None = None
 
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
@@ -231,8 +236,24 @@ class BaseHandler(Components, web.RequestHandler):
     def send_api_error(self, error: APIError) -> None:
         if self._finished:
             return
+        self._error = error
+        if error.refused and self._audit is None:
+            self._audit = refused_request(self)
         self.clear()
         send_error(self, error)
+
+    # ---- audit ---------------------------------------------------------------------------
+    def audit(self, action: str, obj: str | None = None, **details: Any) -> None:
+        """Declare this request's audit action (uws.audit.ACTIONS), the object it acts on
+        ("workspace:12") and details (ids, counts; never a credential or a body). One line is
+        written when the answer has gone out, with the actor (self.user), the client's address
+        and the outcome the answer had; a later call replaces what an earlier one said (an
+        object known only once it is made)."""
+        self._audit = (action, obj, details)
+
+    def on_finish(self) -> None:
+        if self._audit is not None:
+            record_answer(self, self._audit, self.user, self._error)
 
     def allowed_methods(self) -> list[str]:
         cls = type(self)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..app import UWSApp
+    from ..audit import AuditLog
     from ..auth.base import Authenticator
     from ..auth.tokens import TokenService
     from ..db import Database
@@ -77,6 +78,7 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         "proxy": app.proxy,
         "session_hosts": app.session_urls.hosts,
         "status_report": app.health.report,
+        "audit_log": app.audit_log,
     }
 
 
@@ -144,6 +146,11 @@ class Components:
     @property
     def session_hosts(self) -> SessionHosts:
         return self.settings["session_hosts"]
+
+    @property
+    def audit_log(self) -> AuditLog:
+        """The audit log; REST handlers write to it through BaseHandler.audit."""
+        return self.settings["audit_log"]
 
     @property
     def status_report(self) -> Callable[[], Awaitable[dict[str, Any]]]:

@@ -20,6 +20,7 @@ from .service import Target, cookie_name
 from .urls import host_name
 
 if TYPE_CHECKING:
+    from ..auth.tokens import CurrentUser
     from ..handlers.components import Components
 
 PREFIX = "/passthrough/"
@@ -90,6 +91,9 @@ class Admission:
 
     target: Target | None = None
     refusal: APIError | None = None
+    # Whom a refused request's UWS-Authorization header named, if it named anyone (the audit
+    # line's actor: a user knocking at another's session).
+    user: CurrentUser | None = None
     # Let in by the link's ?token=: the answer carries the access cookie.
     set_cookie: bool = False
 
@@ -104,11 +108,11 @@ def _session_cookie(job_id: int, method: str, headers: Any) -> str | None:
         return None
 
 
-async def _header_user(parts: Components, header: str | None) -> int | None:
+async def _header_user(parts: Components, header: str | None) -> CurrentUser | None:
     if not header:
         return None
     try:
-        return (await parts.auth.authenticate(header)).id
+        return await parts.auth.authenticate(header)
     except APIError:
         return None
 
@@ -125,18 +129,20 @@ async def admit(
     target = parts.proxy.targets.get(job_id) or await parts.proxy.target(job_id)
     if target is None:
         # No cookie opens a session that is not running; its owner is told it is not ready.
-        user_id = await _header_user(parts, headers.get("UWS-Authorization"))
-        if user_id is not None and await parts.jobs.owner_of(job_id) == user_id:
+        user = await _header_user(parts, headers.get("UWS-Authorization"))
+        if user is not None and await parts.jobs.owner_of(job_id) == user.id:
             return Admission(refusal=APIError(503, "The session is not running or not ready yet."))
-        return Admission(refusal=APIError(403, NO_ACCESS))
+        return Admission(refusal=APIError(403, NO_ACCESS), user=user)
     if not label_matches(target, label):
         return Admission(refusal=APIError(403, NO_ACCESS))
     cookie = _session_cookie(job_id, method, headers)
     user_id = await parts.proxy.cookie_user(target, cookie) if cookie else None
+    user = None
     if user_id is None:
-        user_id = await _header_user(parts, headers.get("UWS-Authorization"))
+        user = await _header_user(parts, headers.get("UWS-Authorization"))
+        user_id = user.id if user is not None else None
     if user_id == target.user_id:
         return Admission(target)
     if token and target.token and hmac.compare_digest(token.encode(), target.token.encode()):
         return Admission(target, set_cookie=True)
-    return Admission(refusal=APIError(403, NO_ACCESS))
+    return Admission(refusal=APIError(403, NO_ACCESS), user=user)

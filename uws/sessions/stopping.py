@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import orm
 from ..auth.tokens import CurrentUser
-from ..errors import APIError
+from ..errors import APIError, not_found_for_user
 from ..models import job_model
 from ..spawners.base import LaunchError
 from . import transitions
@@ -35,7 +35,7 @@ class Stopping(JobServiceBase):
 
         job = await self.db.run(_load)
         if job is None:
-            raise APIError(404, f"Job {job_id} not found for user.")
+            raise not_found_for_user(f"Job {job_id} not found for user.")
         if put_type.lower() != "stop":
             raise APIError(400, "Invalid PUT type passed.")
         if job.status == JobStatus.PENDING and job.resource_job_id == -1:
