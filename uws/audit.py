@@ -124,8 +124,10 @@ def format_line(
 
 
 class AuditLog(LoggingConfigurable):
-    """Where audit lines go. `record` is the one entry point; handlers call it through
-    BaseHandler.audit (which fills in the actor and the source address)."""
+    """The audit log: one JSON line per security-relevant event, in a file of its own."""
+
+    # `record` is the one entry point; handlers call it through BaseHandler.audit, which fills
+    # in the actor and the source address.
 
     enabled = Bool(
         True,
