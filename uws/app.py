@@ -394,6 +394,14 @@ class UWSApp(Application):
         self.websockets = WebSocketCounter(parent=self)
         self.init_sessions()
 
+    def init_audit(self) -> None:
+        """The audit log, open before anything can be audited. A file that cannot be opened is
+        logged (once) and does not stop the server."""
+        from .audit import AuditLog
+
+        self.audit_log = AuditLog(self.data_dir, parent=self)
+        self.audit_log.open()
+
     def init_sessions(self) -> None:
         """The session side of init_services: the channel's place, spawners, jobs, passthrough, culler."""
         from . import models
@@ -424,6 +432,7 @@ class UWSApp(Application):
             spawner_factory=self.spawner_factory,
             session_urls=self.session_urls,
             session_tokens=self.session_tokens,
+            audit_log=self.audit_log,
         )
         settings = JobSettings(
             job_types=self.job_types,
@@ -514,6 +523,7 @@ class UWSApp(Application):
             self.exit(2)
         self.init_auth()
         self.init_storage()
+        self.init_audit()
         from .sessions.channel import ChannelError
 
         try:
@@ -552,6 +562,7 @@ class UWSApp(Application):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
         await stop.wait()
         self.log.info("Shutting down")
         front.close()
@@ -559,6 +570,12 @@ class UWSApp(Application):
         self.culler.close()
         await self.workspaces.drain()
         self.db.close()
+        self.audit_log.close()
+
+    def reopen_logs(self) -> None:
+        """SIGHUP, as logrotate sends it: every file the server appends to is opened anew (a
+        log file of another part is reopened here too, so one signal serves them all)."""
+        self.audit_log.reopen()
 
 
 main = UWSApp.launch_instance

@@ -50,6 +50,7 @@ def configurable_classes() -> list[type[Configurable]]:
     """UWSApp's `classes`: every configurable class of the server, and every class the entry
     points name (another package's spawner too); their bases (SlurmBase) are added by traitlets."""
     from .app import UWSApp
+    from .audit import AuditLog
     from .health import StatusReporter
     from .mail import Mailer
     from .passthrough import ProxyService
@@ -60,7 +61,7 @@ def configurable_classes() -> list[type[Configurable]]:
     from .websockets import WebSocketCounter
 
     found: list[type[Configurable]] = [UWSApp, FrontServer, ProxyService, WebSocketCounter, JobService]
-    found += [IdleCuller, StatusReporter, Mailer, Spawner]
+    found += [IdleCuller, StatusReporter, Mailer, AuditLog, Spawner]
     for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
         found += [cls for cls in plugins.all_classes(group) if cls not in found]
     return found
@@ -91,8 +92,19 @@ class _ConfiguredApp(Application):
     def database(self) -> Any:
         from . import db
 
-        app = self.server_app()
+        app = self.server = self.server_app()
         return db, db.open_database(app.data_dir, app.db_url)
+
+    def audit(self, action: str, obj: str, outcome: str = "success", **details: Any) -> None:
+        """One line in the server's audit log (uws.audit) about what this command did, as
+        "cli:<OS account>" from no address. After database(), whose configuration it reads."""
+        from .audit import AuditLog, cli_actor
+
+        audit_log = AuditLog(self.server.data_dir, parent=self.server)
+        # (Run as root, a file this makes is given to the data directory's owner: the server.)
+        if audit_log.open(create_owner_from_parent=True):
+            audit_log.record(action, cli_actor(), obj, outcome, None, **details)
+            audit_log.close()
 
 
 class CheckConfigApp(_ConfiguredApp):
@@ -169,6 +181,7 @@ class CreateClientTokenApp(_ConfiguredApp):
         db.prepare(database.engine)
         name = self.extra_args[0]
         key = database.call(lambda s: create_client_token(s, name))
+        self.audit("admin.client_token.create", f"client_token:{name}")
         print(f"Client token for {name} (shown once, store it safely):")
         print(key)
 
@@ -230,11 +243,16 @@ class QuotaApp(_ConfiguredApp):
                 f"{used_hours:.5f} of {'unlimited' if hours_max is None else f'{hours_max:.5f}'}"
             )
 
+        audited: dict[str, Any] = {"disk_bytes": self.disk_bytes, "core_hours": self.core_hours}
         try:
             print(database.call(_run))
         except LookupError as e:
+            if action == "set":
+                self.audit("admin.quota.set", f"user:{username}", outcome="failure", **audited)
             print(str(e), file=sys.stderr)
             self.exit(1)
+        if action == "set":
+            self.audit("admin.quota.set", f"user:{username}", outcome="success", **audited)
 
 
 USER_USAGE = "usage: uws user activate|deactivate USER | uws user set-admin USER [--unset] | uws user list"
@@ -293,8 +311,16 @@ class UserApp(_ConfiguredApp):
             user.is_active = args[0] == "activate"
             return f"{user.username}: {'active' if user.is_active else 'inactive'}"
 
+        action = f"admin.user.{args[0]}"
+        details: dict[str, Any] = {}
+        if args[0] == "set-admin":
+            action, details = "admin.user.update", {"fields": ["is_admin"], "is_admin": not self.unset}
         try:
             print(database.call(_run))
         except LookupError as e:
+            if args[0] != "list":
+                self.audit(action, f"user:{args[1]}", "failure", **details)
             print(str(e), file=sys.stderr)
             self.exit(1)
+        if args[0] != "list":
+            self.audit(action, f"user:{args[1]}", **details)

@@ -9,11 +9,16 @@ import json
 class APIError(Exception):
     """An error answer: status code and the contract's exact message."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, refused: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        # A refusal of access (the audit log's outcome "refused"): every 401 and 403, and the 404
+        # of `not_found_for_user`.
+        self.refused = status in (401, 403) if refused is None else refused
 
 
 def error_body(message: str) -> bytes:
@@ -25,6 +30,13 @@ def error_body(message: str) -> bytes:
 
 def not_authenticated(message: str) -> APIError:
     return APIError(401, message, {"WWW-Authenticate": "Token"})
+
+
+def not_found_for_user(message: str) -> APIError:
+    """The 404 of an object the caller does not own, or that does not exist: the answer is the
+    same for both (so ids of others' objects do not leak), and the audit log counts it as a
+    refusal either way, without the query it would take to tell them apart."""
+    return APIError(404, message, refused=True)
 
 
 NO_STORAGE_ACCOUNT = "User could not be found/created on main storage system."

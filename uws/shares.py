@@ -12,7 +12,7 @@ from sqlalchemy.orm import aliased
 
 from . import orm
 from .auth.tokens import CurrentUser
-from .errors import DIR_FAILURE_DELETE, APIError
+from .errors import DIR_FAILURE_DELETE, APIError, not_found_for_user
 from .models import share_model
 from .quotas import check_disk, disk_limit
 from .sessions.status import WorkspaceStatus
@@ -179,7 +179,7 @@ class ShareService:
 
         original, unaccepted = await self.db.run(_original)
         if original is None:
-            raise APIError(404, f"Workspace {raw_id} not found for user.")
+            raise not_found_for_user(f"Workspace {raw_id} not found for user.")
         if unaccepted:
             raise APIError(400, f"Workspace {ws_id} is a shared workspace and has not been accepted.")
         if original.status == WorkspaceStatus.DELETING:
@@ -265,7 +265,7 @@ class ShareService:
 
         result = await self.db.run(_accept)
         if result == "missing":
-            raise APIError(404, f"Shared workspace {copy_id} not found.")
+            raise not_found_for_user(f"Shared workspace {copy_id} not found.")
         if result == "bad put":
             raise APIError(400, "Invalid PUT type passed.")
         self.workspaces.invalidate(user.id)
@@ -290,7 +290,7 @@ class ShareService:
 
         loaded = await self.db.run(_load)
         if loaded is None:
-            raise APIError(404, f"Shared workspace {copy_id} not found.")
+            raise not_found_for_user(f"Shared workspace {copy_id} not found.")
         mapping, copy, original, copy_owner = loaded
         if copy.user_id != user.id and (original is None or original.user_id != user.id):
             raise APIError(403, f"User does not have permissions for shared workspace {copy_id}.")

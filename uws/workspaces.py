@@ -18,7 +18,7 @@ from sqlalchemy import and_, delete, exists, select
 from . import orm
 from .auth.accounts import Account
 from .auth.tokens import CurrentUser
-from .errors import DIR_FAILURE_DELETE, APIError
+from .errors import DIR_FAILURE_DELETE, APIError, not_found_for_user
 from .models import workspace_model
 from .sessions.status import ACTIVE, WorkspaceStatus
 from .utils import utcnow
@@ -166,7 +166,7 @@ class WorkspaceService:
 
         ws, unaccepted = await self.db.run(_get)
         if ws is None:
-            raise APIError(404, f"Workspace {ws_id} not found for user.")
+            raise not_found_for_user(f"Workspace {ws_id} not found for user.")
         if unaccepted:
             raise APIError(400, f"Workspace {ws_id} is a shared workspace and has not been accepted.")
         if put_type is not None and put_type.lower() not in PUT_TYPES:
@@ -209,7 +209,7 @@ class WorkspaceService:
 
         ws, incoming, outgoing, active = await self.db.run(_check)
         if ws is None:
-            raise APIError(404, f"Workspace {ws_id} not found for user.")
+            raise not_found_for_user(f"Workspace {ws_id} not found for user.")
         if ws.status == WorkspaceStatus.DELETING:
             return
         if incoming:

@@ -74,7 +74,7 @@ def jobs_of(app: UWSApp, tmp_path: Any) -> JobService:
         session_group=app.session_group,
         channel_key_file="",
     )
-    parts = JobParts(None, None, None, None, None, None, None, None, None)  # type: ignore[arg-type]
+    parts = JobParts(None, None, None, None, None, None, None, None, None, None)  # type: ignore[arg-type]
     return JobService(parts, settings, parent=app)
 
 

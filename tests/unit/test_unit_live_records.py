@@ -22,6 +22,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from uws import orm
+from uws.audit import AuditLog
 from uws.auth.tokens import CurrentUser
 from uws.db import Database
 from uws.errors import APIError
@@ -254,6 +255,7 @@ def job_service(app: FakeApp) -> JobService:
         spawner_factory=app.spawner_factory,
         session_urls=app.session_urls,
         session_tokens=app.session_tokens,  # type: ignore[arg-type]
+        audit_log=AuditLog(enabled=False),
     )
     settings = JobSettings(
         job_types=app.job_types,

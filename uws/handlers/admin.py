@@ -14,23 +14,29 @@ class AdminHandler(BaseHandler):
 
 class AdminUsersHandler(AdminHandler):
     async def get(self) -> None:
+        self.audit("admin.user.list")
         self.ok("Successful.", {"users": await self.admin.list_users(self.user)})
 
 
 class AdminUserHandler(AdminHandler):
     async def put(self, username: str) -> None:
-        user = await self.admin.update_user(self.user, username, self.json_body())
+        body = self.json_body()
+        self.audit("admin.user.update", f"user:{username}", fields=sorted(str(k) for k in body)[:10])
+        user = await self.admin.update_user(self.user, username, body)
         self.ok("Successful.", {"user": user})
 
 
 class AdminUserTokensHandler(AdminHandler):
     async def delete(self, username: str) -> None:
+        self.audit("admin.token.revoke", f"user:{username}")
         count = await self.admin.revoke_tokens(self.user, username)
+        self.audit("admin.token.revoke", f"user:{username}", count=count)
         self.ok(f"Revoked {count} token(s) of {username}.")
 
 
 class AdminJobsHandler(AdminHandler):
     async def get(self) -> None:
+        self.audit("admin.job.list")
         jobs = await self.admin.list_jobs(self.user, self.query_value("status"), self.query_value("user"))
         self.ok(
             "Successful." if jobs else "Job matching given parameters could not be found.", {"jobs": jobs}
@@ -39,6 +45,7 @@ class AdminJobsHandler(AdminHandler):
 
 class AdminJobActionHandler(AdminHandler):
     async def put(self, job_id: str) -> None:
+        self.audit("admin.job.stop", f"job:{int(job_id)}")
         self.ok(await self.admin.stop_job(self.user, int(job_id)))
 
 

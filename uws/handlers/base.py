@@ -14,6 +14,7 @@ from tornado.routing import PathMatches
 from ..auth.scopes import require_scope
 from ..errors import APIError, error_body
 from ..utils import parse_bool
+from .auditing import Declared, record_answer, refused_request
 from .components import Components
 
 log = logging.getLogger("uws.web")
@@ -92,6 +93,10 @@ class BaseHandler(Components, web.RequestHandler):
     # None: any authenticated request. Every method a handler serves must be named here
     # (tests/unit/test_unit_scopes.py checks each route's handler).
     required_scopes: dict[str, str | None] = {"GET": "read", "HEAD": "read"}
+    # This request's audit line, as `audit` declared it (class defaults: a request that declares
+    # nothing and is answered without an error costs one attribute check in on_finish).
+    _audit: Declared | None = None
+    _error: APIError | None = None
 
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
@@ -242,8 +247,24 @@ class BaseHandler(Components, web.RequestHandler):
     def send_api_error(self, error: APIError) -> None:
         if self._finished:
             return
+        self._error = error
+        if error.refused and self._audit is None:
+            self._audit = refused_request(self)
         self.clear()
         send_error(self, error)
+
+    # ---- audit ---------------------------------------------------------------------------
+    def audit(self, action: str, obj: str | None = None, **details: Any) -> None:
+        """Declare this request's audit action (uws.audit.ACTIONS), the object it acts on
+        ("workspace:12") and details (ids, counts; never a credential or a body). One line is
+        written when the answer has gone out, with the actor (self.user), the client's address
+        and the outcome the answer had; a later call replaces what an earlier one said (an
+        object known only once it is made)."""
+        self._audit = (action, obj, details)
+
+    def on_finish(self) -> None:
+        if self._audit is not None:
+            record_answer(self, self._audit, self.user, self._error)
 
     def allowed_methods(self) -> list[str]:
         cls = type(self)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..admin import AdminService
     from ..app import UWSApp
+    from ..audit import AuditLog
     from ..auth.base import Authenticator
     from ..auth.tokens import TokenService
     from ..db import Database
@@ -79,6 +80,7 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         "proxy": app.proxy,
         "session_hosts": app.session_urls.hosts,
         "status_report": app.health.report,
+        "audit_log": app.audit_log,
     }
 
 
@@ -151,6 +153,11 @@ class Components:
     @property
     def session_hosts(self) -> SessionHosts:
         return self.settings["session_hosts"]
+
+    @property
+    def audit_log(self) -> AuditLog:
+        """The audit log; REST handlers write to it through BaseHandler.audit."""
+        return self.settings["audit_log"]
 
     @property
     def status_report(self) -> Callable[[], Awaitable[dict[str, Any]]]:

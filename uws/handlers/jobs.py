@@ -35,6 +35,8 @@ class JobActionHandler(BaseHandler):
     required_scopes = {"PUT": "sessions"}
 
     async def put(self, job_id: str, put_type: str) -> None:
+        if put_type.lower() == "stop":
+            self.audit("session.stop", f"job:{job_id}", reason="requested")
         message = await self.jobs.stop(self.user, int(job_id), put_type)
         self.ok(message)
 

@@ -3,9 +3,20 @@ the scoped API tokens: POST and GET /tokens/api/, DELETE /tokens/api/<id>/."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..admin import end_access
+from ..auth.accounts import valid_username
 from ..errors import APIError
 from .base import ID, BaseHandler
+
+
+def claimed_user(body: dict[str, Any]) -> str | None:
+    """The audit object of a login that fails: the username the body claims, when it is one (a
+    client-token login names its user; a Globus login carries only its token, never logged)."""
+    info = body.get("user_info")
+    username = info.get("username") if isinstance(info, dict) else None
+    return f"user:{username}" if isinstance(username, str) and valid_username(username) else None
 
 
 class TokensHandler(BaseHandler):
@@ -13,14 +24,22 @@ class TokensHandler(BaseHandler):
 
     async def post(self) -> None:
         authenticator = self.authenticator
+        self.audit("login")
         body = authenticator.parse_body(self.body)
+        self.audit("login", claimed_user(body))
         payload = await authenticator.login(self.app, body)
+        # Who logged in, for the audit line: the new token's user (which also puts the token in
+        # the cache its first request will look in).
+        self.user = await self.auth.authenticate(f"Token {payload['token']}")
+        self.audit("login", f"user:{self.user.username}")
         self.send_json(payload)
 
     async def delete(self) -> None:
         header = self.request.headers.get("UWS-Authorization")
-        user = await self.auth.authenticate(header)
+        user = self.user = await self.auth.authenticate(header)
+        self.audit("token.revoke", f"user:{user.username}")
         everything = bool(self.query_bool("all"))
+        self.audit("token.revoke", f"user:{user.username}", all=everything)
         # Any token may log itself out; only one with its owner's full rights may log out all.
         if everything and not user.covers(None):
             raise APIError(403, "Only a token with its owner's full rights may revoke all tokens.")
@@ -39,7 +58,9 @@ class ApiTokensHandler(BaseHandler):
         self.ok("Successful.", {"tokens": await self.auth.list_tokens(self.user)})
 
     async def post(self) -> None:
+        self.audit("token.create", f"user:{self.user.username}")
         token = await self.auth.create_api_token(self.user, self.json_body())
+        self.audit("token.create", f"user:{self.user.username}", token=token["id"], scopes=token["scopes"])
         self.ok("Successful. The token is shown only this once.", {"token": token})
 
 
@@ -48,6 +69,7 @@ class ApiTokenHandler(BaseHandler):
     required_scopes = {"DELETE": None}
 
     async def delete(self, token_id: str) -> None:
+        self.audit("token.revoke", f"user:{self.user.username}", token=int(token_id))
         await self.auth.revoke_token(self.user, int(token_id))
         self.ok(f"Token {token_id} revoked.")
 

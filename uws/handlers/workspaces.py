@@ -32,7 +32,9 @@ class WorkspacesHandler(WorkspaceListMixin):
     required_scopes = {"GET": "read", "POST": "workspaces"}
 
     async def post(self) -> None:
+        self.audit("workspace.create")
         model = await self.workspaces.writes.create(self.user, self.json_body())
+        self.audit("workspace.create", f"workspace:{model['id']}")
         self.ok("Successful.", {"workspace": model})
 
 
@@ -44,6 +46,7 @@ class WorkspaceHandler(WorkspaceListMixin):
         self.ok("Update successful.")
 
     async def delete(self, ws_id: str) -> None:
+        self.audit("workspace.delete", f"workspace:{ws_id}")
         await self.workspaces.delete(self.user, int(ws_id))
         self.ok(f"Workspace {ws_id} queued for deletion.")
 
@@ -72,9 +75,11 @@ class WorkspaceActionHandler(BaseHandler):
             self.ok("Successful upload.")
             return
         if kind == "start":
+            self.audit("session.start", f"workspace:{ws_id}")
             job = await self.jobs.start(
                 self.user, workspace_id, self.start_body, self.request.headers.get("Idempotency-Key")
             )
+            self.audit("session.start", f"workspace:{ws_id}", job_id=job["id"], job_type=job["job_type"])
             self.ok("Successful start.", {"job": job})
             return
         await self.workspaces.owned_for_put(self.user, workspace_id, put_type)

@@ -19,11 +19,12 @@ from tornado.routing import Rule
 
 from ..auth.scopes import require_scope
 from ..auth.tokens import CurrentUser
-from ..errors import APIError, not_authenticated
+from ..errors import APIError, not_authenticated, not_found_for_user
 from ..models import job_view
 from ..queries import owned_jobs, user_snapshot
 from ..sessions.status import TERMINAL
 from ..websockets import MAX_TICKETS_PER_USER, TICKET_SECONDS
+from .auditing import record_refusal
 from .base import ID, BaseHandler, UpgradeMatches, send_error
 from .components import Components, SettingsComponents
 
@@ -71,6 +72,7 @@ class AuthenticatedWebSocket(Components, websocket.WebSocketHandler):
             await self.authorize(*args)
         except APIError as e:
             send_error(self, e)
+            record_refusal(self, e, getattr(self, "user", None))
             return
         await open_counted(self, self.user.id, super().get, *args, **kwargs)
 
@@ -183,7 +185,7 @@ class JobStreamHandler(AuthenticatedWebSocket):
         self.job_id = int(job_id) if job_id is not None else None
         self.initial_jobs = await self.load_jobs()
         if self.job_id is not None and not self.initial_jobs:
-            raise APIError(404, f"Job {self.job_id} not found for user.")
+            raise not_found_for_user(f"Job {self.job_id} not found for user.")
 
     async def load_jobs(self) -> list[dict[str, Any]]:
         user_id, job_id = self.user.id, self.job_id

@@ -21,6 +21,7 @@ from .service import Target, cookie_name
 from .urls import host_name
 
 if TYPE_CHECKING:
+    from ..auth.tokens import CurrentUser
     from ..handlers.components import Components
 
 PREFIX = "/passthrough/"
@@ -91,6 +92,9 @@ class Admission:
 
     target: Target | None = None
     refusal: APIError | None = None
+    # Whom a refused request's UWS-Authorization header named, if it named anyone (the audit
+    # line's actor: a user knocking at another's session).
+    user: CurrentUser | None = None
     # Let in by the link's ?token=: the answer carries the access cookie.
     set_cookie: bool = False
 
@@ -105,16 +109,20 @@ def _session_cookie(job_id: int, method: str, headers: Any) -> str | None:
         return None
 
 
-async def _header_user(parts: Components, header: str | None) -> int | None:
-    """Whose UWS-Authorization header this is, if its token may reach into sessions (the
-    `sessions` scope: a read-only API token opens no session)."""
+async def _header_user(parts: Components, header: str | None) -> CurrentUser | None:
+    """Whose UWS-Authorization header this is (None: none, or not a valid token). Only a token
+    with the `sessions` scope may reach into a session (see may_enter)."""
     if not header:
         return None
     try:
-        user = await parts.auth.authenticate(header)
+        return await parts.auth.authenticate(header)
     except APIError:
         return None
-    return user.id if user.may("sessions") else None
+
+
+def may_enter(user: CurrentUser | None) -> int | None:
+    """The user id a header lets into its owner's sessions: a read-only API token opens none."""
+    return user.id if user is not None and user.may("sessions") else None
 
 
 async def admit(
@@ -129,18 +137,20 @@ async def admit(
     target = parts.proxy.targets.get(job_id) or await parts.proxy.target(job_id)
     if target is None:
         # No cookie opens a session that is not running; its owner is told it is not ready.
-        user_id = await _header_user(parts, headers.get("UWS-Authorization"))
-        if user_id is not None and await parts.jobs.owner_of(job_id) == user_id:
+        user = await _header_user(parts, headers.get("UWS-Authorization"))
+        if may_enter(user) is not None and await parts.jobs.owner_of(job_id) == may_enter(user):
             return Admission(refusal=APIError(503, "The session is not running or not ready yet."))
-        return Admission(refusal=APIError(403, NO_ACCESS))
+        return Admission(refusal=APIError(403, NO_ACCESS), user=user)
     if not label_matches(target, label):
         return Admission(refusal=APIError(403, NO_ACCESS))
     cookie = _session_cookie(job_id, method, headers)
     user_id = await parts.proxy.cookie_user(target, cookie) if cookie else None
+    user = None
     if user_id is None:
-        user_id = await _header_user(parts, headers.get("UWS-Authorization"))
+        user = await _header_user(parts, headers.get("UWS-Authorization"))
+        user_id = may_enter(user)
     if user_id == target.user_id:
         return Admission(target)
     if token and target.token and hmac.compare_digest(token.encode(), target.token.encode()):
         return Admission(target, set_cookie=True)
-    return Admission(refusal=APIError(403, NO_ACCESS))
+    return Admission(refusal=APIError(403, NO_ACCESS), user=user)

@@ -17,6 +17,7 @@ from tornado.iostream import StreamClosedError
 from tornado.routing import Rule
 
 from ..errors import APIError
+from ..handlers.auditing import record_refusal
 from ..handlers.base import ID, BaseHandler, UpgradeMatches, send_error, write_json_error
 from ..handlers.components import Components
 from . import splice, wire
@@ -49,6 +50,8 @@ class PassthroughMixin(Components):
         if admission.refusal is not None:
             self.clear()  # type: ignore[attr-defined]
             send_error(self, admission.refusal)  # type: ignore[arg-type]
+            job = f"job:{route[0]}" if route is not None else None
+            record_refusal(self, admission.refusal, admission.user, job)  # type: ignore[arg-type]
             return None
         assert admission.target is not None
         self.set_cookie_header = ""

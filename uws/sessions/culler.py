@@ -21,6 +21,7 @@ from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
 from .. import orm
+from ..audit import SYSTEM
 from .status import JobStatus
 
 if TYPE_CHECKING:
@@ -107,7 +108,10 @@ class IdleCuller(LoggingConfigurable):
                 span = f"{int(timeout)} seconds" if timeout < 120 else f"{round(timeout / 60)} minutes"
                 log.info("Stopping job %s: idle for %.0f s", job_id, idle)
                 self.warned.discard(job_id)
-                await self.jobs.request_stop(job_id, user_id, f"Stopped after {span} without activity.")
+                if await self.jobs.request_stop(job_id, user_id, f"Stopped after {span} without activity."):
+                    self.jobs.parts.audit_log.record(
+                        "session.stop", SYSTEM, f"job:{job_id}", reason="idle", owner_id=user_id
+                    )
             elif idle >= timeout - self.warning_seconds and job_id not in self.warned:
                 self.warned.add(job_id)
                 self.events.publish(

@@ -18,6 +18,7 @@ from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
 from .. import orm
+from ..audit import SYSTEM
 from ..auth.tokens import CurrentUser
 from ..errors import APIError
 from ..models import job_model
@@ -212,6 +213,8 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
     async def apply_exit(self, job_id: int, ended: dict[str, Any], source_time: float | None = None) -> None:
         reason = ended.get("reason", "failed")
         tail = ended.get("log_tail") or ""
+        # The helper stopped it at its time limit: the server's own stop, audited as the culler's.
+        by_time_limit = reason == "time_limit"
         if reason == "disappeared":
             status, message = JobStatus.FAILED, "Job process disappeared; exit status unknown."
         elif reason in ("completed", "stopped", "time_limit"):
@@ -219,14 +222,19 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
             record = self.live.get(job_id)
             if record is not None and record.stop_requested:  # however it ended, we asked
                 message = record.stop_message or EXIT_MESSAGES["stopped"]
+                by_time_limit = False  # (its stop is audited where it was asked for)
         else:
             status = JobStatus.FAILED
             message = ended.get("message") or EXIT_MESSAGES.get(reason, FAILED_MESSAGE)
             if ended.get("exit_code") is not None:
                 message = f"{message} (exit code {ended['exit_code']})"
-        await self._finish(
+        owner = await self._finish(
             job_id, status, message, log_tail=tail, stopping_completes=True, source_time=source_time
         )
+        if owner is not None and by_time_limit:
+            self.parts.audit_log.record(
+                "session.stop", SYSTEM, f"job:{job_id}", reason="time_limit", owner_id=owner
+            )
 
     async def _finish(
         self,
@@ -236,8 +244,9 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
         log_tail: str = "",
         stopping_completes: bool = False,
         source_time: float | None = None,
-    ) -> None:
-        """Move a job to a terminal status (transitions.mark_finished), and forget it here."""
+    ) -> int | None:
+        """Move a job to a terminal status (transitions.mark_finished), and forget it here. The
+        job's owner when this call ended it; None when it had ended already."""
         # Core hours: what the resource allocated (a batch scheduler's CPUs × elapsed), else the
         # same measured here: requested CPUs × wall clock from running to now. Never a figure the
         # helper reports: it runs as the session's owner, who could make it say anything.
@@ -267,11 +276,12 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
             result = await self.db.run(_apply)
         self._forget(job_id)
         if result is None:
-            return
+            return None
         user_id, model, ws_id = result
         self.publish(user_id, model, source_time=source_time)
         await self.parts.workspaces.rescan(ws_id, user_id)
         await self.parts.quotas.warn_if_near(user_id, self.events)
+        return user_id
 
     def _forget(self, job_id: int) -> None:
         """Drop everything held about a job: its live record, and what others keep by its id."""

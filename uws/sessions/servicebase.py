@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..audit import AuditLog
     from ..auth.accounts import AccountCache
     from ..db import Database
     from ..events import EventBus
@@ -37,6 +38,7 @@ class JobParts:
     spawner_factory: SpawnerFactory
     session_urls: SessionURLs
     session_tokens: SessionTokens
+    audit_log: AuditLog
 
 
 @dataclass(frozen=True)
@@ -100,4 +102,4 @@ class JobServiceBase:
             log_tail: str = "",
             stopping_completes: bool = False,
             source_time: float | None = None,
-        ) -> None: ...
+        ) -> int | None: ...

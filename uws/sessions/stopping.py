@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import orm
 from ..auth.tokens import CurrentUser
-from ..errors import APIError
+from ..errors import APIError, not_found_for_user
 from ..models import job_model
 from ..spawners.base import LaunchError
 from . import transitions
@@ -42,9 +42,9 @@ class Stopping(JobServiceBase):
 
         found = await self.db.run(_load)
         if found is None:
-            raise APIError(
-                404, f"Job {job_id} not found for user." if not as_admin else f"Job {job_id} not found."
-            )
+            if as_admin:
+                raise APIError(404, f"Job {job_id} not found.")
+            raise not_found_for_user(f"Job {job_id} not found for user.")
         job, owner_id = found
         if put_type.lower() != "stop":
             raise APIError(400, "Invalid PUT type passed.")
