@@ -87,15 +87,8 @@ class LogTail:
     def bounds(self) -> tuple[int, int] | None:
         """(start, end) of what is kept; None when there is no log (nothing was ever written, or
         it has been removed)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | OPEN_FLAGS)
-        except FileNotFoundError:
-            return None
-        try:
-            start = self._start(fd)
-            return start, start + os.fstat(fd).st_size - HEADER_BYTES
-        finally:
-            os.close(fd)
+        chunk = self.read(0, 0, final=True)
+        return (chunk.start, chunk.end) if chunk is not None else None
 
     def append(self, data: bytes) -> int:
         """Add `data` at the end; the offset it starts at."""
