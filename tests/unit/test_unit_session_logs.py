@@ -210,3 +210,13 @@ def test_the_helper_skips_ahead_of_a_flood_to_a_line_start(tmp_path: Any) -> Non
     )
     assert lines[skipped:] == first + b"".join(data for data, _ in rest)
     assert all(s == 0 for _, s in rest)
+
+
+def test_the_helper_never_follows_what_is_not_a_regular_file(tmp_path: Any) -> None:
+    """An app that puts a FIFO where its log was must not block its helper (which enforces the
+    time limit) in open(): the FIFO is refused, without waiting for a writer."""
+    path = tmp_path / "session.log"
+    os.mkfifo(path)
+    forwarder, link = OutputForwarder(str(path)), Link()
+    forwarder.forward(link)
+    assert forwarder.refused and forwarder.fd is None and link.sent == []

@@ -192,6 +192,7 @@ class Helper:
             command = app_command(job, self.job_dir, public, self.token)
             self.url_path, self.readiness_path = command.url_path, command.readiness_path
             proc = self.app.start(command, log_file)
+            self.output.open()
         except (OSError, ValueError, subprocess.SubprocessError) as e:
             log(f"job {self.job_id}: could not start the app: {e}")
             try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import os
+import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -46,13 +47,22 @@ class OutputForwarder:
         self.fd: int | None = None
         self.position = 0
         self.next_send = 0.0
+        self.refused = False  # the path is not a regular file: never followed
 
-    def _open(self) -> int | None:
-        if self.fd is None:
+    def open(self) -> int | None:
+        """The file, opened once (the helper opens it as soon as the app has started, so the
+        app cannot swap another file in first). Never blocks: the app could put a FIFO in its
+        place, and a helper stuck opening it would no longer enforce the time limit."""
+        if self.fd is None and not self.refused:
             try:
-                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
             except OSError:
                 return None
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                self.fd = fd
+            else:
+                os.close(fd)
+                self.refused = True
         return self.fd
 
     def close(self) -> None:
@@ -62,7 +72,7 @@ class OutputForwarder:
 
     def read(self) -> Chunk | None:
         """The next chunk to forward; None when there is nothing new."""
-        fd = self._open()
+        fd = self.open()
         if fd is None:
             return None
         try:
