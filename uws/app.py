@@ -444,6 +444,7 @@ class UWSApp(Application):
             session_channel_url=self.session_channel_url,
             session_group=self.session_group,
             channel_key_file=os.path.join(self.data_dir, "session_channel.key"),
+            log_dir=os.path.join(self.data_dir, "session-logs"),
         )
         self.jobs = JobService(parts, settings, parent=self)
         self.spawner_factory.channel = self.jobs.channel

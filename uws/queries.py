@@ -39,6 +39,12 @@ def owned_jobs(
     return [job_model(j) for j in session.scalars(stmt)]
 
 
+def owned_job_status(session: Session, user_id: int, job_id: int) -> tuple[str, Any] | None:
+    """(status, datetime_end) of one of the caller's jobs; None when it is not one."""
+    job = session.scalars(owned_jobs_query(user_id).where(orm.Job.id == job_id)).first()
+    return (str(job.status), job.datetime_end) if job is not None else None
+
+
 def shareable_users(session: Session, caller: int, search: str) -> list[dict[str, Any]]:
     """Active users other than the caller and admin, whose full name or email holds `search`
     (any case; LIKE's wildcards in it match only themselves), in id order."""

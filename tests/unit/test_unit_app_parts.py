@@ -73,6 +73,7 @@ def jobs_of(app: UWSApp, tmp_path: Any) -> JobService:
         session_channel_url=f"ipc://{tmp_path}/channel/sessions.sock",
         session_group=app.session_group,
         channel_key_file="",
+        log_dir=f"{tmp_path}/session-logs",
     )
     parts = JobParts(None, None, None, None, None, None, None, None, None, None)  # type: ignore[arg-type]
     return JobService(parts, settings, parent=app)

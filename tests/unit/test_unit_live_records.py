@@ -267,6 +267,7 @@ def job_service(app: FakeApp) -> JobService:
         session_channel_url=app.session_channel_url,
         session_group=app.session_group,
         channel_key_file=os.path.join(app.data_dir, "session_channel.key"),
+        log_dir=os.path.join(app.data_dir, "session-logs"),
     )
     jobs = JobService(
         parts,

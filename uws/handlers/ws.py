@@ -22,7 +22,9 @@ from ..auth.tokens import CurrentUser
 from ..errors import APIError, not_authenticated, not_found_for_user
 from ..models import job_view
 from ..queries import owned_jobs, user_snapshot
+from ..sessions.logs import Following
 from ..sessions.status import TERMINAL
+from ..utils import parse_bool
 from ..websockets import MAX_TICKETS_PER_USER, TICKET_SECONDS
 from .auditing import record_refusal
 from .base import ID, BaseHandler, UpgradeMatches, send_error
@@ -179,10 +181,23 @@ def job_message(job: dict[str, Any]) -> dict[str, Any]:
 
 class JobStreamHandler(AuthenticatedWebSocket):
     """The original's message shape {"status", "current_job_details"} (+ job and workspace ids),
-    sent at open and on every change; the per-job stream closes after a terminal status."""
+    sent at open and on every change; the per-job stream closes after a terminal status.
+
+    With ?logs=true the per-job stream also carries the session's new output, {"type": "log",
+    "job_id", "offset", "text"}, at most every SessionLogs.push_interval_seconds. Asked for,
+    because clients written for the original expect its message shape only. Never on the
+    all-jobs stream or /ws/events: output is a stream of its own, which would drown the status
+    changes there and push them out of the events' replay buffer."""
+
+    following: Following | None = None
 
     async def authorize(self, job_id: str | None = None) -> None:
         self.job_id = int(job_id) if job_id is not None else None
+        logs = self.get_query_argument("logs", "false")
+        try:
+            self.wants_logs = self.job_id is not None and parse_bool(logs)
+        except ValueError:
+            raise APIError(400, f"Invalid value for query parameter logs: {logs}") from None
         self.initial_jobs = await self.load_jobs()
         if self.job_id is not None and not self.initial_jobs:
             raise not_found_for_user(f"Job {self.job_id} not found for user.")
@@ -194,7 +209,29 @@ class JobStreamHandler(AuthenticatedWebSocket):
     def open(self, *args: Any) -> None:
         self.last_sent: dict[int, tuple[Any, Any]] = {}
         subscription = self.events.subscribe(self.user.id, self.job_id)
+        if self.wants_logs and self.job_id is not None:
+            self.following = self.jobs.logs.follow(self.job_id)
+            self._log_pump = asyncio.ensure_future(self._pump_logs(self.following))
         self._pump = asyncio.ensure_future(self._run(subscription))
+
+    def on_close(self) -> None:
+        super().on_close()
+        if self.following is not None:
+            self._log_pump.cancel()
+            self.jobs.logs.unfollow(self.following)
+
+    async def _pump_logs(self, following: Following) -> None:
+        """New output as it comes, one message per push interval at most."""
+        while True:
+            await following.event.wait()
+            following.event.clear()
+            if not await self.send_log(following):
+                return
+            await asyncio.sleep(self.jobs.logs.push_interval_seconds)
+
+    async def send_log(self, following: Following, final: bool = False) -> bool:
+        message = self.jobs.logs.message(following, final)
+        return message is None or await self.send(message)
 
     async def _run(self, subscription: Any) -> None:
         for job in self.initial_jobs:
@@ -211,6 +248,9 @@ class JobStreamHandler(AuthenticatedWebSocket):
         if self.last_sent.get(job["id"]) == fields:
             return True
         self.last_sent[job["id"]] = fields
+        terminal = self.job_id is not None and job["status"] in TERMINAL
+        if terminal and self.following is not None and not await self.send_log(self.following, final=True):
+            return False  # (the last output goes out before the stream closes)
         if not await self.send(job_message(job)):
             return False
         if self.job_id is not None and job["status"] in TERMINAL:

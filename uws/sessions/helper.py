@@ -39,6 +39,7 @@ from uws.sessions.helper_app import (
     write_json_atomic,
 )
 from uws.sessions.helper_link import ServerLink
+from uws.sessions.helper_output import OutputForwarder
 
 IDLE_POLL = 0.2  # seconds: the loop's longest sleep
 ENDING_POLL = 0.05  # seconds: while waiting for the tree to end
@@ -75,6 +76,7 @@ class Helper:
         self.job_id = int(job["job_id"])
         self.link = ServerLink(endpoint, secret, self.job_id)
         self.app = SessionApp(self.job_id)
+        self.output: OutputForwarder | None = None  # the app's output, forwarded as "log"
         self.seq = 0
         self.phase = "starting"
         self.started_at = time.time()
@@ -140,6 +142,12 @@ class Helper:
     def send_state(self, mtype: str) -> int:
         return self.send(mtype, state=self.state())
 
+    def send_log(self, data: str, skipped: int) -> bool:
+        self.seq += 1
+        return self.link.send(
+            {"type": "log", "job_id": self.job_id, "seq": self.seq, "data": data, "skipped": skipped}
+        )
+
     def handle(self, message: dict[str, Any]) -> None:
         now = time.monotonic()
         silent_for = now - self.last_heard
@@ -179,10 +187,12 @@ class Helper:
         public = {"port": str(self.port), "base_url": str(job["base_url"] or "/")}
         log_file = str(job.get("log_file") or os.path.join(self.job_dir, "session.log"))
         job["log_file"] = log_file
+        self.output = OutputForwarder(log_file)
         try:
             command = app_command(job, self.job_dir, public, self.token)
             self.url_path, self.readiness_path = command.url_path, command.readiness_path
             proc = self.app.start(command, log_file)
+            self.output.open()
         except (OSError, ValueError, subprocess.SubprocessError) as e:
             log(f"job {self.job_id}: could not start the app: {e}")
             try:
@@ -209,6 +219,9 @@ class Helper:
         proc = self.app.proc
         code = proc.returncode if proc is not None else None
         reason = self.app.ending_reason or ("completed" if code == 0 else "failed")
+        if self.output is not None:
+            # Before "exited": the server has the whole output when it records the end.
+            self.output.flush(self.send_log)
         self.exit = {
             "exit_code": code,
             "reason": reason,
@@ -245,6 +258,8 @@ class Helper:
                 self.finish()
             if self.phase == "exited":
                 return False
+        if self.output is not None:
+            self.output.forward_due(now, self.send_log)
         if now >= self.next_heartbeat:
             self.send("heartbeat", state=self.state(), metrics=self.app.metrics())
             self.next_heartbeat = now + self.num("heartbeat_seconds", 0.05)
@@ -301,6 +316,8 @@ class Helper:
             return ENDING_POLL
         else:
             due = self.next_heartbeat
+            if self.output is not None:
+                due = min(due, self.output.next_send)
             if self.phase == "starting":
                 due = min(due, self.next_probe)
         return min(IDLE_POLL, max(0.0, due - now))

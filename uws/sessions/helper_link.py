@@ -74,10 +74,12 @@ class ServerLink:
         if self.ctx is not None:
             self.ctx.term()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> bool:
+        """Whether the message was queued."""
         assert self.sock is not None
         try:
             self.sock.send_multipart(protocol.encode(self.secret, message), flags=zmq.NOBLOCK)
+            return True
         except zmq.Again:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
@@ -85,6 +87,7 @@ class ServerLink:
                     f"job {self.job_id}: send queue full, dropped {message['type']} "
                     f"({self.dropped} dropped so far)"
                 )
+            return False
 
     def wait(self, seconds: float) -> tuple[bool, bool]:
         """Waits up to `seconds` for the monitor or the socket: whether each has something."""

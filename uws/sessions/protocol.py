@@ -34,6 +34,13 @@ Helper -> server ("type"):
   "heartbeat"  {"state": STATE, "metrics": METRICS}   every heartbeat_seconds
   "exited"     {"state": STATE}            the app ended; STATE["exit"] is set. Re-sent until
                                            acknowledged (the helper lingers up to linger_seconds)
+  "log"        {"data": str, "skipped": int}   new bytes of the app's output (its log_file), base64,
+                                           at most LOG_CHUNK_BYTES before encoding; "skipped":
+                                           bytes of output left out just before them (the app
+                                           wrote faster than the helper forwards). At most one
+                                           every LOG_INTERVAL_SECONDS while the app runs; what is
+                                           left is sent before "exited". The owner's claim like
+                                           the rest: the server bounds and rate-limits it.
 Server -> helper:
   "ack"        {"ack_seq": int}            acknowledges one message (the helper needs it only
                                            for "exited")
@@ -78,6 +85,11 @@ MAX_AGE_SECONDS = 300.0
 # Largest frame either end accepts. The biggest real message, "exited" with a 4 KiB log tail
 # escaped as JSON (at most 6 bytes a character), stays well below it.
 MAX_MESSAGE_BYTES = 64 * 1024
+# Output forwarded in one "log" message (21,848 bytes once base64-encoded), and how often. The
+# helper never has more than LOG_BACKLOG_BYTES of output waiting: it skips ahead instead.
+LOG_CHUNK_BYTES = 16 * 1024
+LOG_INTERVAL_SECONDS = 0.25
+LOG_BACKLOG_BYTES = 256 * 1024
 SENDER = secrets.token_hex(8)
 STARTED = time.time()
 

@@ -29,6 +29,11 @@ class LiveSession:
     stop_requested: bool = False  # the server asked it to stop
     stop_message: str | None = None  # why (idle culling), shown when it has ended
     unanswered_since: float | None = None  # when checking it on its resource first failed
+    # Its log's byte budget (uws.sessions.logs): what is left (None: full), when it was
+    # refilled, and bytes of output dropped since the last that was kept.
+    log_tokens: float | None = None
+    log_refilled: float = 0.0
+    log_lost: int = 0
     # Serialises this job's read-modify-write of its database row across awaits.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -27,6 +27,7 @@ from ..utils import utcnow
 from . import transitions
 from .channel import SessionChannel
 from .launch import Launcher
+from .logs import SessionLogs
 from .reconcile import Reconciler
 from .record import LiveSessions
 from .servicebase import JobParts, JobSettings
@@ -84,6 +85,7 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
             group=settings.session_group,
             key_file=settings.channel_key_file,
         )
+        self.logs = SessionLogs(parts.db, settings.log_dir, parent=self)
         # Everything held about an active job, in one record per job: removed when it ends.
         self.live = LiveSessions()
         self.launcher = Launcher(self, parts, settings)
@@ -92,6 +94,7 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
     # ---- life cycle --------------------------------------------------------------------------
     async def begin(self) -> None:
         self.channel.bind()
+        self.logs.begin()
         await self.reconcile(startup=True)
         self._reconcile_task = asyncio.ensure_future(self._reconcile_loop())
 
@@ -100,6 +103,7 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
             self._reconcile_task.cancel()
         self.launcher.start_watches.close()
         self.channel.close()
+        self.logs.close()
 
     def lock(self, job_id: int) -> asyncio.Lock:
         return self.live.lock(job_id)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..storage.local import LocalFileSystemStorage
     from ..workspaces import WorkspaceService
     from .channel import SessionChannel
+    from .logs import SessionLogs
     from .record import LiveSessions
     from .status import JobStatus
 
@@ -55,6 +56,7 @@ class JobSettings:
     session_channel_url: str
     session_group: str
     channel_key_file: str  # the channel's CURVE key pair (tcp://)
+    log_dir: str  # where session logs are kept (the server's alone)
 
 
 class JobServiceBase:
@@ -62,6 +64,7 @@ class JobServiceBase:
     db: Database
     events: EventBus
     channel: SessionChannel
+    logs: SessionLogs
     live: LiveSessions
     # JobService's options (traits there)
     heartbeat_seconds: float

@@ -38,6 +38,9 @@ class HelperMessages(JobServiceBase):
         record.heard = True
         seen = message.get("time") if isinstance(message.get("time"), int | float) else None
         kind = message["type"]
+        if kind == "log":
+            self.logs.receive(record, message)
+            return
         state = message.get("state") or {}
         if kind == "progress":
             await self._update(job_id, message=str(message.get("message", ""))[:500], source_time=seen)
