@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..passthrough import handlers as passthrough
-from . import jobs, meta, quota, shares, tokens, users, workspaces, ws
+from . import jobs, meta, metrics, quota, shares, tokens, users, workspaces, ws
 
 # The API's routes (a path matching none of them is a JSON 404: base.NotFoundHandler).
 default_handlers: list[Any] = []
-for _module in (ws, tokens, workspaces, jobs, meta, users, quota, shares):
+for _module in (ws, tokens, workspaces, jobs, meta, metrics, users, quota, shares):
     default_handlers.extend(_module.default_handlers)
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..auth.tokens import TokenService
     from ..db import Database
     from ..events import EventBus
+    from ..metrics import ServerMetrics
     from ..passthrough import ProxyService, SessionHosts
     from ..quotas import QuotaService
     from ..sessions.service import JobService
@@ -43,6 +44,8 @@ class WebConfig:
     sessions_base: str
     proxy_connect_timeout: float
     proxy_request_timeout: float
+    # /metrics without a token (UWSApp.metrics_public).
+    metrics_public: bool
 
 
 def web_settings(app: UWSApp) -> dict[str, Any]:
@@ -60,6 +63,7 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         sessions_base=app.session_urls.base(),
         proxy_connect_timeout=app.proxy.connect_timeout,
         proxy_request_timeout=app.proxy.request_timeout,
+        metrics_public=app.metrics_public,
     )
     return {
         "web_config": config,
@@ -77,6 +81,7 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         "proxy": app.proxy,
         "session_hosts": app.session_urls.hosts,
         "status_report": app.health.report,
+        "metrics": app.metrics,
     }
 
 
@@ -144,6 +149,11 @@ class Components:
     @property
     def session_hosts(self) -> SessionHosts:
         return self.settings["session_hosts"]
+
+    @property
+    def metrics(self) -> ServerMetrics | None:
+        """The server's metrics; None when they are off (UWSApp.metrics_enabled)."""
+        return self.settings["metrics"]
 
     @property
     def status_report(self) -> Callable[[], Awaitable[dict[str, Any]]]:
