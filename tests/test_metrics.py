@@ -226,9 +226,11 @@ def test_without_a_valid_token_is_401(private_server: Server, header: str | None
     assert r.json() == {"success": False, "message": message}
 
 
-def test_an_ordinary_users_token_is_403(private_server: Server) -> None:
+@pytest.mark.parametrize("header", ["UWS-Authorization", "Authorization"])
+def test_an_ordinary_users_token_is_403(private_server: Server, header: str) -> None:
+    """In either header (Prometheus sends the standard one): the token is read, and refused."""
     user = login(private_server, private_server.client_token)
-    r = user.get("/metrics")
+    r = requests.get(private_server.base + "/metrics", headers={header: f"Bearer {user.token}"}, timeout=10)
     assert r.status_code == 403
     assert r.headers["Content-Type"] == "application/json"
     assert r.json() == {
@@ -249,6 +251,10 @@ def test_an_admins_token_reads_them(private_server: Server) -> None:
     r = admin.get("/metrics")
     assert r.status_code == 200 and r.headers["Content-Type"] == TEXT_FORMAT
     assert "uws_sessions" in r.text
+    # as Prometheus sends it
+    bearer = {"Authorization": f"Bearer {admin.token}"}
+    r = requests.get(private_server.base + "/metrics", headers=bearer, timeout=10)
+    assert r.status_code == 200 and "uws_sessions" in r.text
 
 
 def test_metrics_off_is_json_404(backend: str) -> None:

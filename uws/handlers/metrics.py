@@ -20,7 +20,12 @@ class MetricsHandler(BaseHandler):
         if metrics is None:  # c.UWSApp.metrics_enabled = False
             raise APIError(404, "Not found.")
         if not self.config.metrics_public:
-            user = await self.auth.authenticate(self.request.headers.get("UWS-Authorization"))
+            headers = self.request.headers
+            # Prometheus sends its credentials in the standard header (authorization: or
+            # bearer_token in a scrape config); the rest of the API reads only UWS-Authorization.
+            user = await self.auth.authenticate(
+                headers.get("UWS-Authorization") or headers.get("Authorization")
+            )
             if not user.may("metrics"):
                 raise APIError(403, NO_METRICS_RIGHT)
         body = await metrics.render()
