@@ -61,6 +61,7 @@ _TEMPLATE_STEPS = (
     (re.compile(re.escape(".*")), "{path}"),
     (re.compile(re.escape("([0-9]{1,4300})")), "{id}"),
     (re.compile(re.escape("([^/]+)")), "{action}"),
+    (re.compile(r"\((?!\?)[^()]*\)"), "{param}"),  # any other group (a name, say)
     (re.compile(re.escape("/?") + "$"), "/"),
     (re.compile(r"\\(.)"), r"\1"),
 )

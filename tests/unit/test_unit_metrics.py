@@ -53,6 +53,7 @@ def test_every_route_has_a_template_without_regular_expression_syntax() -> None:
         (r"/passthrough/([0-9]{1,4300})(?:/.*)?$", "/passthrough/{id}/{path}"),
         (r"/passthrough/.*", "/passthrough/{path}"),
         (r".*$", "/{path}"),
+        (r"/admin/users/([^/]{1,255})/?", "/admin/users/{param}/"),
     ],
 )
 def test_route_template(pattern: str, template: str) -> None:
