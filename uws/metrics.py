@@ -204,12 +204,13 @@ class StateCollector:
             ("uws_quota_disk_users", "disk", state.disk_bands),
             ("uws_quota_core_hour_users", "core-hour", state.core_hour_bands),
         ):
-            gauge = GaugeMetricFamily(
-                name, f"Users with a {what} maximum, by the share of it they use.", labels=["usage"]
+            yield one_label(
+                GaugeMetricFamily,
+                name,
+                f"Users with a {what} maximum, by the share of it they use.",
+                "usage",
+                zip(QUOTA_BANDS, bands, strict=True),
             )
-            for band, count in zip(QUOTA_BANDS, bands, strict=True):
-                gauge.add_metric([band], count)
-            yield gauge
         yield GaugeMetricFamily(
             "uws_disk_used_bytes", "Disk space of every workspace.", value=state.disk_used_bytes
         )
@@ -245,30 +246,41 @@ class StateCollector:
 
     def _passthrough(self) -> Iterator[Metric]:
         counts = self.parts.proxy.counts
-        requests = CounterMetricFamily(
+        yield one_label(
+            CounterMetricFamily,
             "uws_passthrough_requests",
             "Requests relayed to sessions (websocket upgrades included), by the status class answered.",
-            labels=["status"],
+            "status",
+            zip(counts.STATUS_CLASSES, counts.requests, strict=True),
         )
-        for label, count in zip(counts.STATUS_CLASSES, counts.requests, strict=True):
-            requests.add_metric([label], count)
-        yield requests
-        relayed = CounterMetricFamily(
+        yield one_label(
+            CounterMetricFamily,
             "uws_passthrough_bytes",
             "Bytes relayed between browsers and sessions (bodies and websocket bytes).",
-            labels=["direction"],
+            "direction",
+            [("to_session", counts.bytes_in), ("from_session", counts.bytes_out)],
         )
-        relayed.add_metric(["to_session"], counts.bytes_in)
-        relayed.add_metric(["from_session"], counts.bytes_out)
-        yield relayed
-        errors = CounterMetricFamily(
+        yield one_label(
+            CounterMetricFamily,
             "uws_passthrough_upstream_errors",
             "Relayed requests the session did not answer: could not connect or broke off (failed), or too slow (timeout).",
-            labels=["kind"],
+            "kind",
+            [("failed", counts.upstream_failed), ("timeout", counts.upstream_timeouts)],
         )
-        errors.add_metric(["failed"], counts.upstream_failed)
-        errors.add_metric(["timeout"], counts.upstream_timeouts)
-        yield errors
+
+
+def one_label(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    label: str,
+    values: Iterable[tuple[str, float]],
+) -> Metric:
+    """A metric family with one label, a sample for each (label value, value)."""
+    family = kind(name, documentation, labels=[label])
+    for label_value, value in values:
+        family.add_metric([label_value], value)
+    return family
 
 
 # ---- the server's metrics ---------------------------------------------------------------------
