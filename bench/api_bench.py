@@ -127,8 +127,13 @@ def compare(args: argparse.Namespace) -> None:
                 f"median {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms (runs: {runs})"
             )
         cost = (medians["off"] - medians["on"]) / medians["off"] * 100
+        # Each round's two runs follow each other, so their ratio drifts less than the medians.
+        paired = statistics.median(
+            (off[0] - on[0]) / off[0] * 100 for on, off in zip(results["on"], results["off"], strict=True)
+        )
         print(
-            f"cost of {features}: {cost:.1f}% of GET /workspaces/ throughput ({args.rounds} rounds of {args.duration} s)"
+            f"cost of {features}: {cost:.1f}% of GET /workspaces/ throughput (medians), {paired:.1f}% "
+            f"(median of each round's pair); {args.rounds} rounds of {args.duration} s"
         )
     finally:
         for server, _ in servers.values():
