@@ -36,6 +36,8 @@ setup(
         "uvloop>=0.19",
         # llhttp (the HTTP/1.1 parser of Node.js and uvicorn): the passthrough reads heads with it.
         "httptools>=0.6",
+        # GET /metrics: Prometheus' own client library, as JupyterHub uses.
+        "prometheus_client>=0.17",
     ],
     extras_require={
         # jupyterlab: the passthrough's end-to-end tests run a real JupyterLab.

@@ -6,7 +6,13 @@ separate process at concurrency 16:
   - POST /workspaces/ with 20 files each
 and times `uws` from start to the first answered request on an empty database.
 
+With --compare FEATURE..., it measures instead what optional features cost: the same
+GET /workspaces/ load against two servers side by side, one with the features on (the default
+configuration) and one with them switched off (FEATURES below says how), in interleaved rounds
+(a small VM's speed drifts; the median of each side is printed, and the cost in per cent).
+
     python bench/api_bench.py [--duration 10] [--connections 16]
+    python bench/api_bench.py --compare metrics [--rounds 5] [--duration 5]
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ c.UWSApp.authenticator_class = "dev"
 c.LocalFileSystemStorage.root_dir = "{root}"
 c.UWSApp.log_level = "WARN"
 """
+# Optional features --compare can switch off, each as the configuration line that does it.
+FEATURES = {
+    "metrics": "c.UWSApp.metrics_enabled = False\n",
+}
 
 
 def wrk(
@@ -63,6 +73,73 @@ def wrk(
     return rps, p50, p99
 
 
+def log_in_with_workspaces(base: str, username: str = "bench", count: int = 100) -> str:
+    """A user's token, the user holding `count` workspaces (one small file each)."""
+    token = requests.post(
+        base + "/tokens/",
+        data=json.dumps({"user_info": {"username": username, "email": f"{username}@example.org"}}),
+    ).json()["token"]
+    headers = {"UWS-Authorization": f"Token {token}"}
+    for i in range(count):
+        r = requests.post(
+            base + "/workspaces/",
+            headers=headers,
+            data=json.dumps(
+                {
+                    "name": f"ws {i}",
+                    "description": "bench workspace",
+                    "workspace_details": {"files": [{"name": "hello.txt", "content": "hello"}]},
+                }
+            ),
+        )
+        r.raise_for_status()
+    return token
+
+
+def compare(args: argparse.Namespace) -> None:
+    """GET /workspaces/ on a server with the features on and one with them off, interleaved."""
+    off = "".join(FEATURES[name] for name in args.compare)
+    servers = {}
+    try:
+        for side, extra in (("on", ""), ("off", off)):
+            workdir = tempfile.mkdtemp(prefix="uws-bench-", dir=args.workdir)
+            config = CONFIG.format(root=os.path.join(workdir, "workspaces")) + extra
+            server, _ = start_server(workdir, config)
+            servers[side] = (server, log_in_with_workspaces(server.base))
+        results: dict[str, list[tuple[float, float, float]]] = {"on": [], "off": []}
+        for round_number in range(args.rounds):
+            order = ("on", "off") if round_number % 2 == 0 else ("off", "on")
+            for side in order:
+                server, token = servers[side]
+                results[side].append(
+                    wrk(server.base + "/workspaces/", token, args.duration, args.connections)
+                )
+        features = " + ".join(args.compare)
+        medians = {}
+        for side in ("on", "off"):
+            rps = statistics.median(r[0] for r in results[side])
+            p50 = statistics.median(r[1] for r in results[side])
+            p99 = statistics.median(r[2] for r in results[side])
+            medians[side] = rps
+            runs = ", ".join(f"{r[0]:,.0f}" for r in results[side])
+            print(
+                f"GET /workspaces/ (100 workspaces), c={args.connections}, {features} {side}: "
+                f"median {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms (runs: {runs})"
+            )
+        cost = (medians["off"] - medians["on"]) / medians["off"] * 100
+        # Each round's two runs follow each other, so their ratio drifts less than the medians.
+        paired = statistics.median(
+            (off[0] - on[0]) / off[0] * 100 for on, off in zip(results["on"], results["off"], strict=True)
+        )
+        print(
+            f"cost of {features}: {cost:.1f}% of GET /workspaces/ throughput (medians), {paired:.1f}% "
+            f"(median of each round's pair); {args.rounds} rounds of {args.duration} s"
+        )
+    finally:
+        for server, _ in servers.values():
+            server.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,10 +151,20 @@ def main() -> None:
         default=WORK,
         help="where the servers keep their data (some machines' /tmp is much slower)",
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        choices=sorted(FEATURES),
+        help="measure GET /workspaces/ with these features on and off, side by side",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved runs per side (--compare)")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
+    if args.compare:
+        compare(args)
+        return
 
     startups = []
     for _ in range(5):
@@ -94,24 +181,7 @@ def main() -> None:
     server, _ = start_server(workdir, CONFIG.format(root=os.path.join(workdir, "workspaces")))
     base = server.base
     try:
-        token = requests.post(
-            base + "/tokens/",
-            data=json.dumps({"user_info": {"username": "bench", "email": "bench@example.org"}}),
-        ).json()["token"]
-        headers = {"UWS-Authorization": f"Token {token}"}
-        for i in range(100):
-            r = requests.post(
-                base + "/workspaces/",
-                headers=headers,
-                data=json.dumps(
-                    {
-                        "name": f"ws {i}",
-                        "description": "bench workspace",
-                        "workspace_details": {"files": [{"name": "hello.txt", "content": "hello"}]},
-                    }
-                ),
-            )
-            r.raise_for_status()
+        token = log_in_with_workspaces(base)
         rps, p50, p99 = wrk(base + "/workspaces/", token, args.duration, args.connections)
         print(
             f"GET /workspaces/ (100 workspaces), c={args.connections}: {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms"

@@ -32,6 +32,7 @@ from .configuration import api_host_problems, moved, read_config
 from .startup import check_deployment_later, log_started, tune_runtime
 
 if TYPE_CHECKING:
+    from .metrics import ServerMetrics
     from .passthrough import SessionURLs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -283,6 +284,20 @@ class UWSApp(Application):
         help="""Threads for slow file work in the background (share copies, workspace deletion),
         kept apart from the threads that serve creates, uploads, updates and rescans.""",
     )
+    metrics_enabled = Bool(
+        True,
+        config=True,
+        help="""Collect metrics and serve them at GET /metrics in Prometheus' text format. Off:
+        nothing is counted and /metrics answers 404.""",
+    )
+    metrics_public = Bool(
+        False,
+        config=True,
+        help="""Let anyone who can reach the server read GET /metrics, without a token. By
+        default it needs an admin's token, or a token with the 'metrics' scope held by an admin
+        (what a Prometheus server should be given). Turn this on only where the server's port
+        is reachable from trusted machines alone: the metrics tell how busy the server is.""",
+    )
     # Deprecated names of options now on the class they configure (uws/configuration.py).
     head_timeout = Float(30.0, config=True, help=moved("head_timeout"))
     max_connections = Integer(10000, config=True, help=moved("max_connections"))
@@ -478,19 +493,33 @@ class UWSApp(Application):
             self.log.error("%s", e)
             self.exit(1)
 
+        routes = api_host_routes(self.passthrough_mode)
+        session_routes = session_host_routes if self.passthrough_mode == "origin" else []
+        self.init_metrics([*routes, *session_routes])
         self.webapp = UWSWebApplication(
-            api_host_routes(self.passthrough_mode),
+            routes,
             websocket_ping_interval=30,
-            log_function=log_request,
+            log_function=self.metrics.log_function(log_request) if self.metrics else log_request,
             default_handler_class=NotFoundHandler,
             debug=False,
             compress_response=False,
             **web_settings(self),
         )
-        if self.passthrough_mode == "origin":
+        if session_routes:
             # Every path on a session's host goes to that session, before any API route is tried.
             host = ".*" + re.escape(self.session_urls.hosts.suffix)
-            self.webapp.add_handlers(host, cast(list[Any], session_host_routes))
+            self.webapp.add_handlers(host, cast(list[Any], session_routes))
+
+    def init_metrics(self, routes: list[Any]) -> None:
+        """The server's metrics (uws.metrics), told of what happens where it happens; None when
+        metrics_enabled is off."""
+        self.metrics: ServerMetrics | None = None
+        if not self.metrics_enabled:
+            return
+        from .metrics import LiveParts, ServerMetrics
+
+        parts = LiveParts(self.proxy, self.events, self.websockets, self.jobs.live, self.front)
+        self.metrics = self.jobs.observer = ServerMetrics(self.db, parts, routes)
 
     def public_origin(self) -> str:
         return self.public_url or f"http://{self.ip}:{self.port}"

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -167,6 +168,8 @@ class Database:
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="uws-db")
+        # Told how long each run() took its caller (the server's metrics, when they are on).
+        self.observe: Callable[[float], None] | None = None
 
     def session(self) -> Session:
         return self.sessionmaker()
@@ -184,7 +187,14 @@ class Database:
 
     async def run(self, fn: Callable[[Session], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.call, fn)
+        observe = self.observe
+        if observe is None:
+            return await loop.run_in_executor(self.executor, self.call, fn)
+        began = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self.executor, self.call, fn)
+        finally:
+            observe(time.perf_counter() - began)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..passthrough import handlers as passthrough
-from . import admin, jobs, logs, meta, quota, shares, tokens, users, workspaces, ws
+from . import admin, jobs, logs, meta, metrics, quota, shares, tokens, users, workspaces, ws
 
 # The API's routes (a path matching none of them is a JSON 404: base.NotFoundHandler).
 default_handlers: list[Any] = []
 # (logs before jobs: /jobs/<id>/<action>/ would take /jobs/<id>/log/.)
-for _module in (ws, tokens, workspaces, logs, jobs, meta, users, quota, shares, admin):
+for _module in (ws, tokens, workspaces, logs, jobs, meta, metrics, users, quota, shares, admin):
     default_handlers.extend(_module.default_handlers)
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..auth.tokens import TokenService
     from ..db import Database
     from ..events import EventBus
+    from ..metrics import ServerMetrics
     from ..passthrough import ProxyService, SessionHosts
     from ..quotas import QuotaService
     from ..sessions.service import JobService
@@ -45,6 +46,8 @@ class WebConfig:
     sessions_base: str
     proxy_connect_timeout: float
     proxy_request_timeout: float
+    # /metrics without a token (UWSApp.metrics_public).
+    metrics_public: bool
 
 
 def web_settings(app: UWSApp) -> dict[str, Any]:
@@ -62,6 +65,7 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         sessions_base=app.session_urls.base(),
         proxy_connect_timeout=app.proxy.connect_timeout,
         proxy_request_timeout=app.proxy.request_timeout,
+        metrics_public=app.metrics_public,
     )
     return {
         "web_config": config,
@@ -81,6 +85,7 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         "session_hosts": app.session_urls.hosts,
         "status_report": app.health.report,
         "audit_log": app.audit_log,
+        "metrics": app.metrics,
     }
 
 
@@ -158,6 +163,11 @@ class Components:
     def audit_log(self) -> AuditLog:
         """The audit log; REST handlers write to it through BaseHandler.audit."""
         return self.settings["audit_log"]
+
+    @property
+    def metrics(self) -> ServerMetrics | None:
+        """The server's metrics; None when they are off (UWSApp.metrics_enabled)."""
+        return self.settings["metrics"]
 
     @property
     def status_report(self) -> Callable[[], Awaitable[dict[str, Any]]]:

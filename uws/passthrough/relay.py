@@ -81,9 +81,12 @@ async def relay(
         )
     except UpstreamError as e:
         log.debug("Passthrough to job %s failed: %s", target.job_id, e)
+        service.counts.upstream_error(e.timeout)
         failure = wire.upstream_failure(e.timeout)
         if answer.fail(failure.status, error_body(failure.message)):
-            return failure.status
+            status = failure.status
+        service.counts.answered(status)
         return status
     answer.end()
+    service.counts.answered(status)
     return status

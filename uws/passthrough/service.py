@@ -55,6 +55,31 @@ class Target:
     bytes_out: int = 0
 
 
+class PassthroughCounts:
+    """What the passthrough has relayed since the server started, as plain integers: every
+    entry point adds to them on its hot path, and /metrics reads them (uws.metrics)."""
+
+    STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+    def __init__(self) -> None:
+        # Requests by the class of the status answered (index status // 100; 0: none answered).
+        self.requests = [0] * len(self.STATUS_CLASSES)
+        self.bytes_in = 0  # browser to session
+        self.bytes_out = 0  # session to browser
+        self.upstream_failed = 0
+        self.upstream_timeouts = 0
+
+    def answered(self, status: int) -> None:
+        index = status // 100
+        self.requests[index if 0 < index < 6 else 0] += 1
+
+    def upstream_error(self, timeout: bool) -> None:
+        if timeout:
+            self.upstream_timeouts += 1
+        else:
+            self.upstream_failed += 1
+
+
 def cookie_name(job_id: int) -> str:
     return f"uws-session-{job_id}"
 
@@ -87,6 +112,7 @@ class ProxyService(LoggingConfigurable):
         self.targets: dict[int, Target] = {}
         self.secret = self._load_secret()
         self._active: dict[int, tuple[float, bool]] = {}
+        self.counts = PassthroughCounts()
         # Idle keep-alive connections to the sessions' apps, shared by every relay.
         self.pool = UpstreamPool()
         if self.websocket_max_message_size:
@@ -219,3 +245,6 @@ class ProxyService(LoggingConfigurable):
         target.last_activity = time.time()
         target.bytes_in += bytes_in
         target.bytes_out += bytes_out
+        counts = self.counts
+        counts.bytes_in += bytes_in
+        counts.bytes_out += bytes_out

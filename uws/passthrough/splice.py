@@ -183,13 +183,16 @@ async def connect(
         opened.transport.write(out.encode(f"GET {wire.upstream_uri(target, path)} HTTP/1.1"))
         answer = await asyncio.wait_for(opened.answered, service.connect_timeout)
         status = answer.code
-    except (OSError, TimeoutError, ValueError, HeadError):
-        pass
+    except (OSError, TimeoutError, ValueError, HeadError) as e:
+        service.counts.upstream_error(isinstance(e, TimeoutError))
     if status != 101 or session is None:
         # As for every refusal: the app's own status, or 502 when there was none.
         parts.websockets.release(target.user_id)
         if session is not None:
             session.close()
-        return APIError(status if 300 <= status < 599 else 502, wire.WEBSOCKET_REFUSED)
+        refusal = APIError(status if 300 <= status < 599 else 502, wire.WEBSOCKET_REFUSED)
+        service.counts.answered(refusal.status)
+        return refusal
+    service.counts.answered(101)
     service.touch(target)
     return session, answer

@@ -30,7 +30,7 @@ from .launch import Launcher
 from .logs import SessionLogs
 from .reconcile import Reconciler
 from .record import LiveSessions
-from .servicebase import JobParts, JobSettings
+from .servicebase import JobParts, JobSettings, SessionObserver
 from .status import TERMINAL, JobStatus
 from .stopping import Stopping
 from .tracker import HelperMessages
@@ -72,6 +72,8 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
 
     # Set by UWSApp.init_services once built: the passthrough is built after the jobs.
     proxy: ProxyService
+    # Told of starts, ends and heartbeats: the server's metrics, when they are on.
+    observer: SessionObserver = SessionObserver()
 
     def __init__(self, parts: JobParts, settings: JobSettings, **kw: Any) -> None:
         super().__init__(**kw)
@@ -168,11 +170,13 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
         source_time: float | None = None,
     ) -> None:
         urls = self.parts.session_urls
+        started: list[tuple[str, float]] = []  # (spawner, seconds) when it reaches running now
 
         def _apply(session: Any) -> tuple[int, dict[str, Any]] | None:
             job = session.get(orm.Job, job_id)
             if job is None or job.status in TERMINAL:
                 return None
+            was_pending = job.status == JobStatus.PENDING
             details = job.job_details or {}
             before = (job.status, dict(details.get("current_job_details") or {}), details.get("metrics"))
             if ready:
@@ -180,6 +184,9 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
                 transitions.mark_ready(job, ready, *urls.connection_url(job_id, ready, label))
             if running:
                 transitions.mark_running(job)
+            if was_pending and job.status == JobStatus.RUNNING:
+                pending = ((job.job_details or {}).get("metrics") or {}).get("time_pending")
+                started.append((transitions.spawner_name(job), float(pending or 0.0)))
             current = dict((job.job_details or {}).get("current_job_details") or {})
             if message is not None and job.status in (JobStatus.PENDING, JobStatus.RUNNING):
                 current["message"] = message
@@ -196,6 +203,8 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
 
         async with self.lock(job_id):
             result = await self.db.run(_apply)
+        for spawner, seconds in started:
+            self.observer.started(spawner, seconds)
         if result is not None:
             self.publish(*result, source_time=source_time)
 
@@ -262,7 +271,7 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
             except Exception:
                 log.exception("Reading job %s's allocation failed; using CPUs × elapsed", job_id)
 
-        def _apply(session: Any) -> tuple[int, dict[str, Any], int] | None:
+        def _apply(session: Any) -> tuple[int, dict[str, Any], int, str] | None:
             job = session.get(orm.Job, job_id)
             if job is None or not transitions.mark_finished(
                 session,
@@ -274,14 +283,15 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
                 stopping_completes=stopping_completes,
             ):
                 return None
-            return job.user_id, job_model(job), job.workspace_id
+            return job.user_id, job_model(job), job.workspace_id, transitions.spawner_name(job)
 
         async with self.lock(job_id):
             result = await self.db.run(_apply)
         self._forget(job_id)
         if result is None:
             return None
-        user_id, model, ws_id = result
+        user_id, model, ws_id, spawner = result
+        self.observer.ended(spawner, str(model["status"]))
         self.publish(user_id, model, source_time=source_time)
         await self.parts.workspaces.rescan(ws_id, user_id)
         await self.parts.quotas.warn_if_near(user_id, self.events)

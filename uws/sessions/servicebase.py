@@ -59,8 +59,23 @@ class JobSettings:
     log_dir: str  # where session logs are kept (the server's alone)
 
 
+class SessionObserver:
+    """What the sessions tell the server's metrics (uws.metrics.ServerMetrics) as it happens;
+    this one, the default, takes no note."""
+
+    def started(self, spawner: str, seconds: float) -> None:
+        """A session reached running, `seconds` after its start request."""
+
+    def ended(self, spawner: str, status: str) -> None:
+        """A session ended with this final status."""
+
+    def heartbeat(self, sent_at: float) -> None:
+        """A helper's heartbeat arrived, sent at `sent_at` (its clock, seconds since the epoch)."""
+
+
 class JobServiceBase:
     parts: JobParts
+    observer: SessionObserver
     db: Database
     events: EventBus
     channel: SessionChannel

@@ -47,6 +47,8 @@ class HelperMessages(JobServiceBase):
             return
         if kind == "heartbeat":
             record.metrics = message.get("metrics") or {}
+            if seen is not None:
+                self.observer.heartbeat(seen)
         if state.get("phase") == "exited" or kind == "exited":
             ended = state.get("exit") or {"reason": "failed"}
             spawner = await self._spawner(job_id)

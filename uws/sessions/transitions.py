@@ -75,6 +75,11 @@ def mark_submitted(session: Session, job: orm.Job, resource_job_id: int, state: 
         ws.datetime_last_job_launch = utcnow()
 
 
+def spawner_name(job: orm.Job) -> str:
+    """The class name of the job's spawner, as recorded when it was submitted ("" before)."""
+    return str((job.spawner_state or {}).get("spawner") or "")
+
+
 def mark_running(job: orm.Job) -> bool:
     """pending -> running: the start time, and how long it waited."""
     if job.status != JobStatus.PENDING:
