@@ -28,9 +28,13 @@ class JobsHandler(BaseHandler):
 
 
 class JobActionHandler(BaseHandler):
-    """PUT /jobs/<id>/stop/."""
+    """PUT /jobs/<id>/stop/ and PUT /jobs/<id>/extend/."""
 
     async def put(self, job_id: str, put_type: str) -> None:
+        if put_type.lower() == "extend":
+            model = await self.jobs.extend(self.user, int(job_id), self.json_body())
+            self.ok("Job time limit extended.", {"job": model})
+            return
         message = await self.jobs.stop(self.user, int(job_id), put_type)
         self.ok(message)
 

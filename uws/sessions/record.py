@@ -29,6 +29,9 @@ class LiveSession:
     stop_requested: bool = False  # the server asked it to stop
     stop_message: str | None = None  # why (idle culling), shown when it has ended
     unanswered_since: float | None = None  # when checking it on its resource first failed
+    # The time limit its helper keeps (local and sudo sessions), once extended: a helper that
+    # reports another one is told again.
+    time_limit_seconds: int | None = None
     # Serialises this job's read-modify-write of its database row across awaits.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
