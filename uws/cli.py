@@ -55,12 +55,13 @@ def configurable_classes() -> list[type[Configurable]]:
     from .passthrough import ProxyService
     from .passthrough.front import FrontServer
     from .sessions.culler import IdleCuller
+    from .sessions.ending import EndingWarnings
     from .sessions.service import JobService
     from .spawners.base import Spawner
     from .websockets import WebSocketCounter
 
     found: list[type[Configurable]] = [UWSApp, FrontServer, ProxyService, WebSocketCounter, JobService]
-    found += [IdleCuller, StatusReporter, Mailer, Spawner]
+    found += [IdleCuller, EndingWarnings, StatusReporter, Mailer, Spawner]
     for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
         found += [cls for cls in plugins.all_classes(group) if cls not in found]
     return found

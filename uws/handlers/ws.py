@@ -155,6 +155,10 @@ def release_counted(handler: websocket.WebSocketHandler) -> None:
         SettingsComponents(handler.settings).websockets.release(user_id)
 
 
+# Events about one job that its stream carries as they are, beside the original's messages.
+JOB_NOTICES = frozenset({"ending_soon"})
+
+
 def job_message(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "job_id": job["id"],
@@ -191,6 +195,8 @@ class JobStreamHandler(AuthenticatedWebSocket):
         await self.pump(subscription)
 
     async def deliver(self, event: dict[str, Any]) -> bool:
+        if event["type"] in JOB_NOTICES:
+            return await self.send({"type": event["type"], **event["data"]})
         if event["type"] != "job":
             return True
         job = event["data"]

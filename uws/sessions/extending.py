@@ -145,5 +145,8 @@ def record_limit(session: Any, job_id: int, seconds: int, time_left: Any) -> dic
     left = time_left(job)
     if left is not None:
         current["time_left"] = left
+        warned = job.spawner_state.get("ending_warned")
+        if isinstance(warned, list):  # the warnings before the new end are due again
+            job.spawner_state = {**job.spawner_state, "ending_warned": [t for t in warned if t >= left]}
     job.job_details = {**(job.job_details or {}), "current_job_details": current}
     return job_model(job)
