@@ -256,6 +256,8 @@ def test_idle_session_is_warned_then_culled(pserver: Server, owner: Client) -> N
     warnings = [e for e in seen if e["type"] == "idle_warning" and e["data"]["job_id"] == job["id"]]
     assert warnings and warnings[0]["data"]["seconds_left"] <= 2
     assert seen.index(warnings[0]) < len(seen) - 1  # the warning came before the end
+    ending = [e for e in seen if e["type"] == "ending_soon" and e["data"]["job_id"] == job["id"]]
+    assert [e["data"]["reason"] for e in ending] == ["idle"]
     done = get_job(owner, job["id"])
     assert (
         done["job_details"]["current_job_details"]["message"] == "Stopped after 4 seconds without activity."

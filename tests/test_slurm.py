@@ -50,6 +50,7 @@ c.UWSApp.stop_grace_seconds = 2
 c.UWSApp.lost_contact_seconds = 4
 c.SlurmBase.poll_interval = 1
 c.SlurmBase.max_backoff = 4
+c.SlurmBase.operator_username = "slurm"
 {extra}
 c.UWSApp.job_types = {{
     "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
@@ -536,3 +537,31 @@ def test_rest_tokens_cached_and_renewed_before_expiry(backend: str, tmp_path) ->
     assert sorted(lines) == sorted(["root 3600", f"{owner} 3600"])  # one token each, then cached
     owner, lines = results[61]
     assert lines.count("root 61") >= 3, lines  # the status token, renewed again and again
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_extend_raises_slurms_time_limit(backend: str) -> None:
+    """PUT /jobs/<id>/extend/ raises the Slurm job's own limit (scontrol as the operator
+    account, or slurmrestd's job update with its token), and time_left follows at once."""
+    servers = [Server(backend, slurm_config(spawner)).start() for spawner in SPAWNERS]
+    users = []
+    try:
+        for srv in servers:
+            c = login(srv, srv.new_client_token())
+            users.append(c)
+            job = start(c, create(c)["id"], job_type="echo", resource_options={"time_limit_min": 5})
+            wait_ready(c, job["id"])
+            r = c.put(f"/jobs/{job['id']}/extend/", {"minutes": 3})
+            assert r.status_code == 200, r.text
+            assert 420 <= r.json()["data"]["job"]["job_details"]["current_job_details"]["time_left"] <= 480
+            assert scontrol_job(job["resource_job_id"])["TimeLimit"] == "00:08:00"
+            too_long = c.put(f"/jobs/{job['id']}/extend/", {"minutes": 10_000})
+            assert too_long.status_code == 422
+            assert scontrol_job(job["resource_job_id"])["TimeLimit"] == "00:08:00"
+            assert c.put(f"/jobs/{job['id']}/stop").status_code == 200
+            wait_status(c, job["id"], "complete", timeout=60)
+    finally:
+        for c in users:
+            cancel_all(c.username)
+        for srv in servers:
+            srv.close()

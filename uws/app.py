@@ -424,6 +424,7 @@ class UWSApp(Application):
         from .passthrough import ProxyService
         from .sessions.channel import default_url as default_channel_url
         from .sessions.culler import IdleCuller
+        from .sessions.ending import EndingWarnings
         from .sessions.jobtypes import load_templates
         from .sessions.service import JobService
         from .sessions.servicebase import JobParts, JobSettings
@@ -472,6 +473,7 @@ class UWSApp(Application):
         from .admin import AdminService
 
         self.admin = AdminService(self.db, self.auth_service, self.proxy, self.events, self.jobs)
+        self.ending_warnings = EndingWarnings(self.db, self.events, self.jobs, parent=self)
 
     def init_health(self) -> None:
         from .health import StatusReporter
@@ -586,6 +588,7 @@ class UWSApp(Application):
         await self.workspaces.resume()
         await self.jobs.begin()
         self.culler.begin()
+        self.ending_warnings.begin()
         log_started(self)
         check_deployment_later(self)
         stop = asyncio.Event()
@@ -598,6 +601,7 @@ class UWSApp(Application):
         front.close()
         self.jobs.close()
         self.culler.close()
+        self.ending_warnings.close()
         await self.workspaces.drain()
         self.db.close()
         self.audit_log.close()

@@ -56,13 +56,14 @@ def configurable_classes() -> list[type[Configurable]]:
     from .passthrough import ProxyService
     from .passthrough.front import FrontServer
     from .sessions.culler import IdleCuller
+    from .sessions.ending import EndingWarnings
     from .sessions.logs import SessionLogs
     from .sessions.service import JobService
     from .spawners.base import Spawner
     from .websockets import WebSocketCounter
 
     found: list[type[Configurable]] = [UWSApp, FrontServer, ProxyService, WebSocketCounter, JobService]
-    found += [SessionLogs, IdleCuller, StatusReporter, Mailer, AuditLog, Spawner]
+    found += [SessionLogs, IdleCuller, EndingWarnings, StatusReporter, Mailer, AuditLog, Spawner]
     for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
         found += [cls for cls in plugins.all_classes(group) if cls not in found]
     return found

@@ -65,8 +65,9 @@ class QuotaService:
         check_disk(maximum, used, requested)
         return maximum is not None
 
-    async def check_core_hours(self, user_id: int, requested: float) -> None:
-        """A start reserves cpus x time limit; refuse it when that would pass the maximum."""
+    async def check_core_hours(self, user_id: int, requested: float, status: int = 400) -> None:
+        """A start reserves cpus x time limit; refuse it (with `status`: the original API's
+        starts answer 400) when that would pass the maximum."""
 
         def _check(session: Any) -> tuple[float | None, float]:
             quota = session.get(orm.Quota, user_id)
@@ -77,7 +78,7 @@ class QuotaService:
         maximum, used = await self.db.run(_check)
         if maximum is not None and used + requested > maximum:
             raise APIError(
-                400,
+                status,
                 f"Core hour quota exceeded: used {used:.5f} core hours, requested {requested:.5f} "
                 f"core hours, maximum {maximum:.5f} core hours.",
             )

@@ -582,3 +582,23 @@ def test_state_survives_a_restart(tmp_path: Any) -> None:
     again.load_state(state)
     assert (again.slurm_job_id, again.submitted_at, again.job_dir) == (77, 1700000000.0, s.job_dir)
     assert 77 in again.scheduler_status().tracked
+
+
+def test_extension_needs_an_operator_and_runs_scontrol_as_it(tmp_path: Any) -> None:
+    """Without an operator account an extension is refused with a message saying which option
+    to set; with one, scontrol runs as that account (through sudo) with the limit in minutes,
+    and time left follows before the next status query."""
+    s = spawner(tmp_path)
+    s.slurm_job_id = 41
+    calls = canned_run(s, "")
+    with pytest.raises(Exception, match="operator_username"):
+        asyncio.run(s.set_time_limit(600))
+    assert calls == []
+    s.operator_username = "slurmop"
+    s.last_info = SlurmJob(state="RUNNING", time_left=240, elapsed=60.0)
+    s.last_info_at = time.monotonic()
+    assert asyncio.run(s.set_time_limit(601)) is True
+    assert calls == [
+        ("sudo", "-n", "-H", "-u", "slurmop", "--", "scontrol", "update", "JobId=41", "TimeLimit=11")
+    ]
+    assert 595 <= s.time_left <= 600

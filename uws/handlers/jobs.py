@@ -30,11 +30,17 @@ class JobsHandler(BaseHandler):
 
 
 class JobActionHandler(BaseHandler):
-    """PUT /jobs/<id>/stop/."""
+    """PUT /jobs/<id>/stop/ and PUT /jobs/<id>/extend/."""
 
     required_scopes = {"PUT": "sessions"}
 
     async def put(self, job_id: str, put_type: str) -> None:
+        if put_type.lower() == "extend":
+            minutes = self.json_body()
+            self.audit("session.extend", f"job:{job_id}", minutes=minutes.get("minutes"))
+            model = await self.jobs.extend(self.user, int(job_id), minutes)
+            self.ok("Job time limit extended.", {"job": model})
+            return
         if put_type.lower() == "stop":
             self.audit("session.stop", f"job:{job_id}", reason="requested")
         message = await self.jobs.stop(self.user, int(job_id), put_type)

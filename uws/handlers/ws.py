@@ -170,6 +170,10 @@ def release_counted(handler: websocket.WebSocketHandler) -> None:
         SettingsComponents(handler.settings).websockets.release(user_id)
 
 
+# Events about one job that its stream carries as they are, beside the original's messages.
+JOB_NOTICES = frozenset({"ending_soon"})
+
+
 def job_message(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "job_id": job["id"],
@@ -187,17 +191,24 @@ class JobStreamHandler(AuthenticatedWebSocket):
     "job_id", "offset", "text"}, at most every SessionLogs.push_interval_seconds. Asked for,
     because clients written for the original expect its message shape only. Never on the
     all-jobs stream or /ws/events: output is a stream of its own, which would drown the status
-    changes there and push them out of the events' replay buffer."""
+    changes there and push them out of the events' replay buffer.
+
+    With ?notices=true it also carries the job's warnings (JOB_NOTICES) as they are,
+    {"type": "ending_soon", "job_id", "seconds_left", ...}: asked for, for the same reason."""
 
     following: Following | None = None
 
+    def flag(self, name: str) -> bool:
+        value = self.get_query_argument(name, "false")
+        try:
+            return parse_bool(value)
+        except ValueError:
+            raise APIError(400, f"Invalid value for query parameter {name}: {value}") from None
+
     async def authorize(self, job_id: str | None = None) -> None:
         self.job_id = int(job_id) if job_id is not None else None
-        logs = self.get_query_argument("logs", "false")
-        try:
-            self.wants_logs = self.job_id is not None and parse_bool(logs)
-        except ValueError:
-            raise APIError(400, f"Invalid value for query parameter logs: {logs}") from None
+        self.wants_logs = self.flag("logs") and self.job_id is not None
+        self.wants_notices = self.flag("notices")
         self.initial_jobs = await self.load_jobs()
         if self.job_id is not None and not self.initial_jobs:
             raise not_found_for_user(f"Job {self.job_id} not found for user.")
@@ -241,6 +252,10 @@ class JobStreamHandler(AuthenticatedWebSocket):
         await self.pump(subscription)
 
     async def deliver(self, event: dict[str, Any]) -> bool:
+        if event["type"] in JOB_NOTICES:
+            if not self.wants_notices:
+                return True
+            return await self.send({"type": event["type"], **event["data"]})
         if event["type"] != "job":
             return True
         job = self.job_view(event["data"])

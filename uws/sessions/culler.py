@@ -114,17 +114,15 @@ class IdleCuller(LoggingConfigurable):
                     )
             elif idle >= timeout - self.warning_seconds and job_id not in self.warned:
                 self.warned.add(job_id)
-                self.events.publish(
-                    user_id,
-                    "idle_warning",
-                    {
-                        "job_id": job_id,
-                        "seconds_left": int(timeout - idle),
-                        "message": f"This session will be stopped in {int(timeout - idle)} seconds "
-                        "unless it is used.",
-                    },
-                    job_id=job_id,
-                )
+                warning = {
+                    "job_id": job_id,
+                    "seconds_left": int(timeout - idle),
+                    "message": f"This session will be stopped in {int(timeout - idle)} seconds "
+                    "unless it is used.",
+                }
+                self.events.publish(user_id, "idle_warning", warning, job_id=job_id)
+                # The same, as the warning every session end gets (clients need watch one type).
+                self.events.publish(user_id, "ending_soon", {**warning, "reason": "idle"}, job_id=job_id)
             elif idle < timeout - self.warning_seconds:
                 self.warned.discard(job_id)
         for job_id in list(self.started):

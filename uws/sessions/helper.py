@@ -175,6 +175,14 @@ class Helper:
             else:
                 log(f"job {self.job_id}: stop requested (grace {grace:g} s)")
                 self.app.begin_end("stopped", float(grace))
+        elif mtype == "extend":
+            seconds = message.get("time_limit_seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+                log(f"job {self.job_id}: ignored an extension without a valid time limit")
+            elif self.phase != "exited" and seconds != self.time_limit:
+                log(f"job {self.job_id}: time limit moved to {seconds} s")
+                self.job["time_limit_seconds"] = seconds
+                self.next_heartbeat = 0.0  # the next turn of the loop confirms it
         else:
             log(f"job {self.job_id}: ignored a message of unknown type {mtype!r}")
 

@@ -19,7 +19,7 @@ from ..models import job_model
 from ..passthrough.urls import new_host_label
 from ..spawners.base import LaunchError, Spawner
 from . import transitions
-from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, settings_for
+from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, seconds_limit, settings_for
 from .params import DefaultValueError, translate, validate_resource_options, with_defaults
 from .record import LiveSession
 from .startwatch import StartWatches
@@ -203,6 +203,7 @@ class Launcher:
             "secret": secret,
             "cpus": req.cpus,
             "time_limit_minutes": req.limit,
+            "time_limit_seconds": seconds_limit(req.settings, req.limit),
             "spawner": type(spawner).__name__,
             "proxy_strip_prefix": strip,
             "host_label": label,

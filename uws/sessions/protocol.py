@@ -46,6 +46,8 @@ Server -> helper:
                                            for "exited")
   "stop"       {"grace_seconds": float}    end the whole process tree: TERM, grace, KILL
   "report"     {}                          send "hello" again now
+  "extend"     {"time_limit_seconds": int} the session's new time limit (from its start);
+                                           repeated while heartbeats report another one
 
 STATE = {"phase": "starting" | "running" | "ready" | "exited",
          "helper_pid": int, "app_pid": int | null, "started_at": float,

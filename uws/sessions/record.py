@@ -34,6 +34,9 @@ class LiveSession:
     log_tokens: float | None = None
     log_refilled: float = 0.0
     log_lost: int = 0
+    # The time limit its helper keeps (local and sudo sessions), once extended: a helper that
+    # reports another one is told again.
+    time_limit_seconds: int | None = None
     # Serialises this job's read-modify-write of its database row across awaits.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

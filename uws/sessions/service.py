@@ -26,6 +26,7 @@ from ..spawners.base import Spawner
 from ..utils import utcnow
 from . import transitions
 from .channel import SessionChannel
+from .extending import Extending
 from .launch import Launcher
 from .logs import SessionLogs
 from .reconcile import Reconciler
@@ -50,7 +51,7 @@ EXIT_MESSAGES = {
 }
 
 
-class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
+class JobService(HelperMessages, Reconciler, Stopping, Extending, LoggingConfigurable):
     max_concurrent_starts = Integer(
         20,
         help="Sessions that may be starting at once; more get 429 with Retry-After (0: no limit).",
@@ -80,6 +81,7 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
         self.parts = parts
         self.db = parts.db
         self.events = parts.events
+        self.settings = settings
         self.channel = SessionChannel(
             settings.session_channel_url,
             self.secret_for,
@@ -218,10 +220,11 @@ class JobService(HelperMessages, Reconciler, Stopping, LoggingConfigurable):
         left = getattr(spawner, "time_left", None)
         if left is not None:
             return left
-        limit = (job.spawner_state or {}).get("time_limit_minutes")
+        state = job.spawner_state or {}
+        limit = state.get("time_limit_seconds") or (state.get("time_limit_minutes") or 0) * 60
         if not limit or job.datetime_start is None:
             return None
-        return max(0, int(limit * 60 - (utcnow() - job.datetime_start).total_seconds()))
+        return max(0, int(limit - (utcnow() - job.datetime_start).total_seconds()))
 
     async def apply_exit(self, job_id: int, ended: dict[str, Any], source_time: float | None = None) -> None:
         reason = ended.get("reason", "failed")

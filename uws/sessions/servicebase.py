@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from .. import orm
     from ..audit import AuditLog
     from ..auth.accounts import AccountCache
     from ..db import Database
@@ -81,6 +84,7 @@ class JobServiceBase:
     channel: SessionChannel
     logs: SessionLogs
     live: LiveSessions
+    settings: JobSettings
     # JobService's options (traits there)
     heartbeat_seconds: float
     reconcile_seconds: float
@@ -93,6 +97,12 @@ class JobServiceBase:
         async def _spawner(self, job_id: int) -> Spawner | None: ...
 
         async def _send_stop(self, job_id: int) -> None: ...
+
+        async def send_time_limit(self, job_id: int, seconds: int) -> None: ...
+
+        def lock(self, job_id: int) -> asyncio.Lock: ...
+
+        def _time_left(self, job: orm.Job) -> int | None: ...
 
         async def _terminate(self, job_id: int) -> None: ...
 

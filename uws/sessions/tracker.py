@@ -19,6 +19,16 @@ log = logging.getLogger("uws.jobs")
 SESSION_PORTS = range(1024, 65536)
 
 
+def state_limit_differs(message: dict[str, Any], seconds: int) -> bool:
+    """True when a helper's report shows a time limit other than `seconds` (an extension it
+    has not yet heard of). Helpers whose limit the scheduler keeps report none."""
+    state = message.get("state")
+    if not isinstance(state, dict) or state.get("phase") not in ("running", "ready", "starting"):
+        return False
+    reported = state.get("time_limit_seconds")
+    return reported is not None and reported != seconds
+
+
 class HelperMessages(JobServiceBase):
     """A part of JobService: it uses the service's database, events, live records and
     transitions (_update, apply_exit, _spawner, _send_stop)."""
@@ -26,7 +36,12 @@ class HelperMessages(JobServiceBase):
     async def on_message(self, job_id: int, message: dict[str, Any]) -> None:
         record = self.live.get(job_id)
         if record is None:
-            row = await self.db.run(lambda s: (job := s.get(orm.Job, job_id)) and (job.status, job.user_id))
+            row = await self.db.run(
+                lambda s: (
+                    (job := s.get(orm.Job, job_id))
+                    and (job.status, job.user_id, (job.spawner_state or {}).get("time_limit_seconds"))
+                )
+            )
             if not row or row[0] in TERMINAL:
                 # Its job has ended here (given up on, or launched by a server that died before
                 # recording it): a helper that still speaks must not run on unsupervised.
@@ -34,6 +49,8 @@ class HelperMessages(JobServiceBase):
                     await self._send_stop(job_id)
                 return
             record = self.live.add(job_id, row[1])
+            if isinstance(row[2], int) and state_limit_differs(message, row[2]):
+                record.time_limit_seconds = row[2]
         record.last_seen = time.monotonic()
         record.heard = True
         seen = message.get("time") if isinstance(message.get("time"), int | float) else None
@@ -74,6 +91,8 @@ class HelperMessages(JobServiceBase):
                 record.recorded = (phase, now)
         if kind == "heartbeat":
             await self._heartbeat(job_id, seen)
+        if record.time_limit_seconds is not None and state_limit_differs(message, record.time_limit_seconds):
+            await self.send_time_limit(job_id, record.time_limit_seconds)
 
     async def _on_ready(self, job_id: int, claim: dict[str, Any], seen: float | None) -> bool:
         """Record the session's passthrough target from its helper's `ready`, once: a recorded

@@ -120,6 +120,12 @@ class Spawner(LoggingConfigurable):
         exit.json. Called every few tenths of a second: cheap while the helper runs."""
         return None
 
+    async def set_time_limit(self, seconds: int) -> bool:
+        """Move the session's time limit to `seconds` from its start where the resource keeps
+        it (a scheduler); False when the session's helper keeps it instead (and is told by the
+        server). Raises LaunchError when the resource refuses."""
+        return False
+
     async def usage(self) -> float | None:
         """Core seconds the resource allocated to the session, for resources that account that
         way (Slurm: CPUs × elapsed); None means the server counts requested CPUs × the wall

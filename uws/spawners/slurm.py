@@ -16,8 +16,10 @@ its status and the query is retried with backoff.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
+import pwd
 import re
 import shlex
 import socket
@@ -183,6 +185,15 @@ class SlurmBase(Spawner):
         the resource's `time_pending_catch`.""",
     )
 
+    operator_username = Unicode(
+        "",
+        config=True,
+        help="""Slurm account that raises a session's time limit when its owner extends it
+        (PUT /jobs/<id>/extend/): Slurm lets users lower their jobs' limits, never raise them.
+        It needs Slurm's Operator level (`sacctmgr modify user NAME set adminlevel=Operator`);
+        root and SlurmUser have it without. Empty: extending Slurm sessions is refused.""",
+    )
+
     command_timeout = Float(
         30.0,
         config=True,
@@ -237,6 +248,26 @@ class SlurmBase(Spawner):
 
     async def cancel(self) -> None:
         raise NotImplementedError
+
+    async def update_time_limit(self, minutes: int) -> None:
+        raise NotImplementedError
+
+    async def set_time_limit(self, seconds: int) -> bool:
+        """Slurm keeps the limit (in whole minutes): the operator account raises it."""
+        if not self.operator_username:
+            raise LaunchError(
+                "extending Slurm sessions needs an operator account (SlurmBase.operator_username)"
+            )
+        if not self.slurm_job_id:
+            raise LaunchError("the session has no Slurm job")
+        minutes = max(1, -(-seconds // 60))
+        await self.update_time_limit(minutes)
+        info = self.last_info
+        if info is not None and info.time_left is not None and info.elapsed is not None:
+            # Until the next status query, time left follows the new limit.
+            left = minutes * 60 - int(info.elapsed + time.monotonic() - self.last_info_at)
+            self.last_info = dataclasses.replace(info, time_left=max(0, left))
+        return True
 
     # ---- start -------------------------------------------------------------------------------
     def job_options(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -473,6 +504,11 @@ class SlurmSpawner(SlurmBase):
 
     async def cancel(self) -> None:
         await self.run(*self.as_user(), "scancel", str(self.slurm_job_id))
+
+    async def update_time_limit(self, minutes: int) -> None:
+        operator = self.operator_username
+        prefix = [*self.sudo, "-u", operator, "--"] if operator != pwd.getpwuid(os.geteuid()).pw_name else []
+        await self.run(*prefix, "scontrol", "update", f"JobId={self.slurm_job_id}", f"TimeLimit={minutes}")
 
     async def health(self) -> tuple[bool, str] | None:
         try:

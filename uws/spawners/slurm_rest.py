@@ -303,3 +303,9 @@ class SlurmRestSpawner(SlurmBase):
 
     async def cancel(self) -> None:
         await self.call("DELETE", f"job/{self.slurm_job_id}", self.account.username)
+
+    async def update_time_limit(self, minutes: int) -> None:
+        value: Any = {"set": True, "infinite": False, "number": minutes} if self.version >= 39 else minutes
+        body: dict[str, Any] = {"time_limit": value}
+        # v0.0.38 takes the job's properties as the body; later versions the same fields too.
+        await self.call("POST", f"job/{self.slurm_job_id}", self.operator_username, body)
