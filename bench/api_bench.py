@@ -12,7 +12,7 @@ configuration) and one with them switched off (FEATURES below says how), in inte
 (a small VM's speed drifts; the median of each side is printed, and the cost in per cent).
 
     python bench/api_bench.py [--duration 10] [--connections 16]
-    python bench/api_bench.py --compare metrics [--rounds 5] [--duration 5]
+    python bench/api_bench.py --compare metrics audit [--rounds 5] [--duration 5]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ c.UWSApp.log_level = "WARN"
 # Optional features --compare can switch off, each as the configuration line that does it.
 FEATURES = {
     "metrics": "c.UWSApp.metrics_enabled = False\n",
+    "audit": "c.AuditLog.enabled = False\n",
 }
 
 
