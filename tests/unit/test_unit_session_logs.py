@@ -220,3 +220,16 @@ def test_the_helper_never_follows_what_is_not_a_regular_file(tmp_path: Any) -> N
     forwarder, link = OutputForwarder(str(path)), Link()
     forwarder.forward(link)
     assert forwarder.refused and forwarder.fd is None and link.sent == []
+
+
+def test_the_exit_log_tail_is_never_read_from_a_fifo(tmp_path: Any) -> None:
+    """The log tail the helper reports when the app ends is read the same way: a FIFO in the
+    log's place gives an empty tail instead of a helper blocked in open()."""
+    from uws.sessions.helper_app import read_tail
+
+    path = tmp_path / "session.log"
+    os.mkfifo(path)
+    assert read_tail(str(path)) == ""
+    regular = tmp_path / "other.log"
+    regular.write_bytes(b"x" * 10 + "é".encode())
+    assert read_tail(str(regular), size=3) == "xé"

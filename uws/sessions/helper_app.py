@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -68,9 +69,26 @@ def probe_http(port: int, path: str, timeout: float) -> bool:
     return int(parts[1]) < 500
 
 
-def read_tail(path: str, size: int = LOG_TAIL_BYTES) -> str:
+def open_regular_file(path: str) -> int | None:
+    """A read-only descriptor of `path` if it is a regular file, else None. Never blocks: the
+    app writes the files the helper reads and could put a FIFO in their place, and a helper
+    stuck opening one would no longer enforce the time limit."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
+def read_tail(path: str, size: int = LOG_TAIL_BYTES) -> str:
+    fd = open_regular_file(path)
+    if fd is None:
+        return ""
+    try:
+        with open(fd, "rb") as f:
             f.seek(0, os.SEEK_END)
             end = f.tell()
             f.seek(max(0, end - size))

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import binascii
 import os
-import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
+from uws.sessions.helper_app import open_regular_file
 from uws.sessions.protocol import LOG_BACKLOG_BYTES, LOG_CHUNK_BYTES, LOG_INTERVAL_SECONDS
 
 # After skipping, this much of the newest output is still forwarded (a second's worth).
@@ -54,15 +54,10 @@ class OutputForwarder:
         app cannot swap another file in first). Never blocks: the app could put a FIFO in its
         place, and a helper stuck opening it would no longer enforce the time limit."""
         if self.fd is None and not self.refused:
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-            except OSError:
-                return None
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                self.fd = fd
-            else:
-                os.close(fd)
-                self.refused = True
+            if not os.path.lexists(self.path):
+                return None  # not written yet
+            self.fd = open_regular_file(self.path)
+            self.refused = self.fd is None
         return self.fd
 
     def close(self) -> None:
