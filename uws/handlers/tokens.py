@@ -28,9 +28,15 @@ class TokensHandler(BaseHandler):
         body = authenticator.parse_body(self.body)
         self.audit("login", claimed_user(body))
         payload = await authenticator.login(self.app, body)
+        key = payload.get("token") if isinstance(payload, dict) else None
+        if not isinstance(key, str):
+            # No login yet: an OAuth flow's first step answers with the URL to sign in at.
+            self.audit("login", claimed_user(body), step="authorize_url")
+            self.send_json(payload)
+            return
         # Who logged in, for the audit line: the new token's user (which also puts the token in
         # the cache its first request will look in).
-        self.user = await self.auth.authenticate(f"Token {payload['token']}")
+        self.user = await self.auth.authenticate(f"Token {key}")
         self.audit("login", f"user:{self.user.username}")
         self.send_json(payload)
 
