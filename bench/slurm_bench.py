@@ -143,7 +143,7 @@ async def main() -> None:
         print("a single-node cluster: node 1 only")
     for label, partition, channel_host in nodes:
         config = CONFIG.format(
-            root=os.path.join(workdir, "workspaces"),
+            root=os.path.join(workdir, f"workspaces-{partition}"),  # each server's own
             channel=free_port(),
             channel_host=channel_host,
             partition=partition,
