@@ -2,13 +2,16 @@
 
   1. submit to running: PUT start to the job's `running` event (the helper started inside the
      allocation), sequential sessions on the idle cluster, after a warm-up job that waits out
-     the first scheduling pass;
+     the first scheduling pass; on node 1 (partition debug) and, on the two-node cluster, on
+     node 2 (partition node2, behind its veth pair; target: 1.5 s at most on either);
   2. scheduler queries: with N sessions active (most of them pending on a 2-CPU node), how many
      status queries the server makes per poll interval: `squeue` calls (counted by a logging
      wrapper put first on the server's PATH), or with --spawner slurm_rest, GET /jobs requests
      (counted by a pass-through proxy in front of slurmrestd).
 
     python bench/slurm_bench.py [--spawner slurm|slurm_rest] [--starts 10] [--active 200]
+
+(--active 0 measures only the starts.)
 
 Run as root (sessions run as the workspace owner through sudo).
 """
@@ -39,7 +42,8 @@ c.LocalFileSystemStorage.root_dir = "{root}"
 c.UWSApp.log_level = "WARN"
 c.UWSApp.spawner_class = "{spawner}"
 c.SlurmRestSpawner.url = "{rest_url}"
-c.UWSApp.session_channel_url = "tcp://127.0.0.1:{channel}"
+c.SlurmBase.partition = "{partition}"
+c.UWSApp.session_channel_url = "tcp://{channel_host}:{channel}"
 c.JobService.max_running_jobs_per_user = 0
 c.JobService.max_concurrent_starts = 0
 c.JobService.reconcile_seconds = 1
@@ -128,15 +132,38 @@ async def main() -> None:
     if args.spawner == "slurm_rest":
         count_file = os.path.join(workdir, "get-jobs.calls")
         counting_proxy(rest_port, count_file)
-    config = CONFIG.format(
-        root=os.path.join(workdir, "workspaces"),
-        channel=free_port(),
-        lib=lib,
-        spawner=args.spawner,
-        rest_url=f"http://127.0.0.1:{rest_port}",
-    )
+    # Node 2 (scripts/slurm-start's second node) reaches the channel at this machine's end of
+    # its veth pair only.
+    nodes = [("node 1", "debug", "127.0.0.1")]
+    try:
+        with open("/run/uws-slurm/node2.env") as f:
+            node2 = dict(line.strip().split("=", 1) for line in f if "=" in line)
+        nodes.append(("node 2", node2["PARTITION"], node2["HOST_ADDR"]))
+    except OSError:
+        print("a single-node cluster: node 1 only")
+    for label, partition, channel_host in nodes:
+        config = CONFIG.format(
+            root=os.path.join(workdir, f"workspaces-{partition}"),  # each server's own
+            channel=free_port(),
+            channel_host=channel_host,
+            partition=partition,
+            lib=lib,
+            spawner=args.spawner,
+            rest_url=f"http://127.0.0.1:{rest_port}",
+        )
+        server_dir = os.path.join(workdir, f"server-{partition}")
+        os.mkdir(server_dir)
+        await measure(
+            args, label, config, server_dir, count_file, queries=label == "node 1" and args.active > 0
+        )
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def measure(
+    args: argparse.Namespace, label: str, config: str, server_dir: str, count_file: str, queries: bool
+) -> None:
     query = "squeue calls" if args.spawner == "slurm" else "GET /jobs requests"
-    server, _ = start_server(workdir, config)
+    server, _ = start_server(server_dir, config)
     base = server.base
     http = AsyncHTTPClient(max_clients=32)
     try:
@@ -189,9 +216,12 @@ async def main() -> None:
         warm = await start_and_wait()
         times = sorted([await start_and_wait() for _ in range(args.starts)])
         print(
-            f"{args.spawner}: submit -> running (idle cluster, after a warm-up of {warm:.2f} s): p50 {times[len(times) // 2]:.2f} s, "
-            f"max {times[-1]:.2f} s over {len(times)} sessions"
+            f"{args.spawner}, {label}: submit -> running (idle cluster, after a warm-up of {warm:.2f} s): "
+            f"p50 {times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s over {len(times)} sessions"
         )
+        if not queries:
+            conn.close()
+            return
         await asyncio.sleep(5)
         jobs = [
             (await call("PUT", f"/workspaces/{ws}/start/", {"job_type": "sleep"}, token))["data"]["job"]

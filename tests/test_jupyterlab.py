@@ -5,7 +5,6 @@ refused at every step."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -16,12 +15,12 @@ import uuid
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import websocket_connect
+from tornado.httpclient import HTTPClientError
 
-from helpers.api import at, create, get_job, login, loopback, start, wait_ready, wait_status
+from helpers.api import at, create, get_job, login, start, wait_ready, wait_status
 from helpers.configs import CHROMIUM_ARGS, LOCAL_CONFIG, ORIGIN_MODE
 from helpers.harness import Client, Server, running_server
+from helpers.jupyter import run_code
 
 pytest.importorskip("jupyterlab", reason="JupyterLab is installed with the test extras")
 
@@ -106,55 +105,6 @@ def test_kernel_runs_code_over_websocket(lab: dict[str, Any]) -> None:
     url = api.replace("http", "ws") + f"/{kernel}/channels?token={lab['token']}"
     assert run_code(url, "print(6 * 7)") == "42\n"
     at(f"{api}/{kernel}?token={lab['token']}", "DELETE")
-
-
-def run_code(url: str, code: str, headers: dict[str, str] | None = None, wait_output: bool = True) -> str:
-    url, host = loopback(url)
-
-    async def scenario() -> str:
-        request = HTTPRequest(url, headers={"Host": host, **(headers or {})}, request_timeout=30)
-        conn = await websocket_connect(request)
-        msg_id = uuid.uuid4().hex
-        await conn.write_message(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "username": "test",
-                        "session": uuid.uuid4().hex,
-                        "msg_type": "execute_request",
-                        "version": "5.3",
-                        "date": "",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "channel": "shell",
-                    "content": {
-                        "code": code,
-                        "silent": False,
-                        "store_history": False,
-                        "user_expressions": {},
-                        "allow_stdin": False,
-                        "stop_on_error": True,
-                    },
-                    "buffers": [],
-                }
-            )
-        )
-        if not wait_output:
-            return ""
-        while True:
-            message = await asyncio.wait_for(conn.read_message(), 60)
-            if message is None:
-                raise AssertionError("kernel websocket closed")
-            if isinstance(message, bytes):
-                continue
-            data = json.loads(message)
-            if data.get("parent_header", {}).get("msg_id") == msg_id and data["msg_type"] == "stream":
-                conn.close()
-                return data["content"]["text"]
-
-    return asyncio.run(scenario())
 
 
 def test_stranger_refused_at_every_step(lab: dict[str, Any], stranger: Client) -> None:

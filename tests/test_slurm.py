@@ -1,5 +1,7 @@
-"""Sessions on a real single-node Slurm cluster (scripts/slurm-start, which .ci/run runs), through
-both SlurmSpawner (sbatch/squeue/scancel) and SlurmRestSpawner (slurmrestd with JWT).
+"""Sessions on a real Slurm cluster (scripts/slurm-start, which .ci/run runs), through both
+SlurmSpawner (sbatch/squeue/scancel) and SlurmRestSpawner (slurmrestd with JWT). Most tests use
+node 1, this machine (partition debug); the node tests use node 2 too, whose slurmd runs in a
+network namespace of its own (partition node2), so its sessions are reached at another address.
 
 Skipped, with the reason, where no cluster answers (a developer machine without Slurm)."""
 
@@ -16,8 +18,16 @@ import requests
 
 from helpers import api
 from helpers.api import create, get_job, get_ws, login, start, wait_for, wait_status
-from helpers.configs import APP_PYTHON, LOCAL_CONFIG, SUDO_AVAILABLE, session_python_config, shared_dir
+from helpers.configs import (
+    APP_PYTHON,
+    LOCAL_CONFIG,
+    SUDO_AVAILABLE,
+    session_python_config,
+    shared_dir,
+    shared_python,
+)
 from helpers.harness import IS_ROOT, Client, Server, free_port, running_server
+from helpers.jupyter import run_code
 
 
 def cluster_up() -> bool:
@@ -38,12 +48,28 @@ APP = os.path.join(shared_dir(), "apps", "echo_app.py")
 SPAWNERS = ["slurm", "slurm_rest"]
 
 
-def slurm_config(spawner: str = "slurm", extra: str = "") -> str:
+def two_nodes() -> dict[str, str] | None:
+    """Where scripts/slurm-start put node 2 (NODE1, NODE2, NODE2_ADDR, HOST_ADDR: this machine's
+    end of the veth pair, PARTITION); None on a single-node cluster."""
+    try:
+        with open("/run/uws-slurm/node2.env") as f:
+            return dict(line.strip().split("=", 1) for line in f if "=" in line)
+    except OSError:
+        return None
+
+
+NODES = two_nodes()
+needs_two_nodes = pytest.mark.skipif(
+    NODES is None, reason="needs the two-node cluster (sudo scripts/slurm-start, without --single-node)"
+)
+
+
+def slurm_config(spawner: str = "slurm", extra: str = "", channel_host: str = "127.0.0.1") -> str:
     return (
         LOCAL_CONFIG
         + f"""
 c.UWSApp.spawner_class = "{spawner}"
-c.UWSApp.session_channel_url = "tcp://127.0.0.1:{free_port()}"
+c.UWSApp.session_channel_url = "tcp://{channel_host}:{free_port()}"
 c.UWSApp.heartbeat_seconds = 1
 c.UWSApp.reconcile_seconds = 1
 c.UWSApp.stop_grace_seconds = 2
@@ -54,8 +80,10 @@ c.SlurmBase.operator_username = "slurm"
 {extra}
 c.UWSApp.job_types = {{
     "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}"],
+        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}", "{{host}}"],
         "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
+    "lab": {{"name": "Jupyter Lab", "job_type": "JupyterLabJob",
+             "environment_details": {{"main_resource": {{"use_local_environment": True}}}}}},
     "crash": {{"name": "Crash", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["sh", "-c", "echo slurm-boom; exit 4"]}}}}}},
 }}
@@ -537,6 +565,99 @@ def test_rest_tokens_cached_and_renewed_before_expiry(backend: str, tmp_path) ->
     assert sorted(lines) == sorted(["root 3600", f"{owner} 3600"])  # one token each, then cached
     owner, lines = results[61]
     assert lines.count("root 61") >= 3, lines  # the status token, renewed again and again
+
+
+def ready_on(c: Client, job: dict, node: str) -> dict:
+    """The job's connection details, once it is ready; it runs on `node`, as Slurm says."""
+    current = wait_ready(c, job["id"])["job_details"]["current_job_details"]
+    assert scontrol_job(job["resource_job_id"])["NodeList"] == node
+    return current
+
+
+@needs_two_nodes
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("spawner", SPAWNERS)
+def test_sessions_on_each_node_through_the_passthrough(backend: str, spawner: str) -> None:
+    """A CommandJob web app and JupyterLab on each node, all four at once (each node has two
+    CPUs): the passthrough reaches node 1's at 127.0.0.1 and node 2's at node 2's NodeAddr,
+    which only the veth pair leads to; the apps listen there ({host}). Both servers' channels
+    are on this machine's end of the veth pair, which node 1 reaches too. The servers run on
+    an interpreter the sessions' accounts can run too: JupyterLab sessions use the server's."""
+    assert NODES is not None
+    python = shared_python()
+    kinds = ("echo", "lab") if python else ("echo",)  # (no JupyterLab the accounts can run)
+    servers = [
+        Server(
+            backend,
+            slurm_config(spawner, f'c.SlurmBase.partition = "{partition}"', NODES["HOST_ADDR"]),
+            python=python,
+        )
+        for partition in ("debug", NODES["PARTITION"])
+    ]
+    clients: list[Client] = []
+    try:
+        for srv in servers:
+            srv.start()
+            clients.append(login(srv, srv.new_client_token()))
+        started = [
+            (c, start(c, create(c)["id"], job_type=kind), node, address)
+            for c, node, address in zip(
+                clients, (NODES["NODE1"], NODES["NODE2"]), ("127.0.0.1", NODES["NODE2_ADDR"]), strict=True
+            )
+            for kind in kinds
+        ]
+        for c, job, node, address in started:
+            current = ready_on(c, job, node)
+            assert current["proxy_details"]["hostname"] == address
+            link = current["connection_details"]["url_domain"] + current["connection_details"]["url_path"]
+            if job["job_type"] == "echo":
+                assert requests.get(link, timeout=10).text == "hello"
+                continue
+            lab = requests.get(link, timeout=30)
+            assert lab.status_code == 200 and "JupyterLab" in lab.text
+            token = link.split("token=")[1]
+            api = link.split("/lab?")[0] + "/api/kernels"
+            kernel = requests.post(f"{api}?token={token}", json={"name": "python3"}, timeout=30)
+            assert kernel.status_code == 201, kernel.text
+            channels = api.replace("http", "ws") + f"/{kernel.json()['id']}/channels?token={token}"
+            assert run_code(channels, "print(6 * 7)") == "42\n"
+        for c, job, _, _ in started:
+            assert c.put(f"/jobs/{job['id']}/stop").status_code == 200
+        for c, job, _, _ in started:
+            wait_status(c, job["id"], "complete", timeout=60)
+    finally:
+        for c in clients:
+            cancel_all(c.username)
+        for srv in servers:
+            srv.close()
+
+
+@needs_two_nodes
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_node_missing_from_the_address_map_fails_naming_it(backend: str) -> None:
+    """With c.SlurmBase.node_addresses set, it alone says where nodes are: a session Slurm
+    places on a node it does not list fails at once, and the owner reads which node."""
+    assert NODES is not None
+    extra = (
+        f'c.SlurmBase.partition = "{NODES["PARTITION"]}"\n'
+        f'c.SlurmBase.node_addresses = {{"{NODES["NODE1"]}": "127.0.0.1"}}'
+    )
+    srv = Server(backend, slurm_config("slurm", extra, NODES["HOST_ADDR"])).start()
+    c = None
+    try:
+        c = login(srv, srv.new_client_token())
+        job = start(c, create(c)["id"], job_type="echo")
+        done = wait_status(c, job["id"], "failed", timeout=60)
+        assert done["job_details"]["current_job_details"]["message"] == (
+            f"Slurm placed the session on node {NODES['NODE2']}, which is not in the server's node "
+            "address map (c.SlurmBase.node_addresses), so the server cannot reach it there. Please "
+            "contact your administrator."
+        )
+        assert scontrol_job(job["resource_job_id"])["NodeList"] == NODES["NODE2"]
+    finally:
+        if c is not None:
+            cancel_all(c.username)
+        srv.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

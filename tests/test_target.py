@@ -171,9 +171,9 @@ def test_forged_ready_cannot_point_at_a_server_port(
 def test_forged_ready_cannot_choose_the_host_or_move_the_target(
     tserver: Server, owner: Client, internal_port: int
 ) -> None:
-    """The host is the session's node as the server knows it (here 127.0.0.1), whatever the
-    claim; the port the session's app really listens on is accepted, and once recorded the
-    target never moves."""
+    """The host is the session's node as the server knows it (here 127.0.0.1): a claim naming
+    another is refused, even with the right port; the port the session's app really listens on
+    is accepted, and once recorded the target never moves."""
     w = create(owner)
     job = start(owner, w["id"], job_type="quiet_web")
     wait_status(owner, job["id"], "running")
@@ -182,6 +182,9 @@ def test_forged_ready_cannot_choose_the_host_or_move_the_target(
     forger = Forger(tserver, job["id"])
     try:
         forger.ready(owner, host="192.0.2.1", port=port, path="/")
+        assert "connection_details" not in current(owner, job["id"])
+        assert f"Job {job['id']}: refused a ready naming host '192.0.2.1'" in tserver.log()
+        forger.ready(owner, host="127.0.0.1", port=port, path="/")
         ready = wait_ready(owner, job["id"])
         proxy = ready["job_details"]["current_job_details"]["proxy_details"]
         assert proxy["hostname"] == "127.0.0.1" and proxy["port"] == str(port)
@@ -226,19 +229,3 @@ def test_listening_uids_reads_the_socket_owner() -> None:
         assert os.geteuid() not in listening_uids(port)  # bound, not listening
         s.listen()
         assert os.geteuid() in listening_uids(port)
-
-
-def test_slurm_session_host_is_the_reported_node() -> None:
-    """Slurm sessions are reached at the node Slurm reports (this machine: its loopback), never
-    at a node list or a malformed name."""
-    from uws.spawners.slurm import session_node_host
-    from uws.spawners.slurm_rest import job_from_rest
-
-    assert session_node_host("node07") == "node07"
-    assert session_node_host(socket.gethostname()) == "127.0.0.1"
-    assert session_node_host("localhost") == "127.0.0.1"
-    for bad in ("", "n[1-2]", "n1,n2", "-x", "a b", "169.254.169.254:80"):
-        assert session_node_host(bad) is None, bad
-    record = {"job_id": 5, "job_state": ["RUNNING"], "start_time": 1, "nodes": "node07"}
-    assert job_from_rest(record, 2.0).node == "node07"
-    assert job_from_rest({**record, "job_state": ["PENDING"]}, 2.0).node == ""

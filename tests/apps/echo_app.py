@@ -1,6 +1,6 @@
 """A small session app for the passthrough tests (run by a session, maybe as another OS user).
 
-    python echo_app.py PORT PREFIX
+    python echo_app.py PORT PREFIX [HOST]    (HOST: the address to listen on, 127.0.0.1 by default)
 
 GET  {prefix}/hello           -> "hello"
 POST {prefix}/echo            -> sha256 and length of the body (read as a stream)
@@ -31,6 +31,7 @@ from tornado.httpserver import HTTPServer
 
 PORT = int(sys.argv[1])
 PREFIX = sys.argv[2].rstrip("/") if len(sys.argv) > 2 else ""
+HOST = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 SERVER = None
 COUNT = 0  # requests received, for tests that check a refused request never arrived
 
@@ -187,7 +188,7 @@ async def main():
         ]
     )
     SERVER = HTTPServer(app, max_body_size=1 << 40, max_buffer_size=1 << 24)
-    SERVER.listen(PORT, "127.0.0.1")
+    SERVER.listen(PORT, HOST)
     await asyncio.Event().wait()
 
 

@@ -4,10 +4,12 @@ more than one module (or a benchmark) uses. A module's own configuration stays i
 from __future__ import annotations
 
 import atexit
+import glob
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 from helpers.harness import IS_ROOT, ROOT, TESTS
@@ -58,6 +60,41 @@ def session_python_config() -> str:
         f'c.Spawner.python = "/usr/bin/python3"\nc.Spawner.helper_pythonpath = "{shared}"\n'
         f'c.UWSApp.session_group = "{SESSION_GROUP}"\n'
     )
+
+
+def shared_python() -> str | None:
+    """An interpreter every session account can run, with this test run's packages (JupyterLab
+    among them): a venv of the system Python whose .pth adds this run's site-packages. A server
+    run on it gives JupyterLab sessions of other OS accounts a Python they can use (the test
+    run's own may sit where they cannot read, e.g. under /root). None when the system Python is
+    another version, or other accounts cannot read this run's site-packages."""
+    site_packages = sysconfig.get_paths()["purelib"]
+    probe = subprocess.run(
+        ["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+    )
+    if probe.stdout.strip() != str(sys.version_info[:2]):
+        return None
+    path = site_packages
+    while path != "/":  # every directory on the way must be open to other accounts
+        if not os.stat(path).st_mode & 0o005:
+            return None
+        path = os.path.dirname(path)
+    venv = os.path.join(tempfile.gettempdir(), f"uws-shared-python-{os.getpid()}")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", venv], check=True)
+        atexit.register(shutil.rmtree, venv, True)
+        (own,) = glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))
+        with open(os.path.join(own, "uws-test-run.pth"), "w") as f:
+            # addsitedir, not a bare path: the packages' own .pth files (uws's editable install) count.
+            f.write(f"import site; site.addsitedir({site_packages!r})\n")
+        for dirpath, _, filenames in os.walk(venv):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                # Never through a symlink: bin/python leads to the system's interpreter.
+                if not os.path.islink(os.path.join(dirpath, name)):
+                    os.chmod(os.path.join(dirpath, name), 0o644)
+    return python
 
 
 SUDO_AVAILABLE = IS_ROOT and "spawner_class" not in session_python_config()

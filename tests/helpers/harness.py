@@ -34,8 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def uws_command() -> list[str]:
-    return [sys.executable, "-m", "uws"]
+def uws_command(python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-m", "uws"]
 
 
 class Client:
@@ -97,9 +97,11 @@ class Server:
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         directory: str | None = None,
+        python: str | None = None,
     ) -> None:
         """`directory`: an existing, empty directory to use instead of a new temporary one (the
-        benchmarks choose where their servers' data goes); removed by close() all the same."""
+        benchmarks choose where their servers' data goes); removed by close() all the same.
+        `python`: the interpreter to run the server with (default: this one)."""
         self.backend = backend
         self.dir = directory or tempfile.mkdtemp(prefix="uws-test-")
         os.chmod(self.dir, 0o755)
@@ -117,6 +119,7 @@ class Server:
         else:
             self.db_url = f"sqlite:///{self.dir}/uws.sqlite"
         self.extra_args = extra_args or []
+        self.python = python
         self.env = dict(os.environ, **(env or {}))
         self.log_path = os.path.join(self.dir, "server.log")
         self.proc: subprocess.Popen | None = None
@@ -134,7 +137,7 @@ class Server:
         ]
 
     def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = uws_command() + list(argv) + ["--config", self.config_path, "--db-url", self.db_url]
+        cmd = uws_command(self.python) + list(argv) + ["--config", self.config_path, "--db-url", self.db_url]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=self.dir, env=self.env, timeout=60)
         if check and result.returncode != 0:
             raise AssertionError(f"{cmd} failed: {result.stdout}\n{result.stderr}")
@@ -146,7 +149,11 @@ class Server:
         log = open(self.log_path, "ab")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            uws_command() + self.args(), cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            uws_command(self.python) + self.args(),
+            cwd=self.dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

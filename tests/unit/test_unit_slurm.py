@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 from typing import Any
 
@@ -27,7 +26,6 @@ from uws.spawners.slurm import (
     SlurmJob,
     SlurmSpawner,
     parse_duration,
-    session_node_host,
 )
 
 
@@ -208,32 +206,44 @@ def test_fetch_strips_the_node_field(tmp_path: Any) -> None:
 # ---- the node a session is reached at -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "node, host",
+# `scontrol show node -o`, one line per node as Slurm 22.05 prints it (shortened): r002 has no
+# NodeAddr of its own (Slurm then gives its name); r005's Reason mentions a NodeAddr, which is
+# not its address; r009 is a node whose line lacks the field.
+SCONTROL_NODES = "\n".join(
     [
-        ("r001", "r001"),
-        ("node-07.cluster.example.org", "node-07.cluster.example.org"),
-        ("localhost", "127.0.0.1"),  # apps listen on this machine's loopback
-        (socket.gethostname(), "127.0.0.1"),
-        (socket.gethostname().split(".")[0], "127.0.0.1"),
-    ],
+        "NodeName=r001 Arch=x86_64 CoresPerSocket=1  CPUAlloc=4 CPUTot=8 NodeAddr=10.1.0.1 "
+        "NodeHostName=r001 Version=22.05.8 OS=Linux 6.1.0-18-amd64 #1 SMP Debian RealMemory=64000",
+        "NodeName=r002 Arch=x86_64 CPUTot=8 NodeAddr=r002 NodeHostName=r002 Version=22.05.8",
+        "NodeName=r005 CPUTot=8 NodeAddr=10.1.0.5 NodeHostName=r005 State=DRAIN "
+        "Reason=moved, was NodeAddr=10.9.9.9 [root@2026-12-01T06:00:00]",
+        "NodeName=r009 CPUTot=8",
+        "",
+    ]
 )
-def test_session_node_host(node: str, host: str) -> None:
-    assert session_node_host(node) == host
 
 
-@pytest.mark.parametrize(
-    "node",
-    ["", "r[003-004]", "r001,r002", "-r001", ".r001", "r 001", "r001:8888", "r001/x", "a" * 254, "r001\n"],
-)
-def test_session_node_host_refuses_node_lists_and_other_names(node: str) -> None:
-    assert session_node_host(node) is None
+def canned_commands(s: Any, answers: dict[str, str]) -> list[tuple[str, ...]]:
+    """Replace the spawner's command runner with answers by command name (squeue, scontrol)."""
+    calls: list[tuple[str, ...]] = []
+
+    async def run(*argv: str) -> str:
+        calls.append(argv)
+        return answers[argv[0]]
+
+    s.run = run
+    return calls
+
+
+def test_node_addresses_from_scontrol() -> None:
+    from uws.sessions.helper_node import parse_node_addresses
+
+    assert parse_node_addresses(SCONTROL_NODES) == {"r001": "10.1.0.1", "r002": "r002", "r005": "10.1.0.5"}
 
 
 @pytest.mark.parametrize(
     "job_id, host",
     [
-        (101, "r001"),  # running: its node
+        (101, "10.1.0.1"),  # running: its node's NodeAddr
         (102, None),  # pending: nowhere yet
         (104, None),  # ended
         (105, None),  # two nodes: not one host to connect to
@@ -244,9 +254,113 @@ def test_session_host_asks_squeue_afresh(tmp_path: Any, job_id: int, host: str |
     s = spawner(tmp_path)
     s.slurm_job_id = job_id
     s.last_info, s.last_info_at = SlurmJob(state="RUNNING", node="stale"), time.monotonic()
-    calls = canned_run(s, SQUEUE)
+    calls = canned_commands(s, {"squeue": SQUEUE, "scontrol": SCONTROL_NODES})
     assert asyncio.run(s.session_host(8888)) == host
-    assert len(calls) == 1 and calls[0][-1] == str(job_id)  # not answered from the last query
+    assert calls[0][0] == "squeue" and calls[0][-1] == str(job_id)  # not answered from the last query
+
+
+@pytest.fixture
+def fresh_node_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SlurmBase, "_node_addresses", {})
+
+
+def running_on(s: Any, node: str) -> None:
+    async def fetch(ids: list[int]) -> dict[int, SlurmJob]:
+        return {7: SlurmJob(state="RUNNING", node=node)}
+
+    s.slurm_job_id, s.fetch = 7, fetch
+
+
+@pytest.mark.usefixtures("fresh_node_addresses")
+def test_node_addr_is_asked_once_for_all_nodes_and_again_for_a_new_one(tmp_path: Any) -> None:
+    """One `scontrol show node` answers for every node (cached); a node it did not list is asked
+    about again (added since); a node Slurm gives no address for is not reached."""
+    s = spawner(tmp_path)
+    calls = canned_commands(s, {"scontrol": SCONTROL_NODES})
+    for node, address in (("r001", "10.1.0.1"), ("r002", "r002"), ("r005", "10.1.0.5"), ("r001", "10.1.0.1")):
+        running_on(s, node)
+        assert asyncio.run(s.session_host(8888)) == address
+    assert calls == [("scontrol", "show", "node", "-o")]
+    running_on(s, "r009")
+    assert asyncio.run(s.session_host(8888)) is None
+    assert len(calls) == 2
+
+
+@pytest.mark.usefixtures("fresh_node_addresses")
+def test_node_addr_cache_expires(tmp_path: Any) -> None:
+    s = spawner(tmp_path, node_address_seconds=0)
+    calls = canned_commands(s, {"scontrol": SCONTROL_NODES})
+    running_on(s, "r001")
+    for _ in range(2):
+        assert asyncio.run(s.session_host(8888)) == "10.1.0.1"
+    assert len(calls) == 2
+
+
+@pytest.mark.usefixtures("fresh_node_addresses")
+def test_node_address_map_is_the_whole_truth(tmp_path: Any) -> None:
+    """With a map, Slurm's NodeAddr is not asked: a node the map lists is reached at its
+    address, one it does not list (though Slurm knows it) nowhere."""
+    s = spawner(tmp_path, node_addresses={"r001": "192.168.7.1", "r002": "r002.ib.cluster"})
+    calls = canned_commands(s, {"scontrol": SCONTROL_NODES})
+    for node, address in (("r001", "192.168.7.1"), ("r002", "r002.ib.cluster"), ("r005", None)):
+        running_on(s, node)
+        assert asyncio.run(s.session_host(8888)) == address
+    assert calls == []
+
+
+@pytest.mark.usefixtures("fresh_node_addresses")
+@pytest.mark.parametrize(
+    "node", ["", "r[003-004]", "r001,r002", "-r001", ".r001", "r 001", "r001:8888", "a" * 254]
+)
+def test_node_lists_and_malformed_names_are_reached_nowhere(tmp_path: Any, node: str) -> None:
+    s = spawner(tmp_path)
+    calls = canned_commands(s, {"scontrol": SCONTROL_NODES.replace("r001", node)})
+    running_on(s, node)
+    assert asyncio.run(s.session_host(8888)) is None
+    assert calls == []
+
+
+@pytest.mark.usefixtures("fresh_node_addresses")
+@pytest.mark.parametrize("address", ["", "10.1.0.1:8888", "http://r001", "r001/x", "r001,r002", "-r"])
+def test_an_address_from_slurm_that_is_not_one_is_refused(tmp_path: Any, address: str) -> None:
+    s = spawner(tmp_path)
+    canned_commands(s, {"scontrol": f"NodeName=r001 NodeAddr={address} NodeHostName=r001"})
+    running_on(s, "r001")
+    assert asyncio.run(s.session_host(8888)) is None
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"r001": "10.1.0.1:80"},
+        {"r001": "http://10.1.0.1"},
+        {"r001": ""},
+        {"r[1-2]": "10.1.0.1"},
+        {"r 1": "x"},
+    ],
+)
+def test_node_address_map_refuses_what_is_not_a_node_and_an_address(tmp_path: Any, mapping: dict) -> None:
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match="node_addresses maps Slurm node names"):
+        spawner(tmp_path, node_addresses=mapping)
+    assert spawner(tmp_path, node_addresses={"r001": "fd00::7", "r002": "r002.ib"}).node_addresses
+
+
+def test_job_json_tells_the_helper_to_listen_on_the_node(tmp_path: Any) -> None:
+    """The helper gets the map (or none: Slurm's NodeAddr) in job.json, to listen where the
+    server will connect."""
+    from traitlets.config import Configurable
+
+    class App(Configurable):
+        share_dir = os.path.join(os.path.dirname(__file__), "..", "..", "share", "uws")
+
+    s = spawner(tmp_path, node_addresses={"r001": "192.168.7.1"}, parent=App())
+    canned_run(s, "41\n")
+    asyncio.run(s.start({"job_id": 7, "command": ["true"]}, "secret\ntoken"))
+    with open(os.path.join(s.job_dir, "job.json")) as f:
+        job = json.load(f)
+    assert job["listen"] == "slurm_node" and job["node_addresses"] == {"r001": "192.168.7.1"}
 
 
 def test_session_host_of_a_job_never_submitted(tmp_path: Any) -> None:

@@ -224,6 +224,37 @@ def test_time_over_the_limit_is_zero_and_clock_skew_is_no_negative_time() -> Non
     assert ahead.elapsed == 0.0 and ahead.time_left == 3600
 
 
+@pytest.mark.parametrize("version", ["v0.0.38", "v0.0.40"])
+def test_session_host_is_the_node_address_from_get_nodes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    """Without scontrol: the running job's node, and its `address` from one GET /nodes (as
+    slurmrestd 22.05 answers it, the same in both layouts), asked once for many lookups."""
+    monkeypatch.setattr(SlurmBase, "_node_addresses", {})
+    s = spawner(tmp_path, api_version=version, status_username="slurm")
+    s.slurm_job_id = 101
+    calls: list[tuple[str, str, str]] = []
+    nodes = [
+        {"name": "r001", "address": "10.1.0.1", "hostname": "r001", "state": "mixed"},
+        {"name": "r002", "address": "", "hostname": "r002"},  # no address: reached nowhere
+        {"address": "10.1.0.3"},  # no name: skipped
+    ]
+
+    async def call(method: str, path: str, username: str, body: Any = None) -> dict[str, Any]:
+        calls.append((method, path, username))
+        if path == "nodes":
+            return {"nodes": nodes}
+        return {"jobs": [{"job_id": 101, "job_state": "RUNNING", "start_time": 1, "nodes": node}]}
+
+    s.call = call
+    node = "r001"
+    assert asyncio.run(s.session_host(8888)) == "10.1.0.1"
+    assert asyncio.run(s.session_host(8888)) == "10.1.0.1"
+    node = "r002"
+    assert asyncio.run(s.session_host(8888)) is None
+    assert [c for c in calls if c[1] == "nodes"] == [("GET", "nodes", "slurm")] * 2  # r002: asked again
+
+
 def test_fetch_picks_our_jobs_from_all_jobs(tmp_path: Any) -> None:
     s = spawner(tmp_path, api_version="v0.0.40", status_username="slurm")
     calls: list[tuple[str, str, str]] = []

@@ -39,6 +39,7 @@ from uws.sessions.helper_app import (
     write_json_atomic,
 )
 from uws.sessions.helper_link import ServerLink
+from uws.sessions.helper_node import LOOPBACK, NodeAddressError, listen_host
 from uws.sessions.helper_output import OutputForwarder
 
 IDLE_POLL = 0.2  # seconds: the loop's longest sleep
@@ -84,6 +85,8 @@ class Helper:
         self.ready: dict[str, Any] | None = None
         self.exit: dict[str, Any] | None = None
         self.port = 0
+        self.host = LOOPBACK  # where the app listens (its node's address on Slurm)
+        self.failure_message: str | None = None  # what the owner reads when the launch failed
         self.readiness_path = ""
         self.url_path = ""
         self.readiness_deadline = 0.0
@@ -191,18 +194,21 @@ class Helper:
     def launch(self) -> bool:
         """Start the app; False (with ending_reason "launch_failed") when it could not start."""
         job = self.job
-        self.port = free_port()
-        public = {"port": str(self.port), "base_url": str(job["base_url"] or "/")}
         log_file = str(job.get("log_file") or os.path.join(self.job_dir, "session.log"))
         job["log_file"] = log_file
         self.output = OutputForwarder(log_file)
         try:
+            self.host = listen_host(job)
+            self.port = free_port(self.host)
+            public = {"port": str(self.port), "base_url": str(job["base_url"] or "/"), "host": self.host}
             command = app_command(job, self.job_dir, public, self.token)
             self.url_path, self.readiness_path = command.url_path, command.readiness_path
             proc = self.app.start(command, log_file)
             self.output.open()
         except (OSError, ValueError, subprocess.SubprocessError) as e:
             log(f"job {self.job_id}: could not start the app: {e}")
+            if isinstance(e, NodeAddressError):
+                self.failure_message = str(e)
             try:
                 with open(log_file, "a") as out:
                     out.write(f"{PREFIX} could not start the app: {e}\n")
@@ -214,7 +220,7 @@ class Helper:
         self.started_at = time.time()
         self.started_mono = now
         self.next_heartbeat = now + self.num("heartbeat_seconds", 0.05)
-        log(f"job {self.job_id}: started the app, pid {proc.pid}, port {self.port}")
+        log(f"job {self.job_id}: started the app, pid {proc.pid}, at {self.host}:{self.port}")
         if self.job["readiness"] is None:
             self.phase = "running"
         else:
@@ -236,6 +242,8 @@ class Helper:
             "log_tail": read_tail(str(self.job["log_file"])),
             "ended_at": time.time(),
         }
+        if self.failure_message:
+            self.exit["message"] = self.failure_message
         self.phase = "exited"
         log(f"job {self.job_id}: the app ended ({reason}, exit code {code})")
         try:
@@ -302,11 +310,14 @@ class Helper:
             self.app.begin_end("time_limit", self.num("grace_seconds"))
         elif self.phase == "starting" and now >= self.next_probe:
             if probe_http(
-                self.port, self.readiness_path, timeout=min(2.0, max(0.1, self.readiness_deadline - now))
+                self.host,
+                self.port,
+                self.readiness_path,
+                timeout=min(2.0, max(0.1, self.readiness_deadline - now)),
             ):
                 self.phase = "ready"
                 # The server decides the host itself and checks the port: this is only a claim.
-                self.ready = {"port": self.port, "path": self.url_path}
+                self.ready = {"host": self.host, "port": self.port, "path": self.url_path}
                 log(f"job {self.job_id}: the app answers HTTP on port {self.port}")
                 self.send_state("ready")
             elif time.monotonic() >= self.readiness_deadline:

@@ -34,9 +34,11 @@ def log(text: str) -> None:
         pass
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host`, the address the app will listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -47,13 +49,14 @@ def substitute(text: str, values: dict[str, str]) -> str:
     return text
 
 
-def probe_http(port: int, path: str, timeout: float) -> bool:
-    """True when something answers HTTP on 127.0.0.1:port with a status below 500."""
+def probe_http(host: str, port: int, path: str, timeout: float) -> bool:
+    """True when something answers HTTP on host:port with a status below 500."""
     if not path.startswith("/"):
         path = "/" + path
-    request = f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: uws-session-helper\r\n\r\n"
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: uws-session-helper\r\n\r\n"
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(request.encode("latin-1", "replace"))
             data = b""
             while b"\n" not in data and len(data) < 1024:

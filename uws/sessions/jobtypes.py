@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 KNOWN_TYPES = ("LocalTestJob", "JupyterLabJob", "AppyterJob", "CommandJob", "YACJob")
-HELPER_PLACEHOLDERS = ("port", "base_url", "token")
+HELPER_PLACEHOLDERS = ("port", "base_url", "token", "host")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -29,7 +29,7 @@ def load_templates(share_dir: str) -> dict[str, Any]:
 
 
 def fill(text: str, values: dict[str, Any]) -> str:
-    """Replace {name} placeholders we know; leave the helper's own ({port} ...) in place."""
+    """Replace {name} placeholders we know; leave the helper's own ({port}, {host} ...) in place."""
 
     def sub(match: re.Match[str]) -> str:
         key = match.group(1)

@@ -51,21 +51,25 @@ Server -> helper:
 
 STATE = {"phase": "starting" | "running" | "ready" | "exited",
          "helper_pid": int, "app_pid": int | null, "started_at": float,
-         "ready": null | {"port": int, "path": str},   (the owner's claim: the server
-                          picks the host and checks the port; the link token is the server's)
+         "ready": null | {"host": str, "port": int, "path": str},   (the owner's claim: the
+                          server picks the host itself and refuses a claim naming another, and
+                          checks the port; the link token is the server's)
          "exit": null | {"exit_code": int | null, "reason": "completed" | "failed" | "stopped" |
-                          "time_limit" | "launch_failed", "log_tail": str, "ended_at": float},
+                          "time_limit" | "launch_failed", "log_tail": str, "ended_at": float,
+                          "message": str (optional: why the launch failed, for the owner)},
          "time_limit_seconds": int | null}
 METRICS = {"cpu_seconds": float, "rss_bytes": int, "processes": int}
 
 The job itself is described by <job dir>/job.json (written by the spawner, readable by the
 session's OS account):
-  {"job_id": int, "command": [str, ...] (placeholders {port}, {base_url}, {token}),
+  {"job_id": int, "command": [str, ...] (placeholders {host}, {port}, {base_url}, {token}),
    "env": {str: str}, "cwd": str (the workspace directory), "log_file": str,
    "readiness": null | {"path": str (URL path probed, with placeholders), "timeout_seconds": float},
    "url_path": str ({port} and {base_url}; reported in STATE["ready"]["path"]),
    "base_url": str, "time_limit_seconds": int | null, "heartbeat_seconds": float,
-   "grace_seconds": float, "linger_seconds": float}
+   "grace_seconds": float, "linger_seconds": float,
+   "listen": "slurm_node" (optional: the app listens on the node's address, not 127.0.0.1),
+   "node_addresses": {node: address} (optional: the server's node address map)}
 When the app exits the helper also writes <job dir>/exit.json (STATE["exit"]) so a server that
 was down at that moment still finds evidence of how the session ended.
 """

@@ -122,8 +122,8 @@ class HelperMessages(JobServiceBase):
 
         The helper runs as the session's owner, who can read its secret and sign anything, so
         its `ready` is only the owner's claim: the host is the session's node as the spawner
-        knows it, and the port must be unprivileged and (where the spawner can tell) listened
-        on by the session's own processes."""
+        knows it (a claim naming another is refused), and the port must be unprivileged and
+        (where the spawner can tell) listened on by the session's own processes."""
         port = claim.get("port")
         if isinstance(port, bool) or not isinstance(port, int) or port not in SESSION_PORTS:
             log.warning("Job %s: refused a ready naming port %.20r (not an unprivileged port)", job_id, port)
@@ -137,6 +137,15 @@ class HelperMessages(JobServiceBase):
                 log.warning("Job %s: could not tell where the session runs: %s", job_id, e)
         if not host:
             log.warning("Job %s: refused a ready naming port %d: not the session's", job_id, port)
+            return None
+        claimed = claim.get("host", host)  # (older helpers do not say)
+        if claimed != host:
+            log.warning(
+                "Job %s: refused a ready naming host %.100r; the session's node is at %s",
+                job_id,
+                claimed,
+                host,
+            )
             return None
         path = claim.get("path")
         return {"host": host, "port": port, "path": path[:2000] if isinstance(path, str) else ""}

@@ -8,30 +8,32 @@ with sbatch/squeue/scancel run as the workspace owner through sudo; SlurmRestSpa
 
 The job script (share/uws/slurm_job.sh) runs uws-session-helper inside the allocation; the helper
 connects back to the server's session channel (use a tcp:// session_channel_url reachable from
-the compute nodes). The Slurm job id is the resource job id and is kept in the spawner state, so
-a restarted server re-attaches. A scheduler that does not answer means "unknown": the job keeps
-its status and the query is retried with backoff.
+the compute nodes), and its app listens on the node's address, where the passthrough connects
+(uws.spawners.slurm_nodes). The Slurm job id is the resource job id and is kept in the spawner
+state, so a restarted server re-attaches. A scheduler that does not answer means "unknown": the
+job keeps its status and the query is retried with backoff (uws.spawners.slurm_query).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import os
 import pwd
 import re
 import shlex
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from traitlets import Float, List, Unicode
+from traitlets import Dict, Float, List, Unicode, validate
 
+from ..sessions.helper_node import ON_SLURM_NODE, parse_node_addresses
 from ..storage import safepath
 from .base import LaunchError, Spawner
+from .slurm_nodes import NODE_NAME, NodeAddresses, check_node_addresses, is_address
+from .slurm_query import SchedulerStatus, SchedulerUnavailable
 
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -52,10 +54,6 @@ ENDED = {
 LOG_TAIL_BYTES = 2000
 
 
-class SchedulerUnavailable(LaunchError):
-    """The scheduler did not answer, or refused; the message says what it said."""
-
-
 @dataclass
 class SlurmJob:
     """One job as the scheduler reported it, whichever interface asked."""
@@ -67,63 +65,6 @@ class SlurmJob:
     cpus: int | None = None  # allocated CPUs
     elapsed: float | None = None  # seconds the allocation has run so far (or ran in all)
     node: str = ""  # the node it runs on, as Slurm names it (sessions ask for one node)
-
-
-# One host name (a node list such as "n[1-2]" or "n1,n2" is not one).
-NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
-
-
-def session_node_host(node: str) -> str | None:
-    """The host the passthrough connects to for a session on Slurm node `node`: the node
-    itself, or 127.0.0.1 when the node is this machine (apps listen on its loopback)."""
-    if not NODE_NAME.fullmatch(node or ""):
-        return None
-    here = socket.gethostname()
-    if node in ("localhost", here, here.split(".")[0]):
-        return "127.0.0.1"
-    return node
-
-
-class SchedulerStatus:
-    """The batched status query of one kind of Slurm spawner, shared by all its sessions: at most
-    one query runs at a time, a fresh enough answer is reused, and failures back off."""
-
-    def __init__(self) -> None:
-        self.tracked: set[int] = set()
-        self.results: dict[int, SlurmJob] = {}
-        self.covered: set[int] = set()  # the ids the last answer asked about
-        self.started_at = -math.inf  # monotonic start of the last answered query
-        self.failures = 0
-        self.retry_at = 0.0
-        self.last_error = ""
-        self._lock: asyncio.Lock | None = None
-
-    async def get(
-        self, fetch: Any, job_id: int, newer_than: float, interval: float, max_backoff: float
-    ) -> dict[int, SlurmJob]:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self.started_at >= newer_than and job_id in self.covered:
-                return self.results
-            started = time.monotonic()
-            if started < self.retry_at:
-                wait = math.ceil(self.retry_at - started)
-                raise SchedulerUnavailable(f"{self.last_error} (retrying in {wait} s)")
-            asked = set(self.tracked) | {job_id}
-            try:
-                results = await fetch(sorted(asked))
-            except SchedulerUnavailable as e:
-                self.failures += 1
-                delay = min(max_backoff, interval * 2 ** (self.failures - 1))
-                self.retry_at = time.monotonic() + delay
-                self.last_error = str(e)
-                raise SchedulerUnavailable(
-                    f"{e} (attempt {self.failures}; retrying in {math.ceil(delay)} s)"
-                ) from None
-            self.failures, self.retry_at = 0, 0.0
-            self.results, self.covered, self.started_at = results, asked, started
-            return results
 
 
 def parse_duration(text: str) -> int | None:
@@ -194,6 +135,31 @@ class SlurmBase(Spawner):
         root and SlurmUser have it without. Empty: extending Slurm sessions is refused.""",
     )
 
+    node_addresses = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        default_value={},
+        config=True,
+        help="""Where the server reaches each Slurm node, as {"node name": "address"}: the
+        passthrough connects to a session's app there, and the app listens there ({host} in a
+        job template). Empty (the default): each node's NodeAddr as Slurm has it (`scontrol show
+        node`, or slurmrestd's node list), which is the node's name unless slurm.conf gives
+        another. With a map, it alone counts: a session that Slurm places on a node the map does
+        not list fails, with a message naming the node. Set it when the server reaches the nodes
+        at other addresses than Slurm does (a network of their own between server and nodes).""",
+    )
+
+    @validate("node_addresses")
+    def _check_node_addresses(self, proposal: Any) -> dict[str, str]:
+        return check_node_addresses(proposal["value"])
+
+    node_address_seconds = Float(
+        300.0,
+        config=True,
+        help="""Seconds the nodes' addresses read from Slurm (without node_addresses) are kept
+        before they are asked again; a node not among them is asked about at once.""",
+    )
+
     command_timeout = Float(
         30.0,
         config=True,
@@ -208,6 +174,7 @@ class SlurmBase(Spawner):
     poll_while_alive = True
 
     _status: ClassVar[dict[type, SchedulerStatus]] = {}
+    _node_addresses: ClassVar[dict[type, NodeAddresses]] = {}
 
     @classmethod
     def scheduler_status(cls) -> SchedulerStatus:
@@ -269,6 +236,10 @@ class SlurmBase(Spawner):
             self.last_info = dataclasses.replace(info, time_left=max(0, left))
         return True
 
+    async def fetch_node_addresses(self) -> dict[str, str]:
+        """Slurm's NodeAddr of every node, by node name."""
+        raise NotImplementedError
+
     # ---- start -------------------------------------------------------------------------------
     def job_options(self, spec: dict[str, Any]) -> dict[str, Any]:
         """What the session asks Slurm for: cpus, memory_mb, time_limit (minutes), partition, gpu.
@@ -317,7 +288,13 @@ class SlurmBase(Spawner):
             secret_file=shlex.quote(secret_file),
         )
         # The helper must not end the session at its own clock: Slurm's TIMEOUT is the truth.
-        helper_spec = {**spec, "time_limit_seconds": None}
+        # Its app listens on the node's address, from the map or Slurm as the server's own.
+        helper_spec = {
+            **spec,
+            "time_limit_seconds": None,
+            "listen": ON_SLURM_NODE,
+            "node_addresses": dict(self.node_addresses),
+        }
 
         def _prepare() -> None:
             self.prepare_job_dir(helper_spec)
@@ -332,12 +309,29 @@ class SlurmBase(Spawner):
         return self.slurm_job_id
 
     async def session_host(self, port: int) -> str | None:
-        """The node Slurm reports for the running job (asked afresh). Slurm cannot tell which
-        process listens on the node, so only the port range is checked for these sessions."""
+        """The address of the node Slurm reports for the running job (asked afresh). Slurm
+        cannot tell which process listens on the node, so only the port range is checked for
+        these sessions."""
         info = await self.query(newer_than=time.monotonic())
-        if info is None or info.state not in RUNNING:
+        if info is None or info.state not in RUNNING or not NODE_NAME.fullmatch(info.node):
             return None
-        return session_node_host(info.node)
+        address = await self.node_address(info.node)
+        if address is None or not is_address(address):
+            self.log.warning(
+                "Slurm job %s runs on node %s, whose address is not known (%r)",
+                self.slurm_job_id,
+                info.node,
+                address,
+            )
+            return None
+        return address
+
+    async def node_address(self, node: str) -> str | None:
+        """Where the server reaches Slurm node `node`: the configured map, else Slurm's NodeAddr."""
+        if self.node_addresses:
+            return self.node_addresses.get(node)
+        cache = SlurmBase._node_addresses.setdefault(type(self), NodeAddresses())
+        return await cache.lookup(node, self.fetch_node_addresses, self.node_address_seconds)
 
     # ---- status ------------------------------------------------------------------------------
     submitted_at: float | None = None  # UNIX time, kept in the state: it outlives a restart
@@ -509,6 +503,9 @@ class SlurmSpawner(SlurmBase):
         operator = self.operator_username
         prefix = [*self.sudo, "-u", operator, "--"] if operator != pwd.getpwuid(os.geteuid()).pw_name else []
         await self.run(*prefix, "scontrol", "update", f"JobId={self.slurm_job_id}", f"TimeLimit={minutes}")
+
+    async def fetch_node_addresses(self) -> dict[str, str]:
+        return parse_node_addresses(await self.run("scontrol", "show", "node", "-o"))
 
     async def health(self) -> tuple[bool, str] | None:
         try:

@@ -294,6 +294,14 @@ class SlurmRestSpawner(SlurmBase):
                 results[int(job_id)] = job_from_rest(record, now)
         return results
 
+    async def fetch_node_addresses(self) -> dict[str, str]:
+        data = await self.call("GET", "nodes", self.status_user)
+        return {
+            str(node["name"]): str(node["address"])
+            for node in data.get("nodes") or []
+            if isinstance(node, dict) and node.get("name") and node.get("address")
+        }
+
     async def health(self) -> tuple[bool, str] | None:
         try:
             await self.call("GET", "ping", self.status_user)
