@@ -22,20 +22,14 @@ def aserver(backend: str) -> Iterator[Server]:
     yield from running_server(backend, SESSION_CONFIG + f'c.UWSApp.admin_users = {{"{CONFIG_ADMIN}"}}\n')
 
 
-def fresh(c: Client) -> Client:
-    # Refusals before a body is read close the connection: no request here reuses one.
-    c.session.headers["Connection"] = "close"
-    return c
-
-
 @pytest.fixture(scope="module")
 def admin(aserver: Server) -> Client:
-    return fresh(login(aserver, aserver.client_token, CONFIG_ADMIN))
+    return login(aserver, aserver.client_token, CONFIG_ADMIN)
 
 
 @pytest.fixture
 def user(aserver: Server) -> Client:
-    return fresh(login(aserver, aserver.client_token))
+    return login(aserver, aserver.client_token)
 
 
 def admin_user(admin: Client, username: str) -> dict:
@@ -51,7 +45,7 @@ def running_web_session(user: Client) -> dict:
 
 
 def test_non_admins_get_403_on_every_admin_endpoint(aserver: Server, admin: Client, user: Client) -> None:
-    other = fresh(login(aserver, aserver.client_token))
+    other = login(aserver, aserver.client_token)
     job = running_web_session(other)
     before = admin_user(admin, other.username)  # type: ignore[attr-defined]
     name = other.username  # type: ignore[attr-defined]
@@ -180,7 +174,7 @@ def test_deactivation_and_revocation_end_access_at_once(aserver: Server, admin: 
     assert user.get("/workspaces/").json() == {"success": False, "message": "User inactive or deleted."}
     assert admin.put(f"/admin/users/{name}/", {"is_active": True}).status_code == 200
     assert user.get("/workspaces/").status_code == 200
-    second = fresh(login(aserver, aserver.client_token, name))
+    second = login(aserver, aserver.client_token, name)
     r = admin.delete(f"/admin/users/{name}/tokens/")
     assert r.json() == {"message": f"Revoked 2 token(s) of {name}.", "success": True}
     for c in (user, second):
@@ -188,7 +182,7 @@ def test_deactivation_and_revocation_end_access_at_once(aserver: Server, admin: 
 
 
 def test_set_admin_cli_and_its_effect_on_admin_tokens(aserver: Server, admin: Client) -> None:
-    me = fresh(login(aserver, aserver.client_token))
+    me = login(aserver, aserver.client_token)
     name = me.username  # type: ignore[attr-defined]
     assert me.get("/admin/users/").status_code == 403
     assert aserver.cli("user", "set-admin", name).stdout.strip() == f"{name}: admin"
@@ -196,7 +190,7 @@ def test_set_admin_cli_and_its_effect_on_admin_tokens(aserver: Server, admin: Cl
     wait_for(lambda: me.get("/admin/users/").status_code == 200, timeout=5)
     r = me.post("/tokens/api/", {"scopes": ["admin"], "note": "ops"})
     assert r.status_code == 200, r.text
-    admin_token = fresh(Client(aserver.base, r.json()["data"]["token"]["token"]))
+    admin_token = Client(aserver.base, r.json()["data"]["token"]["token"])
     assert admin_token.get("/admin/users/").status_code == 200
     assert admin_token.get("/workspaces/").status_code == 403  # admin only, not read
     assert aserver.cli("user", "set-admin", name, "--unset").stdout.strip() == f"{name}: not an admin"

@@ -1,14 +1,13 @@
 """The server's front door (uws/passthrough/front.py): it relays a let-in client's bodyless GETs and
 HEADs to the session itself, and hands a connection to Tornado at its first other request.
-These tests talk raw HTTP/1.1 over one socket, so that what one connection carries, in which
-order and split how, is under the test's control (an HTTP library would open new connections).
+These tests talk raw HTTP/1.1 over one socket (helpers.raw), so that what one connection
+carries, in which order and split how, is under the test's control.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 
 import pytest
@@ -17,59 +16,10 @@ import requests
 from helpers.api import login
 from helpers.configs import LOCAL_CONFIG
 from helpers.harness import Client, Server, running_server
+from helpers.raw import Connection, request
 
 # `pserver`, `owner` and `session` are the passthrough tests' server, user and echo session
 # (tests/conftest.py; module-scoped: this module gets its own).
-
-
-class Connection:
-    """One client connection: send bytes, read whole answers in order."""
-
-    def __init__(self, server: Server) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        self.file = self.sock.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def answer(self, head_request: bool = False) -> tuple[int, dict[str, str], bytes]:
-        status_line = self.file.readline()
-        assert status_line, "the server closed the connection"
-        version, code = status_line.split(b" ", 2)[:2]
-        assert version in (b"HTTP/1.1", b"HTTP/1.0"), status_line
-        headers: dict[str, str] = {}
-        while (line := self.file.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if head_request or int(code) in (204, 304):
-            return int(code), headers, b""
-        if headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while size := int(self.file.readline().split(b";")[0], 16):
-                body += self.file.read(size)
-                assert self.file.readline() == b"\r\n"
-            assert self.file.readline() == b"\r\n"
-            return int(code), headers, body
-        if "content-length" in headers:
-            return int(code), headers, self.file.read(int(headers["content-length"]))
-        return int(code), headers, self.file.read()  # to the end of the connection
-
-    def closed_by_server(self) -> bool:
-        return self.file.read(1) == b""
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def request(
-    method: str, path: str, headers: dict[str, str], body: bytes = b"", version: str = "1.1"
-) -> bytes:
-    lines = [f"{method} {path} HTTP/{version}", "Host: uws.test"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def test_one_connection_mixes_relayed_and_full_requests(

@@ -18,10 +18,6 @@ def api_token(c: Client, scopes: list[str], **body: object) -> Client:
     assert r.status_code == 200, r.text
     token = r.json()["data"]["token"]
     scoped = Client(c.base, token["token"])
-    # Every request on a connection of its own: a connection whose request was refused before
-    # its body was read is closed by the server, and a reused one can meet the reset (the same
-    # for 401s, as on main).
-    scoped.session.headers["Connection"] = "close"
     scoped.username = c.username  # type: ignore[attr-defined]
     scoped.token_id = token["id"]  # type: ignore[attr-defined]
     return scoped

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from tornado import web
+from tornado.concurrent import Future
 from tornado.http1connection import HTTP1Connection
 from tornado.routing import PathMatches
 
@@ -63,6 +64,37 @@ def write_json_error(handler: web.RequestHandler, status_code: int) -> None:
     handler.finish(error_body(message))
 
 
+class AnswersBeforeBody(web.RequestHandler):
+    """For handlers that stream request bodies in (@web.stream_request_body), whose prepare()
+    runs before the body is read: a refusal there (401, 403, 404, 413...) is answered with the
+    request not read to its end; even a bodyless GET's, as Tornado counts the read unfinished
+    until prepare() has returned. Tornado's HTTP1Connection then closes the connection once the
+    answer is out, without saying so in it (no `Connection: close`): a client that keeps the
+    connection for its next request (requests.Session, a portal, a browser) sends that request
+    into the close, and meets a reset. So, as an answer is finished with its request unread, the
+    rest of a body of known length up to DRAIN_BYTES (or of no body) is read on and dropped (the
+    handler's data_received drops what comes after its answer), and the connection is kept;
+    any other (chunked, longer, or waiting for "100 Continue") is answered with `Connection:
+    close`, and Tornado closes the connection (a lingering close: uws.passthrough.linger)."""
+
+    def finish(self, chunk: str | bytes | dict | None = None) -> Future[None]:
+        connection = self.request.connection
+        if not self._finished and isinstance(connection, HTTP1Connection) and not connection._read_finished:
+            headers = self.request.headers
+            length = headers.get("Content-Length", "0")
+            if (
+                "Transfer-Encoding" in headers
+                or "Expect" in headers
+                or not (length.isdigit() and int(length) <= DRAIN_BYTES)
+            ):
+                self.set_header("Connection", "close")
+            else:
+                # Tornado reads the body on (its read is under way, or starts once prepare() has
+                # returned) but takes this as its cue to close: the read counts as finished.
+                connection._read_finished = True
+        return super().finish(chunk)
+
+
 def decode_json(raw: bytes) -> Any:
     """json.loads of a request body. Nesting deeper than the decoder's recursion allows is a
     client mistake like any other (400), not a server error; other decoding errors are left to
@@ -83,7 +115,7 @@ def decode_json(raw: bytes) -> Any:
 
 
 @web.stream_request_body
-class BaseHandler(Components, web.RequestHandler):
+class BaseHandler(Components, AnswersBeforeBody):
     """JSON-only handler. Bodies are streamed in so an oversize one is refused before it is read."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
@@ -171,10 +203,9 @@ class BaseHandler(Components, web.RequestHandler):
         # is kept, and body_chunks() answers 413 once the rest has been read and dropped.
         self._chunks = []
         if self._received > self._body_limit + DRAIN_BYTES:
+            # Not worth reading any further: answered with `Connection: close` (a chunked body),
+            # and the connection closed once the answer is out (AnswersBeforeBody).
             self.send_api_error(APIError(413, BODY_TOO_LARGE))
-            # Not worth reading any further; closing stops the client sending.
-            if isinstance(self.request.connection, HTTP1Connection):  # every request here has one
-                self.request.connection.close()
 
     def body_chunks(self) -> list[bytes]:
         """The body as received, or 413 when it went over the limit (it was dropped as it came)."""

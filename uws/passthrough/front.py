@@ -33,6 +33,7 @@ from ..forwarded import ProxyTrust
 from . import splice, wire
 from .admission import Route, admit, fast_route
 from .head import MAX_HEAD, Head, HeadError, RequestHead, RequestHeads, ResponseHead
+from .linger import close_gently
 from .relay import relay
 
 if TYPE_CHECKING:
@@ -99,6 +100,9 @@ class FrontServer(LoggingConfigurable):
     def open_connections(self) -> int:
         return len(self.connections) + self.handed_off
 
+    def handed_off_closed(self) -> None:
+        self.handed_off -= 1
+
     def _sweep(self) -> None:
         # Tornado's idle_connection_timeout, for connections still here: one timer for all of
         # them rather than one per request.
@@ -119,7 +123,10 @@ class FrontServer(LoggingConfigurable):
 
 class _PrefilledIOStream(IOStream):
     """An IOStream that first yields the bytes the front had already read from its socket, and
-    counts as one of the front's open connections until it is closed."""
+    counts as one of the front's open connections until it is closed. Tornado's closes are
+    lingering ones (uws.passthrough.linger): it closes a connection after an answer whose
+    request it has not read to the end (`Connection: close`, or a client cut off), and a reset
+    could destroy that answer."""
 
     def __init__(self, sock: socket.socket, prefix: bytes, front: FrontServer) -> None:
         super().__init__(sock)
@@ -128,10 +135,12 @@ class _PrefilledIOStream(IOStream):
         front.handed_off += 1
 
     def close_fd(self) -> None:
-        if self._front is not None:
-            self._front.handed_off -= 1
-            self._front = None
-        super().close_fd()
+        front, self._front = self._front, None
+        if front is None:  # (taken: the connection lives on in a copy of the descriptor)
+            super().close_fd()
+            return
+        sock, self.socket = self.socket, None  # type: ignore[assignment]
+        close_gently(sock, front.handed_off_closed)
 
     def take_socket(self) -> tuple[socket.socket, bytes, Callable[[], None]]:
         """The connection's socket, taken from Tornado (after RequestHandler.detach), with what
@@ -141,12 +150,7 @@ class _PrefilledIOStream(IOStream):
         unread = bytes(self._read_buffer[: self._read_buffer_size]) + bytes(self._prefix)
         front, self._front = self._front, None
         self.close()  # (closes Tornado's descriptor: the connection lives on in the copy)
-
-        def closed() -> None:
-            if front is not None:
-                front.handed_off -= 1
-
-        return sock, unread, closed
+        return sock, unread, front.handed_off_closed if front is not None else lambda: None
 
     def read_from_fd(self, buf: bytearray | memoryview) -> int | None:
         if self._prefix:
@@ -189,14 +193,19 @@ class FrontConnection(asyncio.Protocol):
         self.peer_trusted = self.front.trust.trusts(self.peer_ip)
 
     def _refuse(self) -> None:
-        """Over the connection cap: a 503 at once, then close. What the client sends meanwhile is
-        read and dropped, as closing with unread bytes would reset the connection and could
-        destroy the answer before the client reads it."""
+        """Over the connection cap: a 503 at once, then close."""
+        self._answer_and_close(503, TOO_MANY_CONNECTIONS)
+
+    def _answer_and_close(self, status: int, body: bytes) -> None:
+        """An error of the server's own, and the end of the connection. What the client sends
+        meanwhile is read and dropped (data_received) until it closes too, or REFUSAL_LINGER has
+        passed: closing with unread bytes would reset the connection and could destroy the
+        answer before the client reads it (uws.passthrough.linger, for Tornado's side)."""
         self.refused = True
         self.closing = True
         transport = self.transport
         assert transport is not None
-        self._answer_json(503, TOO_MANY_CONNECTIONS, close=True)
+        self._answer_json(status, body, close=True)
         transport.write_eof()
         asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
 
@@ -362,8 +371,7 @@ class FrontConnection(asyncio.Protocol):
                     parts.websockets.release(target.user_id)
                 return
             if isinstance(opened, APIError):
-                self._answer_json(opened.status, error_body(opened.message), close=True)
-                self.close()
+                self._answer_and_close(opened.status, error_body(opened.message))
                 log_access(
                     opened.status, request.method, request.path, remote_ip, time.perf_counter() - began
                 )

@@ -18,7 +18,7 @@ from tornado.routing import Rule
 
 from ..errors import APIError
 from ..handlers.auditing import record_refusal
-from ..handlers.base import ID, BaseHandler, UpgradeMatches, send_error, write_json_error
+from ..handlers.base import ID, AnswersBeforeBody, BaseHandler, UpgradeMatches, send_error, write_json_error
 from ..handlers.components import Components
 from . import splice, wire
 from .admission import Route, admit
@@ -92,7 +92,7 @@ class SessionElsewhereHandler(BaseHandler):
 
 
 @web.stream_request_body
-class PassthroughHandler(PassthroughMixin, web.RequestHandler):
+class PassthroughHandler(PassthroughMixin, AnswersBeforeBody):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 
     def initialize(self) -> None:
