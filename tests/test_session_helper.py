@@ -186,8 +186,9 @@ def test_http_app_becomes_ready(session_factory: Any) -> None:
     ready = s.recv("ready", timeout=15)["state"]
     assert ready["phase"] == "ready"
     info = ready["ready"]
-    # Only the port and path: the server decides the host, and adds the token to the link.
-    assert info == {"port": info["port"], "path": "/jobs/7/lab"}
+    # The port, path and the address the app listens on (loopback off a Slurm node): the
+    # server checks the host against its own answer, and adds the token to the link.
+    assert info == {"port": info["port"], "path": "/jobs/7/lab", "host": "127.0.0.1"}
     with urllib.request.urlopen(f"http://127.0.0.1:{info['port']}/", timeout=5) as r:
         assert r.status == 200
     # The probe reached the app with the server's token substituted into readiness.path.

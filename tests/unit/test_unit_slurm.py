@@ -716,3 +716,15 @@ def test_extension_needs_an_operator_and_runs_scontrol_as_it(tmp_path: Any) -> N
         ("sudo", "-n", "-H", "-u", "slurmop", "--", "scontrol", "update", "JobId=41", "TimeLimit=11")
     ]
     assert 595 <= s.time_left <= 600
+
+
+def test_a_server_key_starting_with_a_dash_reaches_the_helper(tmp_path: Any) -> None:
+    """Z85 keys may begin with "-": the helper's command line must still hand it over (as two
+    arguments, argparse took it for an option and every session of that server failed)."""
+    from uws.sessions.helper import parse_args
+
+    s = spawner(tmp_path)
+    s.channel_server_key = "-" + "a" * 39
+    argv = s.helper_command()
+    args = parse_args(argv[argv.index("uws.session_helper") + 1 :])
+    assert args.server_key == "-" + "a" * 39

@@ -398,7 +398,7 @@ def load_job(job_dir: str) -> dict[str, Any]:
     return job
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="uws-session-helper",
         description="Run one UWS session: start the app, report to the server, end it on request. "
@@ -407,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-dir", required=True, help="directory holding job.json")
     parser.add_argument("--endpoint", required=True, help="the server's ZeroMQ endpoint (ipc:// or tcp://)")
     parser.add_argument("--server-key", default="", help="the server's CURVE public key (Z85), for tcp://")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     secret, token = read_credentials()
     if not secret:
         log("no job secret on standard input")

@@ -179,7 +179,8 @@ class Spawner(LoggingConfigurable):
         return [*prefix, self.python, *flags, "-m", "uws.session_helper"]
 
     def helper_command(self) -> list[str]:
-        key = ["--server-key", self.channel_server_key] if self.channel_server_key else []
+        # One argument: a Z85 key may begin with "-", which argparse would take for an option.
+        key = [f"--server-key={self.channel_server_key}"] if self.channel_server_key else []
         return [
             *self.helper_invocation(),
             "--job-dir",
