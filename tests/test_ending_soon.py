@@ -1,7 +1,8 @@
 """Warnings before a session's time limit: `ending_soon` job events at the configured
 thresholds, once each, again after an extension, and not lost or repeated across a restart of
 the server. Real server, real local sessions whose helper keeps the limit; the thresholds are
-fractions of a minute so the sessions can be seconds long."""
+fractions of a minute so the sessions can be seconds long. SQLite only: the warnings' record is
+one JSON field of the job, which test_extend.py's extensions exercise on both databases."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ c.UWSApp.job_types = {{
 }}
 """
     )
+
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(scope="module")

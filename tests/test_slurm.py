@@ -306,8 +306,9 @@ def message(c: Client, job_id: int) -> str:
     return get_job(c, job_id)["job_details"]["current_job_details"]["message"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_scheduler_restart_while_sessions_run(slurm_server: Server, user: Client) -> None:
-    """With slurmctld down, a session whose helper still reports keeps running and says the
+    """(SQLite only: a minute per run, and the database plays no part.) With slurmctld down, a session whose helper still reports keeps running and says the
     scheduler is not answering; one whose helper is gone too is given up after
     lost_contact_seconds (4 s here). Once slurmctld is back, the first carries on."""
     w = create(user)
