@@ -44,7 +44,11 @@ CONTRACT_ONLY_PATHS: set[str] = set()
 # enough for the whole module to finish in about a minute on two cores.
 MAX_EXAMPLES = 25
 # The answers that are not JSON: this document, and the metrics in Prometheus' text format.
-NOT_JSON = {"/openapi.yaml": "application/yaml", "/metrics": "text/plain"}
+NOT_JSON = {
+    "/openapi.yaml": "application/yaml",
+    "/metrics": "text/plain",
+    "/workspaces/{id}/files/{path}": "application/octet-stream",
+}
 
 
 def load_document() -> dict[str, Any]:
@@ -673,6 +677,8 @@ class World:
             ("DELETE", "/workspaces/{id}/"): [*self.deletable, self.with_pending_share, self.copy_in],
             ("PUT", "/workspaces/{id}/upload/"): [*self.stable, self.copy_in],
             ("PUT", "/workspaces/{id}/start/"): [*self.stable, self.copy_in],
+            ("GET", "/workspaces/{id}/files/"): [*self.stable, self.copy_in],
+            ("GET", "/workspaces/{id}/files/{path}"): [*self.stable, self.copy_in],
             ("GET", "/shared_workspaces/{id}/"): [self.copy_out, self.copy_in],
             ("DELETE", "/shared_workspaces/{id}/"): [self.copy_out_cancel, self.copy_out],
             ("PUT", "/shared_workspaces/{id}/accept/"): [self.copy_in_accept, self.copy_out],
@@ -705,6 +711,8 @@ class World:
         value = as_id((case.path_parameters or {}).get("id"))
         if pool and value is not None and value % 5 != 4:
             case.path_parameters["id"] = pool[value % len(pool)]
+            if key == ("GET", "/workspaces/{id}/files/{path}") and value % 3 == 0:
+                case.path_parameters["path"] = "hello.txt"  # a file that is there
         if key == ("POST", "/shared_workspaces/") and isinstance(case.body, dict):
             original = as_id(case.body.get("original_workspace_id"))
             if original is not None and original % 2 == 0:
