@@ -195,7 +195,7 @@ def permits(st: os.stat_result, account: Account, bits: int) -> bool:
     mode = st.st_mode
     if st.st_uid == account.uid:
         return (mode >> 6) & bits == bits
-    if st.st_gid in account.groups:
+    if st.st_gid == account.gid or st.st_gid in account.groups:
         return (mode >> 3) & bits == bits
     return mode & bits == bits
 
