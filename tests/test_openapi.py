@@ -252,6 +252,22 @@ JOB = {
         },
     },
 }
+LISTING = {
+    "path": "data",
+    "truncated": False,
+    "entries": [
+        {"name": "raw", "type": "directory", "size": None, "modified": "2026-11-25T23:48:47.332Z"},
+        {
+            "name": "dataset",
+            "type": "symlink",
+            "size": None,
+            "modified": "2026-11-25T23:48:47.332Z",
+            "target_allowed": True,
+            "target_type": "directory",
+        },
+        {"name": "a.csv", "type": "file", "size": 12, "modified": "2026-11-25T23:48:47.332Z"},
+    ],
+}
 SHARED_WS = {
     "id": 3,
     "name": "n",
@@ -325,6 +341,29 @@ def ok(data: dict[str, Any], message: str = "Successful.") -> dict[str, Any]:
         ("/workspaces/{id}/", "GET", 404, {"success": False, "message": "Not found."}, True),
         ("/workspaces/{id}/", "GET", 404, {"success": False, "message": "Not found.", "data": {}}, False),
         ("/workspaces/", "POST", 200, ok({"workspace": WORKSPACE}), True),
+        ("/workspaces/{id}/files/", "GET", 200, ok(LISTING), True),
+        (
+            "/workspaces/{id}/files/",
+            "GET",
+            200,
+            ok({k: v for k, v in LISTING.items() if k != "truncated"}),
+            False,
+        ),
+        (
+            "/workspaces/{id}/files/",
+            "GET",
+            200,
+            ok({**LISTING, "entries": [{**LISTING["entries"][0], "type": "fifo"}]}),
+            False,
+        ),
+        (
+            "/workspaces/{id}/files/{path}",
+            "GET",
+            404,
+            {"success": False, "message": "File not found in workspace."},
+            True,
+        ),
+        ("/workspaces/{id}/files/{path}", "GET", 404, {"success": False, "message": "No such file."}, False),
         ("/workspaces/", "POST", 400, {"success": False, "message": "Missing required fields."}, True),
         ("/workspaces/", "POST", 400, {"success": False, "message": ["a", "b"]}, False),
         ("/workspaces/", "POST", 401, {"success": False, "message": "Invalid token provided."}, True),
