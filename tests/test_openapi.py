@@ -44,7 +44,11 @@ CONTRACT_ONLY_PATHS: set[str] = set()
 # enough for the whole module to finish in about a minute on two cores.
 MAX_EXAMPLES = 25
 # The answers that are not JSON: this document, and the metrics in Prometheus' text format.
-NOT_JSON = {"/openapi.yaml": "application/yaml", "/metrics": "text/plain"}
+NOT_JSON = {
+    "/openapi.yaml": "application/yaml",
+    "/metrics": "text/plain",
+    "/workspaces/{id}/files/{path}": "application/octet-stream",
+}
 
 
 def load_document() -> dict[str, Any]:
@@ -248,6 +252,22 @@ JOB = {
         },
     },
 }
+LISTING = {
+    "path": "data",
+    "truncated": False,
+    "entries": [
+        {"name": "raw", "type": "directory", "size": None, "modified": "2026-11-25T23:48:47.332Z"},
+        {
+            "name": "dataset",
+            "type": "symlink",
+            "size": None,
+            "modified": "2026-11-25T23:48:47.332Z",
+            "target_allowed": True,
+            "target_type": "directory",
+        },
+        {"name": "a.csv", "type": "file", "size": 12, "modified": "2026-11-25T23:48:47.332Z"},
+    ],
+}
 SHARED_WS = {
     "id": 3,
     "name": "n",
@@ -321,6 +341,29 @@ def ok(data: dict[str, Any], message: str = "Successful.") -> dict[str, Any]:
         ("/workspaces/{id}/", "GET", 404, {"success": False, "message": "Not found."}, True),
         ("/workspaces/{id}/", "GET", 404, {"success": False, "message": "Not found.", "data": {}}, False),
         ("/workspaces/", "POST", 200, ok({"workspace": WORKSPACE}), True),
+        ("/workspaces/{id}/files/", "GET", 200, ok(LISTING), True),
+        (
+            "/workspaces/{id}/files/",
+            "GET",
+            200,
+            ok({k: v for k, v in LISTING.items() if k != "truncated"}),
+            False,
+        ),
+        (
+            "/workspaces/{id}/files/",
+            "GET",
+            200,
+            ok({**LISTING, "entries": [{**LISTING["entries"][0], "type": "fifo"}]}),
+            False,
+        ),
+        (
+            "/workspaces/{id}/files/{path}",
+            "GET",
+            404,
+            {"success": False, "message": "File not found in workspace."},
+            True,
+        ),
+        ("/workspaces/{id}/files/{path}", "GET", 404, {"success": False, "message": "No such file."}, False),
         ("/workspaces/", "POST", 400, {"success": False, "message": "Missing required fields."}, True),
         ("/workspaces/", "POST", 400, {"success": False, "message": ["a", "b"]}, False),
         ("/workspaces/", "POST", 401, {"success": False, "message": "Invalid token provided."}, True),
@@ -673,6 +716,8 @@ class World:
             ("DELETE", "/workspaces/{id}/"): [*self.deletable, self.with_pending_share, self.copy_in],
             ("PUT", "/workspaces/{id}/upload/"): [*self.stable, self.copy_in],
             ("PUT", "/workspaces/{id}/start/"): [*self.stable, self.copy_in],
+            ("GET", "/workspaces/{id}/files/"): [*self.stable, self.copy_in],
+            ("GET", "/workspaces/{id}/files/{path}"): [*self.stable, self.copy_in],
             ("GET", "/shared_workspaces/{id}/"): [self.copy_out, self.copy_in],
             ("DELETE", "/shared_workspaces/{id}/"): [self.copy_out_cancel, self.copy_out],
             ("PUT", "/shared_workspaces/{id}/accept/"): [self.copy_in_accept, self.copy_out],
@@ -705,6 +750,8 @@ class World:
         value = as_id((case.path_parameters or {}).get("id"))
         if pool and value is not None and value % 5 != 4:
             case.path_parameters["id"] = pool[value % len(pool)]
+            if key == ("GET", "/workspaces/{id}/files/{path}") and value % 3 == 0:
+                case.path_parameters["path"] = "hello.txt"  # a file that is there
         if key == ("POST", "/shared_workspaces/") and isinstance(case.body, dict):
             original = as_id(case.body.get("original_workspace_id"))
             if original is not None and original % 2 == 0:

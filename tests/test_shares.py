@@ -197,6 +197,8 @@ def test_users_search(server: Server, client_token: str) -> None:
     ] == [mary.username]
     # no username match
     assert me.get(f"/users/?search={zed.username}").json()["data"]["users"] == []
+    # A NUL matches nothing (PostgreSQL would refuse it in the query: a 500 before).
+    assert me.get(f"/users/?search={tag}%00").json()["data"]["users"] == []
     r = me.get("/users/?search=nobody-at-all-here")
     assert r.json() == {
         "message": "Users matching given parameters could not be found.",

@@ -1,5 +1,6 @@
 """Workspaces: the listing (cached per user, with its events), the checks every request shares,
-deletion and status transitions. The requests that write files are in uws.workspace_writes.
+deletion and status transitions. The requests that write files are in uws.workspace_writes, those
+that read them (listings, downloads) in uws.workspace_files.
 
 File system work runs on threads. Slow work (deletion, share copies) runs in the background and
 is driven by the workspace status in the database, so it resumes after a restart.
@@ -22,6 +23,7 @@ from .errors import DIR_FAILURE_DELETE, APIError, not_found_for_user
 from .models import workspace_model
 from .sessions.status import ACTIVE, WorkspaceStatus
 from .utils import utcnow
+from .workspace_files import WorkspaceFiles
 from .workspace_writes import WorkspaceWrites, WriteRules
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ class WorkspaceService:
         self._pending_events: set[int] = set()
         self._published: dict[int, dict[int, dict[str, Any]]] = {}
         self.writes = WorkspaceWrites(self, quotas, rules)
+        self.files = WorkspaceFiles(self)
 
     # ---- cache -------------------------------------------------------------------------
     def invalidate(self, *user_ids: int) -> None:

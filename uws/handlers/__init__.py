@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..passthrough import handlers as passthrough
-from . import admin, jobs, logs, meta, metrics, quota, shares, tokens, users, workspaces, ws
+from . import admin, files, jobs, logs, meta, metrics, quota, shares, tokens, users, workspaces, ws
 
 # The API's routes (a path matching none of them is a JSON 404: base.NotFoundHandler).
 default_handlers: list[Any] = []
-# (logs before jobs: /jobs/<id>/<action>/ would take /jobs/<id>/log/.)
-for _module in (ws, tokens, workspaces, logs, jobs, meta, metrics, users, quota, shares, admin):
+# (logs before jobs: /jobs/<id>/<action>/ would take /jobs/<id>/log/; files before workspaces:
+# /workspaces/<id>/<action>/ would take /workspaces/<id>/files/.)
+for _module in (ws, tokens, files, workspaces, logs, jobs, meta, metrics, users, quota, shares, admin):
     default_handlers.extend(_module.default_handlers)
 
 

@@ -14,7 +14,11 @@ class UsersHandler(BaseHandler):
         if minimum and len(query) < minimum:
             raise APIError(400, f"Search must be at least {minimum} characters.")
         caller = self.user.id
-        users = await self.db.run(lambda session: shareable_users(session, caller, query))
+        if "\x00" in query:
+            # No stored name holds a NUL (PostgreSQL refuses one in any string it is sent).
+            users = []
+        else:
+            users = await self.db.run(lambda session: shareable_users(session, caller, query))
         message = "Successful." if users else "Users matching given parameters could not be found."
         self.ok(message, {"users": users})
 

@@ -15,6 +15,7 @@ import stat
 from collections import deque
 
 from ..auth.accounts import Account
+from ..storage.safepath import permits
 
 READ, WRITE, EXECUTE = 4, 2, 1
 # As the kernel's own limit on symlinks followed in one path (ELOOP).
@@ -47,13 +48,7 @@ def allows(path: str, account: Account, wanted: int) -> bool:
         return True  # the server cannot tell
     if _has_acl(path):
         return True
-    if st.st_uid == account.uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid == account.gid or st.st_gid in account.groups:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & wanted == wanted
+    return permits(st, account, wanted)
 
 
 def barrier(path: str, account: Account, final: int = 0, opened: frozenset[str] = frozenset()) -> str | None:

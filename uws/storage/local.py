@@ -13,7 +13,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..auth.accounts import Account
 from ..errors import APIError
-from . import safepath
+from . import browse, safepath
 from .safepath import UnsafePath
 
 # The file system is out of space (or the account out of its file system quota): not the
@@ -80,6 +80,12 @@ class LocalFileSystemStorage(LoggingConfigurable):
         help="""Most components (directories plus the name) a file or symlink path given to the
         API may have; deeper ones are refused with 400. Workspace file lists also stop listing
         names below this depth (their bytes still count towards disk use).""",
+    )
+    max_listing_entries = Integer(
+        10000,
+        config=True,
+        help="""Most entries one directory listing (GET /workspaces/<id>/files/?path=) returns; a
+        directory with more is listed in part, with `truncated: true`.""",
     )
     max_share_recipients = Integer(
         20,
@@ -280,6 +286,16 @@ class LocalFileSystemStorage(LoggingConfigurable):
             return self.symlink_source_allowed(os.path.realpath(target), account)
 
         safepath.copy_tree(src, dst, account, keep_link, max_bytes)
+
+    # ---- reading for the API ------------------------------------------------------------
+    def browse_place(self, account: Account, workspace_dir: str) -> browse.Place:
+        """Where listings and downloads of this workspace may read (uws.storage.browse)."""
+        return browse.Place(
+            os.path.normpath(workspace_dir),
+            tuple(os.path.realpath(r) for r in self.allowed_symlink_roots),
+            self.real_root(),
+            account,
+        )
 
     # ---- health ----------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:

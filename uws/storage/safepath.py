@@ -36,8 +36,9 @@ class TooLarge(OSError):
     """A copy grew past the bytes it was allowed."""
 
 
-def split_destination(name: str) -> list[str]:
-    """Components of a relative destination name, or UnsafePath."""
+def split_relative(name: str) -> list[str]:
+    """Components of a relative path name, or UnsafePath: no empty, "." or ".." component, no
+    NUL, each at most 255 bytes of UTF-8."""
     if not name or name.startswith("/") or "\x00" in name:
         raise UnsafePath(name)
     parts = name.split("/")
@@ -49,6 +50,13 @@ def split_destination(name: str) -> list[str]:
             raise UnsafePath(name) from None
         if part in ("", ".", "..") or size > 255:
             raise UnsafePath(name)
+    return parts
+
+
+def split_destination(name: str) -> list[str]:
+    """Components of a relative destination name (not under a name the server reserves), or
+    UnsafePath."""
+    parts = split_relative(name)
     if RESERVED_FIRST.match(parts[0]) or parts[0].endswith("_venv"):
         raise UnsafePath(name)
     return parts
@@ -165,27 +173,31 @@ def readable_by(path: str, account: Account) -> bool:
     permission on the target (and search too when it is a directory)."""
     if account.uid == 0:
         return True
-
-    def allowed(st: os.stat_result, bits: int) -> bool:
-        mode = st.st_mode
-        if st.st_uid == account.uid:
-            return (mode >> 6) & bits == bits
-        if st.st_gid in account.groups:
-            return (mode >> 3) & bits == bits
-        return mode & bits == bits
-
     current = "/"
     components = [p for p in path.split("/") if p]
     try:
         for part in components:
-            if not allowed(os.stat(current), 1):
+            if not permits(os.stat(current), account, 1):
                 return False
             current = os.path.join(current, part)
         st = os.stat(current)
     except OSError:
         return False
     need = 4 | (1 if stat.S_ISDIR(st.st_mode) else 0)
-    return allowed(st, need)
+    return permits(st, account, need)
+
+
+def permits(st: os.stat_result, account: Account, bits: int) -> bool:
+    """Whether the mode bits of st give the account `bits` (4 read, 1 search) as the kernel
+    would (owner, else group, else other; POSIX ACLs are not consulted)."""
+    if account.uid == 0:
+        return True
+    mode = st.st_mode
+    if st.st_uid == account.uid:
+        return (mode >> 6) & bits == bits
+    if st.st_gid == account.gid or st.st_gid in account.groups:
+        return (mode >> 3) & bits == bits
+    return mode & bits == bits
 
 
 # ---- directory fds ---------------------------------------------------------------------------
