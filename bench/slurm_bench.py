@@ -39,6 +39,7 @@ from tornado.websocket import websocket_connect
 
 from common import WORK, start_server
 from helpers.harness import free_port
+from helpers.slurm import OPERATOR
 
 CONFIG = """
 c.UWSApp.authenticator_class = "local"
@@ -67,16 +68,6 @@ c.UWSApp.job_types = {{
 
 
 SLURMRESTD = "http://127.0.0.1:6820"
-
-
-def operator_account() -> str:
-    """scripts/slurm-start's operator account where it has Slurm's Operator level, else SlurmUser."""
-    out = subprocess.run(
-        ["sacctmgr", "-n", "-P", "list", "user", "uwsop", "format=user,adminlevel"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    return "uwsop" if out.strip() == "uwsop|Operator" else "slurm"
 
 
 def counting_proxy(port: int, count_file: str) -> None:
@@ -163,8 +154,7 @@ async def main() -> None:
         both = ("both nodes", f"debug,{node2['PARTITION']}", node2["HOST_ADDR"])
     except OSError:
         print("a single-node cluster: node 1 only")
-    operator = operator_account()
-    print(f"operator account: {operator}")
+    print(f"operator account: {OPERATOR}")
     # Starts and extensions on each node, then the queries with sessions on all of them.
     runs = [(*node, False) for node in nodes] + ([(*both, True)] if args.active else [])
     for number, (label, partition, channel_host, queries) in enumerate(runs):
@@ -176,7 +166,7 @@ async def main() -> None:
             lib=lib,
             spawner=args.spawner,
             rest_url=f"http://127.0.0.1:{rest_port}",
-            operator=operator,
+            operator=OPERATOR,
         )
         server_dir = os.path.join(workdir, f"server-{number}")
         os.mkdir(server_dir)
