@@ -4,14 +4,19 @@
      allocation), sequential sessions on the idle cluster, after a warm-up job that waits out
      the first scheduling pass; on node 1 (partition debug) and, on the two-node cluster, on
      node 2 (partition node2, behind its veth pair; target: 1.5 s at most on either);
-  2. scheduler queries: with N sessions active (most of them pending on a 2-CPU node), how many
-     status queries the server makes per poll interval: `squeue` calls (counted by a logging
-     wrapper put first on the server's PATH), or with --spawner slurm_rest, GET /jobs requests
-     (counted by a pass-through proxy in front of slurmrestd).
+  2. extend -> time_left: PUT /jobs/<id>/extend/ on a running session (Slurm's limit raised as
+     the operator account: scripts/slurm-start's uwsop where the cluster has accounting, else
+     SlurmUser) to the `job` event on /ws/events that carries the new time_left (target: 1 s
+     at most), on each node;
+  3. scheduler queries: with N sessions active across both nodes (partition "debug,node2": 2
+     CPUs each, so most of them wait in the queue; node 1 alone on a single-node cluster), how
+     many status queries the server makes per poll interval: `squeue` calls (counted by a
+     logging wrapper put first on the server's PATH), or with --spawner slurm_rest, GET /jobs
+     requests (counted by a pass-through proxy in front of slurmrestd). Target: one.
 
-    python bench/slurm_bench.py [--spawner slurm|slurm_rest] [--starts 10] [--active 200]
+    python bench/slurm_bench.py [--spawner slurm|slurm_rest] [--starts 10] [--extends 5] [--active 200]
 
-(--active 0 measures only the starts.)
+(--active 0 measures only the starts and extensions.)
 
 Run as root (sessions run as the workspace owner through sudo).
 """
@@ -34,6 +39,7 @@ from tornado.websocket import websocket_connect
 
 from common import WORK, start_server
 from helpers.harness import free_port
+from helpers.slurm import OPERATOR
 
 CONFIG = """
 c.UWSApp.authenticator_class = "local"
@@ -48,11 +54,15 @@ c.JobService.max_running_jobs_per_user = 0
 c.JobService.max_concurrent_starts = 0
 c.JobService.reconcile_seconds = 1
 c.SlurmBase.poll_interval = 2
+c.SlurmBase.operator_username = "{operator}"
 c.Spawner.python = "/usr/bin/python3"
 c.Spawner.helper_pythonpath = "{lib}"
 c.UWSApp.job_types = {{
     "sleep": {{"name": "Sleep", "job_type": "CommandJob",
               "environment_details": {{"main_resource": {{"command": ["sleep", "600"], "readiness_path": ""}}}}}},
+    "limited": {{"name": "Sleep, 30 minutes", "job_type": "CommandJob",
+                "environment_details": {{"main_resource": {{"command": ["sleep", "600"], "readiness_path": "",
+                                                            "time_limit": "30"}}}}}},
 }}
 """
 
@@ -104,6 +114,7 @@ async def main() -> None:
     )
     parser.add_argument("--spawner", choices=["slurm", "slurm_rest"], default="slurm")
     parser.add_argument("--starts", type=int, default=10)
+    parser.add_argument("--extends", type=int, default=5)
     parser.add_argument("--active", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
@@ -133,29 +144,33 @@ async def main() -> None:
         count_file = os.path.join(workdir, "get-jobs.calls")
         counting_proxy(rest_port, count_file)
     # Node 2 (scripts/slurm-start's second node) reaches the channel at this machine's end of
-    # its veth pair only.
+    # its veth pair only; node 1 reaches it there too.
     nodes = [("node 1", "debug", "127.0.0.1")]
+    both = nodes[0]
     try:
         with open("/run/uws-slurm/node2.env") as f:
             node2 = dict(line.strip().split("=", 1) for line in f if "=" in line)
         nodes.append(("node 2", node2["PARTITION"], node2["HOST_ADDR"]))
+        both = ("both nodes", f"debug,{node2['PARTITION']}", node2["HOST_ADDR"])
     except OSError:
         print("a single-node cluster: node 1 only")
-    for label, partition, channel_host in nodes:
+    print(f"operator account: {OPERATOR}")
+    # Starts and extensions on each node, then the queries with sessions on all of them.
+    runs = [(*node, False) for node in nodes] + ([(*both, True)] if args.active else [])
+    for number, (label, partition, channel_host, queries) in enumerate(runs):
         config = CONFIG.format(
-            root=os.path.join(workdir, f"workspaces-{partition}"),  # each server's own
+            root=os.path.join(workdir, f"workspaces-{number}"),  # each server's own
             channel=free_port(),
             channel_host=channel_host,
             partition=partition,
             lib=lib,
             spawner=args.spawner,
             rest_url=f"http://127.0.0.1:{rest_port}",
+            operator=OPERATOR,
         )
-        server_dir = os.path.join(workdir, f"server-{partition}")
+        server_dir = os.path.join(workdir, f"server-{number}")
         os.mkdir(server_dir)
-        await measure(
-            args, label, config, server_dir, count_file, queries=label == "node 1" and args.active > 0
-        )
+        await measure(args, label, config, server_dir, count_file, queries)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -200,9 +215,11 @@ async def measure(
         )
         await conn.read_message()
 
-        async def start_and_wait() -> float:
+        async def start_and_wait(job_type: str = "sleep", stop: bool = True) -> tuple[float, int]:
             t0 = time.time()
-            job = (await call("PUT", f"/workspaces/{ws}/start/", {"job_type": "sleep"}, token))["data"]["job"]
+            job = (await call("PUT", f"/workspaces/{ws}/start/", {"job_type": job_type}, token))["data"][
+                "job"
+            ]
             while True:
                 event = json.loads(await asyncio.wait_for(conn.read_message(), 120))
                 if (
@@ -210,16 +227,43 @@ async def measure(
                     and event["data"]["id"] == job["id"]
                     and event["data"]["status"] == "running"
                 ):
-                    await call("PUT", f"/jobs/{job['id']}/stop/", token=token)
+                    if stop:
+                        await call("PUT", f"/jobs/{job['id']}/stop/", token=token)
+                    return time.time() - t0, job["id"]
+
+        async def extend_and_wait(job_id: int) -> float:
+            """PUT extend, then the job event that carries the new time_left (already queued on
+            the websocket when the answer arrives, if the server sent it first)."""
+            t0 = time.time()
+            answer = await call("PUT", f"/jobs/{job_id}/extend/", {"minutes": 1}, token)
+            assert answer.get("success"), answer
+            new = answer["data"]["job"]["job_details"]["current_job_details"]["time_left"]
+            while True:
+                event = json.loads(await asyncio.wait_for(conn.read_message(), 30))
+                data = event["data"]
+                if (
+                    event["type"] == "job"
+                    and data.get("id") == job_id
+                    and data["job_details"]["current_job_details"].get("time_left", 0) >= new - 2
+                ):
                     return time.time() - t0
 
-        warm = await start_and_wait()
-        times = sorted([await start_and_wait() for _ in range(args.starts)])
-        print(
-            f"{args.spawner}, {label}: submit -> running (idle cluster, after a warm-up of {warm:.2f} s): "
-            f"p50 {times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s over {len(times)} sessions"
-        )
         if not queries:
+            warm, _ = await start_and_wait()
+            times = sorted([(await start_and_wait())[0] for _ in range(args.starts)])
+            print(
+                f"{args.spawner}, {label}: submit -> running (idle cluster, after a warm-up of {warm:.2f} s): "
+                f"p50 {times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s over {len(times)} sessions"
+            )
+            if args.extends:
+                _, job_id = await start_and_wait("limited", stop=False)
+                await asyncio.sleep(2 * 2)  # two status queries: Slurm's time_left is known
+                extends = sorted([await extend_and_wait(job_id) for _ in range(args.extends)])
+                await call("PUT", f"/jobs/{job_id}/stop/", token=token)
+                print(
+                    f"{args.spawner}, {label}: extend -> new time_left on /ws/events: "
+                    f"p50 {extends[len(extends) // 2]:.3f} s, max {extends[-1]:.3f} s over {len(extends)} extensions"
+                )
             conn.close()
             return
         await asyncio.sleep(5)
@@ -245,7 +289,7 @@ async def measure(
         after = calls()
         listed = (await call("GET", "/jobs/?status=pending", token=token))["data"]["jobs"]
         print(
-            f"{args.spawner}: {args.active} active sessions ({len(listed)} pending): {after - before} {query} in "
+            f"{args.spawner}, {label}: {args.active} active sessions ({len(listed)} pending): {after - before} {query} in "
             f"{args.seconds:.0f} s, poll interval 2 s ({(after - before) / (args.seconds / 2):.2f} per interval)"
         )
         for job in jobs:

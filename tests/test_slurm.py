@@ -16,126 +16,29 @@ import time
 import pytest
 import requests
 
-from helpers import api
 from helpers.api import create, get_job, get_ws, login, start, wait_for, wait_status
-from helpers.configs import (
-    APP_PYTHON,
-    LOCAL_CONFIG,
-    SUDO_AVAILABLE,
-    session_python_config,
-    shared_dir,
-    shared_python,
-)
-from helpers.harness import IS_ROOT, Client, Server, free_port, running_server
+from helpers.configs import APP_PYTHON, session_python_config, shared_python
+from helpers.harness import Client, Server, free_port, running_server
 from helpers.jupyter import run_code
-
-
-def cluster_up() -> bool:
-    try:
-        return "UP" in subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not (IS_ROOT and SUDO_AVAILABLE and cluster_up()),
-    reason="needs root, sudo and a running Slurm cluster (sudo scripts/slurm-start)",
+from helpers.slurm import (
+    APP,
+    NODES,
+    SPAWNERS,
+    cancel_all,
+    needs_cluster,
+    needs_two_nodes,
+    scontrol_job,
+    slurm_config,
+    squeue_state,
+    wait_ready,
 )
 
-APP = os.path.join(shared_dir(), "apps", "echo_app.py")
-
-
-SPAWNERS = ["slurm", "slurm_rest"]
-
-
-def two_nodes() -> dict[str, str] | None:
-    """Where scripts/slurm-start put node 2 (NODE1, NODE2, NODE2_ADDR, HOST_ADDR: this machine's
-    end of the veth pair, PARTITION); None on a single-node cluster."""
-    try:
-        with open("/run/uws-slurm/node2.env") as f:
-            return dict(line.strip().split("=", 1) for line in f if "=" in line)
-    except OSError:
-        return None
-
-
-NODES = two_nodes()
-needs_two_nodes = pytest.mark.skipif(
-    NODES is None, reason="needs the two-node cluster (sudo scripts/slurm-start, without --single-node)"
-)
-
-
-def slurm_config(spawner: str = "slurm", extra: str = "", channel_host: str = "127.0.0.1") -> str:
-    return (
-        LOCAL_CONFIG
-        + f"""
-c.UWSApp.spawner_class = "{spawner}"
-c.UWSApp.session_channel_url = "tcp://{channel_host}:{free_port()}"
-c.UWSApp.heartbeat_seconds = 1
-c.UWSApp.reconcile_seconds = 1
-c.UWSApp.stop_grace_seconds = 2
-c.UWSApp.lost_contact_seconds = 4
-c.SlurmBase.poll_interval = 1
-c.SlurmBase.max_backoff = 4
-c.SlurmBase.operator_username = "slurm"
-{extra}
-c.UWSApp.job_types = {{
-    "echo": {{"name": "Echo", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["{APP_PYTHON}", "{APP}", "{{port}}", "{{base_url}}", "{{host}}"],
-        "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
-    "lab": {{"name": "Jupyter Lab", "job_type": "JupyterLabJob",
-             "environment_details": {{"main_resource": {{"use_local_environment": True}}}}}},
-    "crash": {{"name": "Crash", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
-        "command": ["sh", "-c", "echo slurm-boom; exit 4"]}}}}}},
-}}
-"""
-    )
+pytestmark = needs_cluster
 
 
 @pytest.fixture(scope="module", params=SPAWNERS)
 def slurm_server(backend: str, request: pytest.FixtureRequest):
     yield from running_server(backend, slurm_config(request.param))
-
-
-def cluster_state() -> str:
-    """What the scheduler says about its queue and node, for a failure message."""
-    out = []
-    for command in (["squeue", "-o", "%i %u %T %r %M %l"], ["sinfo", "-N", "-o", "%N %T %C %E"]):
-        try:
-            out.append(subprocess.run(command, capture_output=True, text=True, timeout=10).stdout)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            out.append(f"{command[0]}: {e}")
-    return "\n".join(out)
-
-
-def wait_ready(c: Client, job_id: int, timeout: float = 150) -> dict:
-    """helpers.api.wait_ready, with the job and the cluster's state in the failure. The time is
-    generous: in a full run the scheduler sometimes takes a minute or more to place a job on a
-    node that the previous test's jobs have only just left."""
-    try:
-        return api.wait_ready(c, job_id, timeout)
-    except AssertionError:
-        job = get_job(c, job_id)
-        raise AssertionError(
-            f"job {job_id} not ready after {timeout} s: {job['status']}, "
-            f"{job['job_details'].get('current_job_details')}\n{cluster_state()}"
-        ) from None
-
-
-def cancel_all(username: str) -> None:
-    """Cancel what a test's user left in the queue, so a failing test cannot leave the 2-CPU
-    node full for the next one."""
-    subprocess.run(["scancel", "-u", username], capture_output=True, timeout=30)
-    wait_for(
-        lambda: (
-            not subprocess.run(
-                ["squeue", "-h", "-u", username, "-t", "PD,R,CG"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
-        ),
-        30,
-    )
 
 
 @pytest.fixture
@@ -144,23 +47,6 @@ def user(slurm_server: Server):
     client = login(slurm_server, slurm_server.client_token)
     yield client
     cancel_all(client.username)
-
-
-def squeue_state(slurm_id: int) -> str:
-    out = subprocess.run(
-        ["squeue", "--states=all", "-h", "-o", "%T", "-j", str(slurm_id)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
-    return out.strip()
-
-
-def scontrol_job(slurm_id: int) -> dict[str, str]:
-    out = subprocess.run(
-        ["scontrol", "show", "job", "-o", str(slurm_id)], capture_output=True, text=True, timeout=10
-    ).stdout
-    return dict(field.split("=", 1) for field in out.split() if "=" in field)
 
 
 def main_resource_health(server: Server) -> dict:
@@ -664,7 +550,9 @@ def test_node_missing_from_the_address_map_fails_naming_it(backend: str) -> None
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_extend_raises_slurms_time_limit(backend: str) -> None:
     """PUT /jobs/<id>/extend/ raises the Slurm job's own limit (scontrol as the operator
-    account, or slurmrestd's job update with its token), and time_left follows at once."""
+    account, or slurmrestd's job update with its token), and time_left follows at once. The
+    operator account is scripts/slurm-start's uwsop, with the Operator level granted through
+    sacctmgr (SlurmUser on a cluster without accounting)."""
     servers = [Server(backend, slurm_config(spawner)).start() for spawner in SPAWNERS]
     users = []
     try:
@@ -673,6 +561,15 @@ def test_extend_raises_slurms_time_limit(backend: str) -> None:
             users.append(c)
             job = start(c, create(c)["id"], job_type="echo", resource_options={"time_limit_min": 5})
             wait_ready(c, job["id"])
+            # Its owner cannot raise it: the operator account's level is what does.
+            own = subprocess.run(
+                ["sudo", "-n", "-u", c.username, "--", "scontrol", "update"]
+                + [f"JobId={job['resource_job_id']}", "TimeLimit=8"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            assert own.returncode != 0 and scontrol_job(job["resource_job_id"])["TimeLimit"] == "00:05:00"
             r = c.put(f"/jobs/{job['id']}/extend/", {"minutes": 3})
             assert r.status_code == 200, r.text
             assert 420 <= r.json()["data"]["job"]["job_details"]["current_job_details"]["time_left"] <= 480

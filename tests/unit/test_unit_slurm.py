@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from uws.auth.accounts import Account
+from uws.spawners import slurm_nodes
 from uws.spawners.slurm import (
     ENDED,
     LOG_TAIL_BYTES,
@@ -25,8 +26,8 @@ from uws.spawners.slurm import (
     SlurmBase,
     SlurmJob,
     SlurmSpawner,
-    parse_duration,
 )
+from uws.spawners.slurm_query import parse_duration
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +42,8 @@ def account(uid: int | None = None) -> Account:
 
 
 def spawner(tmp_path: Any, cls: type = SlurmSpawner, uid: int | None = None, **kw: Any) -> Any:
+    """A spawner that never asks the real sacct (the accounting tests give it canned answers)."""
+    kw.setdefault("accounting_command", [])
     return cls(7, account(uid), str(tmp_path), "ipc:///nonexistent/uws-unit", **kw)
 
 
@@ -261,7 +264,7 @@ def test_session_host_asks_squeue_afresh(tmp_path: Any, job_id: int, host: str |
 
 @pytest.fixture
 def fresh_node_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(SlurmBase, "_node_addresses", {})
+    monkeypatch.setattr(slurm_nodes, "CACHES", {})
 
 
 def running_on(s: Any, node: str) -> None:

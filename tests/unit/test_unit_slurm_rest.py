@@ -20,7 +20,7 @@ import slurmrest_translator
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
 from uws.auth.accounts import Account
-from uws.spawners import slurm_rest
+from uws.spawners import slurm_nodes, slurm_rest
 from uws.spawners.slurm import SchedulerUnavailable, SlurmBase, SlurmJob
 from uws.spawners.slurm_rest import (
     SlurmRestSpawner,
@@ -230,7 +230,7 @@ def test_session_host_is_the_node_address_from_get_nodes(
 ) -> None:
     """Without scontrol: the running job's node, and its `address` from one GET /nodes (as
     slurmrestd 22.05 answers it, the same in both layouts), asked once for many lookups."""
-    monkeypatch.setattr(SlurmBase, "_node_addresses", {})
+    monkeypatch.setattr(slurm_nodes, "CACHES", {})
     s = spawner(tmp_path, api_version=version, status_username="slurm")
     s.slurm_job_id = 101
     calls: list[tuple[str, str, str]] = []

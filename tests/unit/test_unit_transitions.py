@@ -152,6 +152,39 @@ def test_finished_prefers_the_resource_allocation(session: Session) -> None:
     assert job.core_hours == 2.0
 
 
+def test_finished_at_the_resource_end_time(session: Session) -> None:
+    """A session found ended after the fact (Slurm's accounting, after the server was down)
+    ends when the resource says, neither before it started nor after now, and CPUs × elapsed
+    counts up to then."""
+    ws = seed(session, "active")
+    job = new(session, ws, cpus=2)
+    transitions.mark_running(job)
+    started = job.datetime_start = job.datetime_start - dt.timedelta(hours=2)
+    ended = started + dt.timedelta(minutes=30)
+    assert transitions.mark_complete(session, job, "done", ended_at=ended)
+    assert job.datetime_end == ended
+    assert job.core_hours == pytest.approx(1.0)  # 2 CPUs × 30 minutes, not × 2 hours
+    early, late = new(session, ws), new(session, ws)
+    for row in (early, late):
+        transitions.mark_running(row)
+    transitions.mark_complete(session, early, "done", ended_at=early.datetime_start - dt.timedelta(hours=1))
+    assert early.datetime_end == early.datetime_start
+    transitions.mark_complete(session, late, "done", ended_at=late.datetime_start + dt.timedelta(days=1))
+    assert late.datetime_end <= dt.datetime.now(dt.UTC)
+
+
+def test_running_drops_the_suggestions(session: Session) -> None:
+    """What would have started sooner no longer applies once the session runs."""
+    job = new(session, seed(session))
+    suggestion = {"resource_options": {"num_cpus": 1}, "expected_start": "2026-12-01T10:00:00.000Z"}
+    job.job_details = {
+        **job.job_details,
+        "current_job_details": {"message": "m", "suggestions": [suggestion]},
+    }
+    transitions.mark_running(job)
+    assert current(job) == {"message": "Session running."}
+
+
 def test_never_started_costs_nothing(session: Session) -> None:
     ws = seed(session, "active")
     job = new(session, ws)

@@ -128,7 +128,9 @@ class Reconciler(JobServiceBase):
             else:
                 waiting = getattr(spawner, "status_message", None)
                 if waiting:
-                    await self._update(job_id, message=waiting)
+                    await self._update(
+                        job_id, message=waiting, suggestions=getattr(spawner, "suggestions", None)
+                    )
                 elif getattr(spawner, "time_left", None) is not None:
                     await self._update(job_id)  # time_left, from the resource
                 secret = await self.secret_for(job_id)

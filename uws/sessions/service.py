@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from traitlets import Float, Integer
@@ -23,7 +24,7 @@ from ..auth.tokens import CurrentUser
 from ..errors import APIError
 from ..models import job_model
 from ..spawners.base import Spawner
-from ..utils import utcnow
+from ..utils import UTC, utcnow
 from . import transitions
 from .channel import SessionChannel
 from .extending import Extending
@@ -169,8 +170,11 @@ class JobService(HelperMessages, Reconciler, Stopping, Extending, LoggingConfigu
         message: str | None = None,
         ready: dict[str, Any] | None = None,
         running: bool = False,
+        suggestions: list[dict[str, Any]] | None = None,
         source_time: float | None = None,
     ) -> None:
+        """Record and announce what changed about an active job. `suggestions`: the shapes that
+        would start sooner, for a pending job (an empty list removes them; None leaves them)."""
         urls = self.parts.session_urls
         started: list[tuple[str, float]] = []  # (spawner, seconds) when it reaches running now
 
@@ -192,6 +196,11 @@ class JobService(HelperMessages, Reconciler, Stopping, Extending, LoggingConfigu
             current = dict((job.job_details or {}).get("current_job_details") or {})
             if message is not None and job.status in (JobStatus.PENDING, JobStatus.RUNNING):
                 current["message"] = message
+            if suggestions is not None and job.status == JobStatus.PENDING:
+                if suggestions:
+                    current["suggestions"] = suggestions
+                else:
+                    current.pop("suggestions", None)
             left = self._time_left(job)
             # Refreshed once a minute (the portal shows minutes): idle heartbeats write nothing.
             if left is not None and (
@@ -266,11 +275,12 @@ class JobService(HelperMessages, Reconciler, Stopping, Extending, LoggingConfigu
         # Core hours: what the resource allocated (a batch scheduler's CPUs × elapsed), else the
         # same measured here: requested CPUs × wall clock from running to now. Never a figure the
         # helper reports: it runs as the session's owner, who could make it say anything.
-        allocated = None
+        allocated = ended_at = None
         record = self.live.get(job_id)
         if record is not None and record.spawner is not None:
             try:
                 allocated = await record.spawner.usage()
+                ended_at = record.spawner.ended_at()
             except Exception:
                 log.exception("Reading job %s's allocation failed; using CPUs × elapsed", job_id)
 
@@ -283,6 +293,7 @@ class JobService(HelperMessages, Reconciler, Stopping, Extending, LoggingConfigu
                 message,
                 log_tail=log_tail,
                 allocated_core_seconds=allocated,
+                ended_at=datetime.fromtimestamp(ended_at, UTC) if ended_at else None,
                 stopping_completes=stopping_completes,
             ):
                 return None

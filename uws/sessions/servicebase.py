@@ -113,6 +113,7 @@ class JobServiceBase:
             message: str | None = None,
             ready: dict[str, Any] | None = None,
             running: bool = False,
+            suggestions: list[dict[str, Any]] | None = None,
             source_time: float | None = None,
         ) -> None: ...
 

@@ -7,6 +7,7 @@ JSON columns are reassigned, never mutated in place: SQLAlchemy sees only reassi
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -81,14 +82,17 @@ def spawner_name(job: orm.Job) -> str:
 
 
 def mark_running(job: orm.Job) -> bool:
-    """pending -> running: the start time, and how long it waited."""
+    """pending -> running: the start time, and how long it waited. What would have started
+    sooner (`suggestions`) no longer applies."""
     if job.status != JobStatus.PENDING:
         return False
     job.status = JobStatus.RUNNING
     job.datetime_start = utcnow()
     metrics = dict((job.job_details or {}).get("metrics") or {})
     metrics["time_pending"] = round((job.datetime_start - job.datetime_created).total_seconds(), 6)
-    _write(job, current={**_current(job), "message": "Session running."}, metrics=metrics)
+    current = {**_current(job), "message": "Session running."}
+    current.pop("suggestions", None)
+    _write(job, current=current, metrics=metrics)
     return True
 
 
@@ -143,15 +147,20 @@ def mark_finished(
     *,
     log_tail: str = "",
     allocated_core_seconds: float | None = None,
+    ended_at: datetime | None = None,
     stopping_completes: bool = False,
 ) -> bool:
     """To a terminal status: end time, core hours charged to the quota, and the workspace back
     to idle when no other session holds it. A session the user asked to stop (`stopping`) ends
-    `complete` with stopping_completes, however its process ended."""
+    `complete` with stopping_completes, however its process ended. `ended_at` is when the
+    resource says it ended (a scheduler's accounting, for a session that ended while the server
+    was down); the end time is now without it, and never before the start nor after now."""
     if job.status in TERMINAL:
         return False
     job.status = JobStatus.COMPLETE if stopping_completes and job.status == JobStatus.STOPPING else status
-    job.datetime_end = utcnow()
+    now = utcnow()
+    end = now if ended_at is None else min(now, ended_at)
+    job.datetime_end = max(end, job.datetime_start) if job.datetime_start else end
     job.core_hours = (
         round(core_seconds(job, allocated_core_seconds) / 3600.0, 5) if job.datetime_start else 0.0
     )

@@ -132,6 +132,11 @@ class Spawner(LoggingConfigurable):
         clock from running to end."""
         return None
 
+    def ended_at(self) -> float | None:
+        """When the session ended, as the resource recorded it (epoch seconds), for a session
+        found ended after the fact (a scheduler's accounting); None: the server's clock counts."""
+        return None
+
     async def end_state(self, helper_exit: dict[str, Any]) -> dict[str, Any]:
         """How the session ended, for a helper that reported it was signalled from outside; a
         resource that knows why (a scheduler's time limit) says so here."""

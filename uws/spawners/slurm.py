@@ -18,73 +18,36 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 import pwd
 import re
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from traitlets import Dict, Float, List, Unicode, validate
 
 from ..sessions.helper_node import ON_SLURM_NODE, parse_node_addresses
 from ..storage import safepath
+from . import slurm_suggestions
 from .base import LaunchError, Spawner
-from .slurm_nodes import NODE_NAME, NodeAddresses, check_node_addresses, is_address
-from .slurm_query import SchedulerStatus, SchedulerUnavailable
+from .slurm_accounting import AccountedJob, AccountingQuery, parse_sacct, sacct_argv
+from .slurm_nodes import check_node_addresses, node_address
+from .slurm_options import job_options, sbatch_flags
+from .slurm_query import (
+    ENDED,
+    PENDING,
+    RUNNING,
+    SQUEUE_FORMAT,
+    SchedulerStatus,
+    SchedulerUnavailable,
+    SlurmJob,
+    parse_squeue,
+)
 
-PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
-RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
-# Slurm end state -> (how the session ended, what the user reads). Anything else is unknown.
-ENDED = {
-    "COMPLETED": ("completed", "The session finished."),
-    "CANCELLED": ("stopped", "The session was cancelled in Slurm (scancel or an administrator)."),
-    "TIMEOUT": ("time_limit", "The session reached its Slurm time limit; start it again with a longer one."),
-    "FAILED": ("failed", "The session failed in Slurm; see its log."),
-    "NODE_FAIL": ("failed", "The node running the session failed; start it again."),
-    "OUT_OF_MEMORY": ("failed", "The session ran out of memory; start it again with more memory."),
-    "BOOT_FAIL": ("failed", "The node could not boot for the session; start it again."),
-    "DEADLINE": ("failed", "The session missed its Slurm deadline; start it again."),
-    "PREEMPTED": ("failed", "The session was preempted by a higher-priority job; start it again."),
-    "LAUNCH_FAILED": ("failed", "Slurm could not launch the session; start it again."),
-    "SPECIAL_EXIT": ("failed", "The session ended with a special exit state in Slurm."),
-}
 LOG_TAIL_BYTES = 2000
-
-
-@dataclass
-class SlurmJob:
-    """One job as the scheduler reported it, whichever interface asked."""
-
-    state: str
-    reason: str = ""
-    expected_start: str = ""  # pending jobs: Slurm's estimate, as text
-    time_left: int | None = None  # seconds; None: no limit or not known
-    cpus: int | None = None  # allocated CPUs
-    elapsed: float | None = None  # seconds the allocation has run so far (or ran in all)
-    node: str = ""  # the node it runs on, as Slurm names it (sessions ask for one node)
-
-
-def parse_duration(text: str) -> int | None:
-    """Slurm's [days-][hours:]minutes:seconds (squeue %L, %M) in seconds; None for UNLIMITED etc."""
-    text = text.strip()
-    days = 0
-    if "-" in text:
-        head, _, text = text.partition("-")
-        if not head.isdigit():
-            return None
-        days = int(head)
-    parts = text.split(":")
-    if not parts or not all(p.isdigit() for p in parts) or len(parts) > 3:
-        return None
-    seconds = 0
-    for part in parts:
-        seconds = seconds * 60 + int(part)
-    if len(parts) == 1:  # minutes only
-        seconds *= 60
-    return days * 86400 + seconds
 
 
 class SlurmBase(Spawner):
@@ -126,6 +89,16 @@ class SlurmBase(Spawner):
         the resource's `time_pending_catch`.""",
     )
 
+    suggestion_seconds = Float(
+        300.0,
+        config=True,
+        help="""For a session waiting longer than pending_notice_seconds, Slurm is asked (sbatch
+        --test-only, as the session's owner) when it would start with half the CPUs, half the
+        memory or half the time; those that would start at least a minute (and a tenth of the
+        wait) sooner reach the user as the job's `suggestions`. Each session is asked about at
+        most once per this many seconds (0: never).""",
+    )
+
     operator_username = Unicode(
         "",
         config=True,
@@ -160,6 +133,37 @@ class SlurmBase(Spawner):
         before they are asked again; a node not among them is asked about at once.""",
     )
 
+    accounting_command = List(
+        Unicode(),
+        ["sacct"],
+        config=True,
+        help="""Command that reads Slurm's accounting (sacct; its arguments are added). A session
+        that ended while the server was down, or that squeue no longer lists, gets its end state,
+        end time and core hours (CPUTimeRAW) from it, in one call for all such sessions. Empty:
+        never asked; such sessions end with what squeue last said, at the time the server finds
+        them ended.""",
+    )
+
+    sudo = List(
+        Unicode(),
+        ["sudo", "-n", "-H"],
+        config=True,
+        help="""Prefix that runs Slurm commands as another account (`-u USER --` follows):
+        SlurmSpawner's sbatch and scancel as the workspace owner, `sbatch --test-only` for
+        suggestions, and scontrol as operator_username.""",
+    )
+
+    def as_user(self, username: str | None = None) -> list[str]:
+        """The prefix that runs a command as `username` (default: the workspace owner); none
+        when the server runs as that account."""
+        if username is None:
+            if os.geteuid() == self.account.uid:
+                return []
+            username = self.account.username
+        elif username == pwd.getpwuid(os.geteuid()).pw_name:
+            return []
+        return [*self.sudo, "-u", username, "--"]
+
     command_timeout = Float(
         30.0,
         config=True,
@@ -173,8 +177,13 @@ class SlurmBase(Spawner):
     # Status is cheap to ask for all sessions at once, so the server asks on every pass.
     poll_while_alive = True
 
+    accounted: AccountedJob | None = None  # accounting's record, once the job is found ended
+    shape: dict[str, Any] | None = None  # what the job asked for (job_options), kept in the state
+    suggestions: list[dict[str, Any]] | None = None  # smaller shapes that start sooner, once asked
+    suggested_at = -math.inf  # monotonic time of the last suggestion query
+
     _status: ClassVar[dict[type, SchedulerStatus]] = {}
-    _node_addresses: ClassVar[dict[type, NodeAddresses]] = {}
+    _accounting: ClassVar[dict[type, AccountingQuery]] = {}
 
     @classmethod
     def scheduler_status(cls) -> SchedulerStatus:
@@ -182,17 +191,29 @@ class SlurmBase(Spawner):
             SlurmBase._status[cls] = SchedulerStatus()
         return SlurmBase._status[cls]
 
+    @classmethod
+    def accounting(cls) -> AccountingQuery:
+        return SlurmBase._accounting.setdefault(cls, AccountingQuery())
+
     def get_state(self) -> dict[str, Any]:
-        return {**super().get_state(), "slurm_job_id": self.slurm_job_id, "submitted_at": self.submitted_at}
+        return {
+            **super().get_state(),
+            "slurm_job_id": self.slurm_job_id,
+            "submitted_at": self.submitted_at,
+            "slurm_options": self.shape,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.slurm_job_id = state.get("slurm_job_id")
         self.submitted_at = state.get("submitted_at")
+        self.shape = state.get("slurm_options")
         if self.slurm_job_id:
             self.scheduler_status().tracked.add(self.slurm_job_id)
 
-    async def run(self, *argv: str) -> str:
+    async def run(self, *argv: str, with_stderr: bool = False) -> str:
+        """The command's output (and its error output after it, with_stderr)."""
+
         def _run() -> subprocess.CompletedProcess:
             return subprocess.run(argv, capture_output=True, text=True, timeout=self.command_timeout, cwd="/")
 
@@ -204,7 +225,7 @@ class SlurmBase(Spawner):
             raise SchedulerUnavailable(
                 (result.stderr or result.stdout).strip() or f"exit {result.returncode}"
             )
-        return result.stdout
+        return result.stdout + result.stderr if with_stderr else result.stdout
 
     # ---- what each interface provides --------------------------------------------------------
     async def submit(self, spec: dict[str, Any], script: str) -> int:
@@ -242,37 +263,11 @@ class SlurmBase(Spawner):
 
     # ---- start -------------------------------------------------------------------------------
     def job_options(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """What the session asks Slurm for: cpus, memory_mb, time_limit (minutes), partition, gpu.
-        Resource options arrive translated by the resource's parameter_mapping."""
-        options = spec.get("resource_options") or {}
-        wanted: dict[str, Any] = {"cpus": int(options.get("cpus_per_task") or spec.get("cpus") or 1)}
-        if options.get("memory_per_node"):
-            wanted["memory_mb"] = int(options["memory_per_node"])
-        seconds = spec.get("time_limit_seconds")
-        if options.get("time_limit"):
-            wanted["time_limit"] = int(options["time_limit"])
-        elif seconds:
-            wanted["time_limit"] = max(1, -(-int(seconds) // 60))
-        partition = self.partition
-        if spec.get("gpu"):
-            wanted["gpu"] = True
-            partition = self.gpu_partition or partition
-        if partition:
-            wanted["partition"] = partition
-        return wanted
+        """What the session asks Slurm for: cpus, memory_mb, time_limit (minutes), partition, gpu."""
+        return job_options(spec, self.partition, self.gpu_partition)
 
     def sbatch_options(self, spec: dict[str, Any]) -> list[str]:
-        wanted = self.job_options(spec)
-        lines = [f"--cpus-per-task={wanted['cpus']}"]
-        if "memory_mb" in wanted:
-            lines.append(f"--mem={wanted['memory_mb']}M")
-        if "time_limit" in wanted:
-            lines.append(f"--time={wanted['time_limit']}")
-        if wanted.get("gpu"):
-            lines.append("--gres=gpu:1")
-        if "partition" in wanted:
-            lines.append(f"--partition={wanted['partition']}")
-        return [f"#SBATCH {line}" for line in lines]
+        return [f"#SBATCH {flag}" for flag in sbatch_flags(self.job_options(spec))]
 
     async def start(self, spec: dict[str, Any], secret: str) -> int:
         app = self.parent
@@ -302,6 +297,7 @@ class SlurmBase(Spawner):
             safepath.write_file(self.job_dir, ["job.sh"], script.encode(), self.account, mode=0o700)
 
         await asyncio.get_running_loop().run_in_executor(None, _prepare)
+        self.shape = self.job_options(spec)
         self.slurm_job_id = await self.submit(spec, script)
         self.submitted_at = time.time()
         self.scheduler_status().tracked.add(self.slurm_job_id)
@@ -313,25 +309,9 @@ class SlurmBase(Spawner):
         cannot tell which process listens on the node, so only the port range is checked for
         these sessions."""
         info = await self.query(newer_than=time.monotonic())
-        if info is None or info.state not in RUNNING or not NODE_NAME.fullmatch(info.node):
+        if info is None or info.state not in RUNNING:
             return None
-        address = await self.node_address(info.node)
-        if address is None or not is_address(address):
-            self.log.warning(
-                "Slurm job %s runs on node %s, whose address is not known (%r)",
-                self.slurm_job_id,
-                info.node,
-                address,
-            )
-            return None
-        return address
-
-    async def node_address(self, node: str) -> str | None:
-        """Where the server reaches Slurm node `node`: the configured map, else Slurm's NodeAddr."""
-        if self.node_addresses:
-            return self.node_addresses.get(node)
-        cache = SlurmBase._node_addresses.setdefault(type(self), NodeAddresses())
-        return await cache.lookup(node, self.fetch_node_addresses, self.node_address_seconds)
+        return await node_address(self, info.node)
 
     # ---- status ------------------------------------------------------------------------------
     submitted_at: float | None = None  # UNIX time, kept in the state: it outlives a restart
@@ -362,7 +342,10 @@ class SlurmBase(Spawner):
         return max(0, int(info.time_left - (time.monotonic() - self.last_info_at)))
 
     def allocated_core_seconds(self) -> float | None:
-        """Allocated CPUs × elapsed time, from what Slurm last said (None: Slurm never said)."""
+        """Allocated CPUs × elapsed time: accounting's CPU time for a job found ended, else from
+        what squeue last said (None: Slurm never said)."""
+        if self.accounted is not None:
+            return float(self.accounted.core_seconds)
         info = self.last_info
         if info is None or info.cpus is None or info.elapsed is None:
             return None
@@ -373,19 +356,42 @@ class SlurmBase(Spawner):
 
     async def usage(self) -> float | None:
         """Core seconds Slurm allocated to the session, asking once more if it never said."""
-        if self.last_info is None or self.last_info.state in PENDING:
+        if self.accounted is None and (self.last_info is None or self.last_info.state in PENDING):
             try:
                 await self.query()
             except SchedulerUnavailable:
                 pass
         return self.allocated_core_seconds()
 
+    def ended_at(self) -> float | None:
+        """When Slurm's accounting says the job ended, for a job found ended (else None)."""
+        return self.accounted.end if self.accounted is not None else None
+
+    async def accounted_end(self) -> AccountedJob | None:
+        """The job's accounting record, for a job squeue shows ended or no longer lists; asked
+        in one sacct call with the other jobs the last status query found so. None without
+        accounting, or before it has recorded the end."""
+        if self.slurm_job_id is None or not self.accounting_command:
+            return None
+        also = self.scheduler_status().ended_or_gone()
+        accounting = self.accounting()
+        self.accounted = await accounting.get(
+            self.fetch_accounting, self.slurm_job_id, also, self.submitted_at
+        )
+        return self.accounted
+
+    async def fetch_accounting(self, ids: list[int]) -> dict[int, AccountedJob]:
+        return parse_sacct(await self.run(*self.accounting_command, *sacct_argv(ids)))
+
     async def poll(self) -> dict[str, Any] | None:
         if self.slurm_job_id is None:
             return {"reason": "disappeared"}
         info = await self.query()  # SchedulerUnavailable propagates: status unknown
-        if info is None:
+        if info is None:  # purged from the queue: accounting still knows how it ended
+            accounted = await self.accounted_end()
             self.scheduler_status().tracked.discard(self.slurm_job_id)
+            if accounted is not None:
+                return self.ended(accounted.state, self.read_exit())
             return self.read_exit() or {"reason": "disappeared", "log_tail": self.log_tail()}
         state = info.state
         if state in PENDING:
@@ -398,11 +404,13 @@ class SlurmBase(Spawner):
                 if not self.noticed_long_wait:
                     self.noticed_long_wait = True
                     self.log.warning("Slurm job %s has been pending for %d s", self.slurm_job_id, waited)
+                slurm_suggestions.consider(self, info.expected_start)
             return None
         self.status_message = None
         if state in ENDED:
+            accounted = await self.accounted_end()
             self.scheduler_status().tracked.discard(self.slurm_job_id)
-            return self.ended(state, self.read_exit())
+            return self.ended(accounted.state if accounted else state, self.read_exit())
         return None  # running, or a state we do not know: keep the job as it is
 
     def ended(self, state: str, helper_exit: dict[str, Any] | None) -> dict[str, Any]:
@@ -446,21 +454,12 @@ class SlurmBase(Spawner):
         # The session is finished as far as the server is concerned: stop asking about it.
         if self.slurm_job_id is not None:
             self.scheduler_status().tracked.discard(self.slurm_job_id)
+            self.accounting().forget(self.slurm_job_id)
 
 
 class SlurmSpawner(SlurmBase):
     """Submits with sbatch, checks with squeue and cancels with scancel. sbatch and scancel run
     as the workspace owner (through sudo when the server runs as another account)."""
-
-    sudo = List(
-        Unicode(),
-        ["sudo", "-n", "-H"],
-        config=True,
-        help="Prefix that runs sbatch and scancel as the workspace owner (`-u USER --` follows).",
-    )
-
-    def as_user(self) -> list[str]:
-        return [*self.sudo, "-u", self.account.username, "--"] if os.geteuid() != self.account.uid else []
 
     async def submit(self, spec: dict[str, Any], script: str) -> int:
         out = await self.run(*self.as_user(), "sbatch", "--parsable", os.path.join(self.job_dir, "job.sh"))
@@ -469,40 +468,27 @@ class SlurmSpawner(SlurmBase):
     async def fetch(self, ids: list[int]) -> dict[int, SlurmJob]:
         if not ids:
             return {}
-        # %C: allocated CPUs; %M: time used; %L: time left; %S: (expected) start; %N: nodes.
         try:
             out = await self.run(
-                "squeue", "--states=all", "-h", "-o", "%i|%T|%r|%L|%S|%C|%M|%N", "-j", ",".join(map(str, ids))
+                "squeue", "--states=all", "-h", "-o", SQUEUE_FORMAT, "-j", ",".join(map(str, ids))
             )
         except SchedulerUnavailable as e:
             if "Invalid job id" in str(e):
                 return {}  # squeue fails when no id it was given is known any more (all purged)
             raise
-        results = {}
-        for line in out.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) != 8 or not parts[0].isdigit():
-                continue
-            job_id, state, reason, left, start, cpus, used, node = parts
-            state = state.split()[0].rstrip("+")
-            results[int(job_id)] = SlurmJob(
-                state=state,
-                reason=reason,
-                expected_start=start if start not in ("N/A", "Unknown", "") else "",
-                time_left=parse_duration(left),
-                cpus=int(cpus) if cpus.isdigit() and state not in PENDING else None,
-                elapsed=parse_duration(used) if state not in PENDING else None,
-                node=node.strip() if state in RUNNING else "",
-            )
-        return results
+        return parse_squeue(out)
 
     async def cancel(self) -> None:
         await self.run(*self.as_user(), "scancel", str(self.slurm_job_id))
 
     async def update_time_limit(self, minutes: int) -> None:
-        operator = self.operator_username
-        prefix = [*self.sudo, "-u", operator, "--"] if operator != pwd.getpwuid(os.geteuid()).pw_name else []
-        await self.run(*prefix, "scontrol", "update", f"JobId={self.slurm_job_id}", f"TimeLimit={minutes}")
+        await self.run(
+            *self.as_user(self.operator_username),
+            "scontrol",
+            "update",
+            f"JobId={self.slurm_job_id}",
+            f"TimeLimit={minutes}",
+        )
 
     async def fetch_node_addresses(self) -> dict[str, str]:
         return parse_node_addresses(await self.run("scontrol", "show", "node", "-o"))

@@ -13,8 +13,12 @@ import ipaddress
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from traitlets import TraitError
+
+if TYPE_CHECKING:
+    from .slurm import SlurmBase
 
 # One host name (a node list such as "n[1-2]" or "n1,n2" is not one).
 NODE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
@@ -61,3 +65,27 @@ class NodeAddresses:
                 asked = time.monotonic()
                 self.addresses, self.fetched_at = await fetch(), asked
             return self.addresses.get(node)
+
+
+CACHES: dict[type, NodeAddresses] = {}  # one per spawner class
+
+
+async def node_address(spawner: SlurmBase, node: str) -> str | None:
+    """Where the server reaches the Slurm node `node` that a job of `spawner` runs on: the
+    configured map, else Slurm's NodeAddr; None (logged) for what is not one node or not known."""
+    if not NODE_NAME.fullmatch(node):
+        return None
+    if spawner.node_addresses:
+        address = spawner.node_addresses.get(node)
+    else:
+        cache = CACHES.setdefault(type(spawner), NodeAddresses())
+        address = await cache.lookup(node, spawner.fetch_node_addresses, spawner.node_address_seconds)
+    if address is None or not is_address(address):
+        spawner.log.warning(
+            "Slurm job %s runs on node %s, whose address is not known (%r)",
+            spawner.slurm_job_id,
+            node,
+            address,
+        )
+        return None
+    return address
