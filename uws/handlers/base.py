@@ -16,6 +16,7 @@ from ..auth.scopes import require_scope
 from ..errors import APIError, error_body
 from ..utils import parse_bool
 from .auditing import Declared, record_answer, refused_request
+from .browser import authenticate_request
 from .components import Components
 
 log = logging.getLogger("uws.web")
@@ -135,6 +136,9 @@ class BaseHandler(Components, AnswersBeforeBody):
         self._received = 0
         self._body_limit = self.config.max_json_body_size  # prepare() settles it per request
         self.user: Any = None
+        # What authenticated the request, as a UWS-Authorization value ("Token <key>"), also
+        # when it was the browser session's cookie ("" when nothing did).
+        self.credential = ""
 
     def compute_etag(self) -> None:
         return None  # answers are small and dynamic; hashing every one costs more than it saves
@@ -184,7 +188,7 @@ class BaseHandler(Components, AnswersBeforeBody):
         if self.request.method not in self.allowed_methods():
             return  # answered with 405 by the method itself
         if self.auth_required:
-            self.user = await self.auth.authenticate(self.request.headers.get("UWS-Authorization"))
+            self.user, self.credential = await authenticate_request(self)
             require_scope(self.user, self.required_scope())
 
     def required_scope(self) -> str | None:
