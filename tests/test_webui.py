@@ -41,26 +41,32 @@ def server(backend: str) -> Iterator[Server]:
         srv.close()
 
 
+def sign_in(server: Server, username: str, **headers: str) -> tuple[requests.Session, requests.Response]:
+    """The development login's form, as a browser fills it in: (its cookies, the answer)."""
+    http = requests.Session()
+    form = http.get(server.base + "/login", headers=HTML, timeout=10)
+    assert form.status_code == 200, form.text
+    form_xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
+    assert form_xsrf is not None
+    answer = http.post(
+        server.base + "/login",
+        data={"username": username, "_xsrf": form_xsrf.group(1)},
+        headers={**HTML, **headers},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 303, answer.text
+    return http, answer
+
+
 class Browser:
     """What a browser holds after signing in: its cookies (a requests.Session) and the XSRF
     token the home page gave its scripts."""
 
-    def __init__(self, server: Server, username: str | None = None, **headers: str) -> None:
+    def __init__(self, server: Server, username: str | None = None) -> None:
         self.server = server
         self.username = username or unique_name("b")
-        self.http = requests.Session()
-        form = self.http.get(server.base + "/login", headers=HTML, timeout=10)
-        assert form.status_code == 200, form.text
-        form_xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
-        assert form_xsrf is not None
-        self.login = self.http.post(
-            server.base + "/login",
-            data={"username": self.username, "_xsrf": form_xsrf.group(1)},
-            headers={**HTML, **headers},
-            allow_redirects=False,
-            timeout=10,
-        )
-        assert self.login.status_code == 303, self.login.text
+        self.http, self.login = sign_in(server, self.username)
         home = self.http.get(server.base + "/", headers=HTML, timeout=10)
         assert home.status_code == 200
         self.home = home.text
@@ -71,7 +77,8 @@ class Browser:
 
     def key(self) -> str:
         """The login token inside the signed cookie (Tornado's format: the value, base64)."""
-        value = self.cookie().strip('"').split("|")[4].split(":", 1)[1]
+        # (as the Cookie header quotes it: '=' of the base64 padding written as \075)
+        value = self.cookie().strip('"').replace("\\075", "=").split("|")[4].split(":", 1)[1]
         return base64.b64decode(value).decode()
 
     def api(self, method: str, path: str, body: object = None, xsrf: str | None = None) -> requests.Response:
@@ -96,7 +103,8 @@ def test_browser_cookie_is_httponly_lax_and_secure_over_https(server: Server) ->
     plain = set_cookie_of(Browser(server).login, "uws-browser")
     assert "HttpOnly" in plain and "SameSite=Lax" in plain and "Path=/" in plain
     assert "Secure" not in plain  # (a browser would drop a Secure cookie over http)
-    over_https = set_cookie_of(Browser(server, **{"X-Forwarded-Proto": "https"}).login, "uws-browser")
+    _, answer = sign_in(server, unique_name("b"), **{"X-Forwarded-Proto": "https"})
+    over_https = set_cookie_of(answer, "uws-browser")
     assert "Secure" in over_https and "HttpOnly" in over_https and "SameSite=Lax" in over_https
 
 
