@@ -261,6 +261,7 @@ def test_globus_sign_in_through_the_browser_redirect(globus_server: Server, fake
     assert r.status_code == 302
     location = r.headers["Location"]
     assert location.startswith(fake.url) and "/v2/oauth2/authorize" in location
+    assert location.count("state=") == 1, location  # (ours, in place of the SDK's default)
     state = re.search(r"[?&]state=([^&]+)", location).group(1)  # type: ignore[union-attr]
     callback = base + "/login/callback"
     identity = fake.add_identity(f"{unique_name('g')}@example.org")

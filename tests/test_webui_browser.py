@@ -165,10 +165,13 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert statuses_seen(web)[-1] == "complete"
         shot(page, "web-app-stopped")
 
-        # Phone width: nothing wider than the screen.
+        # Phone width: nothing wider than the screen. With maximums set, quota use shows as bars.
+        server.cli("quota", "set", "webuser", "--disk-bytes", "100000", "--core-hours", "10")
         page.set_viewport_size({"width": 375, "height": 800})
         page.goto(server.base + "/")
         expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        expect(page.locator("#quota meter")).to_have_count(2)
+        expect(page.get_by_label("Disk:")).to_have_attribute("max", "100000")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         shot(page, "home-phone")
 

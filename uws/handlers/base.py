@@ -46,6 +46,18 @@ class UpgradeMatches(PathMatches):
         return super().match(request)
 
 
+def set_cors_headers(handler: web.RequestHandler, origins: tuple[str, ...]) -> None:
+    """Which origins may read the answer (never with credentials: no Allow-Credentials, so a
+    browser session's cookie never lets another site read anything)."""
+    if "*" in origins:
+        handler.set_header("Access-Control-Allow-Origin", "*")
+    else:
+        origin = handler.request.headers.get("Origin", "")
+        if origin in origins:
+            handler.set_header("Access-Control-Allow-Origin", origin)
+    handler.set_header("Vary", "Origin")
+
+
 def send_error(handler: web.RequestHandler, error: APIError) -> None:
     """Answer with the JSON error envelope. Every Tornado handler's refusal is written here
     (REST, websocket handshakes, the passthrough), so they all look alike."""
@@ -146,14 +158,7 @@ class BaseHandler(Components, AnswersBeforeBody):
     # ---- headers -------------------------------------------------------------------------
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
-        origins = self.config.cors_allowed_origins
-        if "*" in origins:
-            self.set_header("Access-Control-Allow-Origin", "*")
-        else:
-            origin = self.request.headers.get("Origin", "")
-            if origin in origins:
-                self.set_header("Access-Control-Allow-Origin", origin)
-        self.set_header("Vary", "Origin")
+        set_cors_headers(self, self.config.cors_allowed_origins)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Referrer-Policy", "same-origin")

@@ -12,7 +12,6 @@ import re
 import secrets
 import time
 from typing import Any
-from urllib.parse import quote
 
 from tornado import web
 
@@ -21,7 +20,7 @@ from ..auth.scopes import CurrentUser
 from ..errors import APIError
 from ..webui import BROWSER_COOKIE, OAUTH_STATE_COOKIE, WebUI, login_mode
 from .auditing import record_answer
-from .base import ID, send_error, write_json_error
+from .base import ID, send_error, set_cors_headers, write_json_error
 from .browser import authenticate_request
 from .components import Components
 
@@ -127,7 +126,8 @@ class HomeHandler(PageHandler):
     async def get(self) -> None:
         if self.request.path == "/" and "text/html" not in self.request.headers.get("Accept", ""):
             # GET / was the API's JSON 404 before there were pages: clients that are not
-            # browsers still get it.
+            # browsers still get it, as every unknown path answers it.
+            set_cors_headers(self, self.config.cors_allowed_origins)
             raise APIError(404, "Not found.")
         await self.show("home.html", workspace_id=None)
 
@@ -184,7 +184,9 @@ class GlobusStartHandler(PageHandler):
         if login_mode(self.authenticator) != "globus":
             raise APIError(404, "Not found.")
         state = secrets.token_urlsafe(24)
-        payload = await self.authenticator.login(self.app, {"redirect_url": self.callback_url()})
+        payload = await self.authenticator.login(
+            self.app, {"redirect_url": self.callback_url(), "state": state}
+        )
         self.set_signed_cookie(
             OAUTH_STATE_COOKIE,
             state,
@@ -194,8 +196,7 @@ class GlobusStartHandler(PageHandler):
             samesite="Lax",
             secure=self.secure(),
         )
-        uri = str(payload["auth_uri"])
-        self.redirect(f"{uri}{'&' if '?' in uri else '?'}state={quote(state)}")
+        self.redirect(str(payload["auth_uri"]))
 
     def callback_url(self) -> str:
         return self.own_origin() + self.page_path("login/callback")
