@@ -9,18 +9,28 @@ version = {}
 with open(os.path.join(here, "uws", "__init__.py")) as f:
     exec(f.read(), version)
 
+
+
+def share_files() -> list[tuple[str, list[str]]]:
+    """share/uws and its subdirectories (the web interface's templates and static files), each
+    directory's files installed under the same relative path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(os.path.join(here, "share", "uws")):
+        dirnames.sort()
+        relative = os.path.relpath(dirpath, here)
+        files = [os.path.join(relative, n) for n in sorted(filenames)]
+        if files:
+            found.append((relative, files))
+    return found
+
+
 setup(
     name="uws",
     version=version["__version__"],
     description="User Workspaces Server: workspaces and interactive sessions over HTTP",
     packages=find_packages(include=["uws", "uws.*"]),
     package_data={"uws": ["alembic/*.py", "alembic/*.mako", "alembic/versions/*.py"]},
-    data_files=[
-        (
-            "share/uws",
-            [os.path.join("share", "uws", n) for n in sorted(os.listdir(os.path.join(here, "share", "uws")))],
-        )
-    ],
+    data_files=share_files(),
     python_requires=">=3.11",
     install_requires=[
         "tornado>=6.4",
@@ -38,6 +48,8 @@ setup(
         "httptools>=0.6",
         # GET /metrics: Prometheus' own client library, as JupyterHub uses.
         "prometheus_client>=0.17",
+        # The web interface's pages: server-rendered templates, autoescaped (as JupyterHub's).
+        "jinja2>=3.1",
     ],
     extras_require={
         # jupyterlab: the passthrough's end-to-end tests run a real JupyterLab.

@@ -474,6 +474,10 @@ class UWSApp(Application):
 
         self.admin = AdminService(self.db, self.auth_service, self.proxy, self.events, self.jobs)
         self.ending_warnings = EndingWarnings(self.db, self.events, self.jobs, parent=self)
+        from .webui import WebUI
+
+        web_ui = WebUI(self.share_dir, self.proxy.secret, self.public_url, parent=self)
+        self.web_ui = web_ui if web_ui.enabled else None
 
     def init_health(self) -> None:
         from .health import StatusReporter
@@ -495,7 +499,20 @@ class UWSApp(Application):
             self.log.error("%s", e)
             self.exit(1)
 
-        routes = api_host_routes(self.passthrough_mode)
+        pages_prefix = self.web_ui.prefix if self.web_ui is not None else None
+        routes = api_host_routes(self.passthrough_mode, pages_prefix)
+        if pages_prefix is not None:
+            from .handlers import api_path_patterns
+            from .webui import page_route_problems
+
+            taken = page_route_problems(pages_prefix, api_path_patterns(self.passthrough_mode))
+            if taken:
+                self.log.error(
+                    "WebUI.prefix %r puts pages on API paths (%s): choose another prefix.",
+                    pages_prefix,
+                    ", ".join(taken),
+                )
+                self.exit(2)
         session_routes = session_host_routes if self.passthrough_mode == "origin" else []
         self.init_metrics([*routes, *session_routes])
         self.webapp = UWSWebApplication(

@@ -61,8 +61,10 @@ def configurable_classes() -> list[type[Configurable]]:
     from .sessions.service import JobService
     from .spawners.base import Spawner
     from .websockets import WebSocketCounter
+    from .webui import WebUI
 
     found: list[type[Configurable]] = [UWSApp, FrontServer, ProxyService, WebSocketCounter, JobService]
+    found += [WebUI]
     found += [SessionLogs, IdleCuller, EndingWarnings, StatusReporter, Mailer, AuditLog, Spawner]
     for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
         found += [cls for cls in plugins.all_classes(group) if cls not in found]

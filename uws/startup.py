@@ -46,6 +46,8 @@ def log_started(app: UWSApp) -> None:
         )
     else:
         app.log.info("Sessions are served from their own origins under *.%s", app.session_host)
+    if app.web_ui is not None:
+        app.log.info("Web interface: open %s%s in a browser", url, app.web_ui.prefix)
     if app.authenticator_class == "dev":
         app.log.warning(
             "Development login: anyone who can reach this server logs in as any user, without a "

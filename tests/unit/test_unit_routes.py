@@ -146,6 +146,7 @@ def test_the_app_provides_every_accessor() -> None:
             websocket_max_message_size="<proxy_websocket_max_message_size>",
         ),
         health=SimpleNamespace(report=object()),
+        web_ui=SimpleNamespace(cookie_secret="<cookie_secret>"),
     )
     fake = SimpleNamespace(**values)
     settings = web_settings(fake)  # type: ignore[arg-type]

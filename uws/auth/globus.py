@@ -122,7 +122,10 @@ class GlobusAuthenticator(Authenticator):
                 raise APIError(400, "Missing redirect url.")
             code = body.get("code")
             if code is None:
-                return {"auth_uri": await self._globus().authorize_url(redirect_url)}
+                # (`state`: what the web interface's sign-in expects back on the redirect)
+                state = body.get("state")
+                state = state if isinstance(state, str) and state else "_default"
+                return {"auth_uri": await self._globus().authorize_url(redirect_url, state)}
             if not isinstance(code, str) or not code:
                 raise not_authenticated(INVALID_CREDENTIALS)
             tokens = await self._globus().exchange_code(redirect_url, code)

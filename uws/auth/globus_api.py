@@ -46,8 +46,9 @@ class GlobusAPI:
         self.read_timeout = read_timeout
 
     # ---- the calls, as a login makes them ------------------------------------------------
-    async def authorize_url(self, redirect_url: str) -> str:
-        return await self._blocking(lambda: self._authorize_url(redirect_url))
+    async def authorize_url(self, redirect_url: str, state: str = "_default") -> str:
+        """Globus' sign-in page; `state` comes back on the redirect (a browser sign-in checks it)."""
+        return await self._blocking(lambda: self._authorize_url(redirect_url, state))
 
     async def exchange_code(self, redirect_url: str, code: str) -> dict[str, str]:
         """Access tokens by resource server."""
@@ -109,9 +110,9 @@ class GlobusAPI:
         )
         return self._tune(client)
 
-    def _authorize_url(self, redirect_url: str) -> str:
+    def _authorize_url(self, redirect_url: str, state: str) -> str:
         with self._auth_client() as client:
-            client.oauth2_start_flow(redirect_url, OAUTH_SCOPES)
+            client.oauth2_start_flow(redirect_url, OAUTH_SCOPES, state=state)
             return str(client.oauth2_get_authorize_url())
 
     def _exchange_code_sync(self, redirect_url: str, code: str) -> dict[str, str]:

@@ -147,6 +147,25 @@ class TokenService:
         key, token = self._add(session, user_id, None, self.expiry_seconds, "")
         return key, token.expires_at
 
+    async def limit_to_browser(self, key: str, seconds: int) -> CurrentUser:
+        """Make the login token `key` a browser session's: it ends after `seconds` at the
+        latest (sooner if the server's token expiry says so), and GET /tokens/api/ lists it as
+        the web browser's. Returns its user."""
+        digest = hash_token(key)
+        ends = utcnow() + _dt.timedelta(seconds=seconds)
+
+        def _limit(session: Any) -> None:
+            token = session.scalar(select(orm.ApiToken).where(orm.ApiToken.token_hash == digest))
+            if token is None:
+                raise not_authenticated("Invalid token provided.")
+            if token.expires_at is None or token.expires_at > ends:
+                token.expires_at = ends
+            token.note = "web browser"
+
+        await self.db.run(_limit)
+        self._cache.pop(digest, None)
+        return await self.authenticate(f"Token {key}")
+
     @staticmethod
     def _add(
         session: Any, user_id: int, scopes: frozenset[str] | None, expires_in: int, note: str

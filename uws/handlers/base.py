@@ -16,6 +16,7 @@ from ..auth.scopes import require_scope
 from ..errors import APIError, error_body
 from ..utils import parse_bool
 from .auditing import Declared, record_answer, refused_request
+from .browser import authenticate_request
 from .components import Components
 
 log = logging.getLogger("uws.web")
@@ -43,6 +44,18 @@ class UpgradeMatches(PathMatches):
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return None
         return super().match(request)
+
+
+def set_cors_headers(handler: web.RequestHandler, origins: tuple[str, ...]) -> None:
+    """Which origins may read the answer (never with credentials: no Allow-Credentials, so a
+    browser session's cookie never lets another site read anything)."""
+    if "*" in origins:
+        handler.set_header("Access-Control-Allow-Origin", "*")
+    else:
+        origin = handler.request.headers.get("Origin", "")
+        if origin in origins:
+            handler.set_header("Access-Control-Allow-Origin", origin)
+    handler.set_header("Vary", "Origin")
 
 
 def send_error(handler: web.RequestHandler, error: APIError) -> None:
@@ -135,6 +148,9 @@ class BaseHandler(Components, AnswersBeforeBody):
         self._received = 0
         self._body_limit = self.config.max_json_body_size  # prepare() settles it per request
         self.user: Any = None
+        # What authenticated the request, as a UWS-Authorization value ("Token <key>"), also
+        # when it was the browser session's cookie ("" when nothing did).
+        self.credential = ""
 
     def compute_etag(self) -> None:
         return None  # answers are small and dynamic; hashing every one costs more than it saves
@@ -142,14 +158,7 @@ class BaseHandler(Components, AnswersBeforeBody):
     # ---- headers -------------------------------------------------------------------------
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
-        origins = self.config.cors_allowed_origins
-        if "*" in origins:
-            self.set_header("Access-Control-Allow-Origin", "*")
-        else:
-            origin = self.request.headers.get("Origin", "")
-            if origin in origins:
-                self.set_header("Access-Control-Allow-Origin", origin)
-        self.set_header("Vary", "Origin")
+        set_cors_headers(self, self.config.cors_allowed_origins)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Referrer-Policy", "same-origin")
@@ -184,7 +193,7 @@ class BaseHandler(Components, AnswersBeforeBody):
         if self.request.method not in self.allowed_methods():
             return  # answered with 405 by the method itself
         if self.auth_required:
-            self.user = await self.auth.authenticate(self.request.headers.get("UWS-Authorization"))
+            self.user, self.credential = await authenticate_request(self)
             require_scope(self.user, self.required_scope())
 
     def required_scope(self) -> str | None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..sessions.service import JobService
     from ..shares import ShareService
     from ..websockets import TicketStore, WebSocketCounter
+    from ..webui import WebUI
     from ..workspaces import WorkspaceService
 
 
@@ -86,6 +87,10 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         "status_report": app.health.report,
         "audit_log": app.audit_log,
         "metrics": app.metrics,
+        "web_ui": app.web_ui,
+        # Tornado's signed cookies (the browser session's) and the sign-in form's XSRF cookie.
+        "cookie_secret": app.web_ui.cookie_secret if app.web_ui is not None else None,
+        "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Lax"},
     }
 
 
@@ -168,6 +173,11 @@ class Components:
     def metrics(self) -> ServerMetrics | None:
         """The server's metrics; None when they are off (UWSApp.metrics_enabled)."""
         return self.settings["metrics"]
+
+    @property
+    def web_ui(self) -> WebUI | None:
+        """The web interface's templates and browser sessions; None when it is off."""
+        return self.settings["web_ui"]
 
     @property
     def status_report(self) -> Callable[[], Awaitable[dict[str, Any]]]:

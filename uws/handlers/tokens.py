@@ -9,6 +9,7 @@ from ..admin import end_access
 from ..auth.accounts import valid_username
 from ..errors import APIError
 from .base import ID, BaseHandler
+from .browser import authenticate_request
 
 
 def claimed_user(body: dict[str, Any]) -> str | None:
@@ -41,8 +42,10 @@ class TokensHandler(BaseHandler):
         self.send_json(payload)
 
     async def delete(self) -> None:
-        header = self.request.headers.get("UWS-Authorization")
-        user = self.user = await self.auth.authenticate(header)
+        # (POST is open, so prepare() authenticated nothing: a logout by the header's token, or
+        # by a browser session's cookie with its XSRF token.)
+        user, header = await authenticate_request(self)
+        self.user = user
         self.audit("token.revoke", f"user:{user.username}")
         everything = bool(self.query_bool("all"))
         self.audit("token.revoke", f"user:{user.username}", all=everything)

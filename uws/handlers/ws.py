@@ -36,8 +36,9 @@ class TicketHandler(BaseHandler):
     required_scopes = {"POST": "read"}
 
     def post(self) -> None:
-        header = self.request.headers.get("UWS-Authorization", "")
-        ticket = self.tickets.issue(self.user, header)
+        # The ticket's socket re-checks this credential (the header's token, or the browser
+        # session's), closing with 4401 once it is revoked.
+        ticket = self.tickets.issue(self.user, self.credential)
         if ticket is None:
             raise APIError(
                 429,

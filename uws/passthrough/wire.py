@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import APIError
+from ..webui import BROWSER_COOKIE, OAUTH_STATE_COOKIE
 from .head import Head
 from .service import Target
 
@@ -39,6 +40,10 @@ STRIP_TO_UPSTREAM = frozenset(
         "x-scheme",
     }
 )
+# Cookies that are UWS's credentials, never the session's: the passthrough's access cookies
+# (uws-session-<id>), and in path mode, where sessions share the server's origin, the web
+# interface's browser session and sign-in state.
+UWS_COOKIES = ("uws-session-", f"{BROWSER_COOKIE}=", f"{OAUTH_STATE_COOKIE}=")
 # On the server's own origin (path mode), the browser's Authorization belongs to that origin
 # (basic auth in front of the server, say), not to the session.
 STRIP_TO_UPSTREAM_BY_PATH = STRIP_TO_UPSTREAM | {"authorization"}
@@ -68,7 +73,7 @@ def forward_headers(request_headers: Any, host: str, remote_ip: str, protocol: s
     cookie = request_headers.get("Cookie")
     if cookie:
         cookies = [
-            c.strip() for c in cookie.split(";") if c.strip() and not c.strip().startswith("uws-session-")
+            c.strip() for c in cookie.split(";") if c.strip() and not c.strip().startswith(UWS_COOKIES)
         ]
         if cookies:
             headers.add("Cookie", "; ".join(cookies))
