@@ -22,6 +22,7 @@ from traitlets.config import LoggingConfigurable
 
 from .. import orm
 from ..audit import SYSTEM
+from ..periodic import every
 from .status import JobStatus
 
 if TYPE_CHECKING:
@@ -70,19 +71,13 @@ class IdleCuller(LoggingConfigurable):
         self._task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
+        self._task = asyncio.ensure_future(
+            every(lambda: self.interval_seconds, self.check, "Idle check", log)
+        )
 
     def close(self) -> None:
         if self._task:
             self._task.cancel()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_seconds)
-            try:
-                await self.check()
-            except Exception:
-                log.exception("Idle check failed; trying again later")
 
     async def check(self) -> None:
         rows = await self.db.run(

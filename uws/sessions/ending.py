@@ -20,6 +20,7 @@ from traitlets import Float, List
 from traitlets.config import LoggingConfigurable
 
 from .. import orm
+from ..periodic import every
 from .status import JobStatus
 
 if TYPE_CHECKING:
@@ -79,19 +80,13 @@ class EndingWarnings(LoggingConfigurable):
 
     def begin(self) -> None:
         if self.thresholds:
-            self._task = asyncio.ensure_future(self._loop())
+            self._task = asyncio.ensure_future(
+                every(lambda: self.interval_seconds, self.check, "Checking sessions' time left", log)
+            )
 
     def close(self) -> None:
         if self._task:
             self._task.cancel()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_seconds)
-            try:
-                await self.check()
-            except Exception:
-                log.exception("Checking sessions' time left failed; trying again later")
 
     async def check(self) -> None:
         thresholds = self.thresholds

@@ -12,6 +12,7 @@ import time
 from sqlalchemy import select
 
 from .. import orm
+from ..periodic import every
 from ..spawners.base import Spawner
 from .servicebase import JobServiceBase
 from .status import ACTIVE, JobStatus
@@ -26,12 +27,7 @@ class Reconciler(JobServiceBase):
     transitions (_finish, _update, apply_exit, _spawner, _terminate)."""
 
     async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.reconcile_seconds)
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("Reconciliation failed; retrying later")
+        await every(lambda: self.reconcile_seconds, self.reconcile, "Reconciliation", log)
 
     async def _unanswered(self, job_id: int, status: str, helper_alive: bool, error: Exception) -> None:
         """Unknown is not finished: keep the status, say so, and try again. Only a job whose
