@@ -115,15 +115,24 @@ def cluster_state() -> str:
 def wait_ready(c: Client, job_id: int, timeout: float = 150) -> dict:
     """helpers.api.wait_ready, with the job and the cluster's state in the failure. The time is
     generous: in a full run the scheduler sometimes takes a minute or more to place a job on a
-    node that the previous test's jobs have only just left."""
+    node that the previous test's jobs have only just left. A job that has ended fails the
+    wait at once: it will not become ready."""
+
+    def ready_or_ended() -> dict | None:
+        job = get_job(c, job_id)
+        current = job["job_details"]["current_job_details"]
+        return job if "connection_details" in current or job["status"] in ("complete", "failed") else None
+
     try:
-        return api.wait_ready(c, job_id, timeout)
+        job = wait_for(ready_or_ended, timeout)
     except AssertionError:
         job = get_job(c, job_id)
+    if "connection_details" not in job["job_details"]["current_job_details"]:
         raise AssertionError(
-            f"job {job_id} not ready after {timeout} s: {job['status']}, "
+            f"job {job_id} not ready (waited up to {timeout} s): {job['status']}, "
             f"{job['job_details'].get('current_job_details')}\n{cluster_state()}"
-        ) from None
+        )
+    return job
 
 
 def cancel_all(username: str) -> None:
