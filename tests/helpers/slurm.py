@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 
-from helpers import api
 from helpers.api import get_job, wait_for
 from helpers.configs import APP_PYTHON, LOCAL_CONFIG, SUDO_AVAILABLE, shared_dir
 from helpers.harness import IS_ROOT, Client, free_port
