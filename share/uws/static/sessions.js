@@ -65,6 +65,10 @@ function timeline(seen) {
   );
 }
 
+// The last refusal of an action on a session (Stop, Extend), shown on its card until the next
+// action: a live update of the card must not wipe it.
+const jobErrors = new Map();
+
 // Extend a running session (PUT /jobs/<id>/extend/): one form per job, kept across re-renders
 // so a choice being made survives a live update. The server's refusal (422 past the job type's
 // maximum, 403 past the quota) shows on the card.
@@ -144,7 +148,8 @@ export function sessionCard(store, job, onError) {
   if (!ACTIVE.has(job.status) && job.datetime_end) {
     parts.push(h('p', { class: 'muted' }, `Ended ${new Date(job.datetime_end).toLocaleString()}`));
   }
-  parts.push(h('p', { class: 'field-error', id: `job-${job.id}-error`, role: 'alert', hidden: true }));
+  const failure = jobErrors.get(job.id);
+  parts.push(h('p', { class: 'field-error', id: `job-${job.id}-error`, role: 'alert', hidden: !failure }, failure));
   if (job.status !== 'pending') parts.push(logView(job.id));
   const seen = store.seen.get(job.id);
   if (seen) parts.push(timeline(seen));
@@ -154,6 +159,8 @@ export function sessionCard(store, job, onError) {
 // Keep a container's cards in step with `jobs`: one <article> per job, updated in place.
 export function renderCards(container, store, jobs, emptyText) {
   const showError = (jobId, message) => {
+    if (message) jobErrors.set(jobId, message);
+    else jobErrors.delete(jobId);
     const el = document.getElementById(`job-${jobId}-error`);
     if (el) {
       el.textContent = message;
