@@ -42,8 +42,14 @@ function loadQuotaSoon() {
   clearTimeout(quotaTimer);
   quotaTimer = setTimeout(() => {
     loadQuota();
-    loadInbox();
+    loadInbox(addWorkspace);
   }, 1000);
+}
+
+async function addWorkspace(id) {
+  const found = (await api('GET', `/workspaces/${id}/`)).data.workspaces;
+  for (const ws of found) store.workspaces.set(ws.id, ws);
+  render(store);
 }
 
 function workspaceItem(store, ws) {
@@ -100,6 +106,6 @@ form.addEventListener('submit', async (e) => {
 
 store.loadJobTypes().catch(() => {});
 loadQuota();
-loadInbox();
+loadInbox(addWorkspace);
 startEvents((event) => store.handle(event));
 startCountdown();

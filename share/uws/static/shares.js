@@ -1,5 +1,5 @@
-// The inbox of workspaces others shared with the user: accept one (it becomes theirs) or
-// decline it (its copy is removed).
+// The inbox of workspaces others shared with the user: accept one (it becomes theirs, and
+// onAccepted(id) is told) or decline it (its copy is removed).
 import { api } from './api.js';
 import { h, replaceChildren } from './dom.js';
 
@@ -11,7 +11,7 @@ function sender(owner) {
   return name ? `${name} (${owner.username})` : owner.username;
 }
 
-function answer(share, verb, label) {
+function answer(share, verb, label, onAccepted) {
   const copy = share.shared_workspace_id;
   return h(
     'button',
@@ -26,7 +26,9 @@ function answer(share, verb, label) {
         try {
           if (verb === 'accept') await api('PUT', `/shared_workspaces/${copy.id}/accept/`);
           else await api('DELETE', `/shared_workspaces/${copy.id}/`);
-          await loadInbox();
+          await loadInbox(onAccepted);
+          // (accepting publishes no event: the page reads the workspace it now has)
+          if (verb === 'accept') onAccepted(copy.id);
         } catch (failure) {
           error.textContent = failure.message;
           error.hidden = false;
@@ -38,7 +40,7 @@ function answer(share, verb, label) {
   );
 }
 
-export async function loadInbox() {
+export async function loadInbox(onAccepted) {
   try {
     const shares = (await api('GET', '/shared_workspaces/?is_accepted=false')).data.shared_workspaces;
     if (!shares.length) {
@@ -51,7 +53,7 @@ export async function loadInbox() {
         'li',
         { class: 'share', id: `share-${copy.id}` },
         h('p', {}, h('strong', {}, copy.name || `Workspace ${copy.id}`), ` from ${sender(copy.user_id)}`, copy.description ? ` · ${copy.description}` : ''),
-        h('div', { class: 'actions' }, answer(share, 'accept', 'Accept'), answer(share, 'decline', 'Decline')),
+        h('div', { class: 'actions' }, answer(share, 'accept', 'Accept', onAccepted), answer(share, 'decline', 'Decline', onAccepted)),
       );
     });
     replaceChildren(inbox, h('ul', { class: 'plain' }, items));

@@ -36,7 +36,10 @@ export function setUpDelete(workspaceId) {
   const dialog = document.getElementById('delete-dialog');
   const error = document.getElementById('delete-error');
   const opener = document.getElementById('delete-open');
-  opener.addEventListener('click', () => dialog.showModal());
+  opener.addEventListener('click', () => {
+    dialog.returnValue = ''; // (Escape leaves the last answer in place)
+    dialog.showModal();
+  });
   dialog.addEventListener('close', async () => {
     opener.focus();
     if (dialog.returnValue !== 'delete') return;
