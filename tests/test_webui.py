@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 from collections.abc import Iterator
 
@@ -31,6 +32,7 @@ c.UWSApp.admin_users = {"webadmin"}
 """
 XSRF_REFUSED = "Missing or wrong X-XSRFToken header: a request signed in by the browser cookie needs it."
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "share", "uws", "static")
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +140,11 @@ def test_pages_never_hold_the_api_token(server: Server) -> None:
     assert alice.api("GET", "/quota/", None).status_code == 200  # (it is the session's token)
     assert server.client(key).get("/workspaces/").status_code == 200
     ws = alice.api("POST", "/workspaces/", {"name": "w", "description": ""}, xsrf=alice.xsrf).json()
-    pages = ["/", f"/w/{ws['data']['workspace']['id']}", "/w/999999"]
+    pages = ["/", f"/w/{ws['data']['workspace']['id']}", "/w/999999", "/account"]
     statics = re.findall(r'(?:src|href)="(/static/[^"]+)"', alice.home)
     assert len(statics) == 2, statics
-    statics += ["/static/api.js", "/static/events.js", "/static/sessions.js", "/static/dom.js"]
+    statics += [f"/static/{name}" for name in os.listdir(STATIC)]
+    assert len(statics) >= 14, statics
     for path in pages + statics:
         r = alice.http.get(server.base + path, headers=HTML, timeout=10)
         assert r.status_code == 200, (path, r.text)
