@@ -101,21 +101,20 @@ def statuses_seen(card) -> list[str]:
     return card.locator(".timeline li").evaluate_all("items => items.map(li => li.dataset.status)")
 
 
-def friend_shares_with(server: Server, username: str) -> str:
-    """Another user (signed in through the API) shares a workspace of theirs with `username`;
-    returns the workspace's name."""
+def friend_shares_with(server: Server, username: str, name: str) -> None:
+    """Another user (signed in through the API) shares a new workspace of theirs, `name`, with
+    `username`."""
     friend = server.client()
     login = friend.post("/tokens/", {"user_info": {"username": "webfriend", "email": "webfriend@localhost"}})
     friend = server.client(login.json()["token"])
     users = friend.get("/users/", params={"search": f"{username}@"}).json()["data"]["users"]
     (target,) = [u for u in users if u["username"] == username]
-    ws = friend.post("/workspaces/", {"name": "from a friend", "description": "shared to webuser"})
+    ws = friend.post("/workspaces/", {"name": name, "description": "shared to webuser"})
     original = ws.json()["data"]["workspace"]["id"]
     r = friend.post(
         "/shared_workspaces/", {"original_workspace_id": original, "shared_user_ids": [target["id"]]}
     )
     assert r.status_code == 200, r.text
-    return "from a friend"
 
 
 def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend: str) -> None:
@@ -253,13 +252,16 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         shot(page, "web-app-stopped")
 
         # Shared with webfriend (who shares a workspace back) through the dialog's search.
-        shared_name = friend_shares_with(server, "webuser")
+        shared_name, unwanted = "from a friend", "not wanted"
+        friend_shares_with(server, "webuser", shared_name)
+        friend_shares_with(server, "webuser", unwanted)
         page.click("#share-open")
         page.fill("#share-search", "webfriend@")
         page.check("#share-people input[type=checkbox]")
         page.click("#share-form button[type=submit]")
         expect(page.locator("#share-status")).to_contain_text("Shared with")
         expect(page.locator("#share-dialog")).to_be_hidden()
+        assert page.evaluate("document.activeElement.id") == "share-open"  # (focus returns)
 
         # An administrator (webuser is one here) stops another web app from the administration page.
         page.select_option("#job-type", "web")
@@ -296,6 +298,8 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         # A share from another user: in the inbox, accepted, then among the workspaces.
         page.goto(server.base + "/")
         expect(page.locator("#inbox")).to_contain_text(shared_name)
+        page.get_by_role("button", name=f"Decline {unwanted}").click()
+        expect(page.locator("#inbox")).not_to_contain_text(unwanted)
         page.get_by_role("button", name=f"Accept {shared_name}").click()
         expect(page.locator("#inbox")).to_contain_text("Nothing waiting")
         expect(page.get_by_role("link", name=shared_name)).to_be_visible()
