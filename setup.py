@@ -54,6 +54,7 @@ setup(
     extras_require={
         # jupyterlab: the passthrough's end-to-end tests run a real JupyterLab.
         # playwright: drives the system's Chromium in the browser isolation tests.
+        # axe-playwright-python: ships axe-core (MPL-2.0), the web interface's accessibility check.
         # mypy and types-psutil (psutil's type hints): scripts/test type-checks uws first.
         "test": [
             "pytest>=8",
@@ -61,6 +62,7 @@ setup(
             "ruff>=0.5",
             "jupyterlab>=4",
             "playwright>=1.40",
+            "axe-playwright-python>=0.1.8",
             "mypy>=1.8",
             "types-psutil",
         ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 from collections.abc import Iterator
 
@@ -27,9 +28,11 @@ c.LocalFileSystemStorage.root_dir = "@DIR@/workspaces"
 c.UWSApp.spawner_class = "local"
 # Lets this test say it came over https (X-Forwarded-Proto), as nginx in front would.
 c.FrontServer.trusted_proxies = ["127.0.0.1"]
+c.UWSApp.admin_users = {"webadmin"}
 """
 XSRF_REFUSED = "Missing or wrong X-XSRFToken header: a request signed in by the browser cookie needs it."
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "share", "uws", "static")
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +140,11 @@ def test_pages_never_hold_the_api_token(server: Server) -> None:
     assert alice.api("GET", "/quota/", None).status_code == 200  # (it is the session's token)
     assert server.client(key).get("/workspaces/").status_code == 200
     ws = alice.api("POST", "/workspaces/", {"name": "w", "description": ""}, xsrf=alice.xsrf).json()
-    pages = ["/", f"/w/{ws['data']['workspace']['id']}", "/w/999999"]
+    pages = ["/", f"/w/{ws['data']['workspace']['id']}", "/w/999999", "/account"]
     statics = re.findall(r'(?:src|href)="(/static/[^"]+)"', alice.home)
     assert len(statics) == 2, statics
-    statics += ["/static/api.js", "/static/events.js", "/static/sessions.js", "/static/dom.js"]
+    statics += [f"/static/{name}" for name in os.listdir(STATIC)]
+    assert len(statics) >= 14, statics
     for path in pages + statics:
         r = alice.http.get(server.base + path, headers=HTML, timeout=10)
         assert r.status_code == 200, (path, r.text)
@@ -150,6 +154,53 @@ def test_pages_never_hold_the_api_token(server: Server) -> None:
     page = alice.http.get(server.base + "/", headers=HTML, timeout=10)
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Frame-Options"] == "DENY"
+
+
+def test_administration_page_is_for_admins_only(server: Server) -> None:
+    user, admin = Browser(server), Browser(server, "webadmin")
+    assert "/administration" not in user.home and 'href="/administration"' in admin.home
+    r = user.http.get(server.base + "/administration", headers=HTML, timeout=10)
+    assert r.status_code == 403, r.text
+    assert r.json() == {"success": False, "message": "Only administrators can see this page."}
+    r = admin.http.get(server.base + "/administration", headers=HTML, timeout=10)
+    assert r.status_code == 200 and 'id="admin-jobs"' in r.text
+    assert meta_xsrf(r.text) == admin.xsrf
+    # Signed out, it is the way to sign in, as every page.
+    r = requests.get(server.base + "/administration", headers=HTML, allow_redirects=False, timeout=10)
+    assert r.status_code == 302 and r.headers["Location"] == "/login"
+
+
+def test_account_page_offers_the_scopes_the_user_holds(server: Server) -> None:
+    def offered(browser: Browser) -> list[str]:
+        page = browser.http.get(server.base + "/account", headers=HTML, timeout=10)
+        assert page.status_code == 200, page.text
+        return re.findall(r'name="scopes" value="([a-z]+)"', page.text)
+
+    assert offered(Browser(server)) == ["read", "workspaces", "sessions"]
+    assert offered(Browser(server, "webadmin")) == ["read", "workspaces", "sessions", "admin", "metrics"]
+
+
+def test_upload_and_download_with_the_browser_cookie(server: Server) -> None:
+    """What the workspace page's upload (XMLHttpRequest, multipart) and download links do."""
+    alice, bob = Browser(server), Browser(server)
+    ws = alice.api("POST", "/workspaces/", {"name": "files", "description": ""}, xsrf=alice.xsrf).json()
+    upload = f"{server.base}/workspaces/{ws['data']['workspace']['id']}/upload/"
+    files = {"files": ("notes é.txt", b"hello from the page\n")}
+    r = alice.http.put(upload, files=files, timeout=10)
+    assert r.status_code == 403 and r.json()["message"] == XSRF_REFUSED
+    r = alice.http.put(upload, files=files, headers={"X-XSRFToken": bob.xsrf}, timeout=10)
+    assert r.status_code == 403
+    listing = f"{server.base}/workspaces/{ws['data']['workspace']['id']}/files/"
+    assert alice.http.get(listing, timeout=10).json()["data"]["entries"] == []  # nothing was written
+    r = alice.http.put(upload, files=files, headers={"X-XSRFToken": alice.xsrf}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert [e["name"] for e in alice.http.get(listing, timeout=10).json()["data"]["entries"]] == [
+        "notes é.txt"
+    ]
+    r = alice.http.get(listing + "notes%20%C3%A9.txt", timeout=10)
+    assert r.status_code == 200 and r.content == b"hello from the page\n"
+    assert r.headers["Content-Disposition"].startswith("attachment; ")
+    assert bob.http.get(listing + "notes%20%C3%A9.txt", timeout=10).status_code == 404
 
 
 def test_sign_out_revokes_the_session(server: Server) -> None:

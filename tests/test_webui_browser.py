@@ -1,14 +1,18 @@
 """The web interface end to end, in headless Chromium (Debian's, driven by Playwright): sign in
-with the development login, create a workspace, start a LocalTestJob and watch its card go
-pending, running, ended without a reload (across a dropped event stream), start a web app,
-open it on its own origin, stop it, sign out. Bad input in each form shows the server's
-message by its field. A screenshot of each page visited goes to $UWS_TEST_OUTPUT (default
-tests/output/, which git ignores).
+with the development login, create a workspace, upload a file (with its progress bar), rename
+it, download the file, start a LocalTestJob and watch its card go pending, running, ended
+without a reload (across a dropped event stream), start a web app, open it on its own origin,
+follow its output, extend it, stop it, share the workspace and accept a share from another
+user, make and revoke an API token, stop a session from the administration page, sign out. Bad
+input in each form shows the server's message by its field. Every page passes axe-core's
+check (no serious or critical violation), at desktop and phone width. A screenshot of each
+page visited goes to $UWS_TEST_OUTPUT (default tests/output/, which git ignores).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -24,6 +28,9 @@ if not CHROMIUM:
 playwright_sync = pytest.importorskip(
     "playwright.sync_api", reason="playwright is installed with the test extras"
 )
+axe_sync = pytest.importorskip(
+    "axe_playwright_python.sync_playwright", reason="axe-playwright-python is installed with the test extras"
+)
 
 OUTPUT = os.environ.get("UWS_TEST_OUTPUT") or os.path.join(TESTS, "output")
 CONFIG = (
@@ -37,8 +44,9 @@ c.UWSApp.job_types = {{
                        "environment_details": {{"main_resource": {{"sleep_seconds": "4"}}}}}},
     "web": {{"name": "Web app", "job_type": "CommandJob", "environment_details": {{"main_resource": {{
         "command": ["{sys.executable}", "-m", "http.server", "{{port}}", "--bind", "{{host}}"],
-        "readiness_path": "/", "url_path": "/?token={{token}}"}}}}}},
+        "readiness_path": "/", "url_path": "/?token={{token}}"}}}}, "max_time_limit_min": 30}},
 }}
+c.UWSApp.admin_users = {{"webuser"}}
 """
     + ORIGIN_MODE
 )
@@ -77,13 +85,41 @@ class Shots:
         page.screenshot(path=os.path.join(self.dir, f"{self.count:02d}-{what}.png"), full_page=True)
 
 
+AXE = axe_sync.Axe()
+
+
+def assert_accessible(page, what: str) -> None:
+    """axe-core finds nothing serious or critical on the page as it is now."""
+    found = AXE.run(page).response["violations"]
+    bad = [v for v in found if v["impact"] in ("serious", "critical")]
+    assert not bad, f"{what}: " + "; ".join(
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}" for v in bad
+    )
+
+
 def statuses_seen(card) -> list[str]:
     return card.locator(".timeline li").evaluate_all("items => items.map(li => li.dataset.status)")
 
 
+def friend_shares_with(server: Server, username: str, name: str) -> None:
+    """Another user (signed in through the API) shares a new workspace of theirs, `name`, with
+    `username`."""
+    friend = server.client()
+    login = friend.post("/tokens/", {"user_info": {"username": "webfriend", "email": "webfriend@localhost"}})
+    friend = server.client(login.json()["token"])
+    users = friend.get("/users/", params={"search": f"{username}@"}).json()["data"]["users"]
+    (target,) = [u for u in users if u["username"] == username]
+    ws = friend.post("/workspaces/", {"name": name, "description": "shared to webuser"})
+    original = ws.json()["data"]["workspace"]["id"]
+    r = friend.post(
+        "/shared_workspaces/", {"original_workspace_id": original, "shared_user_ids": [target["id"]]}
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend: str) -> None:
     shot = Shots(f"webui-{backend}")
-    context = chromium.new_context(viewport={"width": 1100, "height": 900})
+    context = chromium.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     expect = playwright_sync.expect
@@ -92,6 +128,7 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         page.goto(server.base + "/")
         assert page.url == server.base + "/login"
         shot(page, "login")
+        assert_accessible(page, "login")
         page.fill("#username", "not a name!")
         page.click("button[type=submit]")
         expect(page.locator("#username-error")).to_have_text("Invalid username in user_info.")
@@ -102,7 +139,13 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         page.wait_for_url(server.base + "/")
         expect(page.locator("#live")).to_have_attribute("data-state", "live")
         expect(page.locator("#quota")).to_contain_text("Disk")
+        expect(page.locator("#inbox")).to_contain_text("Nothing waiting")
         shot(page, "home-empty")
+        assert_accessible(page, "home")
+        # The first Tab reaches the skip link, and focus is visible.
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.className") == "skip"
+        assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
 
         # A new workspace: the server's refusal by its field first, then made.
         page.fill("#ws-name", "x" * 300)
@@ -119,6 +162,37 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         page.wait_for_url("**/w/*")
         expect(page.locator("#job-type option")).to_have_count(2)
         page.evaluate("window.loadedOnce = true")
+
+        # A file: uploaded with a progress bar, listed, downloaded.
+        expect(page.locator("#files")).to_contain_text("This folder is empty.")
+        page.click("#upload-form button[type=submit]")
+        expect(page.locator("#upload-files-error")).to_have_text("Choose one or more files to upload.")
+        content = b"made in the browser\n" * 5000
+        page.set_input_files(
+            "#upload-files", {"name": "data.txt", "mimeType": "text/plain", "buffer": content}
+        )
+        page.click("#upload-form button[type=submit]")
+        expect(page.locator("#upload-status")).to_have_text("Uploaded data.txt.")
+        assert page.locator("#upload-progress").evaluate("p => p.value") == 100
+        file_link = page.get_by_role("link", name="data.txt")
+        expect(file_link).to_be_visible()
+        with page.expect_download() as downloading:
+            file_link.click()
+        download = downloading.value
+        assert download.suggested_filename == "data.txt"
+        with open(download.path(), "rb") as f:
+            assert f.read() == content
+
+        # Renamed: the server's refusal by its field first; the title follows the event.
+        page.fill("#edit-name", "y" * 300)
+        page.click("#edit-form button[type=submit]")
+        expect(page.locator("#edit-name-error")).to_have_text("name must be at most 256 characters.")
+        page.fill("#edit-name", "e2e renamed")
+        page.click("#edit-form button[type=submit]")
+        expect(page.locator("#ws-title")).to_have_text("e2e renamed")
+        expect(page.locator("#edit-name-error")).to_be_hidden()
+        shot(page, "workspace-files")
+        assert_accessible(page, "workspace")
 
         # Bad resource options: the server's message by the option's field.
         page.fill("#param-time_limit_min", "0")
@@ -141,16 +215,16 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert page.evaluate("window.loadedOnce") is True  # no reload on the way
         shot(page, "local-test-job-ended")
 
-        # A web app: open it on its own origin in a new tab, then stop it.
+        # A web app: open it on its own origin in a new tab, follow its output, extend it, stop it.
         page.select_option("#job-type", "web")
         page.click("#start-form button[type=submit]")
         web = page.locator("#sessions article").first
         expect(web).to_have_attribute("data-status", "running")
         expect(web.locator(".time-left")).to_be_visible()
+        web.locator("summary", has_text="Output").click()  # (followed from here on)
         open_link = web.get_by_role("link", name="Open")
         href = open_link.get_attribute("href") or ""
         assert ".localhost:" in href and "token=" in href, href
-        shot(page, "web-app-running")
         with context.expect_page() as opened:
             open_link.click()
         tab = opened.value
@@ -159,21 +233,112 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert tab.url.split("/")[2] == href.split("/")[2]  # (its own origin)
         shot(tab, "web-app-tab")
         tab.close()
+        # (http.server's request log, written after the viewer opened: it was followed)
+        expect(web.locator("pre.log")).to_contain_text("GET /?token=")
+        expect(web.locator(".time-left")).to_have_text(re.compile(r"^(9|10):\d\d$"))
+        web.get_by_label("Add time").select_option("15")
+        web.get_by_role("button", name="Extend").click()
+        expect(web.locator(".time-left")).to_have_text(re.compile(r"^2[45]:\d\d$"))  # (10 + 15 minutes)
+        web.get_by_role("button", name="Extend").click()  # (10 + 15 + 15 minutes: past the 30 allowed)
+        expect(web.locator(".field-error")).to_have_text(
+            "The time limit would become 40 minutes; the maximum for this job type is 30 minutes."
+        )
+        shot(page, "web-app-running")
+        assert_accessible(page, "workspace with a running session")
         web.get_by_role("button", name="Stop").focus()
         page.keyboard.press("Enter")
         expect(web).to_have_attribute("data-status", "complete")
         assert statuses_seen(web)[-1] == "complete"
         shot(page, "web-app-stopped")
 
-        # Phone width: nothing wider than the screen. With maximums set, quota use shows as bars.
-        server.cli("quota", "set", "webuser", "--disk-bytes", "100000", "--core-hours", "10")
+        # Shared with webfriend (who shares a workspace back) through the dialog's search.
+        shared_name, unwanted = "from a friend", "not wanted"
+        friend_shares_with(server, "webuser", shared_name)
+        friend_shares_with(server, "webuser", unwanted)
+        page.click("#share-open")
+        page.fill("#share-search", "webfriend@")
+        page.check("#share-people input[type=checkbox]")
+        page.click("#share-form button[type=submit]")
+        expect(page.locator("#share-status")).to_contain_text("Shared with")
+        expect(page.locator("#share-dialog")).to_be_hidden()
+        assert page.evaluate("document.activeElement.id") == "share-open"  # (focus returns)
+
+        # An administrator (webuser is one here) stops another web app from the administration page.
+        page.select_option("#job-type", "web")
+        page.click("#start-form button[type=submit]")
+        expect(page.locator("#sessions article").first).to_have_attribute("data-status", "running")
+        page.click("text=Administration")
+        page.wait_for_url("**/administration")
+        row = page.locator("#admin-jobs tr[data-status=running]")
+        expect(row).to_have_count(1)
+        expect(page.locator("#admin-users")).to_contain_text("webfriend")
+        assert_accessible(page, "administration")
+        shot(page, "administration")
+        row.get_by_role("button", name="Stop").click()
+        expect(page.locator("#admin-jobs")).to_contain_text("No active sessions.")
+
+        # API tokens: none without a scope (the server says why), one made (its key shown once), revoked.
+        page.click("text=API tokens")
+        page.wait_for_url("**/account")
+        page.uncheck("input[value=read]")
+        page.click("#token-form button[type=submit]")
+        expect(page.locator("#token-scopes-error")).to_contain_text("scopes")
+        page.fill("#token-note", "backup script")
+        page.check("input[value=read]")
+        page.click("#token-form button[type=submit]")
+        expect(page.locator("#new-token")).to_be_visible()
+        key = page.locator("#new-token-key").input_value()
+        assert len(key) == 40 and server.client(key).get("/workspaces/").status_code == 200
+        assert_accessible(page, "account")
+        shot(page, "account")
+        page.get_by_role("button", name="Revoke backup script").click()
+        expect(page.locator("#tokens")).not_to_contain_text("backup script")
+        assert server.client(key).get("/workspaces/").status_code == 401
+
+        # A share from another user: in the inbox, accepted, then among the workspaces.
+        page.goto(server.base + "/")
+        expect(page.locator("#inbox")).to_contain_text(shared_name)
+        page.get_by_role("button", name=f"Decline {unwanted}").click()
+        expect(page.locator("#inbox")).not_to_contain_text(unwanted)
+        page.get_by_role("button", name=f"Accept {shared_name}").click()
+        expect(page.locator("#inbox")).to_contain_text("Nothing waiting")
+        expect(page.get_by_role("link", name=shared_name)).to_be_visible()
+        shot(page, "share-accepted")
+
+        # Phone width: nothing wider than the screen, and still accessible. With maximums set,
+        # quota use shows as bars.
+        server.cli("quota", "set", "webuser", "--disk-bytes", "100000000", "--core-hours", "10")
         page.set_viewport_size({"width": 375, "height": 800})
         page.goto(server.base + "/")
         expect(page.locator("#live")).to_have_attribute("data-state", "live")
         expect(page.locator("#quota meter")).to_have_count(2)
-        expect(page.get_by_label("Disk:")).to_have_attribute("max", "100000")
+        expect(page.get_by_label("Disk:")).to_have_attribute("max", "100000000")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        assert_accessible(page, "home at phone width")
         shot(page, "home-phone")
+        page.get_by_role("link", name="e2e renamed").click()
+        page.wait_for_url("**/w/*")
+        expect(page.get_by_role("link", name="data.txt")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        assert_accessible(page, "workspace at phone width")
+        shot(page, "workspace-phone")
+
+        # Deletion asks first (cancelled: nothing happens); refused while a share waits, with
+        # the server's message; the workspace shared to webuser is deleted.
+        page.click("#delete-open")
+        page.click("#delete-dialog button[value=cancel]")
+        expect(page.locator("#delete-dialog")).to_be_hidden()
+        page.click("#delete-open")
+        page.click("#delete-confirm")
+        expect(page.locator("#delete-error")).to_contain_text("shared workspaces associated with it")
+        page.goto(server.base + "/")
+        page.get_by_role("link", name=shared_name).click()
+        page.wait_for_url("**/w/*")
+        page.click("#delete-open")
+        page.click("#delete-confirm")
+        page.wait_for_url(server.base + "/")
+        expect(page.get_by_role("link", name=shared_name)).to_have_count(0)
+        expect(page.get_by_role("link", name="e2e renamed")).to_have_count(1)
 
         page.click("text=Sign out")
         page.wait_for_url(server.base + "/login")

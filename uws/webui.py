@@ -28,7 +28,17 @@ OAUTH_STATE_COOKIE = "uws-oauth-state"
 XSRF_HEADER = "X-XSRFToken"
 XSRF_REFUSED = "Missing or wrong X-XSRFToken header: a request signed in by the browser cookie needs it."
 # Page paths under the prefix, for the check that none of them is an API path.
-PAGE_PATHS = ("", "login", "login/callback", "login/globus", "logout", "w/7", "static/app.js")
+PAGE_PATHS = (
+    "",
+    "login",
+    "login/callback",
+    "login/globus",
+    "logout",
+    "w/7",
+    "account",
+    "administration",
+    "static/app.js",
+)
 # How people sign in, by login method: a form (dev), Globus' own page (oauth), or a portal.
 LOGIN_MODES = ("dev", "globus", "portal")
 

@@ -48,7 +48,7 @@ def test_api_paths_still_reach_the_api_with_pages_on(mode: str) -> None:
     for path in ("/workspaces/", "/jobs/7/", "/tokens/", "/status/", "/quota/", "/ws/events/"):
         first = next(r[1] for r in routes if isinstance(r, tuple) and re.fullmatch(r[0] + "$", path))
         assert first not in page_classes, path
-    assert len(PAGE_PATHS) == 7
+    assert len(PAGE_PATHS) == 9
 
 
 def test_prefix_is_normalised_and_checked() -> None:

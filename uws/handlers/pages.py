@@ -84,7 +84,12 @@ class PageHandler(Components, web.RequestHandler):
             self.redirect(self.page_path("login"))
             return
         user, key = signed
+        context.update(self.context_for(user))
         self.render_page(template, user=user, xsrf=self.pages.xsrf_token(key), **context)
+
+    def context_for(self, user: CurrentUser) -> dict[str, Any]:
+        """What a page shows that depends on who is signed in (raises APIError to refuse)."""
+        return {}
 
     async def begin_session(self, body: dict[str, Any]) -> None:
         """Log in through the configured Authenticator with `body` (what POST /tokens/ takes),
@@ -135,6 +140,37 @@ class HomeHandler(PageHandler):
 class WorkspacePageHandler(PageHandler):
     async def get(self, workspace_id: str) -> None:
         await self.show("workspace.html", workspace_id=int(workspace_id))
+
+
+# The scopes a token can hold, as the account page explains them (admins see theirs too).
+SCOPE_TEXT = (
+    ("read", "see your workspaces, sessions and files"),
+    ("workspaces", "create, change, upload to, share and delete workspaces"),
+    ("sessions", "start and stop sessions, and reach into them"),
+)
+ADMIN_SCOPE_TEXT = (("admin", "administer users and sessions"), ("metrics", "read the server's metrics"))
+
+
+class AccountPageHandler(PageHandler):
+    """The user's API tokens."""
+
+    async def get(self) -> None:
+        await self.show("account.html")
+
+    def context_for(self, user: CurrentUser) -> dict[str, Any]:
+        return {"scopes": SCOPE_TEXT + (ADMIN_SCOPE_TEXT if user.is_admin else ())}
+
+
+class AdminPageHandler(PageHandler):
+    """Users and active sessions, for admins (scripts use /admin/, which checks again)."""
+
+    async def get(self) -> None:
+        await self.show("admin.html")
+
+    def context_for(self, user: CurrentUser) -> dict[str, Any]:
+        if not user.may("admin"):
+            raise APIError(403, "Only administrators can see this page.")
+        return {}
 
 
 def field_of(message: str, fields: tuple[str, ...]) -> str | None:
@@ -272,5 +308,7 @@ def default_handlers(prefix: str) -> list[Any]:
         (rf"{at}login/callback/?", GlobusCallbackHandler),
         (rf"{at}logout/?", LogoutHandler),
         (rf"{at}w/{ID}/?", WorkspacePageHandler),
+        (rf"{at}account/?", AccountPageHandler),
+        (rf"{at}administration/?", AdminPageHandler),
         (rf"{at}static/([A-Za-z0-9._-]+)", StaticHandler),
     ]

@@ -4,7 +4,7 @@
 const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content ?? '';
 
 export const prefix = meta('uws-prefix') || '/';
-const xsrf = meta('uws-xsrf');
+export const xsrf = meta('uws-xsrf');
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -15,6 +15,18 @@ export class ApiError extends Error {
 
 export function signIn() {
   window.location.assign(prefix + 'login');
+}
+
+// The server's answer as the API's envelope: its payload, or an ApiError with its message.
+export function answerOf(status, payload) {
+  if (status === 401) {
+    signIn();
+    throw new ApiError(401, payload?.message || 'Signed out.');
+  }
+  if (status < 200 || status >= 300 || payload?.success === false) {
+    throw new ApiError(status, payload?.message || `The server answered ${status}.`);
+  }
+  return payload;
 }
 
 export async function api(method, path, body) {
@@ -37,12 +49,5 @@ export async function api(method, path, body) {
   } catch {
     payload = null;
   }
-  if (response.status === 401) {
-    signIn();
-    throw new ApiError(401, payload?.message || 'Signed out.');
-  }
-  if (!response.ok || payload?.success === false) {
-    throw new ApiError(response.status, payload?.message || `The server answered ${response.status}.`);
-  }
-  return payload;
+  return answerOf(response.status, payload);
 }

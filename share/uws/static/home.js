@@ -3,6 +3,7 @@ import { api, prefix } from './api.js';
 import { clearErrors, formatBytes, h, replaceChildren, showError } from './dom.js';
 import { startEvents } from './events.js';
 import { ACTIVE, Store, renderCards, startCountdown } from './sessions.js';
+import { loadInbox } from './shares.js';
 
 const list = document.getElementById('workspaces');
 const quota = document.getElementById('quota');
@@ -37,9 +38,18 @@ async function loadQuota() {
 
 let quotaTimer = null;
 function loadQuotaSoon() {
-  // Disk use changes with workspace events: read the quota once they settle, not at each one.
+  // Disk use and shares change with workspace events: read them once the events settle.
   clearTimeout(quotaTimer);
-  quotaTimer = setTimeout(loadQuota, 1000);
+  quotaTimer = setTimeout(() => {
+    loadQuota();
+    loadInbox(addWorkspace);
+  }, 1000);
+}
+
+async function addWorkspace(id) {
+  const found = (await api('GET', `/workspaces/${id}/`)).data.workspaces;
+  for (const ws of found) store.workspaces.set(ws.id, ws);
+  render(store);
 }
 
 function workspaceItem(store, ws) {
@@ -96,5 +106,6 @@ form.addEventListener('submit', async (e) => {
 
 store.loadJobTypes().catch(() => {});
 loadQuota();
+loadInbox(addWorkspace);
 startEvents((event) => store.handle(event));
 startCountdown();

@@ -2,6 +2,7 @@
 // session card: pending (why, and when it may start), running (time left, Open, Stop), ended.
 import { api } from './api.js';
 import { formatDuration, h, replaceChildren } from './dom.js';
+import { logView } from './logview.js';
 
 export const ACTIVE = new Set(['pending', 'running', 'stopping']);
 const STATUS_TEXT = {
@@ -64,6 +65,41 @@ function timeline(seen) {
   );
 }
 
+// The last refusal of an action on a session (Stop, Extend), shown on its card until the next
+// action: a live update of the card must not wipe it.
+const jobErrors = new Map();
+
+// Extend a running session (PUT /jobs/<id>/extend/): one form per job, kept across re-renders
+// so a choice being made survives a live update. The server's refusal (422 past the job type's
+// maximum, 403 past the quota) shows on the card.
+const extendForms = new Map();
+function extendForm(jobId, onError) {
+  if (extendForms.has(jobId)) return extendForms.get(jobId);
+  const id = `extend-${jobId}`;
+  const form = h(
+    'form',
+    { class: 'extend', novalidate: true },
+    h('label', { for: id }, 'Add time'),
+    h('select', { id, name: 'minutes' }, [15, 30, 60, 120, 240].map((m) => h('option', { value: m }, `${m} minutes`))),
+    h('button', { type: 'submit', 'aria-label': `Extend session ${jobId}` }, 'Extend'),
+  );
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const button = form.querySelector('button');
+    button.disabled = true;
+    onError(jobId, '');
+    try {
+      await api('PUT', `/jobs/${jobId}/extend/`, { minutes: Number(form.elements.minutes.value) });
+    } catch (error) {
+      onError(jobId, error.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  extendForms.set(jobId, form);
+  return form;
+}
+
 // The card of one session: an <article> whose content follows the job's status.
 export function sessionCard(store, job, onError) {
   const current = job.job_details?.current_job_details ?? {};
@@ -107,11 +143,14 @@ export function sessionCard(store, job, onError) {
       }, 'Stop'),
     );
     parts.push(h('div', { class: 'actions' }, actions));
+    if (job.endsAt !== null) parts.push(extendForm(job.id, onError));
   }
   if (!ACTIVE.has(job.status) && job.datetime_end) {
     parts.push(h('p', { class: 'muted' }, `Ended ${new Date(job.datetime_end).toLocaleString()}`));
   }
-  parts.push(h('p', { class: 'field-error', id: `job-${job.id}-error`, role: 'alert', hidden: true }));
+  const failure = jobErrors.get(job.id);
+  parts.push(h('p', { class: 'field-error', id: `job-${job.id}-error`, role: 'alert', hidden: !failure }, failure));
+  if (job.status !== 'pending') parts.push(logView(job.id));
   const seen = store.seen.get(job.id);
   if (seen) parts.push(timeline(seen));
   return parts;
@@ -120,10 +159,12 @@ export function sessionCard(store, job, onError) {
 // Keep a container's cards in step with `jobs`: one <article> per job, updated in place.
 export function renderCards(container, store, jobs, emptyText) {
   const showError = (jobId, message) => {
+    if (message) jobErrors.set(jobId, message);
+    else jobErrors.delete(jobId);
     const el = document.getElementById(`job-${jobId}-error`);
     if (el) {
       el.textContent = message;
-      el.hidden = false;
+      el.hidden = !message;
     }
   };
   if (!jobs.length) {

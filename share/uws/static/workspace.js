@@ -1,8 +1,11 @@
-// A workspace's page: what it is, a form to start a session, and its sessions (live).
+// A workspace's page: what it is, a form to start a session, its sessions (live), its files,
+// and its settings (name, description, sharing, deletion).
 import { api } from './api.js';
 import { clearErrors, formatBytes, h, replaceChildren, showError } from './dom.js';
 import { startEvents } from './events.js';
+import { FileBrowser, setUpUpload } from './files.js';
 import { Store, renderCards, startCountdown } from './sessions.js';
+import { setUpDelete, setUpEdit, setUpShare } from './wsedit.js';
 
 const workspaceId = Number(document.getElementById('workspace').dataset.workspaceId);
 const form = document.getElementById('start-form');
@@ -61,8 +64,11 @@ function options() {
   return values;
 }
 
+const files = new FileBrowser(workspaceId);
+const fillEdit = setUpEdit(workspaceId);
 const store = new Store(() => {
   describe(store.workspaces.get(workspaceId));
+  fillEdit(store.workspaces.get(workspaceId));
   renderCards(document.getElementById('sessions'), store, store.jobsOf(workspaceId), 'No sessions yet.');
 });
 
@@ -92,6 +98,10 @@ form.addEventListener('submit', async (e) => {
   }
 });
 
+setUpUpload(workspaceId, files);
+setUpDelete(workspaceId);
+setUpShare(workspaceId);
+files.open('');
 setUp()
   .catch((error) => showError(form, fields, error.message))
   .finally(() => startEvents((event) => store.handle(event)));
