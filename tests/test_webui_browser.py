@@ -346,3 +346,44 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         shot(page, "signed-out")
     finally:
         context.close()
+
+
+def test_pending_card_shows_start_sooner_suggestions(chromium, server: Server) -> None:
+    """A pending session's card lists the scheduler's start-sooner suggestions, each shape with
+    its expected start. Slurm makes them (tests/test_slurm_accounting.py checks that end to
+    end); here the card module renders a pending job as /ws/events delivers it, in the page."""
+    page = chromium.new_page()
+    try:
+        page.goto(server.base + "/login")
+        text = page.evaluate(
+            """async () => {
+                const { Store, sessionCard } = await import('/static/sessions.js');
+                const job = {id: 7, job_type: 'echo', status: 'pending', workspace_id: 1,
+                    job_details: {current_job_details: {message: 'Slurm queue (Resources)',
+                        suggestions: [{resource_options: {num_cpus: 1}, expected_start: '2030-01-02T03:04:05Z'},
+                                      {resource_options: {time_limit_min: 30}, expected_start: '2030-01-02T03:05:00Z'}]}}};
+                const store = new Store(() => {});
+                store.noteJob(job);
+                const card = document.createElement('article');
+                card.append(...sessionCard(store, job, () => {}));
+                return card.querySelector('.suggestions').innerText;
+            }"""
+        )
+        assert "Would start sooner as a smaller session:" in text
+        assert "1 CPU: expected to start" in text and "30 minutes: expected to start" in text
+        running = page.evaluate(
+            """async () => {
+                const { Store, sessionCard } = await import('/static/sessions.js');
+                const job = {id: 8, job_type: 'echo', status: 'running', workspace_id: 1,
+                    job_details: {current_job_details: {suggestions: [{resource_options: {num_cpus: 1},
+                        expected_start: '2030-01-02T03:04:05Z'}]}}};
+                const store = new Store(() => {});
+                store.noteJob(job);
+                const card = document.createElement('article');
+                card.append(...sessionCard(store, job, () => {}));
+                return card.querySelector('.suggestions') === null;
+            }"""
+        )
+        assert running, "a running session's card shows no suggestions"
+    finally:
+        page.close()

@@ -57,6 +57,25 @@ export class Store {
   }
 }
 
+// A pending session's start-sooner suggestions (current_job_details.suggestions): smaller
+// shapes the scheduler expects to start earlier, each with its options and expected start.
+const SHAPE = {
+  num_cpus: (n) => `${n} CPU${n === 1 ? '' : 's'}`,
+  memory_mb: (n) => `${n} MB of memory`,
+  time_limit_min: (n) => `${n} minutes`,
+};
+
+function startSooner(suggestions) {
+  const items = suggestions.map((s) => {
+    const shape = Object.entries(s.resource_options ?? {})
+      .map(([name, value]) => (SHAPE[name] ? SHAPE[name](value) : `${name} ${value}`))
+      .join(', ');
+    const when = new Date(s.expected_start).toLocaleString();
+    return h('li', {}, `${shape}: expected to start ${when}`);
+  });
+  return h('div', { class: 'suggestions' }, h('p', {}, 'Would start sooner as a smaller session:'), h('ul', {}, items));
+}
+
 function timeline(seen) {
   return h(
     'ol',
@@ -113,6 +132,9 @@ export function sessionCard(store, job, onError) {
     ),
   ];
   if (current.message) parts.push(h('p', { class: 'message' }, current.message));
+  if (job.status === 'pending' && Array.isArray(current.suggestions) && current.suggestions.length) {
+    parts.push(startSooner(current.suggestions));
+  }
   if (job.status === 'running') {
     if (job.endsAt !== null) {
       parts.push(
