@@ -22,17 +22,14 @@ posts directly. Playwright drives the system's Chromium
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from helpers.api import launch, login
-from helpers.configs import CHROMIUM_ARGS, ORIGIN_CONFIG, PATH_CONFIG
+from helpers.browser import chromium_path, launched_chromium
+from helpers.configs import ORIGIN_CONFIG, PATH_CONFIG
 from helpers.harness import Server, running_server
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
-if not CHROMIUM:
-    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+CHROMIUM = chromium_path()
 playwright_sync = pytest.importorskip(
     "playwright.sync_api", reason="playwright is installed with the test extras"
 )
@@ -78,12 +75,7 @@ REGISTER_WORKER = """async ([script, scope]) => {
 
 @pytest.fixture(scope="module")
 def chromium():
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launched_chromium(playwright_sync, CHROMIUM)
 
 
 def attack(chromium, server: Server) -> tuple[dict, dict, dict[str, str], object]:

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from helpers.configs import CHROMIUM_ARGS, ORIGIN_MODE
+from helpers.browser import chromium_path, launched_chromium
+from helpers.configs import ORIGIN_MODE
 from helpers.harness import TESTS, Server
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or ""
-if not CHROMIUM:
-    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+CHROMIUM = chromium_path()
 playwright_sync = pytest.importorskip(
     "playwright.sync_api", reason="playwright is installed with the test extras"
 )
@@ -64,12 +62,7 @@ def server(backend: str) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def chromium():
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launched_chromium(playwright_sync, CHROMIUM)
 
 
 class Shots:
