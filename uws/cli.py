@@ -52,6 +52,7 @@ def configurable_classes() -> list[type[Configurable]]:
     from .app import UWSApp
     from .audit import AuditLog
     from .health import StatusReporter
+    from .leadership import Leadership
     from .mail import Mailer
     from .passthrough import ProxyService
     from .passthrough.front import FrontServer
@@ -65,7 +66,7 @@ def configurable_classes() -> list[type[Configurable]]:
 
     found: list[type[Configurable]] = [UWSApp, FrontServer, ProxyService, WebSocketCounter, JobService]
     found += [WebUI]
-    found += [SessionLogs, IdleCuller, EndingWarnings, StatusReporter, Mailer, AuditLog, Spawner]
+    found += [SessionLogs, IdleCuller, EndingWarnings, StatusReporter, Mailer, AuditLog, Spawner, Leadership]
     for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
         found += [cls for cls in plugins.all_classes(group) if cls not in found]
     return found
@@ -168,7 +169,11 @@ class UpgradeDBApp(_ConfiguredApp):
 
     def start(self) -> None:
         db, database = self.database()
-        print(db.upgrade(database.engine, database.url))
+        try:
+            print(db.upgrade(database.engine, database.url))
+        except db.DatabaseNewer as e:
+            print(str(e), file=sys.stderr)
+            self.exit(1)
 
 
 class CreateClientTokenApp(_ConfiguredApp):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import orm
@@ -23,13 +26,34 @@ log = logging.getLogger("uws.db")
 
 # The newest migration in uws/alembic/versions. A test checks it matches Alembic's head, so a new
 # migration cannot be added without updating it. Kept here so start-up need not import Alembic.
-HEAD_REVISION = "0002_admins_scoped_tokens"
+HEAD_REVISION = "0003_cluster"
+VERSIONS_DIR = os.path.join(os.path.dirname(__file__), "alembic", "versions")
+# PostgreSQL connections: how long a connection attempt may take, how long one statement may run
+# (a lock waited on, a stuck query), and how soon an unacknowledged send or a silent peer ends a
+# connection. Without them a request to a database that has vanished (a host down, a network
+# cut) waits for the kernel's TCP timeouts, minutes; with them it fails within seconds and is
+# answered 503 with Retry-After (`unavailable`). A URL's own parameters win (e.g.
+# ?connect_timeout=10, or options=-c statement_timeout=120s).
+PG_CONNECT_TIMEOUT_SECONDS = 3
+PG_STATEMENT_TIMEOUT = "30s"
+PG_CONNECT_ARGS = {
+    "connect_timeout": PG_CONNECT_TIMEOUT_SECONDS,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # milliseconds
+}
 
 T = TypeVar("T")
 
 
 class DatabaseOutdated(RuntimeError):
     pass
+
+
+class DatabaseNewer(DatabaseOutdated):
+    """The database is at a revision this code does not have: a newer UWS upgraded it."""
 
 
 def secure_sqlite_files(url: str) -> None:
@@ -61,7 +85,39 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+    connect_args = postgresql_connect_args(url) if url.startswith("postgresql") else {}
+    return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True, connect_args=connect_args)
+
+
+def postgresql_connect_args(url: str) -> dict[str, Any]:
+    """The timeouts above, for libpq, where the URL does not set its own: its `options` (the
+    tests' search_path, say) are kept, with the statement timeout put first so that a
+    statement_timeout of the URL's, later, wins."""
+    query = make_url(url).query
+    args: dict[str, Any] = {key: value for key, value in PG_CONNECT_ARGS.items() if key not in query}
+    options = query.get("options", "")
+    if not isinstance(options, str):  # (given twice in the URL: the last one, as libpq takes it)
+        options = options[-1]
+    args["options"] = f"-c statement_timeout={PG_STATEMENT_TIMEOUT} {options}".strip()
+    return args
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether a database error says the database cannot be reached or cannot answer now (a
+    503 the client should retry), rather than a fault of the query (a 500): a lost or refused
+    connection, a statement timeout, a server shutting down, no pooled connection free, or
+    SQLite's lock held too long. SQLite's other OperationalErrors (no such table...) are faults."""
+    if isinstance(error, SATimeoutError):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    if not isinstance(error, OperationalError):
+        return False
+    if isinstance(error.orig, sqlite3.Error):
+        return "locked" in str(error.orig) or "busy" in str(error.orig)
+    return True
 
 
 WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "REPLACE")
@@ -119,8 +175,38 @@ def create_new(engine: Engine) -> None:
         conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": HEAD_REVISION})
 
 
+def known_revisions() -> set[str]:
+    """Every revision this code has a migration for (each file in uws/alembic/versions is named
+    after its revision), read without importing Alembic."""
+    return {name[:-3] for name in os.listdir(VERSIONS_DIR) if name.endswith(".py") and name[:1].isdigit()}
+
+
+def revision_number(revision: str) -> int:
+    """The number a revision's id starts with (0003 of 0003_cluster); -1 for none."""
+    digits = revision[: len(revision) - len(revision.lstrip("0123456789"))]
+    return int(digits) if digits else -1
+
+
+def refuse_newer(revision: str | None) -> None:
+    """A database a newer UWS has upgraded is never touched by this one: its schema may have
+    changed under the code's feet, and Alembic could not go back from a revision it does not
+    know anyway. Called before anything else is done to the database. (A revision this code
+    does not know, numbered below its head, is no newer: the caller calls it outdated.)"""
+    if (
+        revision is not None
+        and revision not in known_revisions()
+        and revision_number(revision) > revision_number(HEAD_REVISION)
+    ):
+        raise DatabaseNewer(
+            f"The database is at revision {revision!r}, newer than this server's code: this server "
+            f"knows up to {HEAD_REVISION!r}. A newer UWS has upgraded the database; run that "
+            "version here too (every server sharing a database must run the same version)."
+        )
+
+
 def upgrade(engine: Engine, url: str) -> str:
-    """Bring any database to the head revision; SQLite files are backed up first."""
+    """Bring any database to the head revision; SQLite files are backed up first. A database
+    newer than the code is refused before anything is done to it."""
     from alembic import command
 
     if is_empty(engine):
@@ -129,6 +215,7 @@ def upgrade(engine: Engine, url: str) -> str:
     before = current_revision(engine)
     if before == HEAD_REVISION:
         return "up to date"
+    refuse_newer(before)
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         if os.path.exists(path):
@@ -141,11 +228,13 @@ def upgrade(engine: Engine, url: str) -> str:
 
 
 def prepare(engine: Engine) -> None:
-    """At start-up: create a new database, accept a current one, refuse an outdated one."""
+    """At start-up: create a new database, accept a current one, refuse an outdated one, and
+    one newer than the code (naming its revision)."""
     if is_empty(engine):
         create_new(engine)
         return
     rev = current_revision(engine)
+    refuse_newer(rev)
     if rev != HEAD_REVISION:
         raise DatabaseOutdated(
             f"The database is at revision {rev!r}, this server needs {HEAD_REVISION!r}. "

@@ -13,6 +13,7 @@ from tornado.http1connection import HTTP1Connection
 from tornado.routing import PathMatches
 
 from ..auth.scopes import require_scope
+from ..db import unavailable
 from ..errors import APIError, error_body
 from ..utils import parse_bool
 from .auditing import Declared, record_answer, refused_request
@@ -28,6 +29,7 @@ ALLOW_HEADERS = (
 )
 HANDLER_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD")
 BODY_TOO_LARGE = "Request body too large."
+DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly."
 # A body up to this much over its limit is still read (and dropped) before the 413 goes out: a
 # client that is still sending when the server closes the connection can lose the answer to the
 # reset. Beyond it, the 413 goes out at once and the connection is closed.
@@ -324,6 +326,13 @@ class BaseHandler(Components, AnswersBeforeBody):
         if isinstance(e, web.HTTPError) and e.status_code < 500:
             message = "Not found." if e.status_code == 404 else (e.log_message or e.reason or "Bad request.")
             self.send_api_error(APIError(e.status_code, message))
+            return
+        if unavailable(e):
+            # The database cannot be reached or answer now: the client retries (by then, maybe
+            # at a new leader). One line: the database's trouble, not a fault here to trace.
+            cause = str(getattr(e, "orig", None) or e).strip().split("\n", 1)[0]
+            log.warning("Database unavailable: %s %s: %s", self.request.method, self.request.path, cause)
+            self.send_api_error(APIError(503, DATABASE_UNAVAILABLE, {"Retry-After": "1"}))
             return
         log.error("Uncaught exception %s %s", self.request.method, self.request.path, exc_info=e)
         self.send_api_error(APIError(500, "A server error occurred."))
