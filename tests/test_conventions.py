@@ -139,8 +139,8 @@ def test_job_types_and_parameters(server: Server) -> None:
 def test_status_shape(server: Server) -> None:
     r = server.client().get("/status")
     body = r.json()
-    assert list(body) == ["message", "success", "version", "build", "dependencies"]
-    assert body["message"] == "" and body["success"] is True
+    assert list(body) == ["message", "success", "version", "build", "dependencies", "role"]
+    assert body["message"] == "" and body["success"] is True and body["role"] == "leader"
     assert body["version"]
     deps = body["dependencies"]
     assert deps["main_resource"] == {"connected": True, "message": "Connected successfully."}

@@ -118,6 +118,7 @@ def test_document_structure() -> None:
         ("get", "/job_types/"),
         ("get", "/parameters/"),
         ("get", "/status/"),
+        ("get", "/status/leader"),
         ("get", "/openapi.yaml"),
     }
     error_schema = doc["components"]["schemas"]["Error"]

@@ -479,6 +479,35 @@ class UWSApp(Application):
         web_ui = WebUI(self.share_dir, self.proxy.secret, self.public_url, parent=self)
         self.web_ui = web_ui if web_ui.enabled else None
 
+    def init_leadership(self) -> None:
+        """Who leads among the servers sharing the database (uws.leadership), once this server's
+        secrets are known to be the installation's (uws.cluster): else it does not start."""
+        from .cluster import ClusterMismatch
+        from .leadership import Leadership
+
+        self.leadership = Leadership(self.db, self.start_leading, self.stop_leading, parent=self)
+        try:
+            self.leadership.join(self.data_dir)
+        except ClusterMismatch as e:
+            self.log.error("%s", e)
+            self.exit(1)
+
+    async def start_leading(self) -> None:
+        """The work only the leader does, started on gaining the lead (uws.leadership). What
+        this process cached while it last led may be stale: another server has led since."""
+        self.workspaces.forget_cached()
+        self.proxy.forget_all()
+        await self.workspaces.resume()
+        await self.jobs.begin()
+        self.culler.begin()
+        self.ending_warnings.begin()
+
+    async def stop_leading(self) -> None:
+        """The leader's work stopped, on losing the lead or at shutdown; start_leading may follow."""
+        self.ending_warnings.close()
+        self.culler.close()
+        self.jobs.end()
+
     def init_health(self) -> None:
         from .health import StatusReporter
 
@@ -537,7 +566,9 @@ class UWSApp(Application):
             return
         from .metrics import LiveParts, ServerMetrics
 
-        parts = LiveParts(self.proxy, self.events, self.websockets, self.jobs.live, self.front)
+        parts = LiveParts(
+            self.proxy, self.events, self.websockets, self.jobs.live, self.front, self.leadership
+        )
         self.metrics = self.jobs.observer = ServerMetrics(self.db, parts, routes)
 
     def public_origin(self) -> str:
@@ -580,6 +611,7 @@ class UWSApp(Application):
         except ChannelError as e:
             self.log.error("%s", e)
             self.exit(1)
+        self.init_leadership()
         self.init_health()
         self.init_webapp()
         # uvloop: asyncio's event loop written in C. A small request relayed by the passthrough
@@ -601,11 +633,9 @@ class UWSApp(Application):
             idle_connection_timeout=front.head_timeout,
         )
         front.attach(self.webapp.parts, server)
+        await self.leadership.begin()
         await front.listen(self.port, self.ip)
-        await self.workspaces.resume()
-        await self.jobs.begin()
-        self.culler.begin()
-        self.ending_warnings.begin()
+        await self.leadership.run()
         log_started(self)
         check_deployment_later(self)
         stop = asyncio.Event()
@@ -616,9 +646,7 @@ class UWSApp(Application):
         await stop.wait()
         self.log.info("Shutting down")
         front.close()
-        self.jobs.close()
-        self.culler.close()
-        self.ending_warnings.close()
+        await self.leadership.close()
         await self.workspaces.drain()
         self.db.close()
         self.audit_log.close()

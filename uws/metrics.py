@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from .db import Database
     from .events import EventBus
+    from .leadership import Leadership
     from .passthrough.front import FrontServer
     from .passthrough.service import ProxyService
     from .sessions.record import LiveSessions
@@ -180,6 +181,8 @@ class LiveParts:
     websockets: WebSocketCounter
     live: LiveSessions
     front: FrontServer
+    # None: a server on its own, always the leader.
+    leadership: Leadership | None = None
 
 
 class StateCollector:
@@ -231,6 +234,11 @@ class StateCollector:
         )
         yield GaugeMetricFamily(
             "uws_open_connections", "Client connections open.", value=parts.front.open_connections()
+        )
+        yield GaugeMetricFamily(
+            "uws_leader",
+            "1 on the server that leads the servers sharing the database, 0 on a standby.",
+            value=1 if parts.leadership is None or parts.leadership.leading else 0,
         )
         yield GaugeMetricFamily(
             "uws_helper_silence_seconds",

@@ -198,3 +198,17 @@ class SharedWorkspaceMapping(Base):
     last_job_type: Mapped[str] = mapped_column(String(255), default="")
     is_accepted: Mapped[bool] = mapped_column(Boolean, default=False)
     datetime_share_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Cluster(Base):
+    """What every server sharing this database must agree on (uws.cluster): one row, written by
+    the first server to start. `lock_key` is the leadership lock's key (uws.leadership), random
+    per database, so installations sharing one PostgreSQL database in different schemas never
+    take each other's lock; `fingerprints` an HMAC of each shared secret (never the secret)."""
+
+    __tablename__ = "cluster"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    lock_key: Mapped[int] = mapped_column(BigInteger)
+    fingerprints: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -93,6 +93,13 @@ class WorkspaceService:
                 self._pending_events.add(uid)
                 self.spawn(self._publish_changes(uid))
 
+    def forget_cached(self) -> None:
+        """Drop every cached listing. This process owns every write only while it leads
+        (uws.leadership): another server may have written since it last did."""
+        self._generation = {uid: n + 1 for uid, n in self._generation.items()}
+        self._cache.clear()
+        self._cache_bytes.clear()
+
     async def _publish_changes(self, user_id: int) -> None:
         """Workspace events for whoever is listening: what changed since the last publication."""
         await asyncio.sleep(0)  # coalesce the invalidations of one operation

@@ -98,10 +98,14 @@ class Server:
         env: dict[str, str] | None = None,
         directory: str | None = None,
         python: str | None = None,
+        share_with: Server | None = None,
     ) -> None:
         """`directory`: an existing, empty directory to use instead of a new temporary one (the
         benchmarks choose where their servers' data goes); removed by close() all the same.
-        `python`: the interpreter to run the server with (default: this one)."""
+        `python`: the interpreter to run the server with (default: this one).
+        `share_with`: another server of that one's installation (high availability): its
+        database (schema included), left to it to drop. Give it the same data directory in
+        the configuration too (second_server does both)."""
         self.backend = backend
         self.dir = directory or tempfile.mkdtemp(prefix="uws-test-")
         os.chmod(self.dir, 0o755)
@@ -111,7 +115,11 @@ class Server:
         with open(self.config_path, "w") as f:
             f.write(config_text.replace("@DIR@", self.dir).replace("@PORT@", str(self.port)))
         self.schema = ""
-        if backend == "postgresql":
+        self.owns_schema = share_with is None
+        if share_with is not None:
+            self.schema = share_with.schema
+            self.db_url = share_with.db_url
+        elif backend == "postgresql":
             self.schema = "uws_" + secrets.token_hex(6)
             run_sql(f"CREATE SCHEMA {self.schema}")
             sep = "&" if "?" in PG_URL else "?"
@@ -182,7 +190,7 @@ class Server:
     def close(self) -> None:
         self.stop()
         kill_sessions(self.dir)
-        if self.schema:
+        if self.schema and self.owns_schema:
             run_sql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
         if not os.environ.get("UWS_TEST_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -220,6 +228,15 @@ class Server:
     def new_client_token(self, name: str = "portal") -> str:
         """A client token made with the CLI, as an operator makes one for a portal."""
         return self.cli("create-client-token", name).stdout.strip().splitlines()[-1]
+
+
+def second_server(first: Server, config_text: str) -> Server:
+    """Another server of `first`'s installation, as high availability runs them: the same
+    database, data directory and workspaces root (a shared file system in production); a port,
+    configuration file and log of its own. `config_text`'s @DIR@ is `first`'s directory (the
+    configurations name the workspaces root there)."""
+    shared = config_text.replace("@DIR@", first.dir) + f'\nc.UWSApp.data_dir = "{first.dir}/uws-data"\n'
+    return Server(first.backend, shared, share_with=first)
 
 
 def kill_sessions(directory: str) -> None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..auth.tokens import TokenService
     from ..db import Database
     from ..events import EventBus
+    from ..leadership import Leadership
     from ..metrics import ServerMetrics
     from ..passthrough import ProxyService, SessionHosts
     from ..quotas import QuotaService
@@ -87,6 +88,7 @@ def web_settings(app: UWSApp) -> dict[str, Any]:
         "status_report": app.health.report,
         "audit_log": app.audit_log,
         "metrics": app.metrics,
+        "leadership": app.leadership,
         "web_ui": app.web_ui,
         # Tornado's signed cookies (the browser session's) and the sign-in form's XSRF cookie.
         "cookie_secret": app.web_ui.cookie_secret if app.web_ui is not None else None,
@@ -173,6 +175,11 @@ class Components:
     def metrics(self) -> ServerMetrics | None:
         """The server's metrics; None when they are off (UWSApp.metrics_enabled)."""
         return self.settings["metrics"]
+
+    @property
+    def leadership(self) -> Leadership:
+        """Whether this server leads or stands by (a standby serves only STANDBY_PATHS)."""
+        return self.settings["leadership"]
 
     @property
     def web_ui(self) -> WebUI | None:

@@ -1,10 +1,18 @@
-"""Open endpoints: /job_types/, /parameters/, /status/ and /openapi.yaml."""
+"""Open endpoints: /job_types/, /parameters/, /status/, /status/leader and /openapi.yaml; and
+the answer of a standby to everything else."""
 
 from __future__ import annotations
 
 import os
 
+from ..errors import APIError
+from ..leadership import STANDBY_MESSAGE
 from .base import BaseHandler
+
+
+def standby_refusal() -> APIError:
+    """A standby's answer: the load balancer (or the client) tries again, by then at the leader."""
+    return APIError(503, STANDBY_MESSAGE, {"Retry-After": "1"})
 
 
 class JobTypesHandler(BaseHandler):
@@ -28,7 +36,29 @@ class StatusHandler(BaseHandler):
     auth_required = False
 
     async def get(self) -> None:
-        self.send_json(await self.status_report())
+        self.send_json({**await self.status_report(), "role": self.leadership.role})
+
+
+class LeaderHandler(BaseHandler):
+    """200 on the leader, 503 on a standby: the load balancer's health check (README, "High
+    availability")."""
+
+    auth_required = False
+
+    def get(self) -> None:
+        if not self.leadership.leading:
+            raise standby_refusal()
+        self.ok("This server leads.", {"role": self.leadership.role})
+
+
+class StandbyHandler(BaseHandler):
+    """Every request a standby does not serve (uws.passthrough.handed_off routes them here):
+    503 with Retry-After, whatever the method, route or credentials."""
+
+    auth_required = False
+
+    async def prepare(self) -> None:
+        raise standby_refusal()
 
 
 class OpenAPIHandler(BaseHandler):
@@ -46,5 +76,6 @@ default_handlers = [
     (r"/job_types/?", JobTypesHandler),
     (r"/parameters/?", ParametersHandler),
     (r"/status/?", StatusHandler),
+    (r"/status/leader/?", LeaderHandler),
     (r"/openapi.yaml", OpenAPIHandler),
 ]

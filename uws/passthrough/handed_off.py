@@ -20,6 +20,8 @@ from tornado.iostream import StreamClosedError
 
 from ..access_log import log_access
 from ..handlers.components import SettingsComponents
+from ..handlers.meta import StandbyHandler
+from ..leadership import standby_serves
 from . import wire
 from .admission import Route, admit, fast_route
 from .head import Head, ResponseHead
@@ -36,6 +38,15 @@ class UWSWebApplication(web.Application):
         super().__init__(*args, **settings)
         # What the fast path and the front door use, over the same settings the handlers see.
         self.parts = SettingsComponents(self.settings)
+
+    def find_handler(self, request: httputil.HTTPServerRequest, **kwargs: Any) -> web._HandlerDelegate:
+        """A standby serves only its STANDBY_PATHS (on the API's host): every other request,
+        whatever its route (REST, websocket, passthrough, page), goes to StandbyHandler's 503."""
+        if not self.parts.leadership.leading and not (
+            standby_serves(request.path) and not self.parts.session_hosts.is_session_host(request.host)
+        ):
+            return self.get_handler_delegate(request, StandbyHandler)
+        return super().find_handler(request, **kwargs)
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
@@ -64,7 +75,8 @@ class HandedOffRequest(httputil.HTTPMessageDelegate):
     # ---- choosing ----------------------------------------------------------------------------
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         chosen = fast_route(self.app.parts, start_line.method, start_line.path, headers)
-        if chosen is not None and not chosen[1]:  # (websockets go to the handlers, which splice)
+        # (websockets go to the handlers, which splice; a standby's refusal is the handlers' too)
+        if chosen is not None and not chosen[1] and self.app.parts.leadership.leading:
             return self._check(chosen[0], start_line, headers)
         return self._to_application(start_line, headers)
 

@@ -166,6 +166,11 @@ class ProxyService(LoggingConfigurable):
     def forget(self, job_id: int) -> None:
         self.targets.pop(job_id, None)
 
+    def forget_all(self) -> None:
+        """Drop every cached target: another server, leading meanwhile (uws.leadership), may
+        have ended a session or revoked its cookies."""
+        self.targets.clear()
+
     # ---- cookies ---------------------------------------------------------------------------
     def access_cookie(self, target: Target, secure: bool) -> str:
         """The Set-Cookie value that lets the browser in after a link's token: HttpOnly, and

@@ -71,6 +71,10 @@ class IdleCuller(LoggingConfigurable):
         self._task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
+        """Start checking (again, after close(): the leader's work stops and starts with the
+        lead, uws.leadership); already checking, nothing more."""
+        if self._task is not None:
+            return
         self._task = asyncio.ensure_future(
             every(lambda: self.interval_seconds, self.check, "Idle check", log)
         )
@@ -78,6 +82,7 @@ class IdleCuller(LoggingConfigurable):
     def close(self) -> None:
         if self._task:
             self._task.cancel()
+            self._task = None
 
     async def check(self) -> None:
         rows = await self.db.run(

@@ -79,7 +79,8 @@ class EndingWarnings(LoggingConfigurable):
         return sorted({round(m * 60) for m in self.thresholds_minutes if m > 0})
 
     def begin(self) -> None:
-        if self.thresholds:
+        """Start checking (again, after close(): see IdleCuller.begin)."""
+        if self.thresholds and self._task is None:
             self._task = asyncio.ensure_future(
                 every(lambda: self.interval_seconds, self.check, "Checking sessions' time left", log)
             )
@@ -87,6 +88,7 @@ class EndingWarnings(LoggingConfigurable):
     def close(self) -> None:
         if self._task:
             self._task.cancel()
+            self._task = None
 
     async def check(self) -> None:
         thresholds = self.thresholds

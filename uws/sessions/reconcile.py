@@ -26,6 +26,9 @@ class Reconciler(JobServiceBase):
     """A part of JobService: it uses the service's database, channel, live records and
     transitions (_finish, _update, apply_exit, _spawner, _terminate)."""
 
+    # The second pass after a start-up one (reconcile(startup=True)), until it runs.
+    _startup_check: asyncio.TimerHandle | None = None
+
     async def _reconcile_loop(self) -> None:
         await every(lambda: self.reconcile_seconds, self.reconcile, "Reconciliation", log)
 
@@ -134,6 +137,12 @@ class Reconciler(JobServiceBase):
                     await self.channel.send(job_id, secret, {"type": "report"})
         if startup:
             # Give reconnecting helpers a moment, then check the silent ones for evidence.
-            asyncio.get_running_loop().call_later(
+            self._startup_check = asyncio.get_running_loop().call_later(
                 self.heartbeat_seconds * 3 + 1, lambda: asyncio.ensure_future(self.reconcile())
             )
+
+    def cancel_startup_check(self) -> None:
+        """The leader steps down: no pass of its may run once it is a standby."""
+        if self._startup_check is not None:
+            self._startup_check.cancel()
+            self._startup_check = None

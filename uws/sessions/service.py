@@ -103,12 +103,18 @@ class JobService(HelperMessages, Reconciler, Stopping, Extending, LoggingConfigu
         await self.reconcile(startup=True)
         self._reconcile_task = asyncio.ensure_future(self._reconcile_loop())
 
-    def close(self) -> None:
+    def end(self) -> None:
+        """Undo begin(): the leader's part stops when this server steps down (uws.leadership),
+        or at shutdown; begin() may follow."""
         if self._reconcile_task:
             self._reconcile_task.cancel()
+            self._reconcile_task = None
+        self.cancel_startup_check()
         self.launcher.start_watches.close()
         self.channel.close()
         self.logs.close()
+
+    close = end
 
     def lock(self, job_id: int) -> asyncio.Lock:
         return self.live.lock(job_id)
