@@ -5,7 +5,6 @@ The helpers the tests share live in tests/helpers/; this file holds only fixture
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +16,7 @@ pytest.register_assert_rewrite("helpers")
 from helpers.api import ACCOUNT_PREFIX, create, login, start, wait_ready, wait_status  # noqa: E402
 from helpers.configs import LOCAL_CONFIG, PROXY_CONFIG, SESSION_GROUP  # noqa: E402
 from helpers.harness import BACKENDS, IS_ROOT, Client, Server, running_server  # noqa: E402
+from helpers.os_accounts import remove_accounts  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -75,11 +75,5 @@ def session(pserver: Server, owner: Client) -> Iterator[dict]:
 def remove_test_os_accounts() -> Iterator[None]:
     """OS accounts this run made (names start with ACCOUNT_PREFIX) are removed at the end."""
     yield
-    if not IS_ROOT:
-        return
-    import pwd
-
-    for entry in pwd.getpwall():
-        if entry.pw_name.startswith(ACCOUNT_PREFIX):
-            subprocess.run(["userdel", "-r", "--", entry.pw_name], capture_output=True)
-    subprocess.run(["groupdel", "--", SESSION_GROUP], capture_output=True)
+    if IS_ROOT:
+        remove_accounts(ACCOUNT_PREFIX, [SESSION_GROUP])
