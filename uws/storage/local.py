@@ -13,7 +13,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..auth.accounts import Account
 from ..errors import APIError
-from . import browse, safepath
+from . import browse, safepath, trees
 from .safepath import UnsafePath
 
 # The file system is out of space (or the account out of its file system quota): not the
@@ -119,7 +119,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
         udir = self.user_dir(account)
         try:
             os.mkdir(udir, 0o700)
-            safepath.chown_tree(udir, account)
+            trees.chown_tree(udir, account)
         except FileExistsError:
             if os.path.islink(udir) or not os.path.isdir(udir):
                 raise APIError(
@@ -134,7 +134,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
 
         path = os.path.join(self.ensure_user_dir(account), f".creating-{secrets.token_hex(8)}")
         os.mkdir(path, 0o755)
-        safepath.chown_tree(path, account)
+        trees.chown_tree(path, account)
         return path
 
     def adopt_staging_dir(self, staging: str, account: Account, workspace_id: int) -> str:
@@ -146,13 +146,13 @@ class LocalFileSystemStorage(LoggingConfigurable):
         self.ensure_user_dir(account)
         path = self.workspace_dir(account, workspace_id)
         os.mkdir(path, 0o755)
-        safepath.chown_tree(path, account)
+        trees.chown_tree(path, account)
         return path
 
     def remove_staging_dir(self, path: str) -> None:
         if os.path.basename(path).startswith(".creating-") and safepath.inside(path, self.real_root()):
             try:
-                safepath.remove_tree(path)
+                trees.remove_tree(path)
             except OSError:
                 pass  # a leftover hidden directory; the create's own error is what matters
 
@@ -162,7 +162,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
             return
         if not self.valid_workspace_dir(path):
             raise OSError(f"refusing to delete {path!r}: not a workspace directory")
-        safepath.remove_tree(path)
+        trees.remove_tree(path)
 
     # ---- validation (contract 2.8) ---------------------------------------------------------
     def symlink_source_allowed(self, real: str, account: Account) -> bool:
@@ -273,9 +273,9 @@ class LocalFileSystemStorage(LoggingConfigurable):
         # A session moving directories around can spoil a walk: a few tries, then say so.
         for _ in range(SCAN_TRIES):
             try:
-                total, files, links = safepath.scan(workspace_dir, self.max_path_depth)
+                total, files, links = trees.scan(workspace_dir, self.max_path_depth)
                 return total, {"files": files, "symlinks": links}
-            except safepath.TreeChanged:
+            except trees.TreeChanged:
                 pass
         raise APIError(409, "The workspace's files changed while they were being listed; try again.")
 
@@ -285,7 +285,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
                 return False
             return self.symlink_source_allowed(os.path.realpath(target), account)
 
-        safepath.copy_tree(src, dst, account, keep_link, max_bytes)
+        trees.copy_tree(src, dst, account, keep_link, max_bytes)
 
     # ---- reading for the API ------------------------------------------------------------
     def browse_place(self, account: Account, workspace_dir: str) -> browse.Place:
