@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from tornado import httputil
-from traitlets import Float, Integer
+from traitlets import Float, Integer, observe
 from traitlets.config import LoggingConfigurable
 
 from .. import orm
@@ -111,6 +111,7 @@ class ProxyService(LoggingConfigurable):
         self.passthrough_mode = passthrough_mode
         self.session_tokens = session_tokens
         self.targets: dict[int, Target] = {}
+        self._timeouts_changed()
         self.secret = self._load_secret()
         self._active: dict[int, tuple[float, bool]] = {}
         # Cookie values whose signature was checked, and what they claim (() when forged).
@@ -123,6 +124,11 @@ class ProxyService(LoggingConfigurable):
                 "ProxyService.websocket_max_message_size (proxy_websocket_max_message_size) has "
                 "no effect: session websockets are relayed as bytes, never as whole messages."
             )
+
+    @observe("connect_timeout", "request_timeout")
+    def _timeouts_changed(self, change: Any = None) -> None:
+        # Read by every relayed request: a plain attribute is several times cheaper than a trait.
+        self.timeouts = (self.connect_timeout, self.request_timeout)
 
     def _load_secret(self) -> bytes:
         """Cookie signing key, kept in the data directory so cookies survive restarts."""
