@@ -77,3 +77,22 @@ def remove_test_os_accounts() -> Iterator[None]:
     yield
     if IS_ROOT:
         remove_accounts(ACCOUNT_PREFIX, [SESSION_GROUP])
+
+
+# Modules whose tests share the one Slurm cluster: they count on its nodes being theirs alone.
+SLURM_MODULE_PREFIX = "test_slurm"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """scripts/test runs the suite on several workers (pytest-xdist, --dist loadgroup). Each module
+    runs whole on one worker, as its module-scoped servers expect, and the Slurm modules share
+    one worker. They go first: they are the longest group, so started last they would be the
+    run's tail."""
+
+    def group(item: pytest.Item) -> str:
+        module = item.nodeid.split("::")[0]
+        return "slurm" if module.rsplit("/", 1)[-1].startswith(SLURM_MODULE_PREFIX) else module
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: group(item) != "slurm")  # stable: the order within stays
