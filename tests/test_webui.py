@@ -21,11 +21,10 @@ from tornado.websocket import websocket_connect
 
 from fake_globus import FakeGlobus
 from helpers.api import unique_name
+from helpers.configs import webui_server
 from helpers.harness import Server
 
 CONFIG = """
-c.LocalFileSystemStorage.root_dir = "@DIR@/workspaces"
-c.UWSApp.spawner_class = "local"
 # Lets this test say it came over https (X-Forwarded-Proto), as nginx in front would.
 c.FrontServer.trusted_proxies = ["127.0.0.1"]
 c.UWSApp.admin_users = {"webadmin"}
@@ -37,11 +36,7 @@ STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def server(backend: str) -> Iterator[Server]:
-    srv = Server(backend, CONFIG, extra_args=["--dev"]).start()
-    try:
-        yield srv
-    finally:
-        srv.close()
+    yield from webui_server(backend, CONFIG)
 
 
 def sign_in(server: Server, username: str, **headers: str) -> tuple[requests.Session, requests.Response]:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from helpers.browser import chromium_path, launched_chromium
-from helpers.configs import ORIGIN_MODE
+from helpers.configs import ORIGIN_MODE, webui_server
 from helpers.harness import TESTS, Server
 
 CHROMIUM = chromium_path()
@@ -33,8 +33,6 @@ axe_sync = pytest.importorskip(
 OUTPUT = os.environ.get("UWS_TEST_OUTPUT") or os.path.join(TESTS, "output")
 CONFIG = (
     f"""
-c.LocalFileSystemStorage.root_dir = "@DIR@/workspaces"
-c.UWSApp.spawner_class = "local"
 c.JobService.heartbeat_seconds = 1
 c.UWSApp.stop_grace_seconds = 2
 c.UWSApp.job_types = {{
@@ -53,11 +51,7 @@ WAIT_MS = 30_000
 
 @pytest.fixture(scope="module")
 def server(backend: str) -> Iterator[Server]:
-    srv = Server(backend, CONFIG, extra_args=["--dev"]).start()
-    try:
-        yield srv
-    finally:
-        srv.close()
+    yield from webui_server(backend, CONFIG)
 
 
 @pytest.fixture(scope="module")
