@@ -1,7 +1,7 @@
 // A workspace's files: browse its folders (GET /workspaces/<id>/files/?path=), download a file
 // (a link the browser follows with its cookie), upload into the top folder with a progress bar.
 import { ApiError, answerOf, api, xsrf } from './api.js';
-import { clearErrors, formatBytes, h, replaceChildren, showError } from './dom.js';
+import { formatBytes, h, replaceChildren, submitting } from './dom.js';
 
 const encodePath = (path) => path.split('/').map(encodeURIComponent).join('/');
 
@@ -104,33 +104,28 @@ export function setUpUpload(workspaceId, browser) {
   const progress = document.getElementById('upload-progress');
   const status = document.getElementById('upload-status');
   const fields = { file: 'upload-files', files: 'upload-files' };
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    const files = [...form.elements.files.files];
-    if (!files.length) {
-      showError(form, fields, 'Choose one or more files to upload.');
-      return;
-    }
-    const button = form.querySelector('button[type=submit]');
-    button.disabled = true;
-    progress.value = 0;
-    document.getElementById('upload-progress-field').hidden = false;
-    status.textContent = 'Uploading…';
-    try {
-      await upload(workspaceId, files, (loaded, total) => {
-        progress.value = Math.round((100 * loaded) / total);
-        status.textContent = `${formatBytes(loaded)} of ${formatBytes(total)}`;
-      });
+  submitting(
+    form,
+    async () => {
+      const files = [...form.elements.files.files];
+      if (!files.length) throw new Error('Choose one or more files to upload.');
+      progress.value = 0;
+      document.getElementById('upload-progress-field').hidden = false;
+      status.textContent = 'Uploading…';
+      try {
+        await upload(workspaceId, files, (loaded, total) => {
+          progress.value = Math.round((100 * loaded) / total);
+          status.textContent = `${formatBytes(loaded)} of ${formatBytes(total)}`;
+        });
+      } catch (error) {
+        status.textContent = '';
+        throw error;
+      }
       progress.value = 100;
       status.textContent = `Uploaded ${files.map((f) => f.name).join(', ')}.`;
       form.reset();
       await browser.open('');
-    } catch (error) {
-      status.textContent = '';
-      showError(form, fields, error.message);
-    } finally {
-      button.disabled = false;
-    }
-  });
+    },
+    { fields },
+  );
 }
