@@ -1,36 +1,43 @@
 """The web interface end to end, in headless Chromium (Debian's, driven by Playwright): sign in
-with the development login, create a workspace, upload a file (with its progress bar), rename
-it, download the file, start a LocalTestJob and watch its card go pending, running, ended
-without a reload (across a dropped event stream), start a web app, open it on its own origin,
-follow its output, extend it, stop it, share the workspace and accept a share from another
-user, make and revoke an API token, stop a session from the administration page, sign out. Bad
-input in each form shows the server's message by its field. Every page passes axe-core's
-check (no serious or critical violation), at desktop and phone width. A screenshot of each
-page visited goes to $UWS_TEST_OUTPUT (default tests/output/, which git ignores).
+with the development login, create a workspace, upload a file (its progress bar seen moving on
+a slowed upload), upload into a folder opened in the file browser, rename the workspace,
+download the file, start a LocalTestJob and watch its card go pending, running, ended without
+a reload (across a dropped event stream), start a web app, follow its output live, open it on
+its own origin, extend it, stop it, share the workspace and accept a share from another user,
+make and revoke an API token, stop a session from the administration page, sign out. Bad input
+in each form shows the server's message by its field. Every page, and every dialog while open,
+passes axe-core's check (no serious or critical violation), at desktop and phone width. A
+screenshot of each page visited goes to $UWS_TEST_OUTPUT (default tests/output/, which git
+ignores).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from helpers.browser import chromium_path, launched_chromium
+from helpers.browser import (
+    Shots,
+    assert_accessible,
+    chromium_path,
+    launched_chromium,
+    login_key,
+    watch_upload_progress,
+)
 from helpers.configs import ORIGIN_MODE, webui_server
-from helpers.harness import TESTS, Server
+from helpers.harness import Server
 
 CHROMIUM = chromium_path()
 playwright_sync = pytest.importorskip(
     "playwright.sync_api", reason="playwright is installed with the test extras"
 )
-axe_sync = pytest.importorskip(
+pytest.importorskip(
     "axe_playwright_python.sync_playwright", reason="axe-playwright-python is installed with the test extras"
 )
 
-OUTPUT = os.environ.get("UWS_TEST_OUTPUT") or os.path.join(TESTS, "output")
 CONFIG = (
     f"""
 c.JobService.heartbeat_seconds = 1
@@ -57,31 +64,6 @@ def server(backend: str) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def chromium():
     yield from launched_chromium(playwright_sync, CHROMIUM)
-
-
-class Shots:
-    """Numbered screenshots of the pages a test visits."""
-
-    def __init__(self, name: str) -> None:
-        self.dir = os.path.join(OUTPUT, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.count = 0
-
-    def __call__(self, page, what: str) -> None:
-        self.count += 1
-        page.screenshot(path=os.path.join(self.dir, f"{self.count:02d}-{what}.png"), full_page=True)
-
-
-AXE = axe_sync.Axe()
-
-
-def assert_accessible(page, what: str) -> None:
-    """axe-core finds nothing serious or critical on the page as it is now."""
-    found = AXE.run(page).response["violations"]
-    bad = [v for v in found if v["impact"] in ("serious", "critical")]
-    assert not bad, f"{what}: " + "; ".join(
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}" for v in bad
-    )
 
 
 def statuses_seen(card) -> list[str]:
@@ -145,22 +127,31 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         expect(link).to_be_visible()
         expect(page.locator("#ws-name-error")).to_be_hidden()
         shot(page, "home-with-workspace")
+        ws_id = int((link.get_attribute("href") or "").rstrip("/").split("/")[-1])
+        me = server.client(login_key(server, "webuser"))  # (the REST API's view, beside the page's)
+        r = me.put(f"/workspaces/{ws_id}/", {"workspace_details": {"files": [{"name": "results/notes.txt"}]}})
+        assert r.status_code == 200, r.text
         link.click()
         page.wait_for_url("**/w/*")
         expect(page.locator("#job-type option")).to_have_count(2)
         page.evaluate("window.loadedOnce = true")
 
-        # A file: uploaded with a progress bar, listed, downloaded.
-        expect(page.locator("#files")).to_contain_text("This folder is empty.")
+        # A file: uploaded with a progress bar that moves (the upload slowed down to see it),
+        # listed, downloaded.
+        expect(page.get_by_role("button", name="results/")).to_be_visible()
         page.click("#upload-form button[type=submit]")
         expect(page.locator("#upload-files-error")).to_have_text("Choose one or more files to upload.")
         content = b"made in the browser\n" * 5000
         page.set_input_files(
             "#upload-files", {"name": "data.txt", "mimeType": "text/plain", "buffer": content}
         )
+        seen = watch_upload_progress(page, context)
         page.click("#upload-form button[type=submit]")
         expect(page.locator("#upload-status")).to_have_text("Uploaded data.txt.")
         assert page.locator("#upload-progress").evaluate("p => p.value") == 100
+        midway = [(value, text) for value, text in seen() if 0 < value < 100]
+        assert midway and all(re.fullmatch(r".+ of 100\.\d KB", text) for _, text in midway), midway
+        assert [value for value, _ in midway] == sorted(value for value, _ in midway), midway
         file_link = page.get_by_role("link", name="data.txt")
         expect(file_link).to_be_visible()
         with page.expect_download() as downloading:
@@ -169,6 +160,23 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert download.suggested_filename == "data.txt"
         with open(download.path(), "rb") as f:
             assert f.read() == content
+
+        # Into a folder: open it, upload there (the form says where), listed there and on disk there.
+        page.get_by_role("button", name="results/").click()
+        expect(page.locator("#file-path [aria-current]")).to_have_text("results")
+        expect(page.locator("#upload-into")).to_have_text("(into the folder results)")
+        page.set_input_files(
+            "#upload-files", {"name": "sub é.txt", "mimeType": "text/plain", "buffer": b"deeper"}
+        )
+        page.click("#upload-form button[type=submit]")
+        expect(page.locator("#upload-status")).to_have_text("Uploaded sub é.txt into results.")
+        expect(page.locator("#files").get_by_role("link", name="sub é.txt")).to_be_visible()
+        listed = me.get(f"/workspaces/{ws_id}/files/", params={"path": "results"}).json()["data"]
+        assert sorted(e["name"] for e in listed["entries"]) == ["notes.txt", "sub é.txt"]
+        assert me.get(f"/workspaces/{ws_id}/files/results/sub%20%C3%A9.txt").content == b"deeper"
+        page.get_by_role("button", name="Top folder").click()
+        expect(page.locator("#upload-into")).to_have_text("(into the workspace's top folder)")
+        expect(page.get_by_role("link", name="data.txt")).to_be_visible()
 
         # Renamed: the server's refusal by its field first; the title follows the event.
         page.fill("#edit-name", "y" * 300)
@@ -208,7 +216,12 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         web = page.locator("#sessions article").first
         expect(web).to_have_attribute("data-status", "running")
         expect(web.locator(".time-left")).to_be_visible()
-        web.locator("summary", has_text="Output").click()  # (followed from here on)
+        # The output viewer, open and following before the app is asked anything: the request's
+        # log line, written after, can only come live (and is appended to what was there).
+        web.locator("summary", has_text="Output").click()
+        expect(web.locator("details.log-view")).to_have_attribute("data-state", "following")
+        before = web.locator("pre.log").text_content() or ""
+        assert "GET /?token=" not in before
         open_link = web.get_by_role("link", name="Open")
         href = open_link.get_attribute("href") or ""
         assert ".localhost:" in href and "token=" in href, href
@@ -220,8 +233,8 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert tab.url.split("/")[2] == href.split("/")[2]  # (its own origin)
         shot(tab, "web-app-tab")
         tab.close()
-        # (http.server's request log, written after the viewer opened: it was followed)
         expect(web.locator("pre.log")).to_contain_text("GET /?token=")
+        assert (web.locator("pre.log").text_content() or "").startswith(before)
         expect(web.locator(".time-left")).to_have_text(re.compile(r"^(9|10):\d\d$"))
         web.get_by_label("Add time").select_option("15")
         web.get_by_role("button", name="Extend").click()
@@ -244,11 +257,20 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         friend_shares_with(server, "webuser", unwanted)
         page.click("#share-open")
         page.fill("#share-search", "webfriend@")
+        expect(page.locator("#share-people input[type=checkbox]")).to_have_count(1)
+        assert_accessible(page, "share dialog")
         page.check("#share-people input[type=checkbox]")
         page.click("#share-form button[type=submit]")
         expect(page.locator("#share-status")).to_contain_text("Shared with")
         expect(page.locator("#share-dialog")).to_be_hidden()
         assert page.evaluate("document.activeElement.id") == "share-open"  # (focus returns)
+        # The deletion's question, open: accessible too, and Escape leaves it (nothing deleted).
+        page.click("#delete-open")
+        expect(page.locator("#delete-dialog")).to_be_visible()
+        assert_accessible(page, "delete dialog")
+        page.keyboard.press("Escape")
+        expect(page.locator("#delete-dialog")).to_be_hidden()
+        assert page.evaluate("document.activeElement.id") == "delete-open"
 
         # An administrator (webuser is one here) stops another web app from the administration page.
         page.select_option("#job-type", "web")
@@ -309,10 +331,16 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         assert_accessible(page, "workspace at phone width")
         shot(page, "workspace-phone")
+        page.click("#share-open")
+        expect(page.locator("#share-people")).to_contain_text("webfriend")
+        assert_accessible(page, "share dialog at phone width")
+        page.click("#share-cancel")
 
         # Deletion asks first (cancelled: nothing happens); refused while a share waits, with
         # the server's message; the workspace shared to webuser is deleted.
         page.click("#delete-open")
+        assert_accessible(page, "delete dialog at phone width")
+        shot(page, "delete-dialog-phone")
         page.click("#delete-dialog button[value=cancel]")
         expect(page.locator("#delete-dialog")).to_be_hidden()
         page.click("#delete-open")
