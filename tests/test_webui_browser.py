@@ -4,11 +4,12 @@ a slowed upload), upload into a folder opened in the file browser, rename the wo
 download the file, start a LocalTestJob and watch its card go pending, running, ended without
 a reload (across a dropped event stream), start a web app, follow its output live, open it on
 its own origin, extend it, stop it, share the workspace and accept a share from another user,
-make and revoke an API token, stop a session from the administration page, sign out. Bad input
-in each form shows the server's message by its field. Every page, and every dialog while open,
-passes axe-core's check (no serious or critical violation), at desktop and phone width. A
-screenshot of each page visited goes to $UWS_TEST_OUTPUT (default tests/output/, which git
-ignores).
+make and revoke an API token, stop a session from the administration page, sign out; and, on
+the administration page, deactivate, reactivate, promote, demote, set quotas and revoke tokens
+of a user. Bad input in each form shows the server's message by its field. Every page, and
+every dialog while open, passes axe-core's check (no serious or critical violation), at desktop
+and phone width. A screenshot of each page visited goes to $UWS_TEST_OUTPUT (default
+tests/output/, which git ignores).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from helpers.browser import (
     chromium_path,
     launched_chromium,
     login_key,
+    sign_in,
     watch_upload_progress,
 )
 from helpers.configs import ORIGIN_MODE, webui_server
@@ -359,6 +361,139 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         page.wait_for_url(server.base + "/login")
         assert not [c for c in context.cookies() if c["name"] == "uws-browser"]
         shot(page, "signed-out")
+    finally:
+        context.close()
+
+
+def test_administration_user_actions(chromium, server: Server) -> None:
+    """An administrator deactivates and reactivates a user, makes and unmakes them an admin,
+    sets their quotas and revokes their tokens from the administration page, with the keyboard
+    where it matters; each effect is read back through the REST API. Refusals show in the row
+    they concern; a non-admin reaches neither the page nor the API."""
+    target = "webtarget"
+    target_key = login_key(server, target)
+    admin = server.client(login_key(server, "webuser"))
+
+    def state(username: str = target) -> dict:
+        (user,) = [u for u in admin.get("/admin/users/").json()["data"]["users"] if u["username"] == username]
+        return user
+
+    user_id = state()["id"]
+    context = chromium.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    expect = playwright_sync.expect
+    focus_key = "document.activeElement.dataset.focusKey"
+    try:
+        sign_in(page, server, "webuser")
+        page.goto(server.base + "/administration")
+        row = page.locator(f"#admin-user-{target}")
+        status = page.locator("#admin-status")
+        dialog = page.locator("#confirm-dialog")
+        expect(row.locator(".state")).to_have_text("active")
+
+        # Deactivate asks first: Escape leaves it (focus back on the button), the keyboard confirms.
+        row.get_by_role("button", name=f"Deactivate {target}").click()
+        expect(dialog).to_contain_text(f"Deactivate {target}?")
+        assert_accessible(page, "confirmation dialog")
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+        assert page.evaluate(focus_key) == f"active-{user_id}"
+        assert state()["is_active"] is True
+        page.keyboard.press("Enter")
+        expect(dialog).to_be_visible()
+        assert page.evaluate("document.activeElement.textContent") == "Cancel"
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        expect(status).to_have_text(f"Deactivated {target}.")
+        expect(row.locator(".state")).to_have_text("deactivated")
+        assert page.evaluate(focus_key) == f"active-{user_id}"  # (on the button, now Reactivate)
+        assert state()["is_active"] is False
+        refused = server.client(target_key).get("/workspaces/").json()
+        assert refused == {"success": False, "message": "User inactive or deleted."}
+        row.get_by_role("button", name=f"Reactivate {target}").click()  # (gives back: no question)
+        expect(row.locator(".state")).to_have_text("active")
+        assert state()["is_active"] is True
+        assert server.client(target_key).get("/workspaces/").status_code == 200
+
+        # Admin, and no longer (asked first); a refusal shows in the row it concerns.
+        row.get_by_role("button", name=f"Make admin {target}").click()
+        expect(row.locator(".state")).to_have_text("active, admin")
+        assert state()["is_admin"] is True
+        assert server.client(target_key).get("/admin/users/").status_code == 200
+        row.get_by_role("button", name=f"Remove admin {target}").click()
+        page.click("#confirm-ok")
+        expect(row.locator(".state")).to_have_text("active")
+        assert state()["is_admin"] is False
+        assert server.client(target_key).get("/admin/users/").status_code == 403
+        me = page.locator("#admin-user-webuser")
+        me.get_by_role("button", name="Remove admin webuser").click()
+        page.click("#confirm-ok")
+        expect(me.locator(".field-error")).to_have_text(
+            "webuser is an admin through c.UWSApp.admin_users: remove the name there to demote."
+        )
+        expect(row.locator(".field-error")).to_be_hidden()
+
+        # Quotas: a bad value refused by its field, then both set, then the disk maximum removed.
+        row.get_by_role("button", name=f"Quotas of {target}").click()
+        quotas = page.locator("#quota-dialog")
+        expect(quotas).to_be_visible()
+        page.fill("#quota-disk", "-1")
+        page.fill("#quota-hours", "12")
+        page.press("#quota-hours", "Enter")
+        expect(page.locator("#quota-disk-error")).to_contain_text("max_disk_bytes must be")
+        assert page.locator("#quota-disk").get_attribute("aria-invalid") == "true"
+        assert state()["quota"]["disk_bytes"]["maximum"] is None
+        assert_accessible(page, "quota dialog with a refusal")
+        page.fill("#quota-disk", "2.5")
+        page.press("#quota-disk", "Enter")
+        expect(quotas).to_be_hidden()
+        expect(row.locator(".disk")).to_have_text("0 bytes of 2.5 GB")
+        expect(row.locator(".core-hours")).to_have_text("0.00 of 12.00")
+        quota = state()["quota"]
+        assert (
+            quota["disk_bytes"]["maximum"] == 2_500_000_000 and quota["core_hours"]["maximum"] == "12.00000"
+        )
+        assert page.evaluate(focus_key) == f"quota-{user_id}"
+        page.keyboard.press("Enter")
+        expect(page.locator("#quota-disk")).to_have_value("2.5")
+        page.fill("#quota-disk", "")
+        page.click("#quota-form button[type=submit]")
+        expect(row.locator(".disk")).to_have_text("0 bytes (no limit)")
+        assert state()["quota"]["disk_bytes"]["maximum"] is None
+        assert state()["quota"]["core_hours"]["maximum"] == "12.00000"
+
+        # Every token revoked, after the question.
+        row.get_by_role("button", name=f"Revoke tokens {target}").click()
+        expect(dialog).to_contain_text(f"Revoke every token of {target}?")
+        page.click("#confirm-ok")
+        expect(status).to_have_text(f"Revoked 1 token(s) of {target}.")
+        assert server.client(target_key).get("/workspaces/").status_code == 401
+
+        # At phone width, the page (and its dialog) still fits and is accessible.
+        page.set_viewport_size({"width": 375, "height": 800})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        row.get_by_role("button", name=f"Quotas of {target}").click()
+        assert_accessible(page, "administration with its quota dialog at phone width")
+        page.click("#quota-cancel")
+        expect(quotas).to_be_hidden()
+
+        # A user who is not an admin: the page is refused (and not offered), so is the API.
+        other = context.browser.new_context()
+        try:
+            theirs = other.new_page()
+            sign_in(theirs, server, target)
+            expect(theirs.locator("nav")).not_to_contain_text("Administration")
+            answer = theirs.goto(server.base + "/administration")
+            assert answer is not None and answer.status == 403
+        finally:
+            other.close()
+        target_client = server.client(login_key(server, target))
+        assert target_client.get("/admin/users/").status_code == 403
+        r = target_client.put(f"/admin/users/{target}/", {"is_admin": True})
+        assert r.status_code == 403 and r.json()["success"] is False
+        assert target_client.delete("/admin/users/webuser/tokens/").status_code == 403
+        assert state()["is_admin"] is False
     finally:
         context.close()
 
