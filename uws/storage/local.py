@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,21 +251,56 @@ class LocalFileSystemStorage(LoggingConfigurable):
     def upload_name(filename: str) -> str:
         return re.split(r"[/\\]", filename)[-1]
 
-    def validate_uploads(self, workspace_dir: str, names: list[str]) -> None:
+    def validate_uploads(self, workspace_dir: str, names: list[str], folder: list[str] | None = None) -> None:
+        """Every upload's destination, checked before anything is written: `folder` (its
+        components; [] or None for the top) as check_upload_folder says, each name a file there."""
+        folder = folder or []
+        self.check_upload_folder(workspace_dir, folder)
         for original in names:
-            name = self.upload_name(original)
             try:
-                parts = safepath.split_destination(name)
+                parts = safepath.split_destination("/".join([*folder, self.upload_name(original)]))
             except UnsafePath:
                 raise APIError(400, f"Invalid file path specified {original}") from None
+            if len(parts) > self.max_path_depth:
+                message = f"a path may have at most {self.max_path_depth} components"
+                raise APIError(400, f"Invalid file path specified: {message}.")
             if not safepath.existing_parent_is_safe(workspace_dir, parts):
                 raise APIError(400, f"Invalid file path specified {original}")
 
-    def save_uploads(self, account: Account, workspace_dir: str, uploads: list[tuple[str, bytes]]) -> None:
+    @staticmethod
+    def check_upload_folder(workspace_dir: str, folder: list[str]) -> None:
+        """Uploads go into a folder of the workspace itself: one that exists and is reached
+        without a symlink (a link to a dataset may be read, never written through). A job
+        directory (.<id> at the top) is hidden, so it is missing here as in listings. (The write
+        walks the folder again without following symlinks: one swapped in since is refused.)"""
+        shown = "/".join(folder)
+        if folder and safepath.RESERVED_FIRST.match(folder[0]):
+            raise APIError(404, f"Folder not found in workspace: {shown}.")
+        path = workspace_dir
+        for part in folder:
+            path = os.path.join(path, part)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise APIError(404, f"Folder not found in workspace: {shown}.") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise APIError(
+                    400, f"Uploads go into the workspace's own folders: {shown} goes through a symlink."
+                )
+            if not stat.S_ISDIR(st.st_mode):
+                raise APIError(400, f"Not a directory: {shown}.")
+
+    def save_uploads(
+        self,
+        account: Account,
+        workspace_dir: str,
+        uploads: list[tuple[str, bytes]],
+        folder: list[str] | None = None,
+    ) -> None:
         for original, body in uploads:
             name = self.upload_name(original)
             try:
-                safepath.write_file(workspace_dir, [name], body, account)
+                safepath.write_file(workspace_dir, [*(folder or []), name], body, account)
             except (UnsafePath, OSError) as e:
                 raise write_error(e, "file path", original) from None
 
