@@ -58,6 +58,8 @@ setup(
         # mypy and types-psutil (psutil's type hints): scripts/test type-checks uws first.
         "test": [
             "pytest>=8",
+            # pytest-xdist: scripts/test runs the suite on several worker processes.
+            "pytest-xdist>=3.5",
             "schemathesis>=3.30",
             "ruff>=0.5",
             "jupyterlab>=4",

@@ -5,7 +5,6 @@ The helpers the tests share live in tests/helpers/; this file holds only fixture
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +16,7 @@ pytest.register_assert_rewrite("helpers")
 from helpers.api import ACCOUNT_PREFIX, create, login, start, wait_ready, wait_status  # noqa: E402
 from helpers.configs import LOCAL_CONFIG, PROXY_CONFIG, SESSION_GROUP  # noqa: E402
 from helpers.harness import BACKENDS, IS_ROOT, Client, Server, running_server  # noqa: E402
+from helpers.os_accounts import remove_accounts  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -75,11 +75,24 @@ def session(pserver: Server, owner: Client) -> Iterator[dict]:
 def remove_test_os_accounts() -> Iterator[None]:
     """OS accounts this run made (names start with ACCOUNT_PREFIX) are removed at the end."""
     yield
-    if not IS_ROOT:
-        return
-    import pwd
+    if IS_ROOT:
+        remove_accounts(ACCOUNT_PREFIX, [SESSION_GROUP])
 
-    for entry in pwd.getpwall():
-        if entry.pw_name.startswith(ACCOUNT_PREFIX):
-            subprocess.run(["userdel", "-r", "--", entry.pw_name], capture_output=True)
-    subprocess.run(["groupdel", "--", SESSION_GROUP], capture_output=True)
+
+# Modules whose tests share the one Slurm cluster: they count on its nodes being theirs alone.
+SLURM_MODULE_PREFIX = "test_slurm"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """scripts/test runs the suite on several workers (pytest-xdist, --dist loadgroup). Each module
+    runs whole on one worker, as its module-scoped servers expect, and the Slurm modules share
+    one worker. They go first: they are the longest group, so started last they would be the
+    run's tail."""
+
+    def group(item: pytest.Item) -> str:
+        module = item.nodeid.split("::")[0]
+        return "slurm" if module.rsplit("/", 1)[-1].startswith(SLURM_MODULE_PREFIX) else module
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: group(item) != "slurm")  # stable: the order within stays

@@ -399,7 +399,7 @@ def test_session_host_names() -> None:
 
 
 def test_passthrough_domain_of_an_original_config() -> None:
-    from uws.config_json import session_domain
+    from uws.config_validation import session_domain
 
     assert session_domain("sessions.example.org") == "sessions.example.org"
     assert session_domain("https://sessions.example.org:8443/") == "sessions.example.org"

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from uws.auth.accounts import Account
-from uws.storage import safepath
+from uws.storage import safepath, trees
 
 from helpers.api import create, get_ws, login, wait_for, ws_dir
 from helpers.configs import LOCAL_CONFIG, SUDO_AVAILABLE
@@ -125,7 +125,7 @@ def test_scan_does_not_follow_a_directory_swapped_for_a_symlink(tmp_path, monkey
         return listing
 
     monkeypatch.setattr(os, "scandir", scandir)
-    total, files, links = safepath.scan(str(top))
+    total, files, links = trees.scan(str(top))
     monkeypatch.undo()
     assert swapped
     assert files == [{"name": "/kept.txt"}]
@@ -147,8 +147,8 @@ def test_walk_refuses_a_directory_moved_away_mid_walk(tmp_path) -> None:
         names = [e.name for e in os.scandir(fds[0]) if e.is_dir(follow_symlinks=False)]
         return [(n, None) for n in names]
 
-    with safepath.open_dir(str(top)) as fd, pytest.raises(safepath.TreeChanged):
-        safepath.walk([fd], visit)
+    with safepath.open_dir(str(top)) as fd, pytest.raises(trees.TreeChanged):
+        trees.walk([fd], visit)
     assert seen == [[], ["a"], ["a", "b"]]
 
 
@@ -197,7 +197,7 @@ def test_chown_tree_does_not_follow_a_directory_swapped_for_a_symlink(tmp_path, 
 
     monkeypatch.setattr(os, "chown", chown)
     try:
-        safepath.chown_tree(str(top), account)
+        trees.chown_tree(str(top), account)
     except OSError:
         pass  # the walk may also notice that d/ has moved: stopping is fine, following is not
     monkeypatch.undo()

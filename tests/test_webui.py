@@ -21,11 +21,10 @@ from tornado.websocket import websocket_connect
 
 from fake_globus import FakeGlobus
 from helpers.api import unique_name
+from helpers.configs import webui_server
 from helpers.harness import Server
 
 CONFIG = """
-c.LocalFileSystemStorage.root_dir = "@DIR@/workspaces"
-c.UWSApp.spawner_class = "local"
 # Lets this test say it came over https (X-Forwarded-Proto), as nginx in front would.
 c.FrontServer.trusted_proxies = ["127.0.0.1"]
 c.UWSApp.admin_users = {"webadmin"}
@@ -37,11 +36,7 @@ STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope="module")
 def server(backend: str) -> Iterator[Server]:
-    srv = Server(backend, CONFIG, extra_args=["--dev"]).start()
-    try:
-        yield srv
-    finally:
-        srv.close()
+    yield from webui_server(backend, CONFIG)
 
 
 def sign_in(server: Server, username: str, **headers: str) -> tuple[requests.Session, requests.Response]:
@@ -165,6 +160,18 @@ def test_administration_page_is_for_admins_only(server: Server) -> None:
     r = admin.http.get(server.base + "/administration", headers=HTML, timeout=10)
     assert r.status_code == 200 and 'id="admin-jobs"' in r.text
     assert meta_xsrf(r.text) == admin.xsrf
+    # What its scripts call: the admin API, refused to the user's cookie (and XSRF token) as well.
+    only_admins = {"success": False, "message": "Only administrators may do this."}
+    for method, path, body in (
+        ("GET", "/admin/users/", None),
+        ("PUT", "/admin/users/webadmin/", {"is_active": False}),
+        ("DELETE", "/admin/users/webadmin/tokens/", None),
+    ):
+        r = user.api(method, path, body, xsrf=user.xsrf)
+        assert (r.status_code, r.json()) == (403, only_admins), (method, path)
+    assert admin.api("GET", "/admin/users/").status_code == 200
+    r = admin.api("PUT", "/admin/users/nobody-here/", {"is_active": False}, xsrf=admin.xsrf)
+    assert (r.status_code, r.json()["message"]) == (404, "User nobody-here not found.")
     # Signed out, it is the way to sign in, as every page.
     r = requests.get(server.base + "/administration", headers=HTML, allow_redirects=False, timeout=10)
     assert r.status_code == 302 and r.headers["Location"] == "/login"

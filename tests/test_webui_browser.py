@@ -1,40 +1,47 @@
 """The web interface end to end, in headless Chromium (Debian's, driven by Playwright): sign in
-with the development login, create a workspace, upload a file (with its progress bar), rename
-it, download the file, start a LocalTestJob and watch its card go pending, running, ended
-without a reload (across a dropped event stream), start a web app, open it on its own origin,
-follow its output, extend it, stop it, share the workspace and accept a share from another
-user, make and revoke an API token, stop a session from the administration page, sign out. Bad
-input in each form shows the server's message by its field. Every page passes axe-core's
-check (no serious or critical violation), at desktop and phone width. A screenshot of each
-page visited goes to $UWS_TEST_OUTPUT (default tests/output/, which git ignores).
+with the development login, create a workspace, upload a file (its progress bar seen moving on
+a slowed upload), upload into a folder opened in the file browser, rename the workspace,
+download the file, start a LocalTestJob and watch its card go pending, running, ended without
+a reload (across a dropped event stream), start a web app, follow its output live, open it on
+its own origin, extend it, stop it, share the workspace and accept a share from another user,
+make and revoke an API token, stop a session from the administration page, sign out; and, on
+the administration page, deactivate, reactivate, promote, demote, set quotas and revoke tokens
+of a user. Bad input in each form shows the server's message by its field. Every page, and
+every dialog while open, passes axe-core's check (no serious or critical violation), at desktop
+and phone width. A screenshot of each page visited goes to $UWS_TEST_OUTPUT (default
+tests/output/, which git ignores).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from helpers.browser import chromium_path, launched_chromium
-from helpers.configs import ORIGIN_MODE
-from helpers.harness import TESTS, Server
+from helpers.browser import (
+    Shots,
+    assert_accessible,
+    chromium_path,
+    launched_chromium,
+    login_key,
+    sign_in,
+    watch_upload_progress,
+)
+from helpers.configs import ORIGIN_MODE, webui_server
+from helpers.harness import Server
 
 CHROMIUM = chromium_path()
 playwright_sync = pytest.importorskip(
     "playwright.sync_api", reason="playwright is installed with the test extras"
 )
-axe_sync = pytest.importorskip(
+pytest.importorskip(
     "axe_playwright_python.sync_playwright", reason="axe-playwright-python is installed with the test extras"
 )
 
-OUTPUT = os.environ.get("UWS_TEST_OUTPUT") or os.path.join(TESTS, "output")
 CONFIG = (
     f"""
-c.LocalFileSystemStorage.root_dir = "@DIR@/workspaces"
-c.UWSApp.spawner_class = "local"
 c.JobService.heartbeat_seconds = 1
 c.UWSApp.stop_grace_seconds = 2
 c.UWSApp.job_types = {{
@@ -53,41 +60,12 @@ WAIT_MS = 30_000
 
 @pytest.fixture(scope="module")
 def server(backend: str) -> Iterator[Server]:
-    srv = Server(backend, CONFIG, extra_args=["--dev"]).start()
-    try:
-        yield srv
-    finally:
-        srv.close()
+    yield from webui_server(backend, CONFIG)
 
 
 @pytest.fixture(scope="module")
 def chromium():
     yield from launched_chromium(playwright_sync, CHROMIUM)
-
-
-class Shots:
-    """Numbered screenshots of the pages a test visits."""
-
-    def __init__(self, name: str) -> None:
-        self.dir = os.path.join(OUTPUT, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.count = 0
-
-    def __call__(self, page, what: str) -> None:
-        self.count += 1
-        page.screenshot(path=os.path.join(self.dir, f"{self.count:02d}-{what}.png"), full_page=True)
-
-
-AXE = axe_sync.Axe()
-
-
-def assert_accessible(page, what: str) -> None:
-    """axe-core finds nothing serious or critical on the page as it is now."""
-    found = AXE.run(page).response["violations"]
-    bad = [v for v in found if v["impact"] in ("serious", "critical")]
-    assert not bad, f"{what}: " + "; ".join(
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}" for v in bad
-    )
 
 
 def statuses_seen(card) -> list[str]:
@@ -151,22 +129,31 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         expect(link).to_be_visible()
         expect(page.locator("#ws-name-error")).to_be_hidden()
         shot(page, "home-with-workspace")
+        ws_id = int((link.get_attribute("href") or "").rstrip("/").split("/")[-1])
+        me = server.client(login_key(server, "webuser"))  # (the REST API's view, beside the page's)
+        r = me.put(f"/workspaces/{ws_id}/", {"workspace_details": {"files": [{"name": "results/notes.txt"}]}})
+        assert r.status_code == 200, r.text
         link.click()
         page.wait_for_url("**/w/*")
         expect(page.locator("#job-type option")).to_have_count(2)
         page.evaluate("window.loadedOnce = true")
 
-        # A file: uploaded with a progress bar, listed, downloaded.
-        expect(page.locator("#files")).to_contain_text("This folder is empty.")
+        # A file: uploaded with a progress bar that moves (the upload slowed down to see it),
+        # listed, downloaded.
+        expect(page.get_by_role("button", name="results/")).to_be_visible()
         page.click("#upload-form button[type=submit]")
         expect(page.locator("#upload-files-error")).to_have_text("Choose one or more files to upload.")
         content = b"made in the browser\n" * 5000
         page.set_input_files(
             "#upload-files", {"name": "data.txt", "mimeType": "text/plain", "buffer": content}
         )
+        seen = watch_upload_progress(page, context)
         page.click("#upload-form button[type=submit]")
         expect(page.locator("#upload-status")).to_have_text("Uploaded data.txt.")
         assert page.locator("#upload-progress").evaluate("p => p.value") == 100
+        midway = [(value, text) for value, text in seen() if 0 < value < 100]
+        assert midway and all(re.fullmatch(r".+ of 100\.\d KB", text) for _, text in midway), midway
+        assert [value for value, _ in midway] == sorted(value for value, _ in midway), midway
         file_link = page.get_by_role("link", name="data.txt")
         expect(file_link).to_be_visible()
         with page.expect_download() as downloading:
@@ -175,6 +162,23 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert download.suggested_filename == "data.txt"
         with open(download.path(), "rb") as f:
             assert f.read() == content
+
+        # Into a folder: open it, upload there (the form says where), listed there and on disk there.
+        page.get_by_role("button", name="results/").click()
+        expect(page.locator("#file-path [aria-current]")).to_have_text("results")
+        expect(page.locator("#upload-into")).to_have_text("(into the folder results)")
+        page.set_input_files(
+            "#upload-files", {"name": "sub é.txt", "mimeType": "text/plain", "buffer": b"deeper"}
+        )
+        page.click("#upload-form button[type=submit]")
+        expect(page.locator("#upload-status")).to_have_text("Uploaded sub é.txt into results.")
+        expect(page.locator("#files").get_by_role("link", name="sub é.txt")).to_be_visible()
+        listed = me.get(f"/workspaces/{ws_id}/files/", params={"path": "results"}).json()["data"]
+        assert sorted(e["name"] for e in listed["entries"]) == ["notes.txt", "sub é.txt"]
+        assert me.get(f"/workspaces/{ws_id}/files/results/sub%20%C3%A9.txt").content == b"deeper"
+        page.get_by_role("button", name="Top folder").click()
+        expect(page.locator("#upload-into")).to_have_text("(into the workspace's top folder)")
+        expect(page.get_by_role("link", name="data.txt")).to_be_visible()
 
         # Renamed: the server's refusal by its field first; the title follows the event.
         page.fill("#edit-name", "y" * 300)
@@ -214,7 +218,12 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         web = page.locator("#sessions article").first
         expect(web).to_have_attribute("data-status", "running")
         expect(web.locator(".time-left")).to_be_visible()
-        web.locator("summary", has_text="Output").click()  # (followed from here on)
+        # The output viewer, open and following before the app is asked anything: the request's
+        # log line, written after, can only come live (and is appended to what was there).
+        web.locator("summary", has_text="Output").click()
+        expect(web.locator("details.log-view")).to_have_attribute("data-state", "following")
+        before = web.locator("pre.log").text_content() or ""
+        assert "GET /?token=" not in before
         open_link = web.get_by_role("link", name="Open")
         href = open_link.get_attribute("href") or ""
         assert ".localhost:" in href and "token=" in href, href
@@ -226,8 +235,8 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert tab.url.split("/")[2] == href.split("/")[2]  # (its own origin)
         shot(tab, "web-app-tab")
         tab.close()
-        # (http.server's request log, written after the viewer opened: it was followed)
         expect(web.locator("pre.log")).to_contain_text("GET /?token=")
+        assert (web.locator("pre.log").text_content() or "").startswith(before)
         expect(web.locator(".time-left")).to_have_text(re.compile(r"^(9|10):\d\d$"))
         web.get_by_label("Add time").select_option("15")
         web.get_by_role("button", name="Extend").click()
@@ -250,11 +259,20 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         friend_shares_with(server, "webuser", unwanted)
         page.click("#share-open")
         page.fill("#share-search", "webfriend@")
+        expect(page.locator("#share-people input[type=checkbox]")).to_have_count(1)
+        assert_accessible(page, "share dialog")
         page.check("#share-people input[type=checkbox]")
         page.click("#share-form button[type=submit]")
         expect(page.locator("#share-status")).to_contain_text("Shared with")
         expect(page.locator("#share-dialog")).to_be_hidden()
         assert page.evaluate("document.activeElement.id") == "share-open"  # (focus returns)
+        # The deletion's question, open: accessible too, and Escape leaves it (nothing deleted).
+        page.click("#delete-open")
+        expect(page.locator("#delete-dialog")).to_be_visible()
+        assert_accessible(page, "delete dialog")
+        page.keyboard.press("Escape")
+        expect(page.locator("#delete-dialog")).to_be_hidden()
+        assert page.evaluate("document.activeElement.id") == "delete-open"
 
         # An administrator (webuser is one here) stops another web app from the administration page.
         page.select_option("#job-type", "web")
@@ -315,10 +333,16 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         assert_accessible(page, "workspace at phone width")
         shot(page, "workspace-phone")
+        page.click("#share-open")
+        expect(page.locator("#share-people")).to_contain_text("webfriend")
+        assert_accessible(page, "share dialog at phone width")
+        page.click("#share-cancel")
 
         # Deletion asks first (cancelled: nothing happens); refused while a share waits, with
         # the server's message; the workspace shared to webuser is deleted.
         page.click("#delete-open")
+        assert_accessible(page, "delete dialog at phone width")
+        shot(page, "delete-dialog-phone")
         page.click("#delete-dialog button[value=cancel]")
         expect(page.locator("#delete-dialog")).to_be_hidden()
         page.click("#delete-open")
@@ -337,6 +361,139 @@ def test_sign_in_create_start_watch_open_stop(chromium, server: Server, backend:
         page.wait_for_url(server.base + "/login")
         assert not [c for c in context.cookies() if c["name"] == "uws-browser"]
         shot(page, "signed-out")
+    finally:
+        context.close()
+
+
+def test_administration_user_actions(chromium, server: Server) -> None:
+    """An administrator deactivates and reactivates a user, makes and unmakes them an admin,
+    sets their quotas and revokes their tokens from the administration page, with the keyboard
+    where it matters; each effect is read back through the REST API. Refusals show in the row
+    they concern; a non-admin reaches neither the page nor the API."""
+    target = "webtarget"
+    target_key = login_key(server, target)
+    admin = server.client(login_key(server, "webuser"))
+
+    def state(username: str = target) -> dict:
+        (user,) = [u for u in admin.get("/admin/users/").json()["data"]["users"] if u["username"] == username]
+        return user
+
+    user_id = state()["id"]
+    context = chromium.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    expect = playwright_sync.expect
+    focus_key = "document.activeElement.dataset.focusKey"
+    try:
+        sign_in(page, server, "webuser")
+        page.goto(server.base + "/administration")
+        row = page.locator(f"#admin-user-{target}")
+        status = page.locator("#admin-status")
+        dialog = page.locator("#confirm-dialog")
+        expect(row.locator(".state")).to_have_text("active")
+
+        # Deactivate asks first: Escape leaves it (focus back on the button), the keyboard confirms.
+        row.get_by_role("button", name=f"Deactivate {target}").click()
+        expect(dialog).to_contain_text(f"Deactivate {target}?")
+        assert_accessible(page, "confirmation dialog")
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+        assert page.evaluate(focus_key) == f"active-{user_id}"
+        assert state()["is_active"] is True
+        page.keyboard.press("Enter")
+        expect(dialog).to_be_visible()
+        assert page.evaluate("document.activeElement.textContent") == "Cancel"
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        expect(status).to_have_text(f"Deactivated {target}.")
+        expect(row.locator(".state")).to_have_text("deactivated")
+        assert page.evaluate(focus_key) == f"active-{user_id}"  # (on the button, now Reactivate)
+        assert state()["is_active"] is False
+        refused = server.client(target_key).get("/workspaces/").json()
+        assert refused == {"success": False, "message": "User inactive or deleted."}
+        row.get_by_role("button", name=f"Reactivate {target}").click()  # (gives back: no question)
+        expect(row.locator(".state")).to_have_text("active")
+        assert state()["is_active"] is True
+        assert server.client(target_key).get("/workspaces/").status_code == 200
+
+        # Admin, and no longer (asked first); a refusal shows in the row it concerns.
+        row.get_by_role("button", name=f"Make admin {target}").click()
+        expect(row.locator(".state")).to_have_text("active, admin")
+        assert state()["is_admin"] is True
+        assert server.client(target_key).get("/admin/users/").status_code == 200
+        row.get_by_role("button", name=f"Remove admin {target}").click()
+        page.click("#confirm-ok")
+        expect(row.locator(".state")).to_have_text("active")
+        assert state()["is_admin"] is False
+        assert server.client(target_key).get("/admin/users/").status_code == 403
+        me = page.locator("#admin-user-webuser")
+        me.get_by_role("button", name="Remove admin webuser").click()
+        page.click("#confirm-ok")
+        expect(me.locator(".field-error")).to_have_text(
+            "webuser is an admin through c.UWSApp.admin_users: remove the name there to demote."
+        )
+        expect(row.locator(".field-error")).to_be_hidden()
+
+        # Quotas: a bad value refused by its field, then both set, then the disk maximum removed.
+        row.get_by_role("button", name=f"Quotas of {target}").click()
+        quotas = page.locator("#quota-dialog")
+        expect(quotas).to_be_visible()
+        page.fill("#quota-disk", "-1")
+        page.fill("#quota-hours", "12")
+        page.press("#quota-hours", "Enter")
+        expect(page.locator("#quota-disk-error")).to_contain_text("max_disk_bytes must be")
+        assert page.locator("#quota-disk").get_attribute("aria-invalid") == "true"
+        assert state()["quota"]["disk_bytes"]["maximum"] is None
+        assert_accessible(page, "quota dialog with a refusal")
+        page.fill("#quota-disk", "2.5")
+        page.press("#quota-disk", "Enter")
+        expect(quotas).to_be_hidden()
+        expect(row.locator(".disk")).to_have_text("0 bytes of 2.5 GB")
+        expect(row.locator(".core-hours")).to_have_text("0.00 of 12.00")
+        quota = state()["quota"]
+        assert (
+            quota["disk_bytes"]["maximum"] == 2_500_000_000 and quota["core_hours"]["maximum"] == "12.00000"
+        )
+        assert page.evaluate(focus_key) == f"quota-{user_id}"
+        page.keyboard.press("Enter")
+        expect(page.locator("#quota-disk")).to_have_value("2.5")
+        page.fill("#quota-disk", "")
+        page.click("#quota-form button[type=submit]")
+        expect(row.locator(".disk")).to_have_text("0 bytes (no limit)")
+        assert state()["quota"]["disk_bytes"]["maximum"] is None
+        assert state()["quota"]["core_hours"]["maximum"] == "12.00000"
+
+        # Every token revoked, after the question.
+        row.get_by_role("button", name=f"Revoke tokens {target}").click()
+        expect(dialog).to_contain_text(f"Revoke every token of {target}?")
+        page.click("#confirm-ok")
+        expect(status).to_have_text(f"Revoked 1 token(s) of {target}.")
+        assert server.client(target_key).get("/workspaces/").status_code == 401
+
+        # At phone width, the page (and its dialog) still fits and is accessible.
+        page.set_viewport_size({"width": 375, "height": 800})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        row.get_by_role("button", name=f"Quotas of {target}").click()
+        assert_accessible(page, "administration with its quota dialog at phone width")
+        page.click("#quota-cancel")
+        expect(quotas).to_be_hidden()
+
+        # A user who is not an admin: the page is refused (and not offered), so is the API.
+        other = context.browser.new_context()
+        try:
+            theirs = other.new_page()
+            sign_in(theirs, server, target)
+            expect(theirs.locator("nav")).not_to_contain_text("Administration")
+            answer = theirs.goto(server.base + "/administration")
+            assert answer is not None and answer.status == 403
+        finally:
+            other.close()
+        target_client = server.client(login_key(server, target))
+        assert target_client.get("/admin/users/").status_code == 403
+        r = target_client.put(f"/admin/users/{target}/", {"is_admin": True})
+        assert r.status_code == 403 and r.json()["success"] is False
+        assert target_client.delete("/admin/users/webuser/tokens/").status_code == 403
+        assert state()["is_admin"] is False
     finally:
         context.close()
 

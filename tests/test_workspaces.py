@@ -333,6 +333,49 @@ def test_upload_errors(server: Server, alice: Client) -> None:
     assert r.status_code == 413 and r.json()["message"] == "Request body too large."
 
 
+def test_upload_into_a_folder_stays_inside_the_workspace(server: Server, alice: Client) -> None:
+    w = create(
+        alice,
+        workspace_details={
+            "files": [{"name": "results/run 1/old.txt", "content": "x"}, {"name": "plain.txt"}],
+            "symlinks": [{"name": "linked", "source_path": "/usr/share"}],
+        },
+    )
+    url = f"{alice.base}/workspaces/{w['id']}/upload/"
+    root = ws_dir(server, alice, w["id"])
+
+    def put(path: str, name: str = "new.txt") -> tuple[int, str]:
+        r = alice.session.put(
+            url, params={"path": path}, files=[("f", (name, b"new"))], headers=alice.headers()
+        )
+        return r.status_code, r.json()["message"]
+
+    assert put("results/run 1/") == (200, "Successful upload.")
+    with open(os.path.join(root, "results", "run 1", "new.txt"), "rb") as f:
+        assert f.read() == b"new"
+    listing = alice.get(f"/workspaces/{w['id']}/files/", params={"path": "results/run 1"}).json()["data"]
+    assert sorted(e["name"] for e in listing["entries"]) == ["new.txt", "old.txt"]
+    invalid = (
+        400,
+        "Invalid path: a path relative to the workspace, names separated by '/', without empty, '.' or '..' names.",
+    )
+    for path in ("..", "results/../..", "/etc", "results//x", "./results"):
+        assert put(path) == invalid, path
+    assert put("results/missing") == (404, "Folder not found in workspace: results/missing.")
+    assert put(".1") == (404, "Folder not found in workspace: .1.")  # (a job directory: hidden)
+    assert put("linked") == (
+        400,
+        "Uploads go into the workspace's own folders: linked goes through a symlink.",
+    )
+    assert put("plain.txt") == (400, "Not a directory: plain.txt.")
+    assert put("results", "run 1") == (400, "Invalid file path specified run 1")  # (a folder there)
+    assert not os.path.exists("/usr/share/new.txt") and not os.path.exists(
+        os.path.join(server.dir, "new.txt")
+    )
+    assert put("") == (200, "Successful upload.")  # (empty: the top, as before)
+    assert os.path.isfile(os.path.join(root, "new.txt"))
+
+
 def test_delete_flow(server: Server, alice: Client, bob: Client) -> None:
     w = create(
         alice,

@@ -11,6 +11,7 @@ from traitlets.config import Config
 
 from . import config_json, plugins
 from .config_json import ConfigError
+from .config_validation import validate
 
 if TYPE_CHECKING:
     from .app import UWSApp
@@ -60,7 +61,7 @@ def read_config(app: UWSApp, require_login: bool = True) -> list[str]:
         # The command line wins over the file.
         app.update_config(app.cli_config)
     forward_moved_options(app.config, found)
-    problems, warnings = config_json.validate(app.as_original_config())
+    problems, warnings = validate(app.as_original_config())
     problems += class_problems(app)
     if require_login and not app.authenticator_class:
         # Fail closed: a config that forgets the line must not fall back to a login anyone can use.

@@ -12,7 +12,7 @@ from . import orm
 from .errors import APIError
 from .quotas import disk_limit
 from .sessions.status import WorkspaceStatus
-from .storage.safepath import TooLarge
+from .storage.trees import TooLarge
 
 if TYPE_CHECKING:
     from .auth.accounts import AccountCache

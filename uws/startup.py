@@ -1,12 +1,15 @@
-"""What the server does once it is assembled, as it starts serving: the process tuned for a
-long-running server, the log lines that say where it listens and how it runs, and the warnings
-about the deployment (uws.deployment, as `uws check-config` finds them)."""
+"""What the server does once it is assembled, as it starts serving and until it stops: the
+process tuned for a long-running server, the listening socket, the log lines that say where it
+listens and how it runs, the warnings about the deployment (uws.deployment, as `uws check-config`
+finds them), and the wait for a signal to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -28,6 +31,34 @@ def tune_runtime() -> None:
     # default 5 ms switch interval would let a thread holding the SQLite write lock wait that
     # long for its turn.
     sys.setswitchinterval(0.0005)
+
+
+async def listen(app: UWSApp) -> None:
+    """The HTTP server on app.ip:app.port, its connections taken in by app.front."""
+    from .forwarded import TrustingHTTPServer
+
+    front = app.front
+    server = TrustingHTTPServer(
+        app.webapp,
+        trust=front.trust,
+        # API handlers refuse oversize bodies themselves (a JSON 413, counted as the body
+        # streams in); the passthrough streams bodies of any size to sessions.
+        max_body_size=1 << 40,
+        # Tornado's header timeout: its wait for each request head, idle time included.
+        idle_connection_timeout=front.head_timeout,
+    )
+    front.attach(app.webapp.parts, server)
+    await front.listen(app.port, app.ip)
+
+
+async def until_stopped(reopen_logs: Callable[[], None]) -> None:
+    """Returns on SIGTERM or SIGINT; SIGHUP (logrotate's) calls `reopen_logs` meanwhile."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reopen_logs)
+    await stop.wait()
 
 
 def log_started(app: UWSApp) -> None:

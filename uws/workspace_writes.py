@@ -215,8 +215,12 @@ class WorkspaceWrites:
                 self.workspaces.invalidate(user.id)
 
     # ---- upload ----------------------------------------------------------------------------
-    async def upload(self, user: CurrentUser, ws_id: int, uploads: list[tuple[str, bytes]]) -> None:
+    async def upload(
+        self, user: CurrentUser, ws_id: int, uploads: list[tuple[str, bytes]], path: str = ""
+    ) -> None:
+        """The files into the folder `path` of the workspace ("" for its top)."""
         account, ws = await self.workspaces.owned_for_put(user, ws_id, "upload")
+        folder = self.workspaces.files.request_parts(path)
         if not uploads:
             raise APIError(400, "No files found in request.")
         if not self.storage.valid_workspace_dir(ws.file_path):
@@ -227,10 +231,10 @@ class WorkspaceWrites:
             raise APIError(413, "Request body too large.")
         async with self.locks[ws_id]:
             await self.workspaces.to_thread(
-                self.storage.validate_uploads, ws.file_path, [n for n, _ in uploads]
+                self.storage.validate_uploads, ws.file_path, [n for n, _ in uploads], folder
             )
             limited = await self.quotas.check_disk_write(user.id, total)
-            await self.workspaces.to_thread(self.storage.save_uploads, account, ws.file_path, uploads)
+            await self.workspaces.to_thread(self.storage.save_uploads, account, ws.file_path, uploads, folder)
             try:
                 await self.workspaces.rescan(ws_id, user.id, modified=True)
                 self.after_write(user.id, limited)

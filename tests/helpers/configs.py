@@ -11,8 +11,9 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 
-from helpers.harness import IS_ROOT, ROOT, TESTS
+from helpers.harness import IS_ROOT, ROOT, TESTS, Server, running_server
 
 
 def shared_dir() -> str:
@@ -104,6 +105,20 @@ SUDO_AVAILABLE = IS_ROOT and "spawner_class" not in session_python_config()
 # test_jupyterlab.py run the default, one origin per session, with ORIGIN_MODE.
 PATH_MODE = 'c.UWSApp.passthrough_mode = "path"\n'
 ORIGIN_MODE = 'c.UWSApp.passthrough_mode = "origin"\n'
+
+# The web interface's modules (test_webui.py over HTTP, test_webui_browser.py in Chromium):
+# the development login and local sessions; each module adds its own lines.
+WEBUI_CONFIG = """
+c.LocalFileSystemStorage.root_dir = "@DIR@/workspaces"
+c.UWSApp.spawner_class = "local"
+"""
+
+
+def webui_server(backend: str, extra_config: str) -> Iterator[Server]:
+    """The body of the web interface modules' `server` fixtures: `uws --dev` (the development
+    login's form signs anyone in) with WEBUI_CONFIG and the module's `extra_config`."""
+    yield from running_server(backend, WEBUI_CONFIG + extra_config, extra_args=["--dev"], client_token=False)
+
 
 # The project's own start-up contract (api-contract 5.3): local logins, OS accounts created on
 # demand when the tests run as root; otherwise every user's files belong to the test runner.

@@ -10,11 +10,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from tornado.httputil import parse_cookie
 
 from uws.auth.scopes import CurrentUser
 from uws.errors import APIError
-from uws.passthrough import ProxyService, SessionHosts, Target
-from uws.passthrough.admission import Admission, admit, fast_route
+from uws.passthrough import ProxyService, SessionHosts, Target, urls
+from uws.passthrough.admission import Admission, admit, cookie_value, fast_route
 from uws.passthrough.head import Head
 
 OWNER, OTHER, JOB, LABEL, TOKEN = 7, 8, 12, "0123456789abcdef", "t" * 43
@@ -186,3 +187,58 @@ def test_path_mode_routes_by_path(tmp_path: Any) -> None:
     route = (JOB, None)
     admitted = asyncio.run(admit(parts, route, "GET", head(Host="api", UWS_Authorization="Token owner")))
     assert admitted.target is not None
+
+
+@pytest.mark.parametrize(
+    "cookies",
+    [
+        "a=1; uws-session-12=abc; b=2",
+        "uws-session-12=abc",
+        "uws-session-12=first; uws-session-12=last",  # the last counts
+        " uws-session-12 = spaced ;x=y",
+        'uws-session-12="quoted\\"value"',
+        'uws-session-12="',
+        "xuws-session-12=other; uws-session-120=longer",
+        "uws-session-12",  # no value: a cookie with an empty name
+        "uws-session-12=a=b=c",
+        ";;;uws-session-12=;",
+        "other=1; mention uws-session-12 in a value=2",
+    ],
+)
+def test_the_session_cookie_is_read_as_tornado_reads_it(cookies: str) -> None:
+    assert cookie_value(cookies, f"uws-session-{JOB}") == parse_cookie(cookies).get(f"uws-session-{JOB}")
+
+
+def test_a_remembered_cookie_still_ends_at_logout_and_deactivation(tmp_path: Any) -> None:
+    """The signature of a cookie is checked once; what a logout or deactivation changes is not
+    remembered with it."""
+    parts = parts_for(tmp_path)
+    cookie = f"uws-session-{JOB}={parts.proxy.make_cookie(JOB, OWNER)}"
+    assert decide(parts, Cookie=cookie).target is not None
+    assert decide(parts, Cookie=cookie).target is not None  # (remembered)
+    parts.proxy._active[OWNER] = (time.monotonic() + 3600, False)
+    assert refusal(decide(parts, Cookie=cookie))[0] == 403
+    parts.proxy._active[OWNER] = (time.monotonic() + 3600, True)
+    assert decide(parts, Cookie=cookie).target is not None
+    parts.proxy.targets[JOB].cookies_not_before = time.time_ns() // 1000 + 1
+    assert refusal(decide(parts, Cookie=cookie))[0] == 403
+
+
+def test_a_forged_cookie_stays_refused(tmp_path: Any) -> None:
+    parts = parts_for(tmp_path)
+    genuine = parts.proxy.make_cookie(JOB, OWNER)
+    forged = genuine[:-1] + ("0" if genuine[-1] != "0" else "1")
+    for _ in range(2):
+        assert refusal(decide(parts, Cookie=f"uws-session-{JOB}={forged}"))[0] == 403
+    assert decide(parts, Cookie=f"uws-session-{JOB}={genuine}").target is not None
+
+
+def test_session_hosts_remember_a_bounded_number_of_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urls, "MEMO_SIZE", 3)
+    hosts = SessionHosts("localhost")
+    for _ in range(2):
+        assert hosts.job(HOST) == (JOB, LABEL)
+        assert hosts.job("J12-ABC.LocalHost") == (12, "abc")
+        assert hosts.job("localhost:8000") is None
+        assert hosts.job("j12-abc.localhost.evil") is None
+    assert len(hosts._jobs) <= 3

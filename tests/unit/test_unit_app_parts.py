@@ -1,18 +1,22 @@
-"""What UWSApp hands to its components, in process: options that moved off UWSApp reach the
-class they configure under their old names too (with a warning naming the new place), and the
-account cache, session links and spawner factory work apart from the app."""
+"""What UWSApp hands to its components, in process: its options (declared in uws/app_options.py)
+are UWSApp's own, options that moved off UWSApp reach the class they configure under their old
+names too (with a warning naming the new place), and the account cache, session links and spawner
+factory work apart from the app."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from traitlets import TraitError
 from traitlets.config import Config
 
 from uws.app import UWSApp
+from uws.app_options import MovedOptions, UWSAppOptions
 from uws.auth.accounts import Account, AccountCache, AccountProvider
 from uws.configuration import MOVED_OPTIONS
 from uws.errors import APIError
@@ -166,6 +170,25 @@ def test_defaults_are_unchanged(tmp_path: Any) -> None:
     assert SpawnerFactory(app, "local", "").grace_seconds() == 5.0
     assert job_options(jobs_of(app, tmp_path)) == (20, 10, 5.0, 10.0, 900.0)
     assert reporter_of(app).build == build_id()
+
+
+def test_mixed_in_options_are_uwsapps_own(tmp_path: Any) -> None:
+    """Declared on mixins, every option is still c.UWSApp.<name>: in a config, with its validator
+    and default, and in generate-config with its full help (not as an inherited one)."""
+    names = set(UWSAppOptions.class_trait_names()) | set(MovedOptions.class_trait_names())
+    assert set(MOVED_OPTIONS) <= names and {"port", "session_host", "job_types"} <= names
+    assert names <= set(UWSApp.class_traits(config=True))
+    generated = UWSApp().generate_config_file()
+    assert "# UWSApp(Application) configuration" in generated
+    for name in names:
+        # Full help ends with the default; an inherited option's would end with "See also".
+        assert re.search(rf"\n#  Default: [^\n]*\n# c\.UWSApp\.{name} = ", generated), name
+    assert "The URL browsers use to reach this server" in generated
+    app = configured(tmp_path, port=8123, session_host="Sessions.Example.ORG")
+    assert (app.port, app.session_host) == (8123, "sessions.example.org")
+    assert app.data_dir == str(tmp_path) and app.job_types == UWSApp(config=Config()).job_types
+    with pytest.raises(TraitError):
+        configured(tmp_path, session_host="https://sessions.example.org")
 
 
 class CountingProvider(AccountProvider):

@@ -1,6 +1,7 @@
-"""uws/config_json.py in process: an existing deployment's config.json validated as a whole (every
-problem listed, each naming its key path) and mapped onto the traitlets options a uws_config.py
-would set. The shipped example_config.json and tests/data/test_config.json are the inputs."""
+"""uws/config_validation.py and config_json.py in process: an existing deployment's config.json
+validated as a whole (every problem listed, each naming its key path) and mapped onto the
+traitlets options a uws_config.py would set. The shipped example_config.json and
+tests/data/test_config.json are the inputs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from traitlets.config import Config
 
 from uws.app import UWSApp
-from uws.config_json import ConfigError, load, session_domain, to_traitlets, validate
+from uws.config_json import ConfigError, load, to_traitlets
+from uws.config_validation import session_domain, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "example_config.json")

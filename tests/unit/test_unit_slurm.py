@@ -1,6 +1,6 @@
-"""uws/spawners/slurm.py in process: squeue's output parsed, Slurm's states mapped to how a
-session ended, the batched status query and its backoff, the options a session asks Slurm for,
-and the core seconds it is charged. Slurm itself is replaced by canned answers in the shapes its
+"""uws/spawners/slurm.py and slurm_status.py in process: squeue's output parsed, Slurm's states
+mapped to how a session ended, the batched status query and its backoff, the options a session
+asks Slurm for, and the core seconds it is charged. Slurm itself is replaced by canned answers in the shapes its
 documentation gives (squeue -o "%i|%T|%r|%L|%S|%C|%M|%N", sbatch --parsable, scontrol ping), and
 the node a running session is reached at."""
 
@@ -17,7 +17,6 @@ import pytest
 from uws.auth.accounts import Account
 from uws.spawners import slurm_nodes
 from uws.spawners.slurm import (
-    ENDED,
     LOG_TAIL_BYTES,
     PENDING,
     RUNNING,
@@ -27,7 +26,8 @@ from uws.spawners.slurm import (
     SlurmJob,
     SlurmSpawner,
 )
-from uws.spawners.slurm_query import parse_duration
+from uws.spawners.slurm_query import ENDED, parse_duration
+from uws.spawners.slurm_status import ended as slurm_ended
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +123,7 @@ def test_state_sets_do_not_overlap() -> None:
 )
 def test_slurm_end_states_map_to_session_endings(tmp_path: Any, state: str, reason: str) -> None:
     s = spawner(tmp_path)
-    ended = s.ended(state, None)
+    ended = slurm_ended(s, state, None)
     assert ended["reason"] == reason and ended["slurm_state"] == state
     assert ended["message"] and ended["log_tail"] == ""
 
@@ -634,15 +634,15 @@ def test_ended_trusts_the_helper_only_where_slurm_knows_less(tmp_path: Any) -> N
     s = spawner(tmp_path)
     app_failed = {"exit_code": 3, "reason": "failed", "log_tail": "Traceback"}
     # Slurm's FAILED is the app's own exit status: the helper knows the code and the log
-    assert s.ended("FAILED", app_failed) == {**app_failed, "slurm_state": "FAILED"}
+    assert slurm_ended(s, "FAILED", app_failed) == {**app_failed, "slurm_state": "FAILED"}
     done = {"exit_code": 0, "reason": "completed", "log_tail": ""}
-    assert s.ended("COMPLETED", done) == {**done, "slurm_state": "COMPLETED"}
+    assert slurm_ended(s, "COMPLETED", done) == {**done, "slurm_state": "COMPLETED"}
     # a signalled helper says "stopped"; Slurm says why
     stopped = {"exit_code": None, "reason": "stopped", "log_tail": "t"}
-    assert s.ended("FAILED", stopped)["reason"] == "failed"
-    assert s.ended("CANCELLED", stopped)["reason"] == "stopped"
-    assert s.ended("PREEMPTED", stopped)["reason"] == "failed"
-    assert s.ended("OUT_OF_MEMORY", app_failed)["message"] == ENDED["OUT_OF_MEMORY"][1]
+    assert slurm_ended(s, "FAILED", stopped)["reason"] == "failed"
+    assert slurm_ended(s, "CANCELLED", stopped)["reason"] == "stopped"
+    assert slurm_ended(s, "PREEMPTED", stopped)["reason"] == "failed"
+    assert slurm_ended(s, "OUT_OF_MEMORY", app_failed)["message"] == ENDED["OUT_OF_MEMORY"][1]
 
 
 def test_log_tail_is_the_end_of_slurm_out(tmp_path: Any) -> None:

@@ -15,8 +15,9 @@ import pytest
 
 from uws.auth.accounts import Account
 from uws.spawners import slurm_suggestions
-from uws.spawners.slurm import ENDED, SchedulerUnavailable, SlurmBase, SlurmJob, SlurmSpawner
+from uws.spawners.slurm import SchedulerUnavailable, SlurmBase, SlurmJob, SlurmSpawner
 from uws.spawners.slurm_accounting import AccountedJob, AccountingQuery, parse_sacct, sacct_argv
+from uws.spawners.slurm_query import ENDED
 from uws.spawners.slurm_suggestions import (
     halved_shapes,
     meaningfully_earlier,

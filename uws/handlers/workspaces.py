@@ -71,7 +71,8 @@ class WorkspaceActionHandler(BaseHandler):
         workspace_id = int(ws_id)
         kind = put_type.lower()
         if kind == "upload":
-            await self.workspaces.writes.upload(self.user, workspace_id, await self.uploaded_files())
+            folder = self.query_value("path") or ""
+            await self.workspaces.writes.upload(self.user, workspace_id, await self.uploaded_files(), folder)
             self.ok("Successful upload.")
             return
         if kind == "start":

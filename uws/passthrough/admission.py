@@ -103,10 +103,25 @@ def _session_cookie(job_id: int, method: str, headers: Any) -> str | None:
     cookies = headers.get("Cookie")
     if not cookies or not cookie_counts(method, headers):
         return None
-    try:
-        return httputil.parse_cookie(cookies).get(cookie_name(job_id))
-    except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
+    return cookie_value(cookies, cookie_name(job_id))
+
+
+def cookie_value(cookies: str, name: str) -> str | None:
+    """What httputil.parse_cookie(cookies).get(name) is, without parsing every other cookie a
+    browser sends with each request (the last one of that name counts, as there)."""
+    if name not in cookies:
         return None
+    value = None
+    for chunk in cookies.split(";"):
+        key, equals, rest = chunk.partition("=")
+        if equals and key.strip() == name:
+            value = rest.strip()
+    if value is not None and len(value) >= 2 and value[0] == value[-1] == '"':
+        try:  # a quoted value: Tornado's own unquoting
+            return httputil.parse_cookie(cookies).get(name)
+        except Exception:  # as Tornado's own cookie parsing: a garbled header is no cookie
+            return None
+    return value
 
 
 async def _header_user(parts: Components, header: str | None) -> CurrentUser | None:

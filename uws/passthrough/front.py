@@ -166,6 +166,9 @@ class FrontConnection(asyncio.Protocol):
 
     def __init__(self, front: FrontServer) -> None:
         self.front = front
+        # Made by create_server, in the running loop. Kept: asking for the running loop costs a
+        # getpid() system call each time (Python 3.11).
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.scanned = 0  # how much of the buffer is known to hold no complete head
@@ -233,7 +236,7 @@ class FrontConnection(asyncio.Protocol):
         self._wake_writer()
 
     def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self.loop.create_future()
 
     def resume_writing(self) -> None:
         self._wake_writer()
@@ -289,7 +292,7 @@ class FrontConnection(asyncio.Protocol):
             return
         route, websocket = chosen
         serve = self._serve_websocket if websocket else self._serve
-        self.task = asyncio.ensure_future(serve(request, end + 4, route))
+        self.task = self.loop.create_task(serve(request, end + 4, route))
 
     async def _admit(self, request: RequestHead, size: int, route: Route) -> Any:
         """The request's session, its head taken from the buffer; or None, the connection handed
@@ -325,7 +328,7 @@ class FrontConnection(asyncio.Protocol):
             self.close(abort=True)
             return
         finally:
-            if self.task is asyncio.current_task():
+            if self.task is asyncio.current_task(self.loop):
                 self.task = None
         if self.gone or self.handing_off or self.closing:
             return
@@ -386,7 +389,7 @@ class FrontConnection(asyncio.Protocol):
             log.exception("Passthrough websocket %s failed", request.path[:200])
             self.close(abort=True)
         finally:
-            if self.task is asyncio.current_task():
+            if self.task is asyncio.current_task(self.loop):
                 self.task = None
 
     def _join(self, session: splice.SessionSide, switch: ResponseHead, user_id: int, path: str) -> None:

@@ -76,8 +76,7 @@ async def relay(
             body,
             on_head,
             on_chunk,
-            service.connect_timeout,
-            service.request_timeout,
+            *service.timeouts,
         )
     except UpstreamError as e:
         log.debug("Passthrough to job %s failed: %s", target.job_id, e)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from tornado import httputil
-from traitlets import Float, Integer
+from traitlets import Float, Integer, observe
 from traitlets.config import LoggingConfigurable
 
 from .. import orm
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 COOKIE_SECONDS = 12 * 3600
 # A user's deactivation is seen by passthrough cookies within this long (as by login tokens).
 USER_CACHE_SECONDS = 2.0
+CLAIMS_KEPT = 10_000  # cookie values whose checked signature is remembered (then forgotten at once)
 
 
 @dataclass
@@ -110,8 +111,11 @@ class ProxyService(LoggingConfigurable):
         self.passthrough_mode = passthrough_mode
         self.session_tokens = session_tokens
         self.targets: dict[int, Target] = {}
+        self._timeouts_changed()
         self.secret = self._load_secret()
         self._active: dict[int, tuple[float, bool]] = {}
+        # Cookie values whose signature was checked, and what they claim (() when forged).
+        self._claims: dict[str, tuple[int, int, int] | tuple[()]] = {}
         self.counts = PassthroughCounts()
         # Idle keep-alive connections to the sessions' apps, shared by every relay.
         self.pool = UpstreamPool()
@@ -120,6 +124,11 @@ class ProxyService(LoggingConfigurable):
                 "ProxyService.websocket_max_message_size (proxy_websocket_max_message_size) has "
                 "no effect: session websockets are relayed as bytes, never as whole messages."
             )
+
+    @observe("connect_timeout", "request_timeout")
+    def _timeouts_changed(self, change: Any = None) -> None:
+        # Read by every relayed request: a plain attribute is several times cheaper than a trait.
+        self.timeouts = (self.connect_timeout, self.request_timeout)
 
     def _load_secret(self) -> bytes:
         """Cookie signing key, kept in the data directory so cookies survive restarts."""
@@ -194,15 +203,20 @@ class ProxyService(LoggingConfigurable):
     async def cookie_user(self, target: Target, value: str | None) -> int | None:
         """The user a job's cookie lets in: signed by us for this job, under 12 hours old, issued
         after the owner's last logout, and the owner still active."""
-        if not value or not value.isascii():
-            return None  # (what is not ASCII was never ours, and compare_digest refuses it)
-        payload, _, signature = value.rpartition(".")
-        if not hmac.compare_digest(self._sign(payload), signature):
+        if not value:
             return None
-        parts = payload.split(".")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        claim = self._claims.get(value)
+        if claim is None:
+            # A browser sends the same cookie with every request: its signature is checked once
+            # (the secret never changes while the server runs). What can change (the job, a
+            # logout, the age, the owner's deactivation) is checked below on every request.
+            claim = self._claim(value)
+            if len(self._claims) >= CLAIMS_KEPT:
+                self._claims.clear()
+            self._claims[value] = claim
+        if not claim:
             return None
-        cookie_job, user_id, issued = (int(p) for p in parts)
+        cookie_job, user_id, issued = claim
         if cookie_job != target.job_id or issued <= target.cookies_not_before:
             return None
         if issued / 1e6 + COOKIE_SECONDS < time.time():
@@ -210,6 +224,19 @@ class ProxyService(LoggingConfigurable):
         if not await self.user_active(user_id):
             return None
         return user_id
+
+    def _claim(self, value: str) -> tuple[int, int, int] | tuple[()]:
+        """(job, user, issued) of a cookie value signed by this server; () if it is not one."""
+        if not value.isascii():
+            return ()  # (what is not ASCII was never ours, and compare_digest refuses it)
+        payload, _, signature = value.rpartition(".")
+        if not hmac.compare_digest(self._sign(payload), signature):
+            return ()
+        parts = payload.split(".")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            return ()
+        cookie_job, user_id, issued = (int(p) for p in parts)
+        return cookie_job, user_id, issued
 
     async def user_active(self, user_id: int) -> bool:
         cached = self._active.get(user_id)

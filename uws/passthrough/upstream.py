@@ -43,6 +43,9 @@ class UpstreamConnection(AnswerHeads, asyncio.Protocol):
     """One connection to a session app, and the answer being read from it."""
 
     def __init__(self) -> None:
+        # Made by create_connection, in the running loop. Kept: asking for the running loop
+        # costs a getpid() system call each time (Python 3.11), twice per request here.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reading_paused = False
@@ -106,7 +109,7 @@ class UpstreamConnection(AnswerHeads, asyncio.Protocol):
             self._drain.set_result(None)
 
     def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self._drain is not None and not self._drain.done():
@@ -159,7 +162,7 @@ class UpstreamConnection(AnswerHeads, asyncio.Protocol):
         if self.reading_paused and self.transport is not None:
             self.reading_paused = False
             self.transport.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self.loop.create_future()
         try:
             await self._waiter
         finally:
@@ -247,7 +250,8 @@ class UpstreamPool:
     ) -> None:
         """Send one request and stream the answer to the callbacks."""
         # A timer rather than asyncio.wait_for: no extra task per request on the hot path.
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         timed_out = []
 
         def expire() -> None:
@@ -255,7 +259,7 @@ class UpstreamPool:
             if task is not None:
                 task.cancel()
 
-        timer = asyncio.get_running_loop().call_later(request_timeout, expire)
+        timer = loop.call_later(request_timeout, expire)
         try:
             await self._fetch(host, port, method, uri, headers, body, on_head, on_chunk, connect_timeout)
         except asyncio.CancelledError:

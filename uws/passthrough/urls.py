@@ -18,6 +18,7 @@ from typing import Any
 # j<id>-<label>: ids as the API's routes take them (no job has an id past 64 bits), labels as
 # new_host_label makes them.
 _SESSION_LABEL = re.compile(r"j([0-9]{1,18})-([a-z0-9]{1,40})")
+MEMO_SIZE = 4096  # Host headers whose session SessionHosts.job remembers
 
 
 def new_host_label() -> str:
@@ -38,6 +39,10 @@ class SessionHosts:
 
     def __init__(self, domain: str) -> None:
         self.suffix = "." + domain.lower().strip(".")
+        # Host headers already read, and what they name: every passthrough request asks, and
+        # a browser sends the same few again and again. Emptied when full (any Host a client
+        # makes up lands here too).
+        self._jobs: dict[str, tuple[int, str] | None] = {}
 
     def is_session_host(self, host: str) -> bool:
         """Whether a Host header names something under the session domain (a session, or a
@@ -46,11 +51,19 @@ class SessionHosts:
 
     def job(self, host: str) -> tuple[int, str] | None:
         """(job id, label) of a session's Host header, or None."""
+        try:
+            return self._jobs[host]
+        except KeyError:
+            pass
         name = host_name(host)
-        if not name.endswith(self.suffix):
-            return None
-        match = _SESSION_LABEL.fullmatch(name[: -len(self.suffix)])
-        return (int(match.group(1)), match.group(2)) if match else None
+        job = None
+        if name.endswith(self.suffix):
+            match = _SESSION_LABEL.fullmatch(name[: -len(self.suffix)])
+            job = (int(match.group(1)), match.group(2)) if match else None
+        if len(self._jobs) >= MEMO_SIZE:
+            self._jobs.clear()
+        self._jobs[host] = job
+        return job
 
     def name(self, job_id: int, label: str) -> str:
         return f"j{job_id}-{label}{self.suffix}"

@@ -79,10 +79,11 @@ def forward_headers(request_headers: Any, host: str, remote_ip: str, protocol: s
             headers.add("Cookie", "; ".join(cookies))
     if "Content-Length" in request_headers:
         headers.add("Content-Length", request_headers["Content-Length"])
+    # (The client's own Host and X-Forwarded-* were all stripped above: nothing to replace.)
     headers.add("Host", host)
-    headers["X-Forwarded-For"] = remote_ip
-    headers["X-Forwarded-Proto"] = protocol
-    headers["X-Forwarded-Host"] = host
+    headers.add("X-Forwarded-For", remote_ip)
+    headers.add("X-Forwarded-Proto", protocol)
+    headers.add("X-Forwarded-Host", host)
     return headers
 
 

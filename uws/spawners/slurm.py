@@ -1,10 +1,10 @@
 """Sessions as Slurm batch jobs.
 
 SlurmBase holds what every way of talking to Slurm shares: the resource options a session asks
-for, the mapping of Slurm's states to how a session ended, and one batched status query per poll
-interval for all of the server's Slurm jobs (never one call per job). SlurmSpawner talks to Slurm
-with sbatch/squeue/scancel run as the workspace owner through sudo; SlurmRestSpawner
-(slurm_rest.py) with slurmrestd's REST API.
+for, one batched status query per poll interval for all of the server's Slurm jobs (never one
+call per job), and what the session is told from it (uws.spawners.slurm_status: waiting, running,
+or ended and how). SlurmSpawner talks to Slurm with sbatch/squeue/scancel run as the workspace
+owner through sudo; SlurmRestSpawner (slurm_rest.py) with slurmrestd's REST API.
 
 The job script (share/uws/slurm_job.sh) runs uws-session-helper inside the allocation; the helper
 connects back to the server's session channel (use a tcp:// session_channel_url reachable from
@@ -31,13 +31,12 @@ from traitlets import Dict, Float, List, Unicode, validate
 
 from ..sessions.helper_node import ON_SLURM_NODE, parse_node_addresses
 from ..storage import safepath
-from . import slurm_suggestions
+from . import slurm_status
 from .base import LaunchError, Spawner
 from .slurm_accounting import AccountedJob, AccountingQuery, parse_sacct, sacct_argv
 from .slurm_nodes import check_node_addresses, node_address
 from .slurm_options import job_options, sbatch_flags
 from .slurm_query import (
-    ENDED,
     PENDING,
     RUNNING,
     SQUEUE_FORMAT,
@@ -367,79 +366,14 @@ class SlurmBase(Spawner):
         """When Slurm's accounting says the job ended, for a job found ended (else None)."""
         return self.accounted.end if self.accounted is not None else None
 
-    async def accounted_end(self) -> AccountedJob | None:
-        """The job's accounting record, for a job squeue shows ended or no longer lists; asked
-        in one sacct call with the other jobs the last status query found so. None without
-        accounting, or before it has recorded the end."""
-        if self.slurm_job_id is None or not self.accounting_command:
-            return None
-        also = self.scheduler_status().ended_or_gone()
-        accounting = self.accounting()
-        self.accounted = await accounting.get(
-            self.fetch_accounting, self.slurm_job_id, also, self.submitted_at
-        )
-        return self.accounted
-
     async def fetch_accounting(self, ids: list[int]) -> dict[int, AccountedJob]:
         return parse_sacct(await self.run(*self.accounting_command, *sacct_argv(ids)))
 
     async def poll(self) -> dict[str, Any] | None:
-        if self.slurm_job_id is None:
-            return {"reason": "disappeared"}
-        info = await self.query()  # SchedulerUnavailable propagates: status unknown
-        if info is None:  # purged from the queue: accounting still knows how it ended
-            accounted = await self.accounted_end()
-            self.scheduler_status().tracked.discard(self.slurm_job_id)
-            if accounted is not None:
-                return self.ended(accounted.state, self.read_exit())
-            return self.read_exit() or {"reason": "disappeared", "log_tail": self.log_tail()}
-        state = info.state
-        if state in PENDING:
-            start = info.expected_start or "not known yet"
-            why = f" ({info.reason})" if info.reason not in ("None", "") else ""
-            self.status_message = f"Waiting in the Slurm queue{why}; expected start: {start}."
-            waited = time.time() - self.submitted_at if self.submitted_at else 0.0
-            if self.pending_notice_seconds and waited > self.pending_notice_seconds:
-                self.status_message += " The wait is longer than usual."
-                if not self.noticed_long_wait:
-                    self.noticed_long_wait = True
-                    self.log.warning("Slurm job %s has been pending for %d s", self.slurm_job_id, waited)
-                slurm_suggestions.consider(self, info.expected_start)
-            return None
-        self.status_message = None
-        if state in ENDED:
-            accounted = await self.accounted_end()
-            self.scheduler_status().tracked.discard(self.slurm_job_id)
-            return self.ended(accounted.state if accounted else state, self.read_exit())
-        return None  # running, or a state we do not know: keep the job as it is
-
-    def ended(self, state: str, helper_exit: dict[str, Any] | None) -> dict[str, Any]:
-        """How the session ended, from Slurm's end state and what the helper recorded. The
-        helper knows the app's exit code and log; Slurm knows why it stopped the job."""
-        reason, message = ENDED[state]
-        helper_exit = helper_exit or {}
-        told = helper_exit.get("reason")
-        if told and (state == "COMPLETED" or (state == "FAILED" and told != "stopped")):
-            return {**helper_exit, "slurm_state": state}
-        tail = helper_exit.get("log_tail") or self.log_tail()
-        return {"reason": reason, "message": message, "log_tail": tail, "slurm_state": state}
+        return await slurm_status.poll(self)
 
     async def end_state(self, helper_exit: dict[str, Any]) -> dict[str, Any]:
-        """For a helper that reported it was signalled: wait (briefly) for Slurm's end state."""
-        deadline = time.monotonic() + self.end_state_wait
-        while time.monotonic() < deadline:
-            asked = time.monotonic()
-            try:
-                info = await self.query(newer_than=asked)
-            except SchedulerUnavailable:
-                break
-            if info is None:
-                break
-            if info.state in ENDED:
-                self.scheduler_status().tracked.discard(self.slurm_job_id)
-                return self.ended(info.state, helper_exit)
-            await asyncio.sleep(min(1.0, self.poll_interval))
-        return helper_exit
+        return await slurm_status.end_state(self, helper_exit)
 
     def log_tail(self) -> str:
         """The end of the job's Slurm output file (for jobs whose helper never wrote exit.json)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..auth.accounts import Account
 from ..errors import APIError
-from . import browse, safepath
+from . import browse, safepath, trees
 from .safepath import UnsafePath
 
 # The file system is out of space (or the account out of its file system quota): not the
@@ -119,7 +120,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
         udir = self.user_dir(account)
         try:
             os.mkdir(udir, 0o700)
-            safepath.chown_tree(udir, account)
+            trees.chown_tree(udir, account)
         except FileExistsError:
             if os.path.islink(udir) or not os.path.isdir(udir):
                 raise APIError(
@@ -134,7 +135,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
 
         path = os.path.join(self.ensure_user_dir(account), f".creating-{secrets.token_hex(8)}")
         os.mkdir(path, 0o755)
-        safepath.chown_tree(path, account)
+        trees.chown_tree(path, account)
         return path
 
     def adopt_staging_dir(self, staging: str, account: Account, workspace_id: int) -> str:
@@ -146,13 +147,13 @@ class LocalFileSystemStorage(LoggingConfigurable):
         self.ensure_user_dir(account)
         path = self.workspace_dir(account, workspace_id)
         os.mkdir(path, 0o755)
-        safepath.chown_tree(path, account)
+        trees.chown_tree(path, account)
         return path
 
     def remove_staging_dir(self, path: str) -> None:
         if os.path.basename(path).startswith(".creating-") and safepath.inside(path, self.real_root()):
             try:
-                safepath.remove_tree(path)
+                trees.remove_tree(path)
             except OSError:
                 pass  # a leftover hidden directory; the create's own error is what matters
 
@@ -162,7 +163,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
             return
         if not self.valid_workspace_dir(path):
             raise OSError(f"refusing to delete {path!r}: not a workspace directory")
-        safepath.remove_tree(path)
+        trees.remove_tree(path)
 
     # ---- validation (contract 2.8) ---------------------------------------------------------
     def symlink_source_allowed(self, real: str, account: Account) -> bool:
@@ -250,21 +251,56 @@ class LocalFileSystemStorage(LoggingConfigurable):
     def upload_name(filename: str) -> str:
         return re.split(r"[/\\]", filename)[-1]
 
-    def validate_uploads(self, workspace_dir: str, names: list[str]) -> None:
+    def validate_uploads(self, workspace_dir: str, names: list[str], folder: list[str] | None = None) -> None:
+        """Every upload's destination, checked before anything is written: `folder` (its
+        components; [] or None for the top) as check_upload_folder says, each name a file there."""
+        folder = folder or []
+        self.check_upload_folder(workspace_dir, folder)
         for original in names:
-            name = self.upload_name(original)
             try:
-                parts = safepath.split_destination(name)
+                parts = safepath.split_destination("/".join([*folder, self.upload_name(original)]))
             except UnsafePath:
                 raise APIError(400, f"Invalid file path specified {original}") from None
+            if len(parts) > self.max_path_depth:
+                message = f"a path may have at most {self.max_path_depth} components"
+                raise APIError(400, f"Invalid file path specified: {message}.")
             if not safepath.existing_parent_is_safe(workspace_dir, parts):
                 raise APIError(400, f"Invalid file path specified {original}")
 
-    def save_uploads(self, account: Account, workspace_dir: str, uploads: list[tuple[str, bytes]]) -> None:
+    @staticmethod
+    def check_upload_folder(workspace_dir: str, folder: list[str]) -> None:
+        """Uploads go into a folder of the workspace itself: one that exists and is reached
+        without a symlink (a link to a dataset may be read, never written through). A job
+        directory (.<id> at the top) is hidden, so it is missing here as in listings. (The write
+        walks the folder again without following symlinks: one swapped in since is refused.)"""
+        shown = "/".join(folder)
+        if folder and safepath.RESERVED_FIRST.match(folder[0]):
+            raise APIError(404, f"Folder not found in workspace: {shown}.")
+        path = workspace_dir
+        for part in folder:
+            path = os.path.join(path, part)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise APIError(404, f"Folder not found in workspace: {shown}.") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise APIError(
+                    400, f"Uploads go into the workspace's own folders: {shown} goes through a symlink."
+                )
+            if not stat.S_ISDIR(st.st_mode):
+                raise APIError(400, f"Not a directory: {shown}.")
+
+    def save_uploads(
+        self,
+        account: Account,
+        workspace_dir: str,
+        uploads: list[tuple[str, bytes]],
+        folder: list[str] | None = None,
+    ) -> None:
         for original, body in uploads:
             name = self.upload_name(original)
             try:
-                safepath.write_file(workspace_dir, [name], body, account)
+                safepath.write_file(workspace_dir, [*(folder or []), name], body, account)
             except (UnsafePath, OSError) as e:
                 raise write_error(e, "file path", original) from None
 
@@ -273,9 +309,9 @@ class LocalFileSystemStorage(LoggingConfigurable):
         # A session moving directories around can spoil a walk: a few tries, then say so.
         for _ in range(SCAN_TRIES):
             try:
-                total, files, links = safepath.scan(workspace_dir, self.max_path_depth)
+                total, files, links = trees.scan(workspace_dir, self.max_path_depth)
                 return total, {"files": files, "symlinks": links}
-            except safepath.TreeChanged:
+            except trees.TreeChanged:
                 pass
         raise APIError(409, "The workspace's files changed while they were being listed; try again.")
 
@@ -285,7 +321,7 @@ class LocalFileSystemStorage(LoggingConfigurable):
                 return False
             return self.symlink_source_allowed(os.path.realpath(target), account)
 
-        safepath.copy_tree(src, dst, account, keep_link, max_bytes)
+        trees.copy_tree(src, dst, account, keep_link, max_bytes)
 
     # ---- reading for the API ------------------------------------------------------------
     def browse_place(self, account: Account, workspace_dir: str) -> browse.Place:

@@ -1,7 +1,7 @@
 // The user's tokens: make an API token with chosen scopes (its key shown once, to copy), list
 // them all (login tokens too: this browser's is marked), revoke one.
 import { api } from './api.js';
-import { clearErrors, h, replaceChildren, showError } from './dom.js';
+import { h, replaceChildren, submitting } from './dom.js';
 
 const list = document.getElementById('tokens');
 const form = document.getElementById('token-form');
@@ -56,16 +56,13 @@ async function load() {
   );
 }
 
-form.addEventListener('submit', async (e) => {
-  e.preventDefault();
-  clearErrors(form);
-  const body = { scopes: [...form.querySelectorAll('input[name=scopes]:checked')].map((i) => i.value) };
-  if (form.elements.note.value) body.note = form.elements.note.value;
-  const days = form.elements.days.value;
-  if (days !== '') body.expires_in = Number.isInteger(Number(days)) ? Number(days) * DAY : days;
-  const button = form.querySelector('button[type=submit]');
-  button.disabled = true;
-  try {
+submitting(
+  form,
+  async () => {
+    const body = { scopes: [...form.querySelectorAll('input[name=scopes]:checked')].map((i) => i.value) };
+    if (form.elements.note.value) body.note = form.elements.note.value;
+    const days = form.elements.days.value;
+    if (days !== '') body.expires_in = Number.isInteger(Number(days)) ? Number(days) * DAY : days;
     const token = (await api('POST', '/tokens/api/', body)).data.token;
     document.getElementById('new-token-id').textContent = token.note || String(token.id);
     const key = document.getElementById('new-token-key');
@@ -76,12 +73,9 @@ form.addEventListener('submit', async (e) => {
     key.focus();
     key.select();
     await load();
-  } catch (error) {
-    showError(form, fields, error.message);
-  } finally {
-    button.disabled = false;
-  }
-});
+  },
+  { fields },
+);
 
 document.getElementById('copy-token').addEventListener('click', async () => {
   const key = document.getElementById('new-token-key');

@@ -67,3 +67,25 @@ export function clearErrors(form) {
   }
   for (const el of form.querySelectorAll('[aria-invalid]')) el.removeAttribute('aria-invalid');
 }
+
+// Every form's submission: the page handles it (no navigation), earlier messages go, the submit
+// button is disabled while `work(form)` runs (no second submission meanwhile), and a failure's
+// message is shown by the field it names (`fields`, as showError), or handed to `onError` for
+// forms whose messages live elsewhere (a session card's line); onError('') clears it.
+export function submitting(form, work, { fields = {}, onError = null } = {}) {
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    clearErrors(form);
+    onError?.('');
+    const button = form.querySelector('button[type=submit]');
+    button.disabled = true;
+    try {
+      await work(form);
+    } catch (error) {
+      if (onError) onError(error.message);
+      else showError(form, fields, error.message);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}

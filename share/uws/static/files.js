@@ -1,7 +1,8 @@
 // A workspace's files: browse its folders (GET /workspaces/<id>/files/?path=), download a file
-// (a link the browser follows with its cookie), upload into the top folder with a progress bar.
+// (a link the browser follows with its cookie), upload into the folder on view with a progress
+// bar (PUT /workspaces/<id>/upload/?path=, the server keeping it inside the workspace).
 import { ApiError, answerOf, api, xsrf } from './api.js';
-import { clearErrors, formatBytes, h, replaceChildren, showError } from './dom.js';
+import { formatBytes, h, replaceChildren, submitting } from './dom.js';
 
 const encodePath = (path) => path.split('/').map(encodeURIComponent).join('/');
 
@@ -12,10 +13,11 @@ export class FileBrowser {
     this.list = document.getElementById('files');
     this.crumbs = document.getElementById('file-path');
     this.error = document.getElementById('files-error');
+    this.onFolder = () => {};
   }
 
+  // (this.path, where uploads go, changes only once the folder is listed)
   async open(path) {
-    this.path = path;
     this.error.hidden = true;
     try {
       const data = (await api('GET', `/workspaces/${this.workspaceId}/files/?path=${encodeURIComponent(path)}`)).data;
@@ -28,6 +30,8 @@ export class FileBrowser {
   }
 
   render(data) {
+    this.path = data.path;
+    this.onFolder(data.path);
     const names = data.path ? data.path.split('/') : [];
     const crumb = (label, to, current) =>
       current
@@ -36,7 +40,7 @@ export class FileBrowser {
     replaceChildren(
       this.crumbs,
       crumb('Top folder', '', names.length === 0),
-      names.map((name, i) => [' / ', crumb(name, names.slice(0, i + 1).join('/'), i === names.length - 1)]),
+      names.flatMap((name, i) => [' / ', crumb(name, names.slice(0, i + 1).join('/'), i === names.length - 1)]),
     );
     if (!data.entries.length) {
       replaceChildren(this.list, h('p', { class: 'muted' }, 'This folder is empty.'));
@@ -74,13 +78,14 @@ export class FileBrowser {
   }
 }
 
-// PUT /workspaces/<id>/upload/ with XMLHttpRequest, whose upload events fetch() does not give.
-function upload(workspaceId, files, onProgress) {
+// PUT /workspaces/<id>/upload/?path=<folder> with XMLHttpRequest, whose upload events fetch()
+// does not give.
+function upload(workspaceId, folder, files, onProgress) {
   return new Promise((resolve, reject) => {
     const body = new FormData();
     for (const file of files) body.append('files', file, file.name);
     const request = new XMLHttpRequest();
-    request.open('PUT', `/workspaces/${workspaceId}/upload/`);
+    request.open('PUT', `/workspaces/${workspaceId}/upload/?path=${encodeURIComponent(folder)}`);
     request.setRequestHeader('X-XSRFToken', xsrf);
     request.setRequestHeader('Accept', 'application/json');
     request.responseType = 'json';
@@ -103,34 +108,35 @@ export function setUpUpload(workspaceId, browser) {
   const form = document.getElementById('upload-form');
   const progress = document.getElementById('upload-progress');
   const status = document.getElementById('upload-status');
-  const fields = { file: 'upload-files', files: 'upload-files' };
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    const files = [...form.elements.files.files];
-    if (!files.length) {
-      showError(form, fields, 'Choose one or more files to upload.');
-      return;
-    }
-    const button = form.querySelector('button[type=submit]');
-    button.disabled = true;
-    progress.value = 0;
-    document.getElementById('upload-progress-field').hidden = false;
-    status.textContent = 'Uploading…';
-    try {
-      await upload(workspaceId, files, (loaded, total) => {
-        progress.value = Math.round((100 * loaded) / total);
-        status.textContent = `${formatBytes(loaded)} of ${formatBytes(total)}`;
-      });
+  const into = document.getElementById('upload-into');
+  // (the server names the query's path in its refusals: they go by the file field too)
+  const fields = { file: 'upload-files', path: 'upload-files' };
+  browser.onFolder = (folder) => {
+    into.textContent = folder ? `(into the folder ${folder})` : "(into the workspace's top folder)";
+  };
+  submitting(
+    form,
+    async () => {
+      const files = [...form.elements.files.files];
+      if (!files.length) throw new Error('Choose one or more files to upload.');
+      const folder = browser.path;
+      progress.value = 0;
+      document.getElementById('upload-progress-field').hidden = false;
+      status.textContent = 'Uploading…';
+      try {
+        await upload(workspaceId, folder, files, (loaded, total) => {
+          progress.value = Math.round((100 * loaded) / total);
+          status.textContent = `${formatBytes(loaded)} of ${formatBytes(total)}`;
+        });
+      } catch (error) {
+        status.textContent = '';
+        throw error;
+      }
       progress.value = 100;
-      status.textContent = `Uploaded ${files.map((f) => f.name).join(', ')}.`;
+      status.textContent = `Uploaded ${files.map((f) => f.name).join(', ')}${folder ? ` into ${folder}` : ''}.`;
       form.reset();
-      await browser.open('');
-    } catch (error) {
-      status.textContent = '';
-      showError(form, fields, error.message);
-    } finally {
-      button.disabled = false;
-    }
-  });
+      await browser.open(folder);
+    },
+    { fields },
+  );
 }

@@ -1,6 +1,6 @@
 // The home page: quota, a new workspace, and every workspace with its active sessions.
 import { api, prefix } from './api.js';
-import { clearErrors, formatBytes, h, replaceChildren, showError } from './dom.js';
+import { formatBytes, h, replaceChildren, submitting } from './dom.js';
 import { startEvents } from './events.js';
 import { ACTIVE, Store, renderCards, startCountdown } from './sessions.js';
 import { loadInbox } from './shares.js';
@@ -85,24 +85,18 @@ const store = new Store((event) => {
 });
 
 const form = document.getElementById('create-form');
-form.addEventListener('submit', async (e) => {
-  e.preventDefault();
-  clearErrors(form);
-  const button = form.querySelector('button[type=submit]');
-  button.disabled = true;
-  try {
+submitting(
+  form,
+  async () => {
     const body = { name: form.elements.name.value, description: form.elements.description.value };
     const ws = (await api('POST', '/workspaces/', body)).data.workspace;
     store.workspaces.set(ws.id, ws);
     render(store);
     form.reset();
     document.querySelector(`#ws-${ws.id} a`)?.focus();
-  } catch (error) {
-    showError(form, { name: 'ws-name', description: 'ws-description' }, error.message);
-  } finally {
-    button.disabled = false;
-  }
-});
+  },
+  { fields: { name: 'ws-name', description: 'ws-description' } },
+);
 
 store.loadJobTypes().catch(() => {});
 loadQuota();

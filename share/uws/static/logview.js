@@ -75,6 +75,10 @@ class LogView {
     const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
     const socket = new WebSocket(`${scheme}//${window.location.host}/ws/jobs/${this.jobId}/?logs=true&ticket=${encodeURIComponent(ticket)}`);
     this.socket = socket;
+    // (data-state: whether output now arrives as it is written, for a look from the tests)
+    socket.onopen = () => {
+      this.element.dataset.state = 'following';
+    };
     // Messages come in order; a gap (output sent while we read, or coalesced away) is read back
     // from the log first, so the text stays in order.
     let queue = Promise.resolve();
@@ -93,6 +97,7 @@ class LogView {
     socket.onclose = () => {
       if (this.socket !== socket) return;
       this.socket = null;
+      this.element.dataset.state = 'closed';
       queue.then(() => {
         if (this.element.open) this.state.textContent = 'The session has ended or the stream closed: reopen to read again.';
       });
@@ -102,6 +107,7 @@ class LogView {
   stop() {
     const socket = this.socket;
     this.socket = null;
+    this.element.dataset.state = 'closed';
     socket?.close();
   }
 }

@@ -1,7 +1,7 @@
 // What pages know of the user's workspaces and sessions, kept up to date by /ws/events, and the
 // session card: pending (why, and when it may start), running (time left, Open, Stop), ended.
 import { api } from './api.js';
-import { formatDuration, h, replaceChildren } from './dom.js';
+import { formatDuration, h, replaceChildren, submitting } from './dom.js';
 import { logView } from './logview.js';
 
 export const ACTIVE = new Set(['pending', 'running', 'stopping']);
@@ -102,18 +102,8 @@ function extendForm(jobId, onError) {
     h('select', { id, name: 'minutes' }, [15, 30, 60, 120, 240].map((m) => h('option', { value: m }, `${m} minutes`))),
     h('button', { type: 'submit', 'aria-label': `Extend session ${jobId}` }, 'Extend'),
   );
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const button = form.querySelector('button');
-    button.disabled = true;
-    onError(jobId, '');
-    try {
-      await api('PUT', `/jobs/${jobId}/extend/`, { minutes: Number(form.elements.minutes.value) });
-    } catch (error) {
-      onError(jobId, error.message);
-    } finally {
-      button.disabled = false;
-    }
+  submitting(form, () => api('PUT', `/jobs/${jobId}/extend/`, { minutes: Number(form.elements.minutes.value) }), {
+    onError: (message) => onError(jobId, message),
   });
   extendForms.set(jobId, form);
   return form;

@@ -1,7 +1,7 @@
 // A workspace's page: what it is, a form to start a session, its sessions (live), its files,
 // and its settings (name, description, sharing, deletion).
 import { api } from './api.js';
-import { clearErrors, formatBytes, h, replaceChildren, showError } from './dom.js';
+import { formatBytes, h, replaceChildren, showError, submitting } from './dom.js';
 import { startEvents } from './events.js';
 import { FileBrowser, setUpUpload } from './files.js';
 import { Store, renderCards, startCountdown } from './sessions.js';
@@ -80,23 +80,17 @@ async function setUp() {
   replaceChildren(document.getElementById('parameters'), parameters.map(parameterField));
 }
 
-form.addEventListener('submit', async (e) => {
-  e.preventDefault();
-  clearErrors(form);
-  const button = form.querySelector('button[type=submit]');
-  button.disabled = true;
-  try {
+submitting(
+  form,
+  async () => {
     const body = { job_type: form.elements.job_type.value, resource_options: options() };
     const job = (await api('PUT', `/workspaces/${workspaceId}/start/`, body)).data.job;
     if (!store.jobs.has(job.id)) store.noteJob(job); // (its events may have come first)
     store.onChange({ type: 'job' });
     document.getElementById(`job-${job.id}`)?.scrollIntoView({ block: 'nearest' });
-  } catch (error) {
-    showError(form, fields, error.message);
-  } finally {
-    button.disabled = false;
-  }
-});
+  },
+  { fields },
+);
 
 setUpUpload(workspaceId, files);
 setUpDelete(workspaceId);

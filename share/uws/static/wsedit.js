@@ -1,27 +1,21 @@
 // A workspace's own settings on its page: rename and describe it, share it (a dialog that
 // searches people with GET /users/?search=), delete it after a confirmation.
 import { api, prefix } from './api.js';
-import { clearErrors, h, replaceChildren, showError } from './dom.js';
+import { clearErrors, h, replaceChildren, showError, submitting } from './dom.js';
 
 export function setUpEdit(workspaceId) {
   const form = document.getElementById('edit-form');
   const status = document.getElementById('edit-status');
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    status.textContent = '';
-    const button = form.querySelector('button[type=submit]');
-    button.disabled = true;
-    try {
+  submitting(
+    form,
+    async () => {
+      status.textContent = '';
       const body = { name: form.elements.name.value, description: form.elements.description.value };
       await api('PUT', `/workspaces/${workspaceId}/`, body);
       status.textContent = 'Saved.';
-    } catch (error) {
-      showError(form, { name: 'edit-name', description: 'edit-description' }, error.message);
-    } finally {
-      button.disabled = false;
-    }
-  });
+    },
+    { fields: { name: 'edit-name', description: 'edit-description' } },
+  );
   // (filled once, from the first news of the workspace: later events must not overwrite typing)
   let filled = false;
   return (ws) => {
@@ -113,23 +107,14 @@ export function setUpShare(workspaceId) {
   });
   document.getElementById('share-cancel').addEventListener('click', () => dialog.close());
   dialog.addEventListener('close', () => opener.focus());
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    if (!chosen.size) {
-      showError(form, {}, 'Choose at least one person to share with.');
-      return;
-    }
-    const button = form.querySelector('button[type=submit]');
-    button.disabled = true;
-    try {
+  submitting(
+    form,
+    async () => {
+      if (!chosen.size) throw new Error('Choose at least one person to share with.');
       await api('POST', '/shared_workspaces/', { original_workspace_id: workspaceId, shared_user_ids: [...chosen.keys()] });
       status.textContent = `Shared with ${[...chosen.values()].join(', ')}: they see it once they accept.`;
       dialog.close();
-    } catch (error) {
-      showError(form, fields, error.message);
-    } finally {
-      button.disabled = false;
-    }
-  });
+    },
+    { fields },
+  );
 }
