@@ -6,6 +6,7 @@ The helpers the tests share live in tests/helpers/; this file holds only fixture
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -83,16 +84,24 @@ def remove_test_os_accounts() -> Iterator[None]:
 SLURM_MODULE_PREFIX = "test_slurm"
 
 
+def is_slurm_module(module: str) -> bool:
+    return module.rsplit("/", 1)[-1].startswith(SLURM_MODULE_PREFIX)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """scripts/test runs the suite on several workers (pytest-xdist, --dist loadgroup). Each module
-    runs whole on one worker, as its module-scoped servers expect, and the Slurm modules share
-    one worker. They go first: they are the longest group, so started last they would be the
-    run's tail."""
+    """The Slurm modules go first: on several workers they are the longest group (see
+    pytest_xdist_make_scheduler), so started last they would be the run's tail."""
+    items.sort(key=lambda item: not is_slurm_module(item.nodeid.split("::")[0]))  # stable
 
-    def group(item: pytest.Item) -> str:
-        module = item.nodeid.split("::")[0]
-        return "slurm" if module.rsplit("/", 1)[-1].startswith(SLURM_MODULE_PREFIX) else module
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: group(item) != "slurm")  # stable: the order within stays
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """scripts/test runs the suite on several workers (pytest-xdist). Each module runs whole on
+    one worker, as its module-scoped servers expect, and the Slurm modules share one worker."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return "slurm" if is_slurm_module(module) else module
+
+    return ModuleScheduling(config, log)
