@@ -389,7 +389,7 @@ class UWSApp(Application):
             self.share_dir = os.path.join(sys.prefix, "share", "uws")
         self.quotas = QuotaService(self.db)
         self.mailer = Mailer(parent=self)
-        self.events = EventBus()
+        self.events = EventBus(self.db, parent=self)
         self.workspaces = WorkspaceService(
             self.db,
             self.storage,
@@ -405,7 +405,7 @@ class UWSApp(Application):
         self.shares = self.workspaces.shares = ShareService(
             self.db, self.storage, self.workspaces, self.accounts, self.mailer
         )
-        self.tickets = TicketStore()
+        self.tickets = TicketStore(self.db, self.auth_service)
         self.websockets = WebSocketCounter(parent=self)
         self.init_sessions()
 
@@ -620,6 +620,7 @@ class UWSApp(Application):
         self.culler.close()
         self.ending_warnings.close()
         await self.workspaces.drain()
+        await self.events.flush()
         self.db.close()
         self.audit_log.close()
 

@@ -23,7 +23,7 @@ log = logging.getLogger("uws.db")
 
 # The newest migration in uws/alembic/versions. A test checks it matches Alembic's head, so a new
 # migration cannot be added without updating it. Kept here so start-up need not import Alembic.
-HEAD_REVISION = "0002_admins_scoped_tokens"
+HEAD_REVISION = "0004_events"
 
 T = TypeVar("T")
 
@@ -113,8 +113,11 @@ def is_empty(engine: Engine) -> bool:
 
 def create_new(engine: Engine) -> None:
     """A new database gets the current schema and is stamped with the head revision."""
+    from .events_store import seed_event_ids
+
     orm.Base.metadata.create_all(engine)
     with engine.begin() as conn:
+        seed_event_ids(conn)
         conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
         conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": HEAD_REVISION})
 
