@@ -87,7 +87,9 @@ class Client:
 
 
 class Server:
-    """One running `uws` process with its own data directory and database."""
+    """One running `uws` process with its own data directory and database, or (`shared_with`)
+    another's: the high-availability tests run two processes on one database and one data
+    directory, as two machines would share them."""
 
     def __init__(
         self,
@@ -98,20 +100,27 @@ class Server:
         env: dict[str, str] | None = None,
         directory: str | None = None,
         python: str | None = None,
+        shared_with: Server | None = None,
     ) -> None:
         """`directory`: an existing, empty directory to use instead of a new temporary one (the
         benchmarks choose where their servers' data goes); removed by close() all the same.
-        `python`: the interpreter to run the server with (default: this one)."""
+        `python`: the interpreter to run the server with (default: this one). `shared_with`: a
+        server whose directory (so data directory) and database this one uses too; that one
+        owns them (its close() removes them), and each keeps its own config file and log."""
         self.backend = backend
-        self.dir = directory or tempfile.mkdtemp(prefix="uws-test-")
+        self.shared_with = shared_with
+        self.dir = shared_with.dir if shared_with else directory or tempfile.mkdtemp(prefix="uws-test-")
         os.chmod(self.dir, 0o755)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.config_path = os.path.join(self.dir, "uws_config" + suffix)
+        own = f"-{self.port}" if shared_with else ""
+        self.config_path = os.path.join(self.dir, f"uws_config{own}{suffix}")
         with open(self.config_path, "w") as f:
             f.write(config_text.replace("@DIR@", self.dir).replace("@PORT@", str(self.port)))
         self.schema = ""
-        if backend == "postgresql":
+        if shared_with is not None:
+            self.db_url, self.schema = shared_with.db_url, shared_with.schema
+        elif backend == "postgresql":
             self.schema = "uws_" + secrets.token_hex(6)
             run_sql(f"CREATE SCHEMA {self.schema}")
             sep = "&" if "?" in PG_URL else "?"
@@ -121,7 +130,7 @@ class Server:
         self.extra_args = extra_args or []
         self.python = python
         self.env = dict(os.environ, **(env or {}))
-        self.log_path = os.path.join(self.dir, "server.log")
+        self.log_path = os.path.join(self.dir, f"server{own}.log")
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0
 
@@ -181,6 +190,8 @@ class Server:
 
     def close(self) -> None:
         self.stop()
+        if self.shared_with is not None:
+            return  # (the directory, the database and the sessions are the owner's)
         kill_sessions(self.dir)
         if self.schema:
             run_sql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")

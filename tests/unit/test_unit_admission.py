@@ -62,7 +62,7 @@ def parts_for(tmp_path: Any, mode: str = "origin", running: bool = True) -> Any:
             None if mode == "origin" else f"/passthrough/{JOB}",
         )
     for user in (OWNER, OTHER):
-        proxy._active[user] = (time.monotonic() + 3600, True)
+        proxy._users[user] = (time.monotonic() + 3600, True, 0)
     return SimpleNamespace(
         config=SimpleNamespace(passthrough_mode=mode),
         session_hosts=SessionHosts("localhost"),
@@ -152,6 +152,12 @@ def test_cross_origin_websockets_and_posts_do_not_ride_on_the_cookie(tmp_path: A
 def test_logout_ends_cookies_issued_before_it(tmp_path: Any) -> None:
     parts = parts_for(tmp_path)
     cookie = f"uws-session-{JOB}={parts.proxy.make_cookie(JOB, OWNER)}"
+    assert decide(parts, Cookie=cookie).target is not None
+    # The user's stamp (users.cookies_not_before, as any process's logout writes it)...
+    parts.proxy._users[OWNER] = (time.monotonic() + 3600, True, time.time_ns() // 1000 + 1)
+    assert refusal(decide(parts, Cookie=cookie))[0] == 403
+    # ...and the job's, as earlier versions stamped it.
+    parts.proxy._users[OWNER] = (time.monotonic() + 3600, True, 0)
     parts.proxy.targets[JOB].cookies_not_before = time.time_ns() // 1000 + 1
     assert refusal(decide(parts, Cookie=cookie))[0] == 403
 
