@@ -479,6 +479,15 @@ class UWSApp(Application):
         web_ui = WebUI(self.share_dir, self.proxy.secret, self.public_url, parent=self)
         self.web_ui = web_ui if web_ui.enabled else None
 
+    def forget_cached_state(self) -> None:
+        """Drop what this process cached of the database, for when it starts serving again after
+        another process served (and wrote) meanwhile: leadership's start_leading calls it. The
+        workspace listings and passthrough targets are kept while a process serves alone (it sees
+        every write), so they would go stale; tokens and users are re-read within 2 s anyway."""
+        self.workspaces.forget_cache()
+        self.proxy.forget_cache()
+        self.auth_service.forget_cache()
+
     def init_health(self) -> None:
         from .health import StatusReporter
 

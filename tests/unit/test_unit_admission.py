@@ -192,3 +192,13 @@ def test_path_mode_routes_by_path(tmp_path: Any) -> None:
     route = (JOB, None)
     admitted = asyncio.run(admit(parts, route, "GET", head(Host="api", UWS_Authorization="Token owner")))
     assert admitted.target is not None
+
+
+def test_forgotten_cache_is_read_again(tmp_path: Any) -> None:
+    """A process that serves again after another did re-reads its targets: the job may have
+    ended meanwhile (here the database holds no running job any more)."""
+    parts = parts_for(tmp_path)
+    cookie = f"uws-session-{JOB}={parts.proxy.make_cookie(JOB, OWNER)}"
+    assert decide(parts, Cookie=cookie).target is not None
+    parts.proxy.forget_cache()
+    assert refusal(decide(parts, Cookie=cookie))[0] == 403

@@ -160,6 +160,9 @@ class TokenService:
         ]:
             self._cache.pop(digest, None)
 
+    def forget_cache(self) -> None:
+        self._cache.clear()
+
     def issue(self, session: Any, user_id: int) -> tuple[str, _dt.datetime | None]:
         """Add a new login key (full rights) to the session; returned once, never stored."""
         key, token = self._add(session, user_id, None, self.expiry_seconds, "")

@@ -168,6 +168,12 @@ class ProxyService(LoggingConfigurable):
     def forget(self, job_id: int) -> None:
         self.targets.pop(job_id, None)
 
+    def forget_cache(self) -> None:
+        """Every cached target and user: a target stays cached while its job runs, and another
+        process may have ended the job meanwhile (its port may be another app's by now)."""
+        self.targets.clear()
+        self._users.clear()
+
     # ---- cookies ---------------------------------------------------------------------------
     def access_cookie(self, target: Target, secure: bool) -> str:
         """The Set-Cookie value that lets the browser in after a link's token: HttpOnly, and
