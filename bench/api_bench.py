@@ -11,8 +11,13 @@ GET /workspaces/ load against two servers side by side, one with the features on
 configuration) and one with them switched off (FEATURES below says how), in interleaved rounds
 (a small VM's speed drifts; the median of each side is printed, and the cost in per cent).
 
+With --baseline DIR, it measures what a change costs: GET and POST /workspaces/ against this
+checkout's server and one run from DIR (another checkout, e.g. `git archive main | tar -x -C
+DIR`), side by side in interleaved rounds as --compare does.
+
     python bench/api_bench.py [--duration 10] [--connections 16]
     python bench/api_bench.py --compare metrics audit [--rounds 5] [--duration 5]
+    python bench/api_bench.py --baseline /tmp/uws-main [--rounds 5] [--duration 5]
 """
 
 from __future__ import annotations
@@ -141,6 +146,83 @@ def compare(args: argparse.Namespace) -> None:
             server.close()
 
 
+def post_script(workdir: str) -> str:
+    """wrk's script for POST /workspaces/ with 20 files."""
+    body = json.dumps(
+        {
+            "name": "bench",
+            "description": "post bench",
+            "workspace_details": {
+                "files": [
+                    {"name": f"dir/file{i}.txt", "content": f"content of file {i}\n" * 4} for i in range(20)
+                ]
+            },
+        }
+    )
+    script = os.path.join(workdir, "post.lua")
+    with open(script, "w") as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n')
+    return script
+
+
+def new_token(base: str, username: str) -> str:
+    return requests.post(
+        base + "/tokens/",
+        data=json.dumps({"user_info": {"username": username, "email": f"{username}@example.org"}}),
+    ).json()["token"]
+
+
+def against_baseline(args: argparse.Namespace) -> None:
+    """GET and POST /workspaces/ on this checkout's server and on the baseline's, interleaved."""
+    servers = {}
+    try:
+        for side, code in (("this", None), ("baseline", args.baseline)):
+            workdir = tempfile.mkdtemp(prefix="uws-bench-", dir=args.workdir)
+            config = CONFIG.format(root=os.path.join(workdir, "workspaces"))
+            server, _ = start_server(workdir, config, code)
+            token = log_in_with_workspaces(server.base)
+            servers[side] = (server, token, new_token(server.base, "poster"), post_script(workdir))
+        results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        for round_number in range(args.rounds):
+            order = ("this", "baseline") if round_number % 2 == 0 else ("baseline", "this")
+            for load in ("GET", "POST"):
+                for side in order:
+                    server, token, post_token, script = servers[side]
+                    if load == "GET":
+                        result = wrk(server.base + "/workspaces/", token, args.duration, args.connections)
+                    else:
+                        result = wrk(
+                            server.base + "/workspaces/", post_token, args.duration, args.connections, script
+                        )
+                    results.setdefault((load, side), []).append(result)
+        for load, what in (
+            ("GET", "GET /workspaces/ (100 workspaces)"),
+            ("POST", "POST /workspaces/ (20 files)"),
+        ):
+            medians = {}
+            for side in ("this", "baseline"):
+                runs = results[(load, side)]
+                medians[side] = statistics.median(r[0] for r in runs)
+                print(
+                    f"{what}, c={args.connections}, {side}: median {medians[side]:,.0f} req/s, "
+                    f"p50 {statistics.median(r[1] for r in runs):.2f} ms, "
+                    f"p99 {statistics.median(r[2] for r in runs):.2f} ms "
+                    f"(runs: {', '.join(f'{r[0]:,.0f}' for r in runs)})"
+                )
+            paired = statistics.median(
+                (base[0] - this[0]) / base[0] * 100
+                for this, base in zip(results[(load, "this")], results[(load, "baseline")], strict=True)
+            )
+            cost = (medians["baseline"] - medians["this"]) / medians["baseline"] * 100
+            print(
+                f"  cost against the baseline: {cost:.1f}% (medians), {paired:.1f}% (median of each round's pair)"
+            )
+        print(f"{args.rounds} rounds of {args.duration} s; baseline: {args.baseline}")
+    finally:
+        for server, *_ in servers.values():
+            server.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,13 +240,23 @@ def main() -> None:
         choices=sorted(FEATURES),
         help="measure GET /workspaces/ with these features on and off, side by side",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved runs per side (--compare)")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout of UWS: measure GET and POST /workspaces/ against it, side by side",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved runs per side (--compare, --baseline)"
+    )
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     if args.compare:
         compare(args)
+        return
+    if args.baseline:
+        against_baseline(args)
         return
 
     startups = []
@@ -188,25 +280,8 @@ def main() -> None:
             f"GET /workspaces/ (100 workspaces), c={args.connections}: {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms"
         )
 
-        body = json.dumps(
-            {
-                "name": "bench",
-                "description": "post bench",
-                "workspace_details": {
-                    "files": [
-                        {"name": f"dir/file{i}.txt", "content": f"content of file {i}\n" * 4}
-                        for i in range(20)
-                    ]
-                },
-            }
-        )
-        script = os.path.join(workdir, "post.lua")
-        with open(script, "w") as f:
-            f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n')
-        post_token = requests.post(
-            base + "/tokens/",
-            data=json.dumps({"user_info": {"username": "poster", "email": "p@example.org"}}),
-        ).json()["token"]
+        script = post_script(workdir)
+        post_token = new_token(base, "poster")
         rps, p50, p99 = wrk(base + "/workspaces/", post_token, args.duration, args.connections, script)
         print(
             f"POST /workspaces/ (20 files), c={args.connections}: {rps:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms"

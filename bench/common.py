@@ -16,8 +16,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 from helpers.harness import Server  # noqa: E402
 
 
-def start_server(workdir: str, config_text: str) -> tuple[Server, float]:
+def start_server(workdir: str, config_text: str, code: str | None = None) -> tuple[Server, float]:
     """Start `uws` with this config, its data in `workdir` (an existing, empty directory, which
-    Server.close() removes); return it and the seconds from start to the first answered request."""
-    server = Server("sqlite", config_text, directory=workdir).start(poll_seconds=0.005)
+    Server.close() removes); return it and the seconds from start to the first answered request.
+    `code`: another checkout of UWS to run instead of this one (its directory goes first on
+    PYTHONPATH), to compare two versions side by side."""
+    env = {"PYTHONPATH": os.path.abspath(code)} if code else None
+    server = Server("sqlite", config_text, directory=workdir, env=env).start(poll_seconds=0.005)
     return server, server.startup_seconds

@@ -161,7 +161,7 @@ def test_events_replay_and_snapshot(eserver: Server, user: Client) -> None:
     )
     assert all(e["id"] > ids[-1] for e in missed)
     assert missed[0]["type"] != "snapshot"
-    # An id from before this server run (or evicted) gets a snapshot instead.
+    # An id from before the events table (or trimmed) gets a snapshot instead.
     old, _ = run(collect(url + "?last_event_id=1", auth(user), until=lambda m: len(m) >= 1))
     assert old[0]["type"] == "snapshot"
     assert [j["status"] for j in old[0]["data"]["jobs"] if j["id"] == job_id] == ["complete"]

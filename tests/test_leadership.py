@@ -182,7 +182,7 @@ def test_different_secret_is_refused(backend: str) -> None:
     """A server whose cookie_secret is not the installation's does not start, and says which."""
     needs_postgresql(backend)
     first = Server(backend, CONFIG).start()
-    other = Server(backend, CONFIG, share_with=first)
+    other = Server(backend, CONFIG, shared_with=first, same_directory=False)
     try:
         data = os.path.join(other.dir, "uws-data")
         os.makedirs(data, mode=0o700)

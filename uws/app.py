@@ -125,7 +125,7 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
             self.share_dir = os.path.join(sys.prefix, "share", "uws")
         self.quotas = QuotaService(self.db)
         self.mailer = Mailer(parent=self)
-        self.events = EventBus()
+        self.events = EventBus(self.db, parent=self)
         self.workspaces = WorkspaceService(
             self.db,
             self.storage,
@@ -141,7 +141,7 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         self.shares = self.workspaces.shares = ShareService(
             self.db, self.storage, self.workspaces, self.accounts, self.mailer
         )
-        self.tickets = TicketStore()
+        self.tickets = TicketStore(self.db, self.auth_service)
         self.websockets = WebSocketCounter(parent=self)
         self.init_sessions()
 
@@ -227,6 +227,15 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         except ClusterMismatch as e:
             self.log.error("%s", e)
             self.exit(1)
+
+    def forget_cached_state(self) -> None:
+        """Drop what this process cached of the database, for when it starts serving again after
+        another process served (and wrote) meanwhile: leadership's start_leading calls it. The
+        workspace listings and passthrough targets are kept while a process serves alone (it sees
+        every write), so they would go stale; tokens and users are re-read within 2 s anyway."""
+        self.workspaces.forget_cached()
+        self.proxy.forget_cache()
+        self.auth_service.forget_cache()
 
     def init_health(self) -> None:
         from .health import StatusReporter
@@ -363,8 +372,7 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         logs), the idle culler and the ending warnings; started on gaining the lead, stopped by
         stop_leading on losing it. What this process cached while it last led may be stale:
         another server has led since."""
-        self.workspaces.forget_cached()
-        self.proxy.forget_all()
+        self.forget_cached_state()
         await self.workspaces.resume()
         await self.jobs.begin()
         self.culler.begin()
@@ -383,6 +391,7 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         self.front.close()
         await self.leadership.close()
         await self.workspaces.drain()
+        await self.events.flush()
         self.db.close()
         self.audit_log.close()
 

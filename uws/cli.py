@@ -51,6 +51,7 @@ def configurable_classes() -> list[type[Configurable]]:
     points name (another package's spawner too); their bases (SlurmBase) are added by traitlets."""
     from .app import UWSApp
     from .audit import AuditLog
+    from .events import EventBus
     from .health import StatusReporter
     from .leadership import Leadership
     from .mail import Mailer
@@ -65,7 +66,7 @@ def configurable_classes() -> list[type[Configurable]]:
     from .webui import WebUI
 
     found: list[type[Configurable]] = [UWSApp, FrontServer, ProxyService, WebSocketCounter, JobService]
-    found += [WebUI]
+    found += [WebUI, EventBus]
     found += [SessionLogs, IdleCuller, EndingWarnings, StatusReporter, Mailer, AuditLog, Spawner, Leadership]
     for group in (plugins.AUTHENTICATORS, plugins.STORAGE, plugins.SPAWNERS):
         found += [cls for cls in plugins.all_classes(group) if cls not in found]

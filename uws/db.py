@@ -26,7 +26,7 @@ log = logging.getLogger("uws.db")
 
 # The newest migration in uws/alembic/versions. A test checks it matches Alembic's head, so a new
 # migration cannot be added without updating it. Kept here so start-up need not import Alembic.
-HEAD_REVISION = "0003_cluster"
+HEAD_REVISION = "0004_events"
 VERSIONS_DIR = os.path.join(os.path.dirname(__file__), "alembic", "versions")
 # PostgreSQL connections: how long a connection attempt may take, how long one statement may run
 # (a lock waited on, a stuck query), and how soon an unacknowledged send or a silent peer ends a
@@ -169,8 +169,11 @@ def is_empty(engine: Engine) -> bool:
 
 def create_new(engine: Engine) -> None:
     """A new database gets the current schema and is stamped with the head revision."""
+    from .events_store import seed_event_ids
+
     orm.Base.metadata.create_all(engine)
     with engine.begin() as conn:
+        seed_event_ids(conn)
         conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
         conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": HEAD_REVISION})
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -80,6 +81,10 @@ class User(Base):
     # Set by `uws user set-admin` (or an admin's PUT /admin/users/<name>/); the names in
     # c.UWSApp.admin_users are admins whatever this says.
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Passthrough cookies issued before this (microseconds since the epoch) let no one in: the
+    # user logged out or had their tokens revoked since. Here, not in memory, so that every
+    # server process sharing the database refuses them.
+    cookies_not_before: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ApiToken(Base):
@@ -212,3 +217,60 @@ class Cluster(Base):
     lock_key: Mapped[int] = mapped_column(BigInteger)
     fingerprints: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     datetime_created: Mapped[_dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# 64-bit ids that SQLite still numbers itself: only a column declared exactly INTEGER PRIMARY KEY
+# is its rowid (with AUTOINCREMENT, never reused).
+EventId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Event(Base):
+    """What /ws/events delivers, kept so that a client resuming with the last id it saw (on this
+    process or on another sharing the database) gets exactly what it missed. Ids come from the
+    database and are never reused; uws.events trims old rows (event_horizons says how far)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_user_id_id", "user_id", "id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    type: Mapped[str] = mapped_column(String(64))
+    time: Mapped[float] = mapped_column(Float, index=True)  # seconds since the epoch
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class EventHorizon(Base):
+    """Events with ids up to `up_to` may be gone for this user (trimmed); a client whose last id
+    is older gets a snapshot instead. user_id 0: every user (ids before the table began)."""
+
+    __tablename__ = "event_horizons"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    up_to: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebSocketTicket(Base):
+    """A single-use ticket for opening a websocket (POST /ws_tickets/), redeemable on any process.
+    Only its SHA-256 is kept, with the token it stands for (never the token's key)."""
+
+    __tablename__ = "ws_tickets"
+
+    ticket_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # Revoking the token (deleting its row) voids its unused tickets too.
+    token_id: Mapped[int] = mapped_column(Id, ForeignKey("api_tokens.id", ondelete="CASCADE"))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)  # seconds since the epoch
+
+
+class StartKey(Base):
+    """A session start's Idempotency-Key, written with the job it started: a retry that reaches
+    another process finds the job here. Only the SHA-256 of user, workspace and key is kept."""
+
+    __tablename__ = "start_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(Id)
+    created: Mapped[float] = mapped_column(Float, index=True)  # seconds since the epoch

@@ -129,7 +129,7 @@ class ShareCopies:
             row.disk_space = disk  # a failed copy holds no files, so it is charged nothing
 
         await self.db.run(_finish)
-        self.workspaces.invalidate(recipient.id)
+        self.workspaces.changed(recipient.id, copy_id)
         self.mailer.share_invitation(recipient, copy)
 
     async def _discard_partial(self, path: str, copy_id: int) -> str:

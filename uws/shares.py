@@ -268,7 +268,7 @@ class ShareService:
             raise not_found_for_user(f"Shared workspace {copy_id} not found.")
         if result == "bad put":
             raise APIError(400, "Invalid PUT type passed.")
-        self.workspaces.invalidate(user.id)
+        self.workspaces.changed(user.id, copy_id)
 
     async def delete(self, user: CurrentUser, copy_id: int) -> None:
         def _load(session: Any) -> tuple[Any, ...] | None:
@@ -316,7 +316,8 @@ class ShareService:
             return "queued"
 
         result = await self.db.run(_mark)
-        self.workspaces.invalidate(copy.user_id, user.id)
+        self.workspaces.changed(copy.user_id, copy_id)
+        self.workspaces.invalidate(user.id)
         if result == "removed":
             # The copy may have been mid-way: clear whatever directory it had started.
             try:

@@ -6,12 +6,20 @@ from __future__ import annotations
 import collections
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import delete, func, select
 from traitlets import Integer
 from traitlets.config import LoggingConfigurable
 
+from . import orm
 from .auth.tokens import CurrentUser
+from .errors import APIError
+from .utils import hash_token
+
+if TYPE_CHECKING:
+    from .auth.tokens import TokenService
+    from .db import Database
 
 TICKET_SECONDS = 60
 # Unredeemed tickets one user may hold: far more than a browser opening its sockets needs, and
@@ -20,49 +28,60 @@ MAX_TICKETS_PER_USER = 100
 
 
 class TicketStore:
-    """Single-use tickets, kept in the order they were issued. Every ticket lives equally long,
-    so that is also the order they expire in: clearing the expired ones looks only at the oldest
-    few, however many are outstanding."""
+    """Single-use tickets, kept in the database so that any server process sharing it redeems
+    them (a browser's socket may reach another process than its POST /ws_tickets/ did). A row
+    holds the ticket's SHA-256, its user, the id of the token it stands for and its expiry:
+    never the token's key (a browser's is its session's login key). The socket re-checks that
+    token by id for as long as it is open (uws.handlers.ws), as it would the key."""
 
-    def __init__(self) -> None:
-        self._tickets: collections.OrderedDict[str, tuple[float, CurrentUser, str]] = (
-            collections.OrderedDict()
-        )
-        self._per_user: collections.Counter[int] = collections.Counter()
+    def __init__(self, db: Database, auth: TokenService) -> None:
+        self.db = db
+        self.auth = auth
 
-    def _forget(self, entry: tuple[float, CurrentUser, str]) -> None:
-        user_id = entry[1].id
-        self._per_user[user_id] -= 1
-        if self._per_user[user_id] <= 0:
-            del self._per_user[user_id]
-
-    def _expire(self, now: float) -> None:
-        while self._tickets:
-            ticket, entry = next(iter(self._tickets.items()))
-            if entry[0] >= now:
-                return
-            del self._tickets[ticket]
-            self._forget(entry)
-
-    def issue(self, user: CurrentUser, header: str) -> str | None:
-        """A new ticket; None when the user already holds as many as they may."""
-        now = time.monotonic()
-        self._expire(now)
-        if self._per_user[user.id] >= MAX_TICKETS_PER_USER:
-            return None
+    async def issue(self, user: CurrentUser) -> str | None:
+        """A new ticket for the token `user` came with; None when the user already holds as
+        many as they may."""
         ticket = secrets.token_urlsafe(24)
-        self._tickets[ticket] = (now + TICKET_SECONDS, user, header)
-        self._per_user[user.id] += 1
-        return ticket
 
-    def redeem(self, ticket: str) -> tuple[CurrentUser, str] | None:
-        entry = self._tickets.pop(ticket, None)
-        if entry is None:
-            return None
-        self._forget(entry)
-        if entry[0] < time.monotonic():
-            return None
-        return entry[1], entry[2]
+        def _issue(session: Any) -> bool:
+            now = time.time()
+            # Expired tickets go as new ones come (the index on expires_at keeps this cheap).
+            session.execute(delete(orm.WebSocketTicket).where(orm.WebSocketTicket.expires_at < now))
+            held = session.scalar(select(func.count()).where(orm.WebSocketTicket.user_id == user.id))
+            if held >= MAX_TICKETS_PER_USER:
+                return False
+            session.add(
+                orm.WebSocketTicket(
+                    ticket_hash=hash_token(ticket),
+                    user_id=user.id,
+                    token_id=user.token_id,
+                    expires_at=now + TICKET_SECONDS,
+                )
+            )
+            return True
+
+        return ticket if await self.db.run(_issue) else None
+
+    async def redeem(self, ticket: str) -> CurrentUser | None:
+        """The user (as of now, through the ticket's token) of an unused, unexpired ticket,
+        which is used up here: deleting the row is what makes it single-use on every process."""
+        digest = hash_token(ticket)
+
+        def _redeem(session: Any) -> CurrentUser | None:
+            row = session.execute(
+                delete(orm.WebSocketTicket)
+                .where(orm.WebSocketTicket.ticket_hash == digest)
+                .returning(orm.WebSocketTicket.token_id, orm.WebSocketTicket.expires_at)
+            ).first()
+            if row is None or row.expires_at < time.time():
+                return None
+            user, expires_at, active = self.auth.lookup_id(session, row.token_id)
+            try:
+                return self.auth.valid(user, expires_at, active)
+            except APIError:
+                return None
+
+        return await self.db.run(_redeem)
 
 
 class WebSocketCounter(LoggingConfigurable):

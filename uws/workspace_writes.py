@@ -161,6 +161,7 @@ class WorkspaceWrites:
 
         try:
             model = workspace_model(await self.db.run(_create))
+            self.workspaces.created(user.id, model)
             self.after_write(user.id, limited)
         except BaseException:
             # Nothing is left behind: the row was rolled back; remove the directory wherever it is.
@@ -212,7 +213,7 @@ class WorkspaceWrites:
                 await self.db.run(_save)
                 self.after_write(user.id, limited)
             finally:
-                self.workspaces.invalidate(user.id)
+                self.workspaces.changed(user.id, ws_id)
 
     # ---- upload ----------------------------------------------------------------------------
     async def upload(
@@ -239,4 +240,4 @@ class WorkspaceWrites:
                 await self.workspaces.rescan(ws_id, user.id, modified=True)
                 self.after_write(user.id, limited)
             finally:
-                self.workspaces.invalidate(user.id)
+                self.workspaces.changed(user.id, ws_id)

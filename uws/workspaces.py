@@ -71,27 +71,44 @@ class WorkspaceService:
         # Threads for the file work requests wait on; the background ones for copies and deletions.
         self.fs_executor = fs_executor
         self.background_fs_executor = background_fs_executor
-        # user id -> list of workspace models in id order (this process owns every write)
+        # user id -> list of workspace models in id order (this process sees every write while it
+        # serves alone; see forget_cache)
         self._cache: dict[int, list[dict[str, Any]]] = {}
         self._cache_bytes: dict[int, bytes] = {}
         self._generation: dict[int, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        self._pending_events: set[int] = set()
-        self._published: dict[int, dict[int, dict[str, Any]]] = {}
+        # user id -> workspaces changed, to publish at the end of the current operation
+        self._pending_events: dict[int, set[int]] = {}
+        # user id -> workspace id -> digest of the model this process published last
+        self._published: dict[int, dict[int, int]] = {}
         self.writes = WorkspaceWrites(self, quotas, rules)
         self.files = WorkspaceFiles(self)
 
-    # ---- cache -------------------------------------------------------------------------
+    # ---- cache and events -------------------------------------------------------------------
     def invalidate(self, *user_ids: int) -> None:
         """Call after a write has committed. The generation bump keeps a load that began before
-        the write from storing what it read."""
+        the write from storing what it read. Changes a user can see go through `changed`."""
         for uid in user_ids:
             self._generation[uid] = self._generation.get(uid, 0) + 1
             self._cache.pop(uid, None)
             self._cache_bytes.pop(uid, None)
-            if self.events.has_subscribers(uid) and uid not in self._pending_events:
-                self._pending_events.add(uid)
-                self.spawn(self._publish_changes(uid))
+
+    def changed(self, user_id: int, *ws_ids: int) -> None:
+        """Call after a write to these workspaces of the user has committed: the cached listing
+        goes, and each one's state goes out as an event, whether anyone listens now or not (a
+        client resuming /ws/events later, on any process, reads it from the events table).
+        The changes of one operation are published together, each workspace once."""
+        self.invalidate(user_id)
+        pending = self._pending_events.get(user_id)
+        if pending is None:
+            pending = self._pending_events[user_id] = set()
+            self.spawn(self._publish_changes(user_id))
+        pending.update(ws_ids)
+
+    def created(self, user_id: int, model: dict[str, Any]) -> None:
+        """As `changed`, for a workspace whose model the caller has just built."""
+        self.invalidate(user_id)
+        self._publish(user_id, model["id"], model)
 
     def forget_cached(self) -> None:
         """Drop every cached listing. This process owns every write only while it leads
@@ -101,19 +118,45 @@ class WorkspaceService:
         self._cache_bytes.clear()
 
     async def _publish_changes(self, user_id: int) -> None:
-        """Workspace events for whoever is listening: what changed since the last publication."""
-        await asyncio.sleep(0)  # coalesce the invalidations of one operation
-        self._pending_events.discard(user_id)
-        models = {m["id"]: m for m in await self.models_for(user_id)}
-        before = self._published.get(user_id)
-        self._published[user_id] = models
-        if before is None:
-            before = {}
-        for ws_id, model in models.items():
-            if before.get(ws_id) != model:
-                self.events.publish(user_id, "workspace", model)
-        for ws_id in before.keys() - models.keys():
+        await asyncio.sleep(0)  # coalesce the changes of one operation
+        ws_ids = sorted(self._pending_events.pop(user_id, ()))
+        if not ws_ids:
+            return
+
+        def _load(session: Any) -> tuple[dict[int, dict[str, Any]], set[int]]:
+            rows = session.scalars(
+                select(orm.Workspace).where(orm.Workspace.id.in_(ws_ids), orm.Workspace.user_id == user_id)
+            ).all()
+            hidden = set(
+                session.scalars(
+                    select(orm.SharedWorkspaceMapping.shared_workspace_id).where(
+                        orm.SharedWorkspaceMapping.shared_workspace_id.in_(ws_ids),
+                        orm.SharedWorkspaceMapping.is_accepted.is_(False),
+                    )
+                )
+            )
+            return {ws.id: workspace_model(ws) for ws in rows if ws.id not in hidden}, {ws.id for ws in rows}
+
+        models, present = await self.db.run(_load)
+        for ws_id in ws_ids:
+            if ws_id in models:
+                self._publish(user_id, ws_id, models[ws_id])
+            elif ws_id not in present:
+                self._publish(user_id, ws_id, None)
+            # (an unaccepted share is in no listing yet: nothing to tell)
+
+    def _publish(self, user_id: int, ws_id: int, model: dict[str, Any] | None) -> None:
+        """A workspace's event (None: it is gone), unless this process published the same model
+        last (a client that resumes elsewhere may get one such repeat, with a new id)."""
+        published = self._published.setdefault(user_id, {})
+        if model is None:
+            published.pop(ws_id, None)
             self.events.publish(user_id, "workspace_deleted", {"id": ws_id})
+            return
+        digest = hash(json.dumps(model, sort_keys=True))
+        if published.get(ws_id) != digest:
+            published[ws_id] = digest
+            self.events.publish(user_id, "workspace", model)
 
     async def models_for(self, user_id: int) -> list[dict[str, Any]]:
         cached = self._cache.get(user_id)
@@ -245,7 +288,7 @@ class WorkspaceService:
             return True
 
         queued = await self.db.run(_mark)
-        self.invalidate(user.id)
+        self.changed(user.id, ws_id)
         if queued:
             self.spawn(self.run_deletion(ws_id))
 
@@ -257,7 +300,7 @@ class WorkspaceService:
                 row.status_message = message
 
         await self.db.run(_set)
-        self.invalidate(user_id)
+        self.changed(user_id, ws_id)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -280,7 +323,7 @@ class WorkspaceService:
             session.execute(delete(orm.Workspace).where(orm.Workspace.id == ws_id))
 
         await self.db.run(_remove)
-        self.invalidate(ws.user_id)
+        self.changed(ws.user_id, ws_id)
 
     async def rescan(self, ws_id: int, user_id: int, modified: bool = False) -> None:
         """Refresh disk use and file lists (after an upload, or a job's end)."""
@@ -298,7 +341,7 @@ class WorkspaceService:
                     row.datetime_last_modified = utcnow()
 
         await self.db.run(_save)
-        self.invalidate(user_id)
+        self.changed(user_id, ws_id)
 
     async def resume(self) -> None:
         """Pick up background work a previous run left unfinished (B9)."""

@@ -87,7 +87,9 @@ class Client:
 
 
 class Server:
-    """One running `uws` process with its own data directory and database."""
+    """One running `uws` process with its own data directory and database, or (`shared_with`)
+    another's: the high-availability tests run two processes on one database and one data
+    directory, as two machines would share them."""
 
     def __init__(
         self,
@@ -98,27 +100,33 @@ class Server:
         env: dict[str, str] | None = None,
         directory: str | None = None,
         python: str | None = None,
-        share_with: Server | None = None,
+        shared_with: Server | None = None,
+        same_directory: bool = True,
     ) -> None:
         """`directory`: an existing, empty directory to use instead of a new temporary one (the
         benchmarks choose where their servers' data goes); removed by close() all the same.
-        `python`: the interpreter to run the server with (default: this one).
-        `share_with`: another server of that one's installation (high availability): its
-        database (schema included), left to it to drop. Give it the same data directory in
-        the configuration too (second_server does both)."""
+        `python`: the interpreter to run the server with (default: this one). `shared_with`: a
+        server whose database this one uses too, and (`same_directory`) its directory, so its
+        data directory: another server of the same installation, as high availability runs
+        them. That one owns them (its close() removes them); each keeps its own config file and
+        log."""
         self.backend = backend
-        self.dir = directory or tempfile.mkdtemp(prefix="uws-test-")
+        self.shared_with = shared_with
+        self.own_directory = not (shared_with and same_directory)
+        if shared_with and same_directory:
+            self.dir = shared_with.dir
+        else:
+            self.dir = directory or tempfile.mkdtemp(prefix="uws-test-")
         os.chmod(self.dir, 0o755)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.config_path = os.path.join(self.dir, "uws_config" + suffix)
+        own = f"-{self.port}" if shared_with else ""
+        self.config_path = os.path.join(self.dir, f"uws_config{own}{suffix}")
         with open(self.config_path, "w") as f:
             f.write(config_text.replace("@DIR@", self.dir).replace("@PORT@", str(self.port)))
         self.schema = ""
-        self.owns_schema = share_with is None
-        if share_with is not None:
-            self.schema = share_with.schema
-            self.db_url = share_with.db_url
+        if shared_with is not None:
+            self.db_url, self.schema = shared_with.db_url, shared_with.schema
         elif backend == "postgresql":
             self.schema = "uws_" + secrets.token_hex(6)
             run_sql(f"CREATE SCHEMA {self.schema}")
@@ -129,7 +137,7 @@ class Server:
         self.extra_args = extra_args or []
         self.python = python
         self.env = dict(os.environ, **(env or {}))
-        self.log_path = os.path.join(self.dir, "server.log")
+        self.log_path = os.path.join(self.dir, f"server{own}.log")
         self.proc: subprocess.Popen | None = None
         self.startup_seconds = 0.0
 
@@ -189,8 +197,13 @@ class Server:
 
     def close(self) -> None:
         self.stop()
+        if self.shared_with is not None:
+            # The database and the sessions are the owner's, and the directory too unless its own.
+            if self.own_directory and not os.environ.get("UWS_TEST_KEEP"):
+                shutil.rmtree(self.dir, ignore_errors=True)
+            return
         kill_sessions(self.dir)
-        if self.schema and self.owns_schema:
+        if self.schema:
             run_sql(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
         if not os.environ.get("UWS_TEST_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -232,11 +245,9 @@ class Server:
 
 def second_server(first: Server, config_text: str) -> Server:
     """Another server of `first`'s installation, as high availability runs them: the same
-    database, data directory and workspaces root (a shared file system in production); a port,
-    configuration file and log of its own. `config_text`'s @DIR@ is `first`'s directory (the
-    configurations name the workspaces root there)."""
-    shared = config_text.replace("@DIR@", first.dir) + f'\nc.UWSApp.data_dir = "{first.dir}/uws-data"\n'
-    return Server(first.backend, shared, share_with=first)
+    database and directory (so data directory and workspaces root: a shared file system in
+    production); a port, configuration file and log of its own."""
+    return Server(first.backend, config_text, shared_with=first)
 
 
 def kill_sessions(directory: str) -> None:
@@ -272,16 +283,12 @@ def run_sql(sql: str) -> None:
         conn.execute(sql)
 
 
-def running_server(
-    backend: str, config: str, extra_args: list[str] | None = None, client_token: bool = True
-) -> Iterator[Server]:
-    """A started server (run with `extra_args`) with a client token (`.client_token`; none when
-    not asked for, which saves a CLI run), closed afterwards: the body of the modules' own
-    server fixtures."""
-    srv = Server(backend, config, extra_args=extra_args).start()
+def running_server(backend: str, config: str) -> Iterator[Server]:
+    """A started server with a client token (`.client_token`), closed afterwards: the body of
+    the modules' own server fixtures."""
+    srv = Server(backend, config).start()
     try:
-        if client_token:
-            srv.client_token = srv.new_client_token()
+        srv.client_token = srv.new_client_token()
         yield srv
     finally:
         srv.close()

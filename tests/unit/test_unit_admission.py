@@ -63,7 +63,7 @@ def parts_for(tmp_path: Any, mode: str = "origin", running: bool = True) -> Any:
             None if mode == "origin" else f"/passthrough/{JOB}",
         )
     for user in (OWNER, OTHER):
-        proxy._active[user] = (time.monotonic() + 3600, True)
+        proxy._users[user] = (time.monotonic() + 3600, True, 0)
     return SimpleNamespace(
         config=SimpleNamespace(passthrough_mode=mode),
         session_hosts=SessionHosts("localhost"),
@@ -153,6 +153,12 @@ def test_cross_origin_websockets_and_posts_do_not_ride_on_the_cookie(tmp_path: A
 def test_logout_ends_cookies_issued_before_it(tmp_path: Any) -> None:
     parts = parts_for(tmp_path)
     cookie = f"uws-session-{JOB}={parts.proxy.make_cookie(JOB, OWNER)}"
+    assert decide(parts, Cookie=cookie).target is not None
+    # The user's stamp (users.cookies_not_before, as any process's logout writes it)...
+    parts.proxy._users[OWNER] = (time.monotonic() + 3600, True, time.time_ns() // 1000 + 1)
+    assert refusal(decide(parts, Cookie=cookie))[0] == 403
+    # ...and the job's, as earlier versions stamped it.
+    parts.proxy._users[OWNER] = (time.monotonic() + 3600, True, 0)
     parts.proxy.targets[JOB].cookies_not_before = time.time_ns() // 1000 + 1
     assert refusal(decide(parts, Cookie=cookie))[0] == 403
 
@@ -216,9 +222,9 @@ def test_a_remembered_cookie_still_ends_at_logout_and_deactivation(tmp_path: Any
     cookie = f"uws-session-{JOB}={parts.proxy.make_cookie(JOB, OWNER)}"
     assert decide(parts, Cookie=cookie).target is not None
     assert decide(parts, Cookie=cookie).target is not None  # (remembered)
-    parts.proxy._active[OWNER] = (time.monotonic() + 3600, False)
+    parts.proxy._users[OWNER] = (time.monotonic(), False, 0)
     assert refusal(decide(parts, Cookie=cookie))[0] == 403
-    parts.proxy._active[OWNER] = (time.monotonic() + 3600, True)
+    parts.proxy._users[OWNER] = (time.monotonic(), True, 0)
     assert decide(parts, Cookie=cookie).target is not None
     parts.proxy.targets[JOB].cookies_not_before = time.time_ns() // 1000 + 1
     assert refusal(decide(parts, Cookie=cookie))[0] == 403
@@ -242,3 +248,13 @@ def test_session_hosts_remember_a_bounded_number_of_names(monkeypatch: pytest.Mo
         assert hosts.job("localhost:8000") is None
         assert hosts.job("j12-abc.localhost.evil") is None
     assert len(hosts._jobs) <= 3
+
+
+def test_forgotten_cache_is_read_again(tmp_path: Any) -> None:
+    """A process that serves again after another did re-reads its targets: the job may have
+    ended meanwhile (here the database holds no running job any more)."""
+    parts = parts_for(tmp_path)
+    cookie = f"uws-session-{JOB}={parts.proxy.make_cookie(JOB, OWNER)}"
+    assert decide(parts, Cookie=cookie).target is not None
+    parts.proxy.forget_cache()
+    assert refusal(decide(parts, Cookie=cookie))[0] == 403

@@ -152,6 +152,9 @@ class FakeWorkspaces:
     def invalidate(self, *user_ids: int) -> None:
         pass
 
+    def changed(self, user_id: int, *ws_ids: int) -> None:
+        pass
+
     async def rescan(self, ws_id: int, user_id: int, modified: bool = False) -> None:
         pass
 

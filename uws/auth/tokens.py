@@ -115,6 +115,16 @@ class TokenService:
                 self._cache.clear()
             self._cache[digest] = cached
         _, user, expires_at, active = cached
+        return self.valid(user, expires_at, active)
+
+    async def authenticate_token_id(self, token_id: int) -> CurrentUser:
+        """As authenticate, for the token with this id (never cached): what a websocket opened
+        with a ticket re-checks, the ticket having kept the token's id and not its key."""
+        user, expires_at, active = await self.db.run(lambda s: self.lookup_id(s, token_id))
+        return self.valid(user, expires_at, active)
+
+    @staticmethod
+    def valid(user: CurrentUser | None, expires_at: _dt.datetime | None, active: bool) -> CurrentUser:
         if user is None:
             raise not_authenticated("Invalid token provided.")
         if expires_at is not None and expires_at <= utcnow():
@@ -124,10 +134,18 @@ class TokenService:
         return user
 
     def _lookup(self, session: Any, digest: str) -> tuple[CurrentUser | None, _dt.datetime | None, bool]:
+        return self._lookup_where(session, orm.ApiToken.token_hash == digest)
+
+    def lookup_id(self, session: Any, token_id: int) -> tuple[CurrentUser | None, _dt.datetime | None, bool]:
+        return self._lookup_where(session, orm.ApiToken.id == token_id)
+
+    def _lookup_where(
+        self, session: Any, condition: Any
+    ) -> tuple[CurrentUser | None, _dt.datetime | None, bool]:
         row = session.execute(
             select(orm.ApiToken, orm.User)
             .join(orm.User, orm.User.id == orm.ApiToken.user_id)
-            .where(orm.ApiToken.token_hash == digest)
+            .where(condition)
         ).first()
         if row is None:
             return None, None, False
@@ -141,6 +159,9 @@ class TokenService:
             d for d, entry in self._cache.items() if entry[1] is not None and entry[1].id == user_id
         ]:
             self._cache.pop(digest, None)
+
+    def forget_cache(self) -> None:
+        self._cache.clear()
 
     def issue(self, session: Any, user_id: int) -> tuple[str, _dt.datetime | None]:
         """Add a new login key (full rights) to the session; returned once, never stored."""

@@ -39,7 +39,7 @@ def browser_key(handler: web.RequestHandler, web_ui: WebUI | None) -> str | None
 
 async def authenticate_request(handler: Any, xsrf: str | None = None) -> tuple[CurrentUser, str]:
     """(user, credential) of a request to `handler` (a RequestHandler with Components); the
-    credential is the `Token <key>` that later checks (websocket tickets, logout) use. `xsrf`:
+    credential is the `Token <key>` that later checks (logout) use. `xsrf`:
     the token a form sent, beside the X-XSRFToken header scripts send."""
     parts: Components = handler
     header = handler.request.headers.get("UWS-Authorization")

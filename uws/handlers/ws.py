@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,15 +31,17 @@ from .auditing import record_refusal
 from .base import ID, BaseHandler, UpgradeMatches, send_error
 from .components import Components, SettingsComponents
 
+log = logging.getLogger("uws.events")
+
 
 class TicketHandler(BaseHandler):
     # A ticket opens only the event streams, which are reads; it carries the token's scopes.
     required_scopes = {"POST": "read"}
 
-    def post(self) -> None:
-        # The ticket's socket re-checks this credential (the header's token, or the browser
-        # session's), closing with 4401 once it is revoked.
-        ticket = self.tickets.issue(self.user, self.credential)
+    async def post(self) -> None:
+        # The ticket stands for the request's token (the header's, or the browser session's):
+        # its socket re-checks that token, closing with 4401 once it is revoked.
+        ticket = await self.tickets.issue(self.user)
         if ticket is None:
             raise APIError(
                 429,
@@ -56,19 +59,27 @@ class AuthenticatedWebSocket(Components, websocket.WebSocketHandler):
         # gains nothing from opening a socket.
         return True
 
-    async def authenticate(self) -> tuple[CurrentUser, str]:
+    # The credential the socket re-checks while open: the UWS-Authorization header it came
+    # with, or (opened with a ticket) the id of the token the ticket stands for.
+    auth_header = ""
+    ticket_token_id = 0
+
+    async def authenticate(self) -> CurrentUser:
         ticket = self.get_query_argument("ticket", None)
         if ticket is not None:
-            redeemed = self.tickets.redeem(ticket)
-            if redeemed is None:
+            user = await self.tickets.redeem(ticket)
+            if user is None:
                 raise not_authenticated("Invalid token provided.")
-            return redeemed
+            self.ticket_token_id = user.token_id
+            return user
         header = self.request.headers.get("UWS-Authorization")
-        return await self.auth.authenticate(header), header or ""
+        user = await self.auth.authenticate(header)
+        self.auth_header = header or ""
+        return user
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         try:
-            self.user, self.auth_header = await self.authenticate()
+            self.user = await self.authenticate()
             # Streams report the owner's own objects: reads. A token without the sessions
             # scope gets job links without the session's token (job_view).
             require_scope(self.user, "read")
@@ -93,10 +104,11 @@ class AuthenticatedWebSocket(Components, websocket.WebSocketHandler):
 
     async def still_authorized(self) -> bool:
         """Close with 4401 once the token has been revoked or has expired."""
-        if not self.auth_header:
-            return True
         try:
-            await self.auth.authenticate(self.auth_header)
+            if self.auth_header:
+                await self.auth.authenticate(self.auth_header)
+            elif self.ticket_token_id:
+                await self.auth.authenticate_token_id(self.ticket_token_id)
             return True
         except APIError:
             self.close(4401, "Token revoked or expired.")
@@ -298,9 +310,16 @@ class EventsHandler(AuthenticatedWebSocket):
         self._pump = asyncio.ensure_future(self._run(subscription))
 
     async def _run(self, subscription: Any) -> None:
-        missed = None
-        if self.last_event_id is not None:
-            missed = self.events.since(self.user.id, self.last_event_id)
+        try:
+            missed = None
+            if self.last_event_id is not None:
+                # From the database: the events may have been published by another process.
+                missed = await self.events.since(self.user.id, self.last_event_id)
+        except Exception:
+            log.exception("Reading the events a client missed failed")
+            subscription.close()
+            self.close(1011, "Try again.")
+            return
         if missed is None:
             if not await self.resync():
                 subscription.close()
@@ -324,9 +343,14 @@ class EventsHandler(AuthenticatedWebSocket):
 
     async def resync(self) -> bool:
         user_id = self.user.id
-        # The snapshot reflects everything up to the newest event id issued before it is read.
-        latest = self.events.latest_id()
-        snapshot = await self.db.run(lambda session: user_snapshot(session, user_id))
+        # The snapshot reflects every event of the user stored before it is read.
+        try:
+            latest = await self.events.latest_id(user_id)
+            snapshot = await self.db.run(lambda session: user_snapshot(session, user_id))
+        except Exception:
+            log.exception("Reading a snapshot for an event stream failed")
+            self.close(1011, "Try again.")
+            return False
         self.sent_up_to = latest
         snapshot["jobs"] = [self.job_view(job) for job in snapshot["jobs"]]
         return await self.send({"id": latest, "type": "snapshot", "time": time.time(), "data": snapshot})

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tornado import httputil
 from traitlets import Float, Integer, observe
 from traitlets.config import LoggingConfigurable
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from ..keys import SessionTokens
 
 COOKIE_SECONDS = 12 * 3600
-# A user's deactivation is seen by passthrough cookies within this long (as by login tokens).
+# A user's deactivation, or a logout on another server process, is seen by passthrough cookies
+# within this long (as by login tokens).
 USER_CACHE_SECONDS = 2.0
 CLAIMS_KEPT = 10_000  # cookie values whose checked signature is remembered (then forgotten at once)
 
@@ -48,8 +49,8 @@ class Target:
     label: str = ""
     # /passthrough/<id> when sessions share the server's origin (path mode); None on their own.
     path_prefix: str | None = None
-    # Cookies issued before this (microseconds since the epoch) no longer let anyone in: the
-    # owner logged out or revoked tokens since.
+    # Cookies issued before this (microseconds since the epoch) no longer let anyone in: as
+    # stamped on the job by versions before users.cookies_not_before (which now says it).
     cookies_not_before: int = 0
     last_activity: float = field(default_factory=time.time)
     bytes_in: int = 0
@@ -113,9 +114,10 @@ class ProxyService(LoggingConfigurable):
         self.targets: dict[int, Target] = {}
         self._timeouts_changed()
         self.secret = self._load_secret()
-        self._active: dict[int, tuple[float, bool]] = {}
         # Cookie values whose signature was checked, and what they claim (() when forged).
         self._claims: dict[str, tuple[int, int, int] | tuple[()]] = {}
+        # user id -> (when loaded, active, users.cookies_not_before)
+        self._users: dict[int, tuple[float, bool, int]] = {}
         self.counts = PassthroughCounts()
         # Idle keep-alive connections to the sessions' apps, shared by every relay.
         self.pool = UpstreamPool()
@@ -175,10 +177,11 @@ class ProxyService(LoggingConfigurable):
     def forget(self, job_id: int) -> None:
         self.targets.pop(job_id, None)
 
-    def forget_all(self) -> None:
-        """Drop every cached target: another server, leading meanwhile (uws.leadership), may
-        have ended a session or revoked its cookies."""
+    def forget_cache(self) -> None:
+        """Every cached target and user: a target stays cached while its job runs, and another
+        process may have ended the job meanwhile (its port may be another app's by now)."""
         self.targets.clear()
+        self._users.clear()
 
     # ---- cookies ---------------------------------------------------------------------------
     def access_cookie(self, target: Target, secure: bool) -> str:
@@ -201,8 +204,9 @@ class ProxyService(LoggingConfigurable):
         return f"{payload}.{self._sign(payload)}"
 
     async def cookie_user(self, target: Target, value: str | None) -> int | None:
-        """The user a job's cookie lets in: signed by us for this job, under 12 hours old, issued
-        after the owner's last logout, and the owner still active."""
+        """The user a job's cookie lets in: signed with the shared cookie secret for this job,
+        under 12 hours old, issued after the owner's last logout (on any process), and the owner
+        still active."""
         if not value:
             return None
         claim = self._claims.get(value)
@@ -221,7 +225,8 @@ class ProxyService(LoggingConfigurable):
             return None
         if issued / 1e6 + COOKIE_SECONDS < time.time():
             return None
-        if not await self.user_active(user_id):
+        active, not_before = await self.user_state(user_id)
+        if not active or issued <= not_before:
             return None
         return user_id
 
@@ -238,39 +243,41 @@ class ProxyService(LoggingConfigurable):
         cookie_job, user_id, issued = (int(p) for p in parts)
         return cookie_job, user_id, issued
 
-    async def user_active(self, user_id: int) -> bool:
-        cached = self._active.get(user_id)
+    async def user_state(self, user_id: int) -> tuple[bool, int]:
+        """Whether the user is active, and since when their cookies count (users.
+        cookies_not_before), as the database said at most USER_CACHE_SECONDS ago."""
+        cached = self._users.get(user_id)
         now = time.monotonic()
         if cached is None or now - cached[0] > USER_CACHE_SECONDS:
 
-            def _load(session: Any) -> bool:
-                return bool(session.scalar(select(orm.User.is_active).where(orm.User.id == user_id)))
+            def _load(session: Any) -> tuple[bool, int]:
+                row = session.execute(
+                    select(orm.User.is_active, orm.User.cookies_not_before).where(orm.User.id == user_id)
+                ).first()
+                return (False, 0) if row is None else (bool(row[0]), int(row[1] or 0))
 
-            cached = (now, await self.db.run(_load))
-            if len(self._active) > 100_000:
-                self._active.clear()
-            self._active[user_id] = cached
-        return cached[1]
+            active, not_before = await self.db.run(_load)
+            cached = (now, active, not_before)
+            if len(self._users) > 100_000:
+                self._users.clear()
+            self._users[user_id] = cached
+        return cached[1], cached[2]
 
     async def end_cookies(self, user_id: int) -> None:
         """Refuse every passthrough cookie issued so far for the user's sessions (logout, token
-        revocation). Kept with each job, so it holds across restarts."""
+        revocation): at once on this process, within USER_CACHE_SECONDS on any other sharing
+        the database, and across restarts."""
         now = time.time_ns() // 1000
 
-        def _stamp(session: Any) -> list[int]:
-            jobs = session.scalars(
-                select(orm.Job).where(
-                    orm.Job.user_id == user_id, orm.Job.status.in_((JobStatus.PENDING, JobStatus.RUNNING))
-                )
-            ).all()
-            for job in jobs:
-                job.spawner_state = {**(job.spawner_state or {}), "cookies_not_before": now}
-            return [job.id for job in jobs]
+        def _stamp(session: Any) -> None:
+            session.execute(
+                update(orm.User)
+                .where(orm.User.id == user_id, orm.User.cookies_not_before < now)
+                .values(cookies_not_before=now)
+            )
 
-        for job_id in await self.db.run(_stamp):
-            target = self.targets.get(job_id)
-            if target is not None:
-                target.cookies_not_before = now
+        await self.db.run(_stamp)
+        self._users.pop(user_id, None)
 
     # ---- activity --------------------------------------------------------------------------
     def touch(self, target: Target, bytes_in: int = 0, bytes_out: int = 0) -> None:

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import IntegrityError
+
 from .. import orm
 from ..auth.accounts import Account
 from ..auth.tokens import CurrentUser
@@ -18,7 +20,7 @@ from ..errors import DIR_FAILURE_JOBS, APIError
 from ..models import job_model
 from ..passthrough.urls import new_host_label
 from ..spawners.base import LaunchError, Spawner
-from . import transitions
+from . import start_keys, transitions
 from .jobtypes import JobTypeError, build_spec, job_type_minutes, minutes, seconds_limit, settings_for
 from .params import DefaultValueError, translate, validate_resource_options, with_defaults
 from .record import LiveSession
@@ -51,6 +53,7 @@ class StartRequest:
     translated: dict[str, Any]  # the resource options under the resource's own names
     limit: int | None  # minutes
     cpus: int
+    idempotency_key: str | None = None
 
 
 class Launcher:
@@ -72,7 +75,8 @@ class Launcher:
         self, user: CurrentUser, ws_id: int, parse_body: Any, idempotency_key: str | None = None
     ) -> dict[str, Any]:
         """Start a session. A retry carrying the same Idempotency-Key header (while the first is
-        in flight, or within 10 minutes of its success) returns the first one's job."""
+        in flight, or within 10 minutes of its start, on this process or on another sharing the
+        database) returns the first one's job."""
         if not idempotency_key:
             return await self._start(user, ws_id, parse_body)
         key = (user.id, ws_id, idempotency_key)
@@ -82,7 +86,15 @@ class Launcher:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
-            job = await self._start(user, ws_id, parse_body)
+            job = await self._stored_start(user.id, ws_id, idempotency_key)
+            if job is None:
+                try:
+                    job = await self._start(user, ws_id, parse_body, idempotency_key)
+                except start_keys.KeyTaken:
+                    # Another process began the same start a moment earlier: its job it is.
+                    job = await self._stored_start(user.id, ws_id, idempotency_key)
+                    if job is None:
+                        raise APIError(409, "A start with this Idempotency-Key is in progress.") from None
         except BaseException as e:
             self.inflight.pop(key, None)  # a failed start may be retried for real
             future.set_exception(e)
@@ -92,7 +104,12 @@ class Launcher:
         asyncio.get_running_loop().call_later(600, self.inflight.pop, key, None)
         return job
 
-    async def _start(self, user: CurrentUser, ws_id: int, parse_body: Any) -> dict[str, Any]:
+    async def _stored_start(self, user_id: int, ws_id: int, key: str) -> dict[str, Any] | None:
+        return await self.jobs.db.run(lambda session: start_keys.lookup(session, user_id, ws_id, key))
+
+    async def _start(
+        self, user: CurrentUser, ws_id: int, parse_body: Any, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         parts, config = self.parts, self.settings
         account, ws = await parts.workspaces.owned_for_put(user, ws_id, "start")
         if not parts.storage.valid_workspace_dir(ws.file_path):
@@ -148,6 +165,7 @@ class Launcher:
                     translated=translated,
                     limit=limit,
                     cpus=cpus,
+                    idempotency_key=idempotency_key,
                 )
             )
         finally:
@@ -183,10 +201,25 @@ class Launcher:
     async def _launch(self, req: StartRequest) -> dict[str, Any]:
         """The launch's steps, each undone if a later one fails: the job created, its helper
         started, the start recorded."""
-        parts, jobs = self.parts, self.jobs
         secret = secrets.token_hex(32)
         label = new_host_label()
         job_id = await self._create_job(req, secret, label)
+        try:
+            return await self._launch_job(req, job_id, secret, label)
+        except BaseException:
+            if req.idempotency_key is not None:
+                await self._forget_key(req, job_id)
+            raise
+
+    async def _forget_key(self, req: StartRequest, job_id: int) -> None:
+        user_id, ws_id, key = req.user.id, req.ws.id, req.idempotency_key or ""
+        try:
+            await self.jobs.db.run(lambda session: start_keys.forget(session, user_id, ws_id, key, job_id))
+        except Exception:  # (then a retry gets the failed job, as after a crash)
+            log.exception("Forgetting the Idempotency-Key of failed job %s failed", job_id)
+
+    async def _launch_job(self, req: StartRequest, job_id: int, secret: str, label: str) -> dict[str, Any]:
+        parts, jobs = self.parts, self.jobs
         record = jobs.live.add(job_id, req.user.id, secret=secret, launching=True)
         spawner = parts.spawner_factory.make(job_id, req.account, req.ws.file_path)
         # On an origin of its own, a session's app serves from "/".
@@ -213,7 +246,7 @@ class Launcher:
         model, status = await self._record_launch(job_id, pid, state, record, spawner)
         record.launching = False
         record.last_seen = time.monotonic()
-        parts.workspaces.invalidate(req.user.id)
+        parts.workspaces.changed(req.user.id, req.ws.id)
         jobs.publish(req.user.id, model)
         if spawner.watches_start:
             self.start_watches.watch(job_id, record, spawner)
@@ -232,7 +265,7 @@ class Launcher:
         }
 
         def _create(session: Any) -> int:
-            return transitions.new_job(
+            job_id = transitions.new_job(
                 session,
                 workspace_id=req.ws.id,
                 user_id=req.user.id,
@@ -241,8 +274,16 @@ class Launcher:
                 request_details=req.request_details,
                 state=initial,
             ).id
+            if req.idempotency_key is not None:
+                start_keys.record(session, req.user.id, req.ws.id, req.idempotency_key, job_id)
+            return job_id
 
-        return await self.jobs.db.run(_create)
+        try:
+            return await self.jobs.db.run(_create)
+        except IntegrityError:
+            if req.idempotency_key is None:
+                raise
+            raise start_keys.KeyTaken() from None
 
     async def _spawn(
         self, req: StartRequest, job_id: int, spawner: Spawner, secret: str, label: str, base_url: str
