@@ -3,8 +3,9 @@ machines behind a load balancer would): what a client got from one process stays
 other. Events resumed with the last id, websocket tickets, browser and passthrough cookies and
 their end at logout, and session-start idempotency keys.
 
-Both processes serve every request here (which process leads does not matter to client state);
-B binds a session channel of its own so that sessions started through A stay A's.
+Both processes serve every request here (which process leads does not matter to client state):
+B takes a leadership lock of its own, so on PostgreSQL it leads beside A instead of standing by,
+and binds a session channel of its own so that sessions started through A stay A's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -37,10 +39,11 @@ c.UWSApp.job_types = {{
         "readiness_path": "{{base_url}}hello", "url_path": "{{base_url}}hello"}}}}}},
 }}
 """
-# B: a channel endpoint of its own, and no reconciling of A's sessions (a standby's part).
+# B: a lock, a channel endpoint of its own, and no reconciling of A's sessions.
 B_CONFIG = (
     CONFIG
-    + """
+    + f"""
+c.Leadership.lock_key = {secrets.randbits(62) + 1}
 c.UWSApp.session_channel_url = "ipc://@DIR@/channel-b/sessions.sock"
 c.JobService.reconcile_seconds = 3600
 """

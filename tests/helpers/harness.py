@@ -283,12 +283,16 @@ def run_sql(sql: str) -> None:
         conn.execute(sql)
 
 
-def running_server(backend: str, config: str) -> Iterator[Server]:
-    """A started server with a client token (`.client_token`), closed afterwards: the body of
-    the modules' own server fixtures."""
-    srv = Server(backend, config).start()
+def running_server(
+    backend: str, config: str, extra_args: list[str] | None = None, client_token: bool = True
+) -> Iterator[Server]:
+    """A started server (run with `extra_args`) with a client token (`.client_token`; none when
+    not asked for, which saves a CLI run), closed afterwards: the body of the modules' own
+    server fixtures."""
+    srv = Server(backend, config, extra_args=extra_args).start()
     try:
-        srv.client_token = srv.new_client_token()
+        if client_token:
+            srv.client_token = srv.new_client_token()
         yield srv
     finally:
         srv.close()
