@@ -1,11 +1,13 @@
 """The per-session helper (`python -m uws.session_helper`), driven over its real ZeroMQ protocol.
 
 Each test binds its own ROUTER on an ipc:// path, writes job.json, starts the helper as a real
-subprocess with the secret and the session token on its standard input, and plays the server's part.
+subprocess with the secret and the session token on its standard input, and plays the server's part
+(terms included: each bind is a new one, and the helper is welcomed to it; see protocol.py).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -46,7 +48,9 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
 
 
 class Session:
-    """One helper process and the ROUTER socket standing in for the server."""
+    """One helper process and the ROUTER socket standing in for the server: like the server, it
+    answers what was signed under another term (and every "hello") with "welcome", and hands
+    the test only what was signed under its own."""
 
     def __init__(self, command: list[str], job_id: int = 7, **job: Any) -> None:
         self.dir = tempfile.mkdtemp(prefix="uwsh-")  # short: ipc paths are limited to ~100 bytes
@@ -56,6 +60,10 @@ class Session:
         self.ctx = zmq.Context()
         self.router: zmq.Socket | None = None
         self.ident = b""  # the helper's routing identity, learnt from its first message
+        self.epoch = ""
+        self.welcomes = 0
+        self.welcoming = True  # False: a server that has not answered yet
+        self.seen: list[str] = []  # the type of every message received, any term
         self.bind()
         self.secret = os.urandom(16).hex()
         self.token = os.urandom(20).hex()
@@ -95,6 +103,11 @@ class Session:
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.bind(self.endpoint)
+        self.epoch = protocol.new_epoch()
+
+    def welcome(self, nonce: str) -> None:
+        self.welcomes += 1
+        self.send("welcome", nonce=nonce)
 
     def unbind(self) -> None:
         assert self.router is not None
@@ -116,13 +129,21 @@ class Session:
             message = protocol.decode(self.secret, frames)
             assert message is not None, "the helper's message does not verify"
             assert message["job_id"] == self.job_id
+            assert isinstance(message["nonce"], str) and len(message["nonce"]) == 32
+            self.seen.append(message["type"])
+            if message["epoch"] != self.epoch:
+                if self.welcoming:
+                    self.welcome(message["nonce"])
+                continue
+            if message["type"] == "hello":
+                self.welcome(message["nonce"])
             if mtype is None or message["type"] == mtype:
                 return message
 
     def send(self, mtype: str, secret: str | None = None, **fields: Any) -> None:
         assert self.router is not None
         self.seq += 1
-        message = {"type": mtype, "job_id": self.job_id, "seq": self.seq, **fields}
+        message = {"type": mtype, "job_id": self.job_id, "seq": self.seq, "epoch": self.epoch, **fields}
         frames = protocol.encode(secret or self.secret, message)
         self.router.send_multipart([self.ident, *frames])
 
@@ -371,8 +392,10 @@ def test_replayed_and_stale_messages_are_refused(session_factory: Any) -> None:
     s.recv("hello")
     assert s.router is not None
     s.seq += 1
-    stop = protocol.encode(s.secret, {"type": "stop", "job_id": s.job_id, "seq": s.seq, "grace_seconds": 1})
-    report = {"type": "report", "job_id": s.job_id}
+    stop = protocol.encode(
+        s.secret, {"type": "stop", "job_id": s.job_id, "seq": s.seq, "epoch": s.epoch, "grace_seconds": 1}
+    )
+    report = {"type": "report", "job_id": s.job_id, "epoch": s.epoch}
     s.send("report")  # a later seq from the same sender: the stop above is now a replay
     s.recv("hello")
     s.router.send_multipart([s.ident, *stop])
@@ -386,6 +409,53 @@ def test_replayed_and_stale_messages_are_refused(session_factory: Any) -> None:
     assert s.helper_log().count("dropped a message that failed verification") == 3
     s.send("stop", grace_seconds=1)  # the real server's next message still works
     assert s.recv("exited", timeout=10)["state"]["exit"]["reason"] == "stopped"
+
+
+def test_messages_of_an_earlier_term_are_refused(session_factory: Any) -> None:
+    """A "stop" captured before the server restarted (or another took over) is refused by the
+    helper once it has been welcomed to the new term, though its seq is the highest it has seen
+    and its sender started later; so is a welcome that does not echo the helper's nonce."""
+    s = session_factory(["sleep", "60"], heartbeat_seconds=0.3)
+    app = s.recv("hello")["state"]["app_pid"]
+    s.recv("heartbeat")
+    captured = protocol.encode(
+        s.secret,
+        {"type": "stop", "job_id": s.job_id, "seq": 10**6, "epoch": s.epoch, "started": time.time() + 60},
+    )
+    s.unbind()
+    s.bind()  # the next term
+    assert s.recv("hello", timeout=6)["state"]["app_pid"] == app
+    assert s.router is not None
+    s.router.send_multipart([s.ident, *captured])
+    s.seq += 1
+    forged = protocol.encode(
+        s.secret, {"type": "welcome", "job_id": s.job_id, "seq": s.seq, "epoch": "x" * 32, "nonce": "n" * 32}
+    )
+    s.router.send_multipart([s.ident, *forged])
+    s.recv("heartbeat", timeout=3)
+    time.sleep(0.5)
+    assert s.proc.poll() is None and not gone(app), "a stop of the earlier term was obeyed"
+    assert s.helper_log().count("dropped a message that failed verification") == 2
+    assert s.recv("heartbeat", timeout=3)["epoch"] == s.epoch  # still in this term
+    s.send("stop", grace_seconds=1)  # this term's own
+    assert s.recv("exited", timeout=6)["state"]["exit"]["reason"] == "stopped"
+
+
+def test_output_waits_for_the_welcome(session_factory: Any) -> None:
+    """The app's output is forwarded only to a server that has welcomed the helper: nothing is
+    sent into a term that would drop it, and all of it arrives once welcomed."""
+    s = session_factory(
+        [sys.executable, "-c", "print('first line', flush=True); import time; time.sleep(60)"],
+        heartbeat_seconds=0.3,
+    )
+    s.welcoming = False
+    with pytest.raises(AssertionError):
+        s.recv(timeout=1.5)  # nothing under this term yet...
+    assert "hello" in s.seen and "heartbeat" in s.seen and "log" not in s.seen  # ...and no output
+    s.welcoming = True
+    s.recv("hello", timeout=3)  # under this term, once welcomed
+    chunk = s.recv("log", timeout=3)
+    assert base64.b64decode(chunk["data"]).startswith(b"first line\n") and chunk["skipped"] == 0
 
 
 def test_no_secret_is_an_error() -> None:

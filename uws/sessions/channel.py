@@ -1,8 +1,13 @@
-"""The server end of the ZeroMQ channel to session helpers (see protocol.py)."""
+"""The server end of the ZeroMQ channel to session helpers (see protocol.py).
+
+The socket is bound only while this server leads: bind() starts a term (a new epoch, nothing
+remembered of any helper), close() ends it, and the same object may bind again later.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import grp
 import logging
 import os
@@ -42,6 +47,32 @@ def default_url(data_dir: str) -> str:
     return "ipc://" + os.path.join(data_dir.rstrip("/") + "-channel", "sessions.sock")
 
 
+def check_peers(url: str, peers: list[str]) -> list[str]:
+    """The endpoints helpers are given besides (or instead of) url, checked: one scheme for
+    all, since a helper speaks CURVE to every endpoint or to none."""
+    scheme = url.split("://", 1)[0]
+    seen: list[str] = []
+    for peer in peers:
+        if not (peer.startswith(("ipc://", "tcp://")) and len(peer) > len("ipc://")):
+            raise ChannelError(f"session_channel_peers: {peer!r} is not ipc://<path> or tcp://<host>:<port>")
+        if peer.split("://", 1)[0] != scheme:
+            raise ChannelError(
+                f"session_channel_peers: {peer!r} and session_channel_url {url!r} must both be"
+                " tcp:// or both ipc://"
+            )
+        if "*" in peer:
+            raise ChannelError(f"session_channel_peers: {peer!r} names no host a helper can connect to")
+        if peer not in seen:
+            seen.append(peer)
+    if seen and url not in seen and "*" not in url:
+        log.warning(
+            "session_channel_peers does not list session_channel_url (%s): helpers reach this"
+            " server only if one of the peers listed leads to it",
+            url,
+        )
+    return seen
+
+
 def group_id(name: str) -> int:
     """The gid of the group allowed to reach the ipc socket; the server's own group when empty."""
     if not name:
@@ -52,11 +83,12 @@ def group_id(name: str) -> int:
         raise ChannelError(f"session_group {name!r} is not a group on this machine") from None
 
 
-def prepare_socket_dir(socket_path: str, gid: int) -> None:
+def prepare_socket_dir(socket_path: str, gid: int, clear: bool = True) -> None:
     """Make the ipc socket's directory reachable by the server and group gid only.
 
     The directory must be the socket's own (it is made if missing): its mode and group are
-    set here, so a shared directory such as /tmp must never be given."""
+    set here, so a shared directory such as /tmp must never be given. `clear`: remove a socket
+    left there (only when binding: a standby sharing the directory must not take the leader's)."""
     directory = os.path.dirname(os.path.abspath(socket_path))
     name = os.path.basename(socket_path)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
@@ -93,7 +125,8 @@ def prepare_socket_dir(socket_path: str, gid: int) -> None:
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise ChannelError(f"{path} exists and is not a socket")
-        os.unlink(path)  # left by a previous run; helpers reconnect to the new socket
+        if clear:
+            os.unlink(path)  # left by a previous run; helpers reconnect to the new socket
 
 
 def load_curve_keys(path: str) -> tuple[bytes, bytes]:
@@ -143,6 +176,11 @@ class SessionChannel:
         self.dropped = 0
         self._dropped_since_warning = 0
         self._last_drop_warning = float("-inf")
+        # Messages that verified but were signed under another term: answered with "welcome".
+        self.challenged = 0
+        # This term's: its epoch, and what it knows of the helpers (forgotten by close()).
+        self.epoch = ""
+        self._term_started = 0.0
         self.guard = protocol.ReplayGuard()
         # job id -> routing identity of the last peer whose message for that job verified
         self.peers: dict[int, bytes] = {}
@@ -159,7 +197,7 @@ class SessionChannel:
             raise ChannelError("an abstract ipc:// socket (ipc://@...) has no access control; give a path")
         self._gid = group_id(group)
         if self.ipc_path is not None:
-            prepare_socket_dir(self.ipc_path, self._gid)
+            prepare_socket_dir(self.ipc_path, self._gid, clear=False)
         if self.is_tcp:
             if not key_file:
                 raise ChannelError("a tcp:// session channel needs a key file")
@@ -178,33 +216,70 @@ class SessionChannel:
     def ipc_path(self) -> str | None:
         return self.url[len("ipc://") :] if self.url.startswith("ipc://") else None
 
+    @property
+    def bound(self) -> bool:
+        return self.socket is not None
+
     def bind(self) -> None:
-        """Bind the ROUTER socket; call from the running event loop."""
-        self.socket = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.LINGER, 0)
+        """Bind the ROUTER socket and start a term; call from the running event loop. Raises
+        zmq.ZMQError (EADDRINUSE) when a tcp:// port is still held (by this process's previous
+        term a moment ago, or by another server)."""
+        if self.socket is not None:
+            return
+        if self.ipc_path is not None:
+            prepare_socket_dir(self.ipc_path, self._gid)
+        socket = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
+        try:
+            self._configure(socket)
+            socket.bind(self.url)
+        except BaseException:
+            socket.close(0)
+            raise
+        self.socket = socket
+        if self.ipc_path is not None:
+            os.chown(self.ipc_path, -1, self._gid)
+            os.chmod(self.ipc_path, SOCKET_MODE)
+        self._forget_term()
+        # A new epoch: what any helper signed before this moment (captured, say, and replayed
+        # now) is refused, whatever this process or another remembered of it.
+        self.epoch = protocol.new_epoch()
+        self._term_started = time.time()
+        self._closed = False
+        self._start_receiving()
+
+    async def bind_when_free(self, timeout: float = 5.0) -> None:
+        """bind(), retried while the address is in use: a tcp:// port this process let go of
+        a moment ago is freed by ZeroMQ's I/O thread shortly after close()."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.bind()
+                return
+            except zmq.ZMQError as e:
+                if e.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.05)
+
+    def _configure(self, socket: Any) -> None:
+        socket.setsockopt(zmq.LINGER, 0)
         # A helper that reconnects (its old connection not yet noticed as gone) takes its
         # identity back. Nobody else can take it: the identity holds 128 random bits that only
         # travel inside the helper's connection (encrypted on tcp://), and sends go only to the
         # identity whose messages verified.
-        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         for opt, value in (("HEARTBEAT_IVL", 5000), ("HEARTBEAT_TIMEOUT", 15000)):
             if hasattr(zmq, opt):  # notice vanished tcp peers, so their queues are freed
-                self.socket.setsockopt(getattr(zmq, opt), value)
+                socket.setsockopt(getattr(zmq, opt), value)
         if self.is_tcp:
             # Tokens and stop requests cross the cluster network: encrypt them. Any client key
             # is let in; what a helper may say is decided by its job's HMAC secret.
-            self.socket.setsockopt(zmq.CURVE_SERVER, 1)
-            self.socket.setsockopt(zmq.CURVE_SECRETKEY, self._secret_key)
-        self.socket.bind(self.url)
-        if self.ipc_path is not None:
-            os.chown(self.ipc_path, -1, self._gid)
-            os.chmod(self.ipc_path, SOCKET_MODE)
-        self._start_receiving()
+            socket.setsockopt(zmq.CURVE_SERVER, 1)
+            socket.setsockopt(zmq.CURVE_SECRETKEY, self._secret_key)
 
     # ---- receiving ---------------------------------------------------------------------------
     def _start_receiving(self) -> None:
-        if self._closed or self.socket is None:
+        if self._closed or self.socket is None or (self._task is not None and not self._task.done()):
             return
         self._task = asyncio.ensure_future(self._receive_loop())
         self._task.add_done_callback(self._receiver_ended)
@@ -245,17 +320,25 @@ class SessionChannel:
         job_id = protocol.job_id_from_identity(ident)
         secret = await self.secret_for(job_id) if job_id is not None else None
         message = protocol.decode(secret, body) if secret else None
-        if (
-            job_id is None
-            or secret is None
-            or message is None
-            or message.get("job_id") != job_id
-            or not self.guard.accept(job_id, message)
-        ):
+        if job_id is None or secret is None or message is None or message.get("job_id") != job_id:
+            self._drop(ident)
+            return
+        # Helpers that know of terms put "epoch" in every message (older ones never do).
+        knows_terms = "epoch" in message
+        if knows_terms and message["epoch"] != self.epoch:
+            # Signed by the job's helper, but not under this term: a helper that has not heard
+            # of it yet, or a message captured before and replayed. Only a fresh one is taken:
+            # the sender is asked for it, and nothing else happens.
+            self.challenged += 1
+            await self._welcome(ident, job_id, secret, message)
+            return
+        if not self.guard.accept(job_id, message):
             self._drop(ident)
             return
         # Only now does this peer become the one the server talks to about the job.
         self.peers[job_id] = ident
+        if knows_terms and message.get("type") == "hello":
+            await self._welcome(ident, job_id, secret, message)  # it knows it has been heard
         for waiting_secret, waiting in self.pending.pop(job_id, []):
             await self.send(job_id, waiting_secret, waiting)
         if message.get("type") == "exited":
@@ -281,6 +364,31 @@ class SessionChannel:
         self._dropped_since_warning = 0
 
     # ---- sending -----------------------------------------------------------------------------
+    def _stamp(self, job_id: int, message: dict[str, Any]) -> dict[str, Any]:
+        """The message as this term sends it: its seq, its epoch, and this term as the sender
+        (a helper's guard takes a new sender only if it started no earlier than the last)."""
+        self._seq += 1
+        return {
+            **message,
+            "job_id": job_id,
+            "seq": self._seq,
+            "epoch": self.epoch,
+            "sender": f"{protocol.SENDER}.{self.epoch[:8]}",
+            "started": self._term_started,
+        }
+
+    async def _welcome(self, ident: bytes, job_id: int, secret: str, message: dict[str, Any]) -> None:
+        """This term's epoch, to the identity `message` came from, echoing its nonce: only the
+        helper that chose that nonce takes it (see "Terms" in protocol.py)."""
+        nonce = message.get("nonce")
+        if self.socket is None or not isinstance(nonce, str):
+            return
+        welcome = self._stamp(job_id, {"type": "welcome", "nonce": nonce[:64]})
+        try:
+            await self.socket.send_multipart([ident, *protocol.encode(secret, welcome)])
+        except zmq.ZMQError:
+            log.debug("Job %s: welcome not delivered", job_id)
+
     async def send(self, job_id: int, secret: str, message: dict[str, Any]) -> bool:
         """Send to the job's helper. A helper not heard from yet gets the message (the last
         few) when its first verified message arrives; then the answer is False."""
@@ -293,8 +401,7 @@ class SessionChannel:
             del waiting[:-PENDING_PER_JOB]
             log.debug("Job %s helper not heard from yet; %s sent when it is", job_id, message.get("type"))
             return False
-        self._seq += 1
-        message = {**message, "job_id": job_id, "seq": self._seq}
+        message = self._stamp(job_id, message)
         try:
             await self.socket.send_multipart([peer, *protocol.encode(secret, message)])
         except zmq.ZMQError:
@@ -308,9 +415,19 @@ class SessionChannel:
         self.peers.pop(job_id, None)
         self.pending.pop(job_id, None)
 
+    def _forget_term(self) -> None:
+        self.guard = protocol.ReplayGuard()
+        self.peers.clear()
+        self.pending.clear()
+
     def close(self) -> None:
+        """Unbind and end the term: another server (or this one, later) may bind next."""
         self._closed = True
         if self._task:
             self._task.cancel()
+            self._task = None
         if self.socket is not None:
             self.socket.close(0)
+            self.socket = None
+        self._forget_term()
+        self.epoch = ""

@@ -1,6 +1,6 @@
 """uws-session-helper: the small process that runs one interactive session for the server.
 
-    python -m uws.session_helper --job-dir DIR --endpoint ENDPOINT
+    python -m uws.session_helper --job-dir DIR --endpoint ENDPOINT [--endpoint ENDPOINT ...]
         (standard input: the job secret on the first line, the session token on the second)
 
 It reads <DIR>/job.json, starts the app in its own session (process group), waits for it to
@@ -43,6 +43,7 @@ from uws.sessions.helper_node import LOOPBACK, NodeAddressError, listen_host
 from uws.sessions.helper_output import OutputForwarder
 
 IDLE_POLL = 0.2  # seconds: the loop's longest sleep
+HELLO_RETRY = 0.002  # seconds between tries of a due "hello" on a connection just made
 ENDING_POLL = 0.05  # seconds: while waiting for the tree to end
 EXITED_RESEND = 0.5  # seconds between re-sends of "exited"
 
@@ -66,7 +67,7 @@ class Helper:
     server_key = ""  # the server's CURVE public key (Z85) on a tcp:// channel
 
     def __init__(
-        self, job_dir: str, endpoint: str, secret: str, job: dict[str, Any], token: str = ""
+        self, job_dir: str, endpoint: str | list[str], secret: str, job: dict[str, Any], token: str = ""
     ) -> None:
         self.job_dir = job_dir
         self.secret = secret
@@ -101,6 +102,13 @@ class Helper:
         self.last_heard = time.monotonic()
         self.signalled: int | None = None
         self.subreaper = False
+        # Said on every connection, and under every new term (see "Terms" in protocol.py);
+        # retried until a connected server takes it.
+        self.hello_due = True
+        # What waits for the server to welcome this helper: the latest progress message, and
+        # the rest of the output once the app has ended (sent before "exited").
+        self.held_progress: str | None = None
+        self.flush_due = False
 
     # -- numbers from job.json ----------------------------------------------------------------
 
@@ -146,10 +154,45 @@ class Helper:
         return self.send(mtype, state=self.state())
 
     def send_log(self, data: str, skipped: int) -> bool:
+        # Output waits (the forwarder keeps its place) until the server has welcomed this
+        # helper: a server that has not would drop it.
+        if not self.link.confirmed:
+            return False
         self.seq += 1
         return self.link.send(
             {"type": "log", "job_id": self.job_id, "seq": self.seq, "data": data, "skipped": skipped}
         )
+
+    def send_progress(self, text: str) -> None:
+        if self.link.confirmed:
+            self.send("progress", message=text)
+        else:
+            self.held_progress = text
+
+    def say_hello(self) -> None:
+        """Send "hello" now if a server is connected; otherwise it stays due."""
+        if not self.link.connected:
+            return
+        self.seq += 1
+        sent = self.link.send(
+            {"type": "hello", "job_id": self.job_id, "seq": self.seq, "state": self.state()}
+        )
+        self.hello_due = not sent
+
+    def welcomed(self, epoch_changed: bool) -> None:
+        """The server has heard this helper under its term: what waited for that goes now."""
+        if self.flush_due and self.output is not None:
+            # First: the server records the end on "hello" or "exited", and no output after it.
+            self.flush_due = False
+            self.output.flush(self.send_log)
+        if epoch_changed:
+            self.hello_due = True  # the server takes only what is said under its term
+            self.say_hello()
+        if self.held_progress is not None and self.phase == "starting":
+            self.send("progress", message=self.held_progress)
+        self.held_progress = None
+        if self.phase == "exited" and not self.acked:
+            self.resend_exited()
 
     def handle(self, message: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -157,12 +200,14 @@ class Helper:
         self.last_heard = now
         mtype = message["type"]
         if (
-            mtype != "report"
+            mtype not in ("report", "welcome")
             and self.phase != "exited"
             and silent_for > max(3 * self.num("heartbeat_seconds"), 10.0)
         ):
             self.send_state("hello")  # the server may have restarted: tell it everything
-        if mtype == "ack":
+        if mtype == "welcome":
+            self.welcomed(bool(message.get("epoch_changed")))
+        elif mtype == "ack":
             ack_seq = message.get("ack_seq")
             if self.exited_seqs and isinstance(ack_seq, int) and ack_seq >= self.exited_seqs[0]:
                 self.acked = True
@@ -234,8 +279,12 @@ class Helper:
         code = proc.returncode if proc is not None else None
         reason = self.app.ending_reason or ("completed" if code == 0 else "failed")
         if self.output is not None:
-            # Before "exited": the server has the whole output when it records the end.
-            self.output.flush(self.send_log)
+            # Before "exited": the server has the whole output when it records the end. A server
+            # that has not welcomed this helper yet gets it when it does (welcomed()).
+            if self.link.confirmed:
+                self.output.flush(self.send_log)
+            else:
+                self.flush_due = True
         self.exit = {
             "exit_code": code,
             "reason": reason,
@@ -322,13 +371,15 @@ class Helper:
                 self.send_state("ready")
             elif time.monotonic() >= self.readiness_deadline:
                 log(f"job {self.job_id}: the app did not answer HTTP in time")
-                self.send("progress", message="Webserver did not become ready in time.")
+                self.send_progress("Webserver did not become ready in time.")
                 self.app.begin_end("launch_failed", self.num("grace_seconds"))
             else:
                 self.next_probe = time.monotonic() + self.probe_delay
                 self.probe_delay = min(0.25, self.probe_delay * 1.5)
 
     def wait_time(self, now: float) -> float:
+        if self.hello_due and self.link.connected:
+            return HELLO_RETRY  # the connection is up, its pipe is attached a moment later
         if self.phase == "exited":
             due = min(self.next_resend, self.linger_until)
         elif self.app.ending_reason is not None:
@@ -357,17 +408,22 @@ class Helper:
                 self.app.kill()
             raise
 
+    def on_connect(self) -> None:
+        self.hello_due = True
+
     def loop(self) -> int:
         launched = self.launch()
-        self.send_state("hello")
+        self.say_hello()
         if not launched:
             self.finish()
         elif self.phase == "starting":
-            self.send("progress", message="Webserver not ready.")
+            self.send_progress("Webserver not ready.")
         while True:
             from_monitor, from_server = self.link.wait(self.wait_time(time.monotonic()))
             if from_monitor:
-                self.link.read_monitor(lambda: self.send_state("hello"))
+                self.link.read_monitor(self.on_connect)
+            if self.hello_due:
+                self.say_hello()
             if from_server:
                 self.link.receive(self.handle)
             if self.tick(time.monotonic()):
@@ -405,7 +461,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "The job secret is read from the first line of standard input, the session token from the second.",
     )
     parser.add_argument("--job-dir", required=True, help="directory holding job.json")
-    parser.add_argument("--endpoint", required=True, help="the server's ZeroMQ endpoint (ipc:// or tcp://)")
+    parser.add_argument(
+        "--endpoint",
+        required=True,
+        action="append",
+        help="a server's ZeroMQ endpoint (ipc:// or tcp://); repeated for every server that may lead",
+    )
     parser.add_argument("--server-key", default="", help="the server's CURVE public key (Z85), for tcp://")
     return parser.parse_args(argv)
 
@@ -421,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         log(f"cannot read job.json in {args.job_dir}: {e}")
         return 2
-    log(f"job {job['job_id']}: helper pid {os.getpid()}, endpoint {args.endpoint}")
+    log(f"job {job['job_id']}: helper pid {os.getpid()}, endpoints {' '.join(args.endpoint)}")
     try:
         helper = Helper(os.path.abspath(args.job_dir), args.endpoint, secret, job, token)
         helper.server_key = args.server_key

@@ -1,10 +1,13 @@
 """The wire protocol between the server and each per-session helper (`uws-session-helper`).
 
 Transport: ZeroMQ. The server binds a ROUTER socket (UWSApp.session_channel_url: an ipc:// path
-by default, tcp:// for helpers on other hosts). Each helper connects a DEALER socket whose
-routing identity is b"job-<job id>.<32 random hex digits>", new for every helper process. ZeroMQ
-reconnects by itself, so a helper whose server went away keeps running and its next message
-reaches the restarted server.
+by default, tcp:// for helpers on other hosts) while it leads (high availability: only the
+leading server binds). Each helper connects a DEALER socket whose routing identity is
+b"job-<job id>.<32 random hex digits>", new for every helper process, to every endpoint it is
+given (UWSApp.session_channel_peers, else session_channel_url alone), with ZMQ_IMMEDIATE: a
+message goes only to a server that is there, never into the queue of one that is not. ZeroMQ
+reconnects by itself, so a helper whose server went away keeps running, and says "hello" to
+whichever server binds next as soon as that connection is made.
 
 The identity only names the job whose secret checks the message: anyone who can connect may
 claim any identity. The server sends a job's messages to the identity of the last peer whose
@@ -25,10 +28,28 @@ Payload fields, always: "type", "job_id" (int), "seq" (int, increasing per sende
 (float, UNIX seconds), "sender" (random, one per process) and "started" (when that process
 started). A receiver takes each sender's messages only in increasing seq, and a new sender
 only if it started no earlier than the one before; messages older than MAX_AGE_SECONDS are
-dropped. So a captured message (say, "stop") cannot be replayed.
+dropped. So a captured message (say, "stop") cannot be replayed to the process that took it.
+
+Terms (replay protection across a restart or a handover to another server): each time a server
+binds, it starts a term with a random "epoch". The receivers' memory of seqs is lost with the
+process that held it, so freshness is proven instead of remembered:
+  - every server message carries "epoch"; every helper message carries "epoch" (the term that
+    last welcomed the helper, "" before any) and "nonce" (random, new at each connection);
+  - the server handles a helper message only when its epoch is the current term's. Any other
+    (a helper that has not heard of this term yet, or a message captured in an earlier one) is
+    answered with "welcome" {"epoch", "nonce": the message's nonce} to the identity it came
+    from, and dropped;
+  - the helper takes a "welcome" only when it echoes its current nonce, and then adopts the
+    epoch (a new one: it sends "hello" under it); other server messages count only when they
+    carry the epoch it adopted. Every "hello" the server takes is answered with "welcome" too,
+    so after each (re)connection the helper knows the server has heard it.
+A message captured before a handover carries an old epoch (or an old nonce): the new server, or
+the helper, refuses it, whatever the clocks say. Helpers without "epoch" in their messages
+(started by a server of an earlier version) are taken as before, with the in-memory guard.
 
 Helper -> server ("type"):
-  "hello"      {"state": STATE}            on start and after every (re)connection
+  "hello"      {"state": STATE}            on start, after every (re)connection, and under a new
+                                           term once welcomed to it
   "progress"   {"message": str}            human-readable progress
   "ready"      {"state": STATE}            the app answers HTTP; STATE["ready"] is set
   "heartbeat"  {"state": STATE, "metrics": METRICS}   every heartbeat_seconds
@@ -48,6 +69,8 @@ Server -> helper:
   "report"     {}                          send "hello" again now
   "extend"     {"time_limit_seconds": int} the session's new time limit (from its start);
                                            repeated while heartbeats report another one
+  "welcome"    {"epoch": str, "nonce": str} the server's term, for the helper whose nonce it
+                                           echoes (see Terms above)
 
 STATE = {"phase": "starting" | "running" | "ready" | "exited",
          "helper_pid": int, "app_pid": int | null, "started_at": float,
@@ -98,6 +121,11 @@ LOG_INTERVAL_SECONDS = 0.25
 LOG_BACKLOG_BYTES = 256 * 1024
 SENDER = secrets.token_hex(8)
 STARTED = time.time()
+
+
+def new_epoch() -> str:
+    """A server term's epoch, or a helper's connection nonce: random, never reused."""
+    return secrets.token_hex(16)
 
 
 _IDENTITY_RE = re.compile(rb"job-([0-9]{1,18})(?:\.[0-9a-f]{32})?")
