@@ -21,7 +21,7 @@ import zmq.asyncio
 from traitlets import TraitError
 
 from uws.sessions import protocol
-from uws.sessions.channel import ChannelError, SessionChannel, prepare_socket_dir
+from uws.sessions.channel import ChannelError, SessionChannel, check_peers, prepare_socket_dir
 from uws.spawners.base import Spawner
 
 from helpers.api import create, get_job, login, start, unique_name, wait_for, wait_status, ws_dir
@@ -262,6 +262,35 @@ def test_helper_command_is_isolated() -> None:
             Spawner(1, None, "/w", "ipc:///x", helper_pythonpath=bad)  # type: ignore[arg-type]
 
 
+def test_helpers_are_given_every_peer_endpoint() -> None:
+    """With session_channel_peers the helper gets each endpoint (and the key, still one
+    argument with '=': a Z85 key may begin with '-'); without, the channel's own URL."""
+    spawner = Spawner(1, None, "/w", "tcp://*:7000")  # type: ignore[arg-type]
+    spawner.channel_server_key = "-" + "k" * 39
+    spawner.channel_peers = ("tcp://a:7000", "tcp://b:7000")
+    command = spawner.helper_command()
+    assert command[-5:] == [
+        "--endpoint",
+        "tcp://a:7000",
+        "--endpoint",
+        "tcp://b:7000",
+        "--server-key=-" + "k" * 39,
+    ]
+    assert command.count("--endpoint") == 2
+    assert check_peers("tcp://*:7000", ["tcp://a:7000", "tcp://b:7000", "tcp://a:7000"]) == [
+        "tcp://a:7000",
+        "tcp://b:7000",
+    ]
+    for url, peers, why in (
+        ("tcp://a:1", ["ipc:///x/s.sock"], "be tcp:// or both ipc://"),
+        ("ipc:///x/s.sock", ["tcp://a:1"], "be tcp:// or both ipc://"),
+        ("tcp://*:1", ["tcp://*:1"], "names no host"),
+        ("tcp://a:1", ["http://a:1"], "is not ipc://"),
+    ):
+        with pytest.raises(ChannelError, match=why):
+            check_peers(url, peers)
+
+
 # ---- a real server ---------------------------------------------------------------------------
 
 
@@ -423,3 +452,63 @@ def test_account_outside_the_session_group_gets_a_clear_refusal(cserver: Server)
     r = c.put(f"/workspaces/{w['id']}/start/", {"job_type": "local_test_job", "job_details": {}})
     assert r.status_code == 500 and r.json()["success"] is False
     assert "not a member of the server's session group" in r.json()["message"]
+
+
+def test_helper_follows_the_leader_across_its_endpoints(tmp_path: Any) -> None:
+    """A real helper given two endpoints, only one bound, reaches that one; when its server
+    goes and another binds the other endpoint, the helper says hello to it within a second or
+    two (not at its next heartbeat), under the new term, and obeys its stop."""
+    import json
+    import subprocess
+    import sys
+
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    job = {
+        "job_id": JOB,
+        "command": [sys.executable, "-c", "import time; time.sleep(60)"],
+        "cwd": str(job_dir),
+        "heartbeat_seconds": 30,  # no heartbeat gets there first
+    }
+    (job_dir / "job.json").write_text(json.dumps(job))
+    short = os.path.join("/tmp", f"uwsf-{os.getpid()}-{time.monotonic_ns() % 10**8}")
+    second = f"ipc://{short}-b/ch.sock"
+
+    async def body(channel: SessionChannel, recorder: Recorder, url: str) -> None:
+        helper = subprocess.Popen(
+            [sys.executable, "-m", "uws.session_helper", "--job-dir", str(job_dir)]
+            + ["--endpoint", url, "--endpoint", second],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,  # this checkout's uws
+        )
+        other = Recorder()
+        successor = SessionChannel(second, other.secret_for, other.handler, key_file=str(tmp_path / "k"))
+        try:
+            assert helper.stdin is not None
+            helper.stdin.write(SECRET.encode() + b"\n")
+            helper.stdin.close()
+            hello = await eventually(lambda: [m for m in recorder.messages if m["type"] == "hello"])
+            assert hello[0]["epoch"] == channel.epoch
+            channel.close()
+            await asyncio.sleep(1.5)  # the helper retries the first endpoint meanwhile
+            successor.bind()
+            t0 = time.monotonic()
+            await eventually(lambda: any(m["type"] == "hello" for m in other.messages), timeout=5)
+            assert time.monotonic() - t0 < 2.5
+            assert other.messages[0]["epoch"] == successor.epoch
+            assert other.messages[0]["state"]["app_pid"] == hello[0]["state"]["app_pid"]
+            assert await successor.send(JOB, SECRET, {"type": "stop", "grace_seconds": 1})
+            await eventually(lambda: any(m["type"] == "exited" for m in other.messages))
+        finally:
+            helper.kill()
+            helper.wait()
+            successor.close()
+            for path in (short + "-b",):
+                for name in os.listdir(path) if os.path.isdir(path) else []:
+                    os.unlink(os.path.join(path, name))
+                if os.path.isdir(path):
+                    os.rmdir(path)
+
+    with_channel(tmp_path, body)

@@ -158,6 +158,7 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         from . import models
         from .keys import SessionTokens, secure_data_dir
         from .passthrough import ProxyService
+        from .sessions.channel import check_peers
         from .sessions.channel import default_url as default_channel_url
         from .sessions.culler import IdleCuller
         from .sessions.ending import EndingWarnings
@@ -173,7 +174,8 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
             inside.append(self.session_channel_url[len("ipc://") :])
         secure_data_dir(self.data_dir, inside, self.spawner_class not in ("local", "LocalProcessSpawner"))
         self.session_tokens = models.session_tokens = SessionTokens.load(self.data_dir)
-        self.spawner_factory = SpawnerFactory(self, self.spawner_class, self.session_channel_url)
+        peers = tuple(check_peers(self.session_channel_url, self.session_channel_peers))
+        self.spawner_factory = SpawnerFactory(self, self.spawner_class, self.session_channel_url, peers)
         parts = JobParts(
             db=self.db,
             events=self.events,

@@ -217,7 +217,23 @@ class UWSAppOptions(HasTraits):
         be in it. Use tcp://<address>:<port> when sessions run on other hosts (Slurm); the
         connection is then encrypted with CURVE (the server's key pair is kept in
         <data_dir>/session_channel.key). It must stay the same across restarts so running
-        sessions reconnect.""",
+        sessions reconnect. With several servers (high availability) only the leading one binds
+        it; see session_channel_peers.""",
+    )
+    session_channel_peers = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""Every session channel endpoint a session helper connects to: one per server that
+        may lead, this one's included (e.g. ["tcp://uws1.example.org:7000",
+        "tcp://uws2.example.org:7000"], with each server's session_channel_url binding its own,
+        or "tcp://*:7000"). A helper connects to all of them, sends only to the one that is up
+        (the leader), and says "hello" to a new leader as soon as it binds, so a standby that
+        takes over re-attaches every running session within a second or two, without
+        restarting any. All must be tcp:// (sharing <data_dir>/session_channel.key), or all
+        ipc://. Empty (the default): helpers connect to session_channel_url alone, which is
+        enough when both servers share one machine's ipc:// socket path, or one name that
+        follows the leader.""",
     )
     session_group = Unicode(
         "",

@@ -119,7 +119,7 @@ def where_sessions_run(app: UWSApp, found: Findings) -> Place | None:
     except ChannelError as e:
         found.problems.append(str(e))
         return None
-    factory = SpawnerFactory(app, app.spawner_class, channel_url)
+    factory = SpawnerFactory(app, app.spawner_class, channel_url, tuple(app.session_channel_peers))
     return Place(root_dir, channel_url, gid, os.path.realpath(app.data_dir), factory)
 
 

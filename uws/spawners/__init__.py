@@ -19,11 +19,14 @@ class SpawnerFactory:
     """Makes the spawner of one job: the configured class (UWSApp.spawner_class), or the class a
     job recorded when it started, so a restarted server re-attaches with the same one."""
 
-    def __init__(self, parent: Configurable, choice: str, channel_url: str) -> None:
+    def __init__(
+        self, parent: Configurable, choice: str, channel_url: str, channel_peers: tuple[str, ...] = ()
+    ) -> None:
         # Spawners are configured (c.Spawner.*, c.SudoSpawner.*) through their parent's config.
         self.parent = parent
         self.choice = choice
         self.channel_url = channel_url
+        self.channel_peers = channel_peers
         # Set once the session channel is bound (its key and socket group go to every helper).
         self.channel: SessionChannel | None = None
 
@@ -37,6 +40,7 @@ class SpawnerFactory:
     def make(self, job_id: int, account: Account, workspace_dir: str, name: str | None = None) -> Spawner:
         cls = self.spawner_class(account, name)
         spawner: Spawner = cls(job_id, account, workspace_dir, self.channel_url, parent=self.parent)
+        spawner.channel_peers = self.channel_peers
         if self.channel is not None:
             spawner.channel_server_key = self.channel.public_key.decode()
             spawner.channel_gid = self.channel.socket_gid

@@ -73,6 +73,8 @@ class Spawner(LoggingConfigurable):
     watches_start = False
     # The server's CURVE public key (Z85) for a tcp:// session channel; set by the app.
     channel_server_key = ""
+    # Every endpoint the helper connects to (UWSApp.session_channel_peers); empty: channel_url.
+    channel_peers: tuple[str, ...] = ()
     # The group that may reach an ipc:// session channel (None for tcp://); set by the app.
     channel_gid: int | None = None
 
@@ -186,14 +188,9 @@ class Spawner(LoggingConfigurable):
     def helper_command(self) -> list[str]:
         # One argument: a Z85 key may begin with "-", which argparse would take for an option.
         key = [f"--server-key={self.channel_server_key}"] if self.channel_server_key else []
-        return [
-            *self.helper_invocation(),
-            "--job-dir",
-            self.job_dir,
-            "--endpoint",
-            self.channel_url,
-            *key,
-        ]
+        # Every server that may lead: the helper reaches whichever binds (see protocol.py).
+        endpoints = [arg for url in self.channel_peers or (self.channel_url,) for arg in ("--endpoint", url)]
+        return [*self.helper_invocation(), "--job-dir", self.job_dir, *endpoints, *key]
 
     def check_channel_access(self) -> None:
         """Refuse to start a helper that could not reach the ipc:// session channel (its
