@@ -384,7 +384,7 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         """The leader's work stopped, on losing the lead or at shutdown; start_leading may follow."""
         self.ending_warnings.close()
         self.culler.close()
-        self.jobs.end()
+        await self.jobs.end()
 
     async def shut_down(self) -> None:
         """Undoes serve's steps: no new connections, the leader's work stopped and the lead

@@ -166,6 +166,9 @@ class FakeProxy:
     def forget(self, job_id: int) -> None:
         self.forgotten.add(job_id)
 
+    def forget_cache(self) -> None:
+        self.forgotten.add(0)
+
 
 class FakeApp:
     main_resource_key = "main_resource"

@@ -252,7 +252,7 @@ class Launcher:
             self.start_watches.watch(job_id, record, spawner)
         if status != JobStatus.PENDING:
             # Stopped while it was being submitted: cancel it now that it exists.
-            asyncio.ensure_future(jobs._terminate(job_id))
+            jobs.background(jobs._terminate(job_id))
         return model
 
     async def _create_job(self, req: StartRequest, secret: str, label: str) -> int:

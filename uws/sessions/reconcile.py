@@ -26,9 +26,6 @@ class Reconciler(JobServiceBase):
     """A part of JobService: it uses the service's database, channel, live records and
     transitions (_finish, _update, apply_exit, _spawner, _terminate)."""
 
-    # The second pass after a start-up one (reconcile(startup=True)), until it runs.
-    _startup_check: asyncio.TimerHandle | None = None
-
     async def _reconcile_loop(self) -> None:
         await every(lambda: self.reconcile_seconds, self.reconcile, "Reconciliation", log)
 
@@ -49,7 +46,7 @@ class Reconciler(JobServiceBase):
             spawner = record.spawner if record is not None else None
             await self._finish(job_id, JobStatus.FAILED, "Lost contact with the job on the resource.")
             if spawner is not None:  # so it cannot run on unowned, should it come back
-                asyncio.ensure_future(self._cancel_quietly(job_id, spawner))
+                self.background(self._cancel_quietly(job_id, spawner))
             return
         await self._update(
             job_id, message=f"The resource is not answering; the session keeps its status. ({error})"
@@ -90,7 +87,7 @@ class Reconciler(JobServiceBase):
                     spawner = await self._spawner(job_id)
                     await self._finish(job_id, JobStatus.FAILED, LAUNCH_INTERRUPTED)
                     if spawner is not None:
-                        asyncio.ensure_future(self._stop_unrecorded(job_id, spawner))
+                        self.background(self._stop_unrecorded(job_id, spawner))
                 continue
             if startup:
                 secret = await self.secret_for(job_id)
@@ -98,7 +95,7 @@ class Reconciler(JobServiceBase):
                     await self.channel.send(job_id, secret, {"type": "report"})
                     if status == JobStatus.STOPPING:
                         record.stop_requested = True
-                        asyncio.ensure_future(self._terminate(job_id))
+                        self.background(self._terminate(job_id))
                 continue
             # Pending jobs (waiting in a queue, no helper yet) are checked every pass, so the
             # queue's reason reaches the user, and so are those of resources that answer for all
@@ -137,12 +134,8 @@ class Reconciler(JobServiceBase):
                     await self.channel.send(job_id, secret, {"type": "report"})
         if startup:
             # Give reconnecting helpers a moment, then check the silent ones for evidence.
-            self._startup_check = asyncio.get_running_loop().call_later(
-                self.heartbeat_seconds * 3 + 1, lambda: asyncio.ensure_future(self.reconcile())
-            )
+            self.background(self._reconcile_after(self.heartbeat_seconds * 3 + 1))
 
-    def cancel_startup_check(self) -> None:
-        """The leader steps down: no pass of its may run once it is a standby."""
-        if self._startup_check is not None:
-            self._startup_check.cancel()
-            self._startup_check = None
+    async def _reconcile_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.reconcile()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -94,27 +95,54 @@ class JobService(HelperMessages, Reconciler, Stopping, Extending, LoggingConfigu
         # Everything held about an active job, in one record per job: removed when it ends.
         self.live = LiveSessions()
         self.launcher = Launcher(self, parts, settings)
-        self._reconcile_task: asyncio.Task[None] | None = None
+        # The work this server does for sessions because it leads (reconciliation, stops under
+        # way, ...): ended by end(), so a server that stands by acts on no session.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.leading = False
 
     # ---- life cycle --------------------------------------------------------------------------
     async def begin(self) -> None:
-        self.channel.bind()
+        """Start leading: bind the session channel (a new term: helpers say "hello" to it as
+        their connections come up) and re-attach every active session from the database
+        (reconcile.py), then reconcile periodically. May follow end(), any number of times
+        (the caller runs one of begin() and end() at a time)."""
+        await self.channel.bind_when_free()
+        self.leading = True
         self.logs.begin()
         await self.reconcile(startup=True)
-        self._reconcile_task = asyncio.ensure_future(self._reconcile_loop())
+        if not self.leading:  # end() came while the sessions were being re-attached
+            self._cancel_tasks()
+            return
+        self.background(self._reconcile_loop())
 
-    def end(self) -> None:
-        """Undo begin(): the leader's part stops when this server steps down (uws.leadership),
-        or at shutdown; begin() may follow."""
-        if self._reconcile_task:
-            self._reconcile_task.cancel()
-            self._reconcile_task = None
-        self.cancel_startup_check()
-        self.launcher.start_watches.close()
+    async def end(self) -> None:
+        """Stop leading, so that another server can: unbind the channel, stop reconciling,
+        stopping and watching sessions, and sweeping logs, and forget what this process held
+        about each session (the next leader, maybe this one again, rebuilds it from the
+        database). Sessions themselves go on: their helpers wait for the next leader."""
+        self.leading = False
+        tasks = self._cancel_tasks()
         self.channel.close()
         self.logs.close()
+        for record in self.live:
+            if not record.launching:  # a start under way holds its record; it ends soon
+                self.live.forget(record.job_id)
+        self.proxy.forget_cache()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    close = end
+    def _cancel_tasks(self) -> list[asyncio.Task[Any]]:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        self.launcher.start_watches.close()
+        return tasks
+
+    def background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run leader's work for sessions in the background; end() cancels it."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def lock(self, job_id: int) -> asyncio.Lock:
         return self.live.lock(job_id)

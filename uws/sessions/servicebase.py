@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Coroutine
 
     from .. import orm
     from ..audit import AuditLog
@@ -91,6 +92,8 @@ class JobServiceBase:
     lost_contact_seconds: float
 
     if TYPE_CHECKING:  # (only declared: JobService's metaclass is traitlets')
+
+        def background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
         async def secret_for(self, job_id: int) -> str | None: ...
 

@@ -72,7 +72,7 @@ class Stopping(JobServiceBase):
             record.stop_requested = True
             record.stop_message = final_message or record.stop_message
         self.publish(user_id, model)
-        asyncio.ensure_future(self._terminate(job_id))
+        self.background(self._terminate(job_id))
         return True
 
     async def _terminate(self, job_id: int) -> None:

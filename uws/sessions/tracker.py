@@ -3,7 +3,6 @@ transitions and events. Part of JobService (uws.sessions.service), kept apart fo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -72,7 +71,7 @@ class HelperMessages(JobServiceBase):
             if ended.get("reason") in ("stopped", "failed") and not record.stop_requested and spawner:
                 # Ended, but not by us: the resource may know why (time limit, scancel, memory).
                 # Asking takes a moment; other sessions' messages must not wait for it.
-                asyncio.ensure_future(self._exit_with_resource_reason(job_id, spawner, ended, seen))
+                self.background(self._exit_with_resource_reason(job_id, spawner, ended, seen))
             else:
                 await self.apply_exit(job_id, ended, source_time=seen)
             return
