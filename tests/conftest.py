@@ -94,6 +94,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: not is_slurm_module(item.nodeid.split("::")[0]))  # stable
 
 
+# optionalhook: a plain pytest run (without pytest-xdist, or -p no:xdist) does not know the hook.
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """scripts/test runs the suite on several workers (pytest-xdist). Each module runs whole on
     one worker, as its module-scoped servers expect, and the Slurm modules share one worker."""
