@@ -63,14 +63,9 @@ class Client:
         **kw: Any,
     ) -> requests.Response:
         data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        kw.setdefault("timeout", 30)
         return self.session.request(
-            method,
-            self.base + path,
-            data=data,
-            headers=self.headers(headers),
-            timeout=30,
-            allow_redirects=False,
-            **kw,
+            method, self.base + path, data=data, headers=self.headers(headers), allow_redirects=False, **kw
         )
 
     def get(self, path: str, **kw: Any) -> requests.Response:
