@@ -29,6 +29,7 @@ from traitlets import Float, Integer
 from traitlets.config import LoggingConfigurable
 
 from .events_store import insert_events, latest_for, read_since, trim
+from .models import job_view
 
 if TYPE_CHECKING:
     from .db import Database
@@ -109,6 +110,9 @@ class EventBus(LoggingConfigurable):
         """Queue an event for the user; it is stored, given its id and pushed shortly after, in
         the order published. source_time: when the change was seen where it happened (a
         helper's clock), so clients and benchmarks can tell the end-to-end delay."""
+        if kind == "job":
+            # Stored, so without the session's token: each stream adds it for whom it may.
+            data = job_view(data, with_link_token=False)
         event: dict[str, Any] = {"type": kind, "time": time.time(), "data": data}
         if source_time is not None:
             event["source_time"] = source_time

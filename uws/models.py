@@ -86,13 +86,19 @@ def job_model(job: orm.Job) -> dict[str, Any]:
 
 def job_view(job: dict[str, Any], with_link_token: bool) -> dict[str, Any]:
     """A job model as a client sees it: the owner's link carries the session's token only for
-    requests that may reach into sessions (the `sessions` scope); a read-only token, or an admin
-    looking at another user's job, gets the link without it."""
+    requests that may reach into sessions (the `sessions` scope); a read-only token, an admin
+    looking at another user's job, or an event on its way to the database (which never holds a
+    session's token) gets the link without it. With with_link_token the token is added whether
+    the model had it or not, so a stored event's link is whole again when it is delivered."""
     current = job["job_details"]["current_job_details"]
     link = current.get("connection_details")
-    if with_link_token or not isinstance(link, dict) or not isinstance(link.get("url_path"), str):
+    if not isinstance(link, dict) or not isinstance(link.get("url_path"), str):
         return job
-    link = {**link, "url_path": link_with_token(link["url_path"], "")}
+    token = session_tokens.token(job["id"]) if with_link_token and session_tokens is not None else ""
+    url_path = link_with_token(link["url_path"], token)
+    if url_path == link["url_path"]:
+        return job
+    link = {**link, "url_path": url_path}
     details = {**job["job_details"], "current_job_details": {**current, "connection_details": link}}
     return {**job, "job_details": details}
 

@@ -9,10 +9,12 @@ import pytest
 from tornado import web
 from tornado.routing import Rule
 
+from uws import models
 from uws.auth.scopes import ADMIN_SCOPES, USER_SCOPES, CurrentUser, parse_scopes, require_scope
 from uws.errors import APIError
 from uws.handlers import api_host_routes
 from uws.handlers.base import HANDLER_METHODS, BaseHandler
+from uws.keys import SessionTokens
 from uws.models import job_view
 
 ALICE = CurrentUser(1, "alice", "a@x.org", "Alice", "L")
@@ -91,8 +93,10 @@ def test_parse_scopes_accepts_a_subset() -> None:
     assert parse_scopes(["admin", "metrics"], ADMIN) == {"admin", "metrics"}
 
 
-def test_job_view_drops_the_link_token_without_sessions() -> None:
-    link = {"url_domain": "http://x", "url_path": "/passthrough/7/?a=1&token=secret"}
+def test_job_view_gives_the_link_token_only_with_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = SessionTokens(b"k" * 32)
+    monkeypatch.setattr(models, "session_tokens", tokens)
+    link = {"url_domain": "http://x", "url_path": f"/passthrough/7/?a=1&token={tokens.token(7)}"}
     job = {"id": 7, "job_details": {"metrics": {}, "current_job_details": {"connection_details": link}}}
     assert job_view(job, True) is job
     stripped = job_view(job, False)
@@ -100,7 +104,15 @@ def test_job_view_drops_the_link_token_without_sessions() -> None:
         stripped["job_details"]["current_job_details"]["connection_details"]["url_path"]
         == "/passthrough/7/?a=1"
     )
-    assert link["url_path"].endswith("token=secret")  # the original is left alone
+    assert link["url_path"].endswith(f"token={tokens.token(7)}")  # the original is left alone
+    # A stored event's link has no token: the owner's view adds the job's own, never another's.
+    whole = job_view(stripped, True)["job_details"]["current_job_details"]["connection_details"]
+    assert whole["url_path"] == f"/passthrough/7/?a=1&token={tokens.token(7)}"
+    forged = {**link, "url_path": "/passthrough/7/?token=forged"}
+    job["job_details"]["current_job_details"]["connection_details"] = forged
+    assert job_view(job, True)["job_details"]["current_job_details"]["connection_details"]["url_path"] == (
+        f"/passthrough/7/?token={tokens.token(7)}"
+    )
     assert job_view({"id": 1, "job_details": {"current_job_details": {}}}, False)["id"] == 1
 
 
