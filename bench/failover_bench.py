@@ -100,7 +100,7 @@ def main() -> None:
             s.stop.set()
             s.join(10)
 
-        acknowledged = {ws_id for _, ws_id in writer.acknowledged}
+        acknowledged = {ws_id for _, _, ws_id in writer.acknowledged}
         stored = {row[0] for row in first.sql("SELECT id FROM workspaces")}
         writes_lost = len(acknowledged - stored)
         missed = doubled = 0

@@ -32,11 +32,11 @@ c.JobService.max_running_jobs_per_user = 50
 
 
 @contextmanager
-def ha_cluster(extra_config: str = "") -> Iterator[tuple[Server, Server, HAProxy]]:
+def ha_cluster(base_config: str = CONFIG) -> Iterator[tuple[Server, Server, HAProxy]]:
     """Two servers on one PostgreSQL schema and data directory, and HAProxy in front; session
     links name HAProxy (public_url)."""
     port = free_port()
-    config = CONFIG + extra_config + f'\nc.UWSApp.public_url = "http://127.0.0.1:{port}"\n'
+    config = base_config + f'\nc.UWSApp.public_url = "http://127.0.0.1:{port}"\n'
     first = Server("postgresql", config).start()
     second = second_server(first, config)
     proxy = None
@@ -84,7 +84,8 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.client = client
         self.limit = limit
-        self.acknowledged: list[tuple[float, int]] = []  # (monotonic time, workspace id)
+        # (monotonic time sent, time answered, workspace id)
+        self.acknowledged: list[tuple[float, float, int]] = []
         self.failures = 0
         self.stop = threading.Event()
 
@@ -92,10 +93,12 @@ class Writer(threading.Thread):
         for i in range(self.limit):
             if self.stop.is_set():
                 return
+            sent = time.monotonic()
             try:
                 r = self.client.post("/workspaces/", {"name": f"w{i}", "description": "failover"}, timeout=5)
                 if r.status_code // 100 == 2:
-                    self.acknowledged.append((time.monotonic(), r.json()["data"]["workspace"]["id"]))
+                    ws_id = r.json()["data"]["workspace"]["id"]
+                    self.acknowledged.append((sent, time.monotonic(), ws_id))
                 else:
                     self.failures += 1
                 self.client.get("/jobs/", timeout=5)
@@ -104,8 +107,9 @@ class Writer(threading.Thread):
             time.sleep(0.02)
 
     def first_write_after(self, moment: float, timeout: float) -> float:
-        """Seconds from `moment` to the first acknowledged write after it."""
-        done = wait_for(lambda: next((t for t, _ in self.acknowledged if t > moment), None), timeout)
+        """Seconds from `moment` to the answer of the first write sent after it and acknowledged
+        (one sent before may be answered after: it does not count)."""
+        done = wait_for(lambda: next((a for s, a, _ in self.acknowledged if s > moment), None), timeout)
         return done - moment
 
 
