@@ -34,6 +34,9 @@ from .models import job_view
 if TYPE_CHECKING:
     from .db import Database
 
+# Marks a queued event that is pushed but not stored (publish(stored=False)).
+SAMPLE = "_sample"
+
 log = logging.getLogger("uws.events")
 
 QUEUE_PER_SUBSCRIBER = 1000
@@ -106,10 +109,14 @@ class EventBus(LoggingConfigurable):
         data: dict[str, Any],
         job_id: int | None = None,
         source_time: float | None = None,
+        stored: bool = True,
     ) -> None:
         """Queue an event for the user; it is stored, given its id and pushed shortly after, in
         the order published. source_time: when the change was seen where it happened (a
-        helper's clock), so clients and benchmarks can tell the end-to-end delay."""
+        helper's clock), so clients and benchmarks can tell the end-to-end delay. stored=False:
+        a live reading (a session's metrics, every few seconds), pushed in its turn without an
+        id and never stored or replayed: the next reading replaces it, and storing every one
+        would cost the database a write per session per heartbeat."""
         if kind == "job":
             # Stored, so without the session's token: each stream adds it for whom it may.
             data = job_view(data, with_link_token=False)
@@ -118,6 +125,8 @@ class EventBus(LoggingConfigurable):
             event["source_time"] = source_time
         if job_id is not None:
             event["job_id"] = job_id
+        if not stored:
+            event[SAMPLE] = True
         self._pending.append((user_id, event))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
@@ -129,8 +138,9 @@ class EventBus(LoggingConfigurable):
             delay = 0.05
             while self._pending:
                 batch = list(itertools.islice(self._pending, BATCH))
+                kept = [(user_id, event) for user_id, event in batch if SAMPLE not in event]
                 try:
-                    ids = await self.db.run(functools.partial(insert_events, batch=batch))
+                    ids = await self.db.run(functools.partial(insert_events, batch=kept)) if kept else []
                 except Exception:
                     if not self._failing:
                         log.exception("Storing %d events failed; retrying", len(batch))
@@ -144,7 +154,12 @@ class EventBus(LoggingConfigurable):
                 delay = 0.05
                 for _ in batch:
                     self._pending.popleft()
-                for (user_id, event), event_id in zip(batch, ids, strict=True):
+                stored_ids = iter(ids)
+                for user_id, event in batch:
+                    if SAMPLE in event:
+                        self._deliver(user_id, {k: v for k, v in event.items() if k != SAMPLE})
+                        continue
+                    event_id = next(stored_ids)
                     if event_id is not None:
                         self._deliver(user_id, {"id": event_id, **event})
                         self._untrimmed[user_id] += 1

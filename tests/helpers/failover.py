@@ -153,6 +153,8 @@ class Subscriber(threading.Thread):
                 if message is None:
                     break
                 event = json.loads(message)
+                if "id" not in event:
+                    continue  # a live reading (metrics): never stored, never replayed
                 if event["type"] == "snapshot":
                     self.snapshots += 1
                     if self.ids:  # a snapshot after resuming would mean events were lost

@@ -42,6 +42,27 @@ def drain(sub: Any) -> list[dict[str, Any]]:
     return events
 
 
+def test_live_readings_are_pushed_in_turn_without_an_id_and_never_stored(db: Database) -> None:
+    (alice,) = add_users(db, "alice")
+
+    async def scenario() -> None:
+        bus = EventBus(db)
+        sub = bus.subscribe(alice)
+        bus.publish(alice, "n", {"i": 0})
+        bus.publish(alice, "metrics", {"cpu": 1.5}, job_id=7, stored=False)
+        bus.publish(alice, "n", {"i": 1})
+        await bus.flush()
+        events = drain(sub)
+        assert [e["type"] for e in events] == ["n", "metrics", "n"]
+        assert "id" not in events[1] and events[1]["data"] == {"cpu": 1.5} and events[1]["job_id"] == 7
+        assert all(not key.startswith("_") for key in events[1])
+        assert [e["data"] for e in await bus.since(alice, events[0]["id"]) or []] == [{"i": 1}]
+        stored = db.call(lambda session: session.query(orm.Event).count())
+        assert stored == 2
+
+    asyncio.run(scenario())
+
+
 def test_ids_from_the_table_in_publish_order(db: Database) -> None:
     alice, bob = add_users(db, "alice", "bob")
 

@@ -334,9 +334,10 @@ class EventsHandler(AuthenticatedWebSocket):
         await self.pump(subscription)
 
     async def deliver(self, event: dict[str, Any]) -> bool:
-        if event["id"] <= getattr(self, "sent_up_to", -1):
-            return True
-        self.sent_up_to = event["id"]
+        if "id" in event:  # (a live reading has none: it is never replayed, so never doubled)
+            if event["id"] <= getattr(self, "sent_up_to", -1):
+                return True
+            self.sent_up_to = event["id"]
         if event["type"] == "job":
             event = {**event, "data": self.job_view(event["data"])}
         return await self.send({k: v for k, v in event.items() if k != "job_id"})

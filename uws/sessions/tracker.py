@@ -159,6 +159,7 @@ class HelperMessages(JobServiceBase):
                 {"job_id": job_id, **record.metrics},
                 job_id=job_id,
                 source_time=source_time,
+                stored=False,
             )
 
     async def _exit_with_resource_reason(
