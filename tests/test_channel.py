@@ -25,6 +25,7 @@ from uws.sessions.channel import ChannelError, SessionChannel, check_peers, prep
 from uws.spawners.base import Spawner
 
 from helpers.api import create, get_job, login, start, unique_name, wait_for, wait_status, ws_dir
+from helpers.channel import Recorder, eventually
 from helpers.configs import SESSION_CONFIG, SESSION_GROUP, SUDO_AVAILABLE
 from helpers.harness import ROOT, Server, free_port, running_server
 
@@ -35,24 +36,8 @@ JOB = 7
 # ---- in-process: one SessionChannel and DEALER sockets standing in for helpers ----------------
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    async def secret_for(self, job_id: int) -> str | None:
-        return SECRET if job_id == JOB else None
-
-    async def handler(self, job_id: int, message: dict[str, Any]) -> None:
-        self.messages.append(message)
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
+def job_recorder() -> Recorder:
+    return Recorder(JOB, SECRET)
 
 
 def with_channel(
@@ -63,7 +48,7 @@ def with_channel(
     url = url or f"ipc://{short}/ch.sock"
 
     async def run() -> None:
-        recorder = Recorder()
+        recorder = job_recorder()
         channel = SessionChannel(
             url, recorder.secret_for, recorder.handler, key_file=str(tmp_path / "channel.key")
         )
@@ -483,7 +468,7 @@ def test_helper_follows_the_leader_across_its_endpoints(tmp_path: Any) -> None:
             stderr=subprocess.DEVNULL,
             cwd=ROOT,  # this checkout's uws
         )
-        other = Recorder()
+        other = job_recorder()
         successor = SessionChannel(second, other.secret_for, other.handler, key_file=str(tmp_path / "k"))
         try:
             assert helper.stdin is not None

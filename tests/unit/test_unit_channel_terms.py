@@ -19,28 +19,14 @@ import zmq.asyncio
 from uws.sessions import protocol
 from uws.sessions.channel import SessionChannel
 
+from helpers.channel import Recorder, eventually
+
 SECRET = "t" * 64
 JOB = 9
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-
-    async def secret_for(self, job_id: int) -> str | None:
-        return SECRET if job_id == JOB else None
-
-    async def handler(self, job_id: int, message: dict[str, Any]) -> None:
-        self.messages.append(message)
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+def job_recorder() -> Recorder:
+    return Recorder(JOB, SECRET)
 
 
 class FakeHelper:
@@ -115,7 +101,7 @@ def test_a_message_captured_before_a_handover_is_refused_by_the_new_leader() -> 
     helper's own messages under B's term are handled."""
 
     async def body(url: str, key_file: str) -> None:
-        a_seen, b_seen = Recorder(), Recorder()
+        a_seen, b_seen = job_recorder(), job_recorder()
         a = SessionChannel(url, a_seen.secret_for, a_seen.handler, key_file=key_file)
         a.bind()
         helper = FakeHelper(url)
@@ -164,7 +150,7 @@ def test_a_channel_binds_again_after_close_with_a_new_term() -> None:
     again, and the second term forgets the first's peers and refuses its messages."""
 
     async def body(url: str, key_file: str) -> None:
-        seen = Recorder()
+        seen = job_recorder()
         channel = SessionChannel(url, seen.secret_for, seen.handler, key_file=key_file)
         channel.bind()
         helper = FakeHelper(url)
@@ -201,7 +187,7 @@ def test_a_tcp_channel_binds_its_port_again_at_once() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        seen = Recorder()
+        seen = job_recorder()
         channel = SessionChannel(f"tcp://127.0.0.1:{port}", seen.secret_for, seen.handler, key_file=key_file)
         try:
             for _ in range(3):
@@ -219,7 +205,7 @@ def test_helpers_of_earlier_versions_are_taken_as_before() -> None:
     the in-memory guard alone, so such sessions survive the upgrade."""
 
     async def body(url: str, key_file: str) -> None:
-        seen = Recorder()
+        seen = job_recorder()
         channel = SessionChannel(url, seen.secret_for, seen.handler, key_file=key_file)
         channel.bind()
         sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
