@@ -10,9 +10,12 @@ Prints:
   4. status change to page: from the server publishing a job's status (the event's `time`) to
      the session card's data-status changing in the page, or an ended session's card leaving it
      (a MutationObserver; one machine, one clock), over the 10 sessions stopped one by one
-     (target: at most 100 ms).
+     (target: at most 100 ms). With --rounds N the sessions are started again and stopped N
+     times over, for a longer tail (2 changes per session and round: stopping, then ended).
+     With --stall-ms M the server logs every event-loop stall of M ms or more, with the stack
+     of what blocked it (UWSApp.loop_stall_seconds); the stalls are printed at the end.
 
-    python bench/webui_bench.py [--renders 200]
+    python bench/webui_bench.py [--renders 200] [--rounds 1] [--stall-ms 0]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import requests
 
@@ -128,8 +131,15 @@ def renders(base: str, http: requests.Session, count: int) -> list[float]:
     return times
 
 
+def restart_sessions(api: Any, workspace_ids: list[int]) -> None:
+    for ws_id in workspace_ids:
+        r = api.put(f"/workspaces/{ws_id}/start/", {"job_type": "local_test_job"})
+        if r.status_code != 200:
+            fail(f"start answered {r.status_code}: {r.text}")
+
+
 def browser_figures(
-    base: str, server: Server, token: str, chromium: str
+    base: str, server: Server, token: str, chromium: str, rounds: int
 ) -> tuple[float, int, list[tuple[float, float, float]]]:
     from playwright.sync_api import sync_playwright
 
@@ -166,15 +176,28 @@ def browser_figures(
         # Status changes: stop each running session, see its card change.
         page.evaluate(OBSERVE)
         api = server.client(token)
-        jobs = [j for j in api.get("/jobs/").json()["data"]["jobs"] if j["status"] == "running"]
-        for job in jobs:
-            api.put(f"/jobs/{job['id']}/stop/")
-            running = f"!!document.querySelector('#job-{job['id']}[data-status=running]')"
-            deadline = time.time() + 30  # (polled: the page's CSP forbids wait_for_function's eval)
-            while page.evaluate(running):
-                if time.time() > deadline:
-                    fail(f"job {job['id']} still shows running 30 s after its stop")
-                page.wait_for_timeout(20)
+        for round_ in range(rounds):
+            jobs = [j for j in api.get("/jobs/").json()["data"]["jobs"] if j["status"] == "running"]
+            for job in jobs:
+                api.put(f"/jobs/{job['id']}/stop/")
+                running = f"!!document.querySelector('#job-{job['id']}[data-status=running]')"
+                deadline = time.time() + 30  # (polled: the page's CSP forbids wait_for_function's eval)
+                while page.evaluate(running):
+                    if time.time() > deadline:
+                        fail(f"job {job['id']} still shows running 30 s after its stop")
+                    page.wait_for_timeout(20)
+            if round_ + 1 < rounds:
+                # (each card gone, so each session ended, before its workspace starts another)
+                for job in jobs:
+                    deadline = time.time() + 30
+                    while page.evaluate(f"!!document.getElementById('job-{job['id']}')"):
+                        if time.time() > deadline:
+                            fail(f"job {job['id']} still shown 30 s after its stop")
+                        page.wait_for_timeout(20)
+                restart_sessions(api, [j["workspace_id"] for j in jobs])
+                page.wait_for_selector(
+                    f".session[data-status=running] >> nth={SESSIONS - 1}", timeout=120_000
+                )
         page.wait_for_timeout(1000)
         seen = page.evaluate("window.benchSeen")
         published = page.evaluate("window.benchEvents")
@@ -188,24 +211,44 @@ def browser_figures(
         return float(fcp), total, delays
 
 
+def stall_reports(log_path: str) -> str:
+    """The server log's stall warnings, each with the stacks under it."""
+    out, inside = [], False
+    with open(log_path) as f:
+        for line in f:
+            if line.startswith("["):
+                inside = "uws.looplag" in line
+            if inside:
+                out.append(line)
+    return "".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--renders", type=int, default=200)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="times the sessions are stopped (and started again)"
+    )
+    parser.add_argument("--stall-ms", type=float, default=0, help="log event-loop stalls this long (0: off)")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         fail("Chromium is not installed (apt-get install chromium)")
     os.makedirs(WORK, exist_ok=True)
-    server = Server("sqlite", CONFIG, directory=tempfile.mkdtemp(dir=WORK), extra_args=["--dev"]).start()
+    config = CONFIG + f"c.UWSApp.loop_stall_seconds = {args.stall_ms / 1000}\n"
+    server = Server("sqlite", config, directory=tempfile.mkdtemp(dir=WORK), extra_args=["--dev"]).start()
+    stalls = ""
     try:
         token = set_up(server)
         http = sign_in(server.base, "bench")
         renders(server.base, http, 20)  # (warm-up)
         times = sorted(renders(server.base, http, args.renders))
         page_bytes = len(http.get(server.base + "/", headers=HTML, timeout=10).content)
-        fcp, total, delays = browser_figures(server.base, server, token, chromium)
+        fcp, total, delays = browser_figures(server.base, server, token, chromium, args.rounds)
+        if args.stall_ms:
+            stalls = stall_reports(server.log_path)
     finally:
         server.close()
     p50, p95 = statistics.median(times) * 1000, times[int(0.95 * (len(times) - 1))] * 1000
@@ -219,13 +262,18 @@ def main() -> None:
         whole = sorted(shown - sent for sent, _, shown in delays)
         wire = sorted(received - sent for sent, received, _ in delays)
         page = sorted(shown - received for _, received, shown in delays)
-        ms = lambda values: f"p50 {statistics.median(values) * 1000:.1f} ms, max {values[-1] * 1000:.1f} ms"  # noqa: E731
+        ms = lambda values: (  # noqa: E731
+            f"p50 {statistics.median(values) * 1000:.1f} ms, p95 {values[int(0.95 * (len(values) - 1))] * 1000:.1f} ms, "
+            f"max {values[-1] * 1000:.1f} ms"
+        )
         print(
             f"  status change, server publish to page ({len(whole)} changes): {ms(whole)} (target <= 100 ms)"
         )
         print(f"    of which publish to the page's socket: {ms(wire)}; socket to DOM: {ms(page)}")
     else:
         print("  status change: none observed")
+    if args.stall_ms:
+        print(f"event-loop stalls of {args.stall_ms:.0f} ms or more:\n{stalls or '  none'}")
 
 
 if __name__ == "__main__":
