@@ -27,6 +27,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, NoReturn
 
@@ -131,6 +132,39 @@ def renders(base: str, http: requests.Session, count: int) -> list[float]:
     return times
 
 
+class CPUPressure:
+    """The machine's CPU pressure (Linux PSI, /proc/pressure/cpu `some`: the share of time some
+    runnable task waited for a CPU), sampled every 10 ms, so a slow status change can be told
+    apart from a busy machine (this benchmark shares it with Chromium and the sessions)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    @staticmethod
+    def read() -> int | None:
+        try:
+            with open("/proc/pressure/cpu") as f:
+                return int(f.readline().rsplit("total=", 1)[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.01):
+            total = self.read()
+            if total is None:
+                return
+            self.samples.append((time.time(), total))
+
+    def between(self, start: float, end: float) -> float | None:
+        """The share of [start, end] that some task waited for a CPU (None: not known)."""
+        inside = [s for s in self.samples if start - 0.01 <= s[0] <= end + 0.01]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / 1e6 / (inside[-1][0] - inside[0][0])
+
+
 def restart_sessions(api: Any, workspace_ids: list[int]) -> None:
     for ws_id in workspace_ids:
         r = api.put(f"/workspaces/{ws_id}/start/", {"job_type": "local_test_job"})
@@ -139,7 +173,7 @@ def restart_sessions(api: Any, workspace_ids: list[int]) -> None:
 
 
 def browser_figures(
-    base: str, server: Server, token: str, chromium: str, rounds: int
+    base: str, server: Server, token: str, chromium: str, rounds: int, pressure: CPUPressure
 ) -> tuple[float, int, list[tuple[float, float, float]]]:
     from playwright.sync_api import sync_playwright
 
@@ -175,6 +209,7 @@ def browser_figures(
         total = int(bodies) + sum(frames)
         # Status changes: stop each running session, see its card change.
         page.evaluate(OBSERVE)
+        pressure.thread.start()
         api = server.client(token)
         for round_ in range(rounds):
             jobs = [j for j in api.get("/jobs/").json()["data"]["jobs"] if j["status"] == "running"]
@@ -207,6 +242,7 @@ def browser_figures(
             for job_id, status, at in seen
             if f"{job_id}:{status}" in published
         ]
+        pressure.stopped.set()
         browser.close()
         return float(fcp), total, delays
 
@@ -246,7 +282,8 @@ def main() -> None:
         renders(server.base, http, 20)  # (warm-up)
         times = sorted(renders(server.base, http, args.renders))
         page_bytes = len(http.get(server.base + "/", headers=HTML, timeout=10).content)
-        fcp, total, delays = browser_figures(server.base, server, token, chromium, args.rounds)
+        pressure = CPUPressure()
+        fcp, total, delays = browser_figures(server.base, server, token, chromium, args.rounds, pressure)
         if args.stall_ms:
             stalls = stall_reports(server.log_path)
     finally:
@@ -270,6 +307,16 @@ def main() -> None:
             f"  status change, server publish to page ({len(whole)} changes): {ms(whole)} (target <= 100 ms)"
         )
         print(f"    of which publish to the page's socket: {ms(wire)}; socket to DOM: {ms(page)}")
+        whole_pressure = (
+            pressure.between(pressure.samples[0][0], pressure.samples[-1][0]) if pressure.samples else None
+        )
+        if whole_pressure is not None:
+            sent, _, shown = max(delays, key=lambda d: d[2] - d[0])
+            worst = pressure.between(sent, shown)
+            print(
+                f"    CPU pressure (time some task waited for a CPU) over the changes: {whole_pressure:.0%}; "
+                f"during the slowest one: {'unknown' if worst is None else format(worst, '.0%')}"
+            )
     else:
         print("  status change: none observed")
     if args.stall_ms:
