@@ -10,9 +10,12 @@ Prints:
   4. status change to page: from the server publishing a job's status (the event's `time`) to
      the session card's data-status changing in the page, or an ended session's card leaving it
      (a MutationObserver; one machine, one clock), over the 10 sessions stopped one by one
-     (target: at most 100 ms).
+     (target: at most 100 ms). With --rounds N the sessions are started again and stopped N
+     times over, for a longer tail (2 changes per session and round: stopping, then ended).
+     With --stall-ms M the server logs every event-loop stall of M ms or more, with the stack
+     of what blocked it (UWSApp.loop_stall_seconds); the stalls are printed at the end.
 
-    python bench/webui_bench.py [--renders 200]
+    python bench/webui_bench.py [--renders 200] [--rounds 1] [--stall-ms 0]
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import requests
 
@@ -128,8 +132,48 @@ def renders(base: str, http: requests.Session, count: int) -> list[float]:
     return times
 
 
+class CPUPressure:
+    """The machine's CPU pressure (Linux PSI, /proc/pressure/cpu `some`: the share of time some
+    runnable task waited for a CPU), sampled every 10 ms, so a slow status change can be told
+    apart from a busy machine (this benchmark shares it with Chromium and the sessions)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    @staticmethod
+    def read() -> int | None:
+        try:
+            with open("/proc/pressure/cpu") as f:
+                return int(f.readline().rsplit("total=", 1)[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.01):
+            total = self.read()
+            if total is None:
+                return
+            self.samples.append((time.time(), total))
+
+    def between(self, start: float, end: float) -> float | None:
+        """The share of [start, end] that some task waited for a CPU (None: not known)."""
+        inside = [s for s in self.samples if start - 0.01 <= s[0] <= end + 0.01]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / 1e6 / (inside[-1][0] - inside[0][0])
+
+
+def restart_sessions(api: Any, workspace_ids: list[int]) -> None:
+    for ws_id in workspace_ids:
+        r = api.put(f"/workspaces/{ws_id}/start/", {"job_type": "local_test_job"})
+        if r.status_code != 200:
+            fail(f"start answered {r.status_code}: {r.text}")
+
+
 def browser_figures(
-    base: str, server: Server, token: str, chromium: str
+    base: str, server: Server, token: str, chromium: str, rounds: int, pressure: CPUPressure
 ) -> tuple[float, int, list[tuple[float, float, float]]]:
     from playwright.sync_api import sync_playwright
 
@@ -165,16 +209,30 @@ def browser_figures(
         total = int(bodies) + sum(frames)
         # Status changes: stop each running session, see its card change.
         page.evaluate(OBSERVE)
+        pressure.thread.start()
         api = server.client(token)
-        jobs = [j for j in api.get("/jobs/").json()["data"]["jobs"] if j["status"] == "running"]
-        for job in jobs:
-            api.put(f"/jobs/{job['id']}/stop/")
-            running = f"!!document.querySelector('#job-{job['id']}[data-status=running]')"
-            deadline = time.time() + 30  # (polled: the page's CSP forbids wait_for_function's eval)
-            while page.evaluate(running):
-                if time.time() > deadline:
-                    fail(f"job {job['id']} still shows running 30 s after its stop")
-                page.wait_for_timeout(20)
+        for round_ in range(rounds):
+            jobs = [j for j in api.get("/jobs/").json()["data"]["jobs"] if j["status"] == "running"]
+            for job in jobs:
+                api.put(f"/jobs/{job['id']}/stop/")
+                running = f"!!document.querySelector('#job-{job['id']}[data-status=running]')"
+                deadline = time.time() + 30  # (polled: the page's CSP forbids wait_for_function's eval)
+                while page.evaluate(running):
+                    if time.time() > deadline:
+                        fail(f"job {job['id']} still shows running 30 s after its stop")
+                    page.wait_for_timeout(20)
+            if round_ + 1 < rounds:
+                # (each card gone, so each session ended, before its workspace starts another)
+                for job in jobs:
+                    deadline = time.time() + 30
+                    while page.evaluate(f"!!document.getElementById('job-{job['id']}')"):
+                        if time.time() > deadline:
+                            fail(f"job {job['id']} still shown 30 s after its stop")
+                        page.wait_for_timeout(20)
+                restart_sessions(api, [j["workspace_id"] for j in jobs])
+                page.wait_for_selector(
+                    f".session[data-status=running] >> nth={SESSIONS - 1}", timeout=120_000
+                )
         page.wait_for_timeout(1000)
         seen = page.evaluate("window.benchSeen")
         published = page.evaluate("window.benchEvents")
@@ -184,8 +242,21 @@ def browser_figures(
             for job_id, status, at in seen
             if f"{job_id}:{status}" in published
         ]
+        pressure.stopped.set()
         browser.close()
         return float(fcp), total, delays
+
+
+def stall_reports(log_path: str) -> str:
+    """The server log's stall warnings, each with the stacks under it."""
+    out, inside = [], False
+    with open(log_path) as f:
+        for line in f:
+            if line.startswith("["):
+                inside = "uws.looplag" in line
+            if inside:
+                out.append(line)
+    return "".join(out)
 
 
 def main() -> None:
@@ -193,19 +264,28 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--renders", type=int, default=200)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="times the sessions are stopped (and started again)"
+    )
+    parser.add_argument("--stall-ms", type=float, default=0, help="log event-loop stalls this long (0: off)")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         fail("Chromium is not installed (apt-get install chromium)")
     os.makedirs(WORK, exist_ok=True)
-    server = Server("sqlite", CONFIG, directory=tempfile.mkdtemp(dir=WORK), extra_args=["--dev"]).start()
+    config = CONFIG + f"c.UWSApp.loop_stall_seconds = {args.stall_ms / 1000}\n"
+    server = Server("sqlite", config, directory=tempfile.mkdtemp(dir=WORK), extra_args=["--dev"]).start()
+    stalls = ""
     try:
         token = set_up(server)
         http = sign_in(server.base, "bench")
         renders(server.base, http, 20)  # (warm-up)
         times = sorted(renders(server.base, http, args.renders))
         page_bytes = len(http.get(server.base + "/", headers=HTML, timeout=10).content)
-        fcp, total, delays = browser_figures(server.base, server, token, chromium)
+        pressure = CPUPressure()
+        fcp, total, delays = browser_figures(server.base, server, token, chromium, args.rounds, pressure)
+        if args.stall_ms:
+            stalls = stall_reports(server.log_path)
     finally:
         server.close()
     p50, p95 = statistics.median(times) * 1000, times[int(0.95 * (len(times) - 1))] * 1000
@@ -219,13 +299,28 @@ def main() -> None:
         whole = sorted(shown - sent for sent, _, shown in delays)
         wire = sorted(received - sent for sent, received, _ in delays)
         page = sorted(shown - received for _, received, shown in delays)
-        ms = lambda values: f"p50 {statistics.median(values) * 1000:.1f} ms, max {values[-1] * 1000:.1f} ms"  # noqa: E731
+        ms = lambda values: (  # noqa: E731
+            f"p50 {statistics.median(values) * 1000:.1f} ms, p95 {values[int(0.95 * (len(values) - 1))] * 1000:.1f} ms, "
+            f"max {values[-1] * 1000:.1f} ms"
+        )
         print(
             f"  status change, server publish to page ({len(whole)} changes): {ms(whole)} (target <= 100 ms)"
         )
         print(f"    of which publish to the page's socket: {ms(wire)}; socket to DOM: {ms(page)}")
+        whole_pressure = (
+            pressure.between(pressure.samples[0][0], pressure.samples[-1][0]) if pressure.samples else None
+        )
+        if whole_pressure is not None:
+            sent, _, shown = max(delays, key=lambda d: d[2] - d[0])
+            worst = pressure.between(sent, shown)
+            print(
+                f"    CPU pressure (time some task waited for a CPU) over the changes: {whole_pressure:.0%}; "
+                f"during the slowest one: {'unknown' if worst is None else format(worst, '.0%')}"
+            )
     else:
         print("  status change: none observed")
+    if args.stall_ms:
+        print(f"event-loop stalls of {args.stall_ms:.0f} ms or more:\n{stalls or '  none'}")
 
 
 if __name__ == "__main__":

@@ -359,6 +359,10 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         """The assembled server's life, step by step, until SIGTERM or SIGINT. A new start-up step
         goes in this list, and what undoes it in shut_down."""
         tune_runtime()
+        if self.loop_stall_seconds > 0:
+            from .looplag import LoopWatch
+
+            LoopWatch(self.loop_stall_seconds).start()
         await self.leadership.begin()  # (before the port opens: a lone server's first answer leads)
         await listen(self)
         await self.leadership.run()  # start_leading if leading; the lock watched or tried for

@@ -29,6 +29,13 @@ class UWSAppOptions(HasTraits):
     ip = Unicode("127.0.0.1", config=True, help="Address to listen on; 0.0.0.0 for every interface.")
     port = Integer(8000, config=True, help="Port to listen on.")
     debug = Bool(False, config=True, help="Development mode: more logging.")
+    loop_stall_seconds = Float(
+        0,
+        config=True,
+        help="""Log a warning, with the stack of the blocking code, whenever the event loop is
+        blocked for this many seconds or more (e.g. 0.05). For finding what delays requests and
+        pushed events; 0: off.""",
+    )
     data_dir = Unicode(
         "",
         config=True,
