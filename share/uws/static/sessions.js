@@ -33,6 +33,8 @@ export class Store {
   }
 
   handle(event) {
+    // A session's metrics reading (every heartbeat) changes nothing the pages show: no redraw.
+    if (event.type === 'metrics') return;
     if (event.type === 'snapshot') {
       this.workspaces = new Map(event.data.workspaces.map((w) => [w.id, w]));
       this.jobs = new Map();
