@@ -139,7 +139,10 @@ class LocalFileSystemStorage(LoggingConfigurable):
         return path
 
     def adopt_staging_dir(self, staging: str, account: Account, workspace_id: int) -> str:
-        path = self.workspace_dir(account, workspace_id)
+        # The staging directory is in the user's directory (create_staging_dir): its sibling is
+        # workspace_dir's answer without resolving the root again, since this runs inside the
+        # create's transaction, while it holds SQLite's write lock.
+        path = os.path.join(os.path.dirname(staging), str(workspace_id))
         os.rename(staging, path)
         return path
 
