@@ -61,14 +61,11 @@ def insert_events(session: Session, batch: list[tuple[int, dict[str, Any]]]) -> 
     statement = insert(orm.Event).returning(orm.Event.id, sort_by_parameter_order=True)
     rows = [_row(user_id, event) for user_id, event in batch]
     try:
-        # No savepoint: a batch nearly always goes in whole, and each statement more is time
-        # SQLite's single write lock is held while every workspace create waits for it.
-        return list(session.scalars(statement, rows))
+        with session.begin_nested():
+            return list(session.scalars(statement, rows))
     except IntegrityError:
-        session.rollback()
-    # A user deleted meanwhile (the foreign key): everyone else's events are still written, in
-    # a new transaction (so the turn is taken again).
-    take_turn(session)
+        pass
+    # A user deleted meanwhile (the foreign key): everyone else's events are still written.
     ids: list[int | None] = []
     for row in rows:
         try:
