@@ -139,7 +139,10 @@ class LocalFileSystemStorage(LoggingConfigurable):
         return path
 
     def adopt_staging_dir(self, staging: str, account: Account, workspace_id: int) -> str:
-        path = self.workspace_dir(account, workspace_id)
+        # The staging directory is in the user's directory (create_staging_dir): its sibling is
+        # workspace_dir's answer without resolving the root again, since this runs inside the
+        # create's transaction, while it holds SQLite's write lock.
+        path = os.path.join(os.path.dirname(staging), str(workspace_id))
         os.rename(staging, path)
         return path
 
@@ -235,16 +238,25 @@ class LocalFileSystemStorage(LoggingConfigurable):
 
     def apply(self, account: Account, workspace_dir: str, plan: Plan) -> None:
         """Write a validated plan. Raises APIError when the file system says no."""
-        for link in plan.symlinks:
-            try:
-                safepath.make_symlink(workspace_dir, link.parts, link.source, account)
-            except (UnsafePath, OSError) as e:
-                raise write_error(e, "symlink destination path", "/".join(link.parts)) from None
-        for file in plan.files:
-            try:
-                safepath.write_file(workspace_dir, file.parts, file.content, account)
-            except (UnsafePath, OSError) as e:
-                raise write_error(e, "file path", "/".join(file.parts)) from None
+        if not plan.symlinks and not plan.files:
+            return
+        try:
+            writer = safepath.DirWriter(workspace_dir, account)
+        except (UnsafePath, OSError) as e:
+            first = plan.symlinks[0].parts if plan.symlinks else plan.files[0].parts
+            kind = "symlink destination path" if plan.symlinks else "file path"
+            raise write_error(e, kind, "/".join(first)) from None
+        with writer:
+            for link in plan.symlinks:
+                try:
+                    writer.make_symlink(link.parts, link.source)
+                except (UnsafePath, OSError) as e:
+                    raise write_error(e, "symlink destination path", "/".join(link.parts)) from None
+            for file in plan.files:
+                try:
+                    writer.write_file(file.parts, file.content)
+                except (UnsafePath, OSError) as e:
+                    raise write_error(e, "file path", "/".join(file.parts)) from None
 
     # ---- uploads ---------------------------------------------------------------------------
     @staticmethod
@@ -297,12 +309,19 @@ class LocalFileSystemStorage(LoggingConfigurable):
         uploads: list[tuple[str, bytes]],
         folder: list[str] | None = None,
     ) -> None:
-        for original, body in uploads:
-            name = self.upload_name(original)
-            try:
-                safepath.write_file(workspace_dir, [*(folder or []), name], body, account)
-            except (UnsafePath, OSError) as e:
-                raise write_error(e, "file path", original) from None
+        if not uploads:
+            return
+        try:
+            writer = safepath.DirWriter(workspace_dir, account)
+        except (UnsafePath, OSError) as e:
+            raise write_error(e, "file path", uploads[0][0]) from None
+        with writer:
+            for original, body in uploads:
+                name = self.upload_name(original)
+                try:
+                    writer.write_file([*(folder or []), name], body)
+                except (UnsafePath, OSError) as e:
+                    raise write_error(e, "file path", original) from None
 
     # ---- scanning and copying --------------------------------------------------------------
     def scan(self, workspace_dir: str) -> tuple[int, dict[str, Any]]:

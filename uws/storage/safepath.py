@@ -78,27 +78,70 @@ def chown_at(name: str, dir_fd: int, account: Account | None) -> None:
         os.chown(name, account.uid, account.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
-@contextmanager
-def open_parent(root: str, parts: list[str], account: Account | None) -> Iterator[int]:
-    """Yield an fd for the directory that will hold parts[-1], creating missing parents
-    (owned by the account) and refusing to pass through any symlink."""
-    fd = open_dir_fd(root)
-    try:
-        for part in parts[:-1]:
-            try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                chown_at(part, fd, account)
-            except FileExistsError:
-                pass
-            try:
-                child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            except OSError as e:
-                raise UnsafePath("/".join(parts)) from e
+class DirWriter:
+    """Writes files and symlinks below one directory: the directory is opened once, from /
+    (open_dir_fd), and each parent directory below it once, component by component with
+    O_NOFOLLOW, created when missing (owned by the account); later writes into the same parent
+    reuse its fd. A symlink on the way is never passed through, whenever it appeared: a
+    directory swapped for one after it was opened is left behind with its old fd, as a walk
+    begun just before the swap would have been. Use as a context manager (it closes the fds)."""
+
+    def __init__(self, root: str, account: Account | None) -> None:
+        self.account = account
+        self.dirs: dict[tuple[str, ...], int] = {(): open_dir_fd(root)}
+
+    def __enter__(self) -> DirWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        dirs, self.dirs = self.dirs, {}
+        for fd in dirs.values():
             os.close(fd)
-            fd = child
-        yield fd
-    finally:
-        os.close(fd)
+
+    def parent(self, parts: list[str]) -> int:
+        """The fd of the directory that will hold parts[-1]."""
+        return self._dir(tuple(parts[:-1]), parts)
+
+    def _dir(self, key: tuple[str, ...], parts: list[str]) -> int:
+        fd = self.dirs.get(key)
+        if fd is not None:
+            return fd
+        parent = self._dir(key[:-1], parts)
+        name = key[-1]
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent)
+            chown_at(name, parent, self.account)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
+        except OSError as e:
+            raise UnsafePath("/".join(parts)) from e
+        self.dirs[key] = fd
+        return fd
+
+    def write_file(self, parts: list[str], content: bytes, mode: int = 0o644) -> None:
+        dir_fd = self.parent(parts)
+        fd = create_file_at(parts[-1], dir_fd, self.account, mode)
+        try:
+            view = memoryview(content)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        except OSError:
+            os.unlink(parts[-1], dir_fd=dir_fd)  # no half-written file (a full disk, say)
+            raise
+        finally:
+            os.close(fd)
+
+    def make_symlink(self, parts: list[str], source: str) -> None:
+        dir_fd = self.parent(parts)
+        _clear_final(parts[-1], dir_fd)
+        os.symlink(source, parts[-1], dir_fd=dir_fd)
+        chown_at(parts[-1], dir_fd, self.account)
 
 
 def _clear_final(name: str, dir_fd: int) -> None:
@@ -114,18 +157,9 @@ def _clear_final(name: str, dir_fd: int) -> None:
 def write_file(
     root: str, parts: list[str], content: bytes, account: Account | None, mode: int = 0o644
 ) -> None:
-    with open_parent(root, parts, account) as dir_fd:
-        fd = create_file_at(parts[-1], dir_fd, account, mode)
-        try:
-            view = memoryview(content)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        except OSError:
-            os.unlink(parts[-1], dir_fd=dir_fd)  # no half-written file (a full disk, say)
-            raise
-        finally:
-            os.close(fd)
+    """One file (DirWriter, for several in one directory tree)."""
+    with DirWriter(root, account) as writer:
+        writer.write_file(parts, content, mode)
 
 
 def create_file_at(name: str, dir_fd: int, account: Account | None, mode: int = 0o644) -> int:
@@ -142,13 +176,6 @@ def create_file_at(name: str, dir_fd: int, account: Account | None, mode: int = 
         os.close(fd)
         raise
     return fd
-
-
-def make_symlink(root: str, parts: list[str], source: str, account: Account | None) -> None:
-    with open_parent(root, parts, account) as dir_fd:
-        _clear_final(parts[-1], dir_fd)
-        os.symlink(source, parts[-1], dir_fd=dir_fd)
-        chown_at(parts[-1], dir_fd, account)
 
 
 def inside(path: str, root: str) -> bool:
