@@ -231,6 +231,7 @@ class JobStreamHandler(AuthenticatedWebSocket):
         return await self.db.run(lambda session: owned_jobs(session, user_id, job_id))
 
     def open(self, *args: Any) -> None:
+        self.set_nodelay(True)  # (as on /ws/events: each status message is wanted at once)
         self.last_sent: dict[int, tuple[Any, Any]] = {}
         subscription = self.events.subscribe(self.user.id, self.job_id)
         if self.wants_logs and self.job_id is not None:
@@ -306,6 +307,9 @@ class EventsHandler(AuthenticatedWebSocket):
             raise APIError(400, f"Invalid value for query parameter last_event_id: {raw}") from None
 
     def open(self) -> None:
+        # Events are small and each is wanted at once: do not let Nagle's algorithm hold one
+        # back until the previous one is acknowledged.
+        self.set_nodelay(True)
         subscription = self.events.subscribe(self.user.id)
         self._pump = asyncio.ensure_future(self._run(subscription))
 
