@@ -49,6 +49,10 @@ def unaccepted_share_clause() -> Any:
     )
 
 
+# What _publish remembers of a workspace whose deletion it has announced (hash() is never -1).
+DELETED = -1
+
+
 class WorkspaceService:
     # Set by UWSApp.init_services once built: the account cache runs its work on this service's tasks.
     accounts: AccountCache
@@ -146,12 +150,15 @@ class WorkspaceService:
             # (an unaccepted share is in no listing yet: nothing to tell)
 
     def _publish(self, user_id: int, ws_id: int, model: dict[str, Any] | None) -> None:
-        """A workspace's event (None: it is gone), unless this process published the same model
+        """A workspace's event (None: it is gone), unless this process published the same thing
         last (a client that resumes elsewhere may get one such repeat, with a new id)."""
         published = self._published.setdefault(user_id, {})
         if model is None:
-            published.pop(ws_id, None)
-            self.events.publish(user_id, "workspace_deleted", {"id": ws_id})
+            # Once: the deletion's own change and any later one (a rescan, a quota update) that
+            # finds the row gone would otherwise each announce it.
+            if published.get(ws_id) != DELETED:
+                published[ws_id] = DELETED
+                self.events.publish(user_id, "workspace_deleted", {"id": ws_id})
             return
         digest = hash(json.dumps(model, sort_keys=True))
         if published.get(ws_id) != digest:
