@@ -71,11 +71,13 @@ async def end_state(spawner: SlurmBase, helper_exit: dict[str, Any]) -> dict[str
             info = await spawner.query(newer_than=asked)
         except SchedulerUnavailable:
             break
-        if info is None:
-            break
-        if info.state in ENDED:
+        if info is None or info.state in ENDED:
+            # Accounting's record too, as poll takes it: the session's end time and core hours
+            # are Slurm's, not the moment this server heard of the end (it may have been down).
+            accounted = await accounted_end(spawner)
             spawner.scheduler_status().tracked.discard(spawner.slurm_job_id)
-            return ended(spawner, info.state, helper_exit)
+            state = accounted.state if accounted else info.state if info else None
+            return ended(spawner, state, helper_exit) if state in ENDED else helper_exit
         await asyncio.sleep(min(1.0, spawner.poll_interval))
     return helper_exit
 
