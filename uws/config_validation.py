@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,6 +51,15 @@ class _Findings:
     def __init__(self) -> None:
         self.problems: list[str] = []
         self.warnings: list[str] = []
+
+    def entries(self, section: str, entries: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(path, entry) of each entry of a section that is an object; the others are problems."""
+        for key, entry in entries.items():
+            path = f"{section}.{key}"
+            if isinstance(entry, dict):
+                yield path, entry
+            else:
+                self.problems.append(f"{path} must be an object")
 
     def check_ref(self, path: str, value: Any, target: dict[str, Any], target_name: str) -> None:
         if not isinstance(value, str) or value not in target:
@@ -95,11 +105,7 @@ def validate(raw: Any) -> tuple[list[str], list[str]]:
 
 
 def _check_authentication(auths: dict[str, Any], found: _Findings) -> None:
-    for key, entry in auths.items():
-        path = f"available_user_authentication.{key}"
-        if not isinstance(entry, dict):
-            found.problems.append(f"{path} must be an object")
-            continue
+    for path, entry in found.entries("available_user_authentication", auths):
         kind = entry.get("user_authentication_type")
         if not isinstance(kind, str) or kind not in AUTH_TYPES:
             found.problems.append(f"{path}.user_authentication_type: unknown type {kind!r}")
@@ -125,11 +131,7 @@ def _check_authentication(auths: dict[str, Any], found: _Findings) -> None:
 
 
 def _check_storage(storages: dict[str, Any], auths: dict[str, Any], found: _Findings) -> None:
-    for key, entry in storages.items():
-        path = f"available_storage.{key}"
-        if not isinstance(entry, dict):
-            found.problems.append(f"{path} must be an object")
-            continue
+    for path, entry in found.entries("available_storage", storages):
         kind = entry.get("storage_type")
         if not isinstance(kind, str) or kind not in STORAGE_TYPES:
             found.problems.append(f"{path}.storage_type: unknown type {kind!r}")
@@ -165,11 +167,7 @@ def _check_storage(storages: dict[str, Any], auths: dict[str, Any], found: _Find
 def _check_resources(
     resources: dict[str, Any], storages: dict[str, Any], auths: dict[str, Any], found: _Findings
 ) -> None:
-    for key, entry in resources.items():
-        path = f"available_resources.{key}"
-        if not isinstance(entry, dict):
-            found.problems.append(f"{path} must be an object")
-            continue
+    for path, entry in found.entries("available_resources", resources):
         kind = entry.get("resource_type")
         if kind not in RESOURCE_TYPES:
             found.problems.append(f"{path}.resource_type: unknown type {kind!r}")
@@ -218,11 +216,7 @@ def _check_slurm_resource(
 
 
 def _check_job_types(job_types: dict[str, Any], main_resource: Any, found: _Findings) -> None:
-    for key, entry in job_types.items():
-        path = f"available_job_types.{key}"
-        if not isinstance(entry, dict):
-            found.problems.append(f"{path} must be an object")
-            continue
+    for path, entry in found.entries("available_job_types", job_types):
         if entry.get("job_type") not in JOB_TYPES:
             found.problems.append(f"{path}.job_type: unknown type {entry.get('job_type')!r}")
         if not isinstance(entry.get("name"), str):
