@@ -359,10 +359,12 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         """The assembled server's life, step by step, until SIGTERM or SIGINT. A new start-up step
         goes in this list, and what undoes it in shut_down."""
         tune_runtime()
+        self.loop_watch = None
         if self.loop_stall_seconds > 0:
             from .looplag import LoopWatch
 
-            LoopWatch(self.loop_stall_seconds).start()
+            self.loop_watch = LoopWatch(self.loop_stall_seconds)
+            self.loop_watch.start()
         await self.leadership.begin()  # (before the port opens: a lone server's first answer leads)
         await listen(self)
         await self.leadership.run()  # start_leading if leading; the lock watched or tried for
@@ -400,6 +402,8 @@ class UWSApp(Application, UWSAppOptions, MovedOptions):
         await self.events.flush()
         self.db.close()
         self.audit_log.close()
+        if self.loop_watch is not None:
+            self.loop_watch.close()
 
     def reopen_logs(self) -> None:
         """SIGHUP, as logrotate sends it: every file the server appends to is opened anew (a

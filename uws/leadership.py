@@ -129,7 +129,6 @@ class Leadership(LoggingConfigurable):
         self._lead = lead
         self._step_down = step_down
         self.leading = False
-        self.changes = 0  # times the role changed (a test and the logs can tell a flap)
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[None] | None = None  # the leader's work, starting
@@ -138,11 +137,6 @@ class Leadership(LoggingConfigurable):
     @property
     def role(self) -> str:
         return LEADER if self.leading else STANDBY
-
-    def _set(self, leading: bool) -> None:
-        if leading != self.leading:
-            self.changes += 1
-        self.leading = leading
 
     # ---- life cycle --------------------------------------------------------------------------
     def join(self, data_dir: str) -> None:
@@ -158,9 +152,9 @@ class Leadership(LoggingConfigurable):
         """At start-up, before the port opens (so a lone server answers its first request as
         the leader): SQLite leads; PostgreSQL tries the lock once."""
         if self.conninfo is None:
-            self._set(True)
+            self.leading = True
             return
-        self._set(await self._try_lock())
+        self.leading = await self._try_lock()
         log.info(
             "Leadership: %s", "this server leads" if self.leading else "standing by (another server leads)"
         )
@@ -183,7 +177,7 @@ class Leadership(LoggingConfigurable):
                 task.cancel()
                 await asyncio.wait({task})
         if self.leading:
-            self._set(False)
+            self.leading = False
             await self._stop_quietly()
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -197,7 +191,7 @@ class Leadership(LoggingConfigurable):
                 if not await self._try_lock():
                     await asyncio.sleep(self.retry_seconds)
                     continue
-                self._set(True)
+                self.leading = True
                 log.warning("Leadership: this server now leads")
                 # Watched while it starts: a database lost meanwhile stops it too.
                 self._starting = asyncio.ensure_future(self._lead())
@@ -227,7 +221,7 @@ class Leadership(LoggingConfigurable):
         """Step down at once: answer as a standby, stop the leader's work, drop the lock's
         connection (the lock goes with it, now or when the database notices)."""
         log.warning("Leadership: stepping down: %s", reason)
-        self._set(False)
+        self.leading = False
         starting, self._starting = self._starting, None
         if starting is not None and not starting.done():
             starting.cancel()

@@ -29,12 +29,12 @@ class LoopWatch:
         self.threshold = threshold
         self.tick = threshold / 4
         self.stalls = 0
-        self._last = time.monotonic()
+        self._last = 0.0  # (start() sets it, and _loop_thread, on the loop's thread)
         self._stacks: list[str] = []
         self._gc_seconds = 0.0
         self._gc_began = 0.0
         self._stopped = threading.Event()
-        self._loop_thread = threading.get_ident()
+        self._loop_thread = 0
         self._handle: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
 

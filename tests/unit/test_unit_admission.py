@@ -70,6 +70,7 @@ def parts_for(tmp_path: Any, mode: str = "origin", running: bool = True) -> Any:
         proxy=proxy,
         auth=Tokens(),
         jobs=Jobs(),
+        leadership=SimpleNamespace(leading=True),
     )
 
 
@@ -183,6 +184,14 @@ def test_what_the_fast_paths_take(
     tmp_path: Any, method: str, path: str, headers: dict[str, str], expected: Any
 ) -> None:
     assert fast_route(parts_for(tmp_path), method, path, Head(headers.items())) == expected
+
+
+def test_a_standby_relays_nothing_itself(tmp_path: Any) -> None:
+    """Every request to a standby goes to the full handlers, which answer its 503."""
+    parts = parts_for(tmp_path)
+    assert fast_route(parts, "GET", "/x", Head([("Host", HOST)])) is not None
+    parts.leadership.leading = False
+    assert fast_route(parts, "GET", "/x", Head([("Host", HOST)])) is None
 
 
 def test_path_mode_routes_by_path(tmp_path: Any) -> None:

@@ -45,9 +45,11 @@ def session_route(parts: Components, path: str, host: str) -> Route | None:
 def fast_route(parts: Components, method: str, path: str, headers: Any) -> tuple[Route, bool] | None:
     """The session of a request the fast paths may relay, and whether it opens a websocket: a
     bodyless GET or HEAD, or a websocket upgrade, without a token to exchange and with one Host
-    (as Tornado's full path insists). Anything else goes to the full handlers."""
+    (as Tornado's full path insists). Anything else goes to the full handlers, and so does every
+    request to a standby (uws.leadership): its 503 is theirs to give."""
     if (
-        "Content-Length" in headers
+        not parts.leadership.leading
+        or "Content-Length" in headers
         or "Transfer-Encoding" in headers
         or "token=" in path
         or "," in headers.get("Host", ",")

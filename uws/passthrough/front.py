@@ -283,7 +283,6 @@ class FrontConnection(asyncio.Protocol):
         chosen = fast_route(self.front.parts, request.method, request.path, request.headers)
         if (
             chosen is None
-            or not self.front.parts.leadership.leading  # (a standby's 503 is Tornado's to give)
             or request.version != "1.1"
             or "Expect" in request.headers
             or "close" in request.headers.get("Connection", "").lower()

@@ -75,8 +75,7 @@ class HandedOffRequest(httputil.HTTPMessageDelegate):
     # ---- choosing ----------------------------------------------------------------------------
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         chosen = fast_route(self.app.parts, start_line.method, start_line.path, headers)
-        # (websockets go to the handlers, which splice; a standby's refusal is the handlers' too)
-        if chosen is not None and not chosen[1] and self.app.parts.leadership.leading:
+        if chosen is not None and not chosen[1]:  # (websockets go to the handlers, which splice)
             return self._check(chosen[0], start_line, headers)
         return self._to_application(start_line, headers)
 
