@@ -246,6 +246,11 @@ def test_a_forged_cookie_stays_refused(tmp_path: Any) -> None:
     for _ in range(2):
         assert refusal(decide(parts, Cookie=f"uws-session-{JOB}={forged}"))[0] == 403
     assert decide(parts, Cookie=f"uws-session-{JOB}={genuine}").target is not None
+    # Forgeries are not remembered: a client sending endless ones (up to a head's size each)
+    # grows nothing; only the one genuine cookie is kept.
+    for i in range(50):
+        decide(parts, Cookie=f"uws-session-{JOB}={genuine}{i:0>1000}")
+    assert list(parts.proxy._claims) == [genuine]
 
 
 def test_session_hosts_remember_a_bounded_number_of_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -257,6 +262,13 @@ def test_session_hosts_remember_a_bounded_number_of_names(monkeypatch: pytest.Mo
         assert hosts.job("localhost:8000") is None
         assert hosts.job("j12-abc.localhost.evil") is None
     assert len(hosts._jobs) <= 3
+    # Names that are no session's, and over-long heads, however many a client makes up, are
+    # worked out each time and never kept.
+    hosts = SessionHosts("localhost")
+    for i in range(50):
+        assert hosts.job(f"x{i}.localhost") is None
+        assert hosts.job(f"{HOST}:{i:0>1000}") in (None, (JOB, LABEL))
+    assert list(hosts._jobs) == []
 
 
 def test_forgotten_cache_is_read_again(tmp_path: Any) -> None:

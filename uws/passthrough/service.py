@@ -114,8 +114,8 @@ class ProxyService(LoggingConfigurable):
         self.targets: dict[int, Target] = {}
         self._timeouts_changed()
         self.secret = self._load_secret()
-        # Cookie values whose signature was checked, and what they claim (() when forged).
-        self._claims: dict[str, tuple[int, int, int] | tuple[()]] = {}
+        # Cookie values whose signature checked out, and what they claim.
+        self._claims: dict[str, tuple[int, int, int]] = {}
         # user id -> (when loaded, active, users.cookies_not_before)
         self._users: dict[int, tuple[float, bool, int]] = {}
         self.counts = PassthroughCounts()
@@ -214,12 +214,12 @@ class ProxyService(LoggingConfigurable):
             # A browser sends the same cookie with every request: its signature is checked once
             # (the secret never changes while the server runs). What can change (the job, a
             # logout, the age, the owner's deactivation) is checked below on every request.
-            claim = self._claim(value)
+            checked = self._claim(value)
+            if not checked:
+                return None  # (not remembered: anyone can send any number of forgeries)
             if len(self._claims) >= CLAIMS_KEPT:
                 self._claims.clear()
-            self._claims[value] = claim
-        if not claim:
-            return None
+            self._claims[value] = claim = checked
         cookie_job, user_id, issued = claim
         if cookie_job != target.job_id or issued <= target.cookies_not_before:
             return None

@@ -19,6 +19,7 @@ from typing import Any
 # new_host_label makes them.
 _SESSION_LABEL = re.compile(r"j([0-9]{1,18})-([a-z0-9]{1,40})")
 MEMO_SIZE = 4096  # Host headers whose session SessionHosts.job remembers
+MEMO_HOST_LENGTH = 300  # and the longest it remembers (a DNS name is at most 253, a port 6 more)
 
 
 def new_host_label() -> str:
@@ -39,10 +40,11 @@ class SessionHosts:
 
     def __init__(self, domain: str) -> None:
         self.suffix = "." + domain.lower().strip(".")
-        # Host headers already read, and what they name: every passthrough request asks, and
-        # a browser sends the same few again and again. Emptied when full (any Host a client
-        # makes up lands here too).
-        self._jobs: dict[str, tuple[int, str] | None] = {}
+        # Host headers already read that name a session: every passthrough request asks, and a
+        # browser sends the same few again and again. Only a session's short name is kept (what
+        # else a client sends, of any length, is worked out again each time), and the memo is
+        # emptied when full.
+        self._jobs: dict[str, tuple[int, str]] = {}
 
     def is_session_host(self, host: str) -> bool:
         """Whether a Host header names something under the session domain (a session, or a
@@ -51,18 +53,20 @@ class SessionHosts:
 
     def job(self, host: str) -> tuple[int, str] | None:
         """(job id, label) of a session's Host header, or None."""
-        try:
-            return self._jobs[host]
-        except KeyError:
-            pass
+        known = self._jobs.get(host)
+        if known is not None:
+            return known
         name = host_name(host)
-        job = None
-        if name.endswith(self.suffix):
-            match = _SESSION_LABEL.fullmatch(name[: -len(self.suffix)])
-            job = (int(match.group(1)), match.group(2)) if match else None
-        if len(self._jobs) >= MEMO_SIZE:
-            self._jobs.clear()
-        self._jobs[host] = job
+        if not name.endswith(self.suffix):
+            return None
+        match = _SESSION_LABEL.fullmatch(name[: -len(self.suffix)])
+        if match is None:
+            return None
+        job = (int(match.group(1)), match.group(2))
+        if len(host) <= MEMO_HOST_LENGTH:
+            if len(self._jobs) >= MEMO_SIZE:
+                self._jobs.clear()
+            self._jobs[host] = job
         return job
 
     def name(self, job_id: int, label: str) -> str:
