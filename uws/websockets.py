@@ -68,13 +68,20 @@ class TicketStore:
         digest = hash_token(ticket)
 
         def _redeem(session: Any) -> CurrentUser | None:
+            # Read first: a made-up ticket (anyone may send one) costs a read, never a write,
+            # which on SQLite would queue behind, and hold up, every other writer.
             row = session.execute(
-                delete(orm.WebSocketTicket)
-                .where(orm.WebSocketTicket.ticket_hash == digest)
-                .returning(orm.WebSocketTicket.token_id, orm.WebSocketTicket.expires_at)
+                select(orm.WebSocketTicket.token_id, orm.WebSocketTicket.expires_at).where(
+                    orm.WebSocketTicket.ticket_hash == digest
+                )
             ).first()
-            if row is None or row.expires_at < time.time():
+            if row is None:
                 return None
+            used = session.execute(
+                delete(orm.WebSocketTicket).where(orm.WebSocketTicket.ticket_hash == digest)
+            )
+            if used.rowcount != 1 or row.expires_at < time.time():
+                return None  # (another process redeemed it first, or it is too old)
             user, expires_at, active = self.auth.lookup_id(session, row.token_id)
             try:
                 return self.auth.valid(user, expires_at, active)

@@ -189,3 +189,16 @@ def test_start_keys_name_their_job_for_ten_minutes(db: Database, monkeypatch: An
     later = time.time() + start_keys.KEY_SECONDS + 1
     monkeypatch.setattr(start_keys.time, "time", lambda: later)
     assert db.call(lambda s: start_keys.lookup(s, alice, 1, "k")) is None
+
+
+def test_a_made_up_websocket_ticket_costs_a_read_not_a_write(db: Database) -> None:
+    """Anyone may send ?ticket=: an unknown one must not take the database's write turn."""
+    from sqlalchemy import event
+
+    from uws.websockets import TicketStore
+
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    store = TicketStore(db, auth=None)  # type: ignore[arg-type]  (an unknown ticket never asks it)
+    assert asyncio.run(store.redeem("made-up")) is None
+    assert statements and not [s for s in statements if not s.lstrip().upper().startswith("SELECT")]
