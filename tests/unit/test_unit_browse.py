@@ -118,3 +118,22 @@ def test_content_disposition_keeps_the_name_out_of_the_header_syntax(name: str) 
     fallback, encoded = header.removeprefix('attachment; filename="').split("\"; filename*=UTF-8''")
     assert '"' not in fallback and "\\" not in fallback and ";" not in encoded
     assert unquote(encoded, errors="strict") == name
+
+
+def test_a_listing_of_link_chains_stops_following_at_its_budget(
+    place: browse.Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every link of a listing is resolved, each within MAX_STEPS; a directory full of long
+    chains through ".." (each reopening its path from /) is bounded as a whole: past the
+    listing's budget the rest are shown as not followed, and the listing still answers."""
+    hops = "/".join(["sub/.."] * 40)
+    for i in range(20):
+        link(place, f"l{i:02}", f"{hops}/sub/f")
+    whole = browse.list_directory(place, [], 100)["entries"]
+    assert all(e["target_allowed"] for e in whole if e["name"].startswith("l"))
+    one = sum(len(place.workspace.split("/")) for _ in range(40)) + 100  # about one link's cost
+    monkeypatch.setattr(browse, "LISTING_STEPS", 5 * one)
+    entries = {e["name"]: e for e in browse.list_directory(place, [], 100)["entries"]}
+    followed = [n for n, e in entries.items() if n.startswith("l") and e["target_allowed"]]
+    assert 1 <= len(followed) < 20
+    assert entries["sub"]["type"] == "directory"  # (the rest of the listing is whole)

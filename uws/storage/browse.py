@@ -37,6 +37,10 @@ from .safepath import DIR_FLAGS, RESERVED_FIRST
 MAX_LINKS = 40
 # Components walked for one path, links' targets included: bounds the work a request can cause.
 MAX_STEPS = 4096
+# The same for a whole listing, whose every symlink is resolved: steps, a ".." counted as the
+# directories it reopens from "/". Past it, the remaining links are shown as not followed, so a
+# directory of link chains costs its owner's request seconds, not the shared readers minutes.
+LISTING_STEPS = 65536
 # O_NONBLOCK: opening a FIFO swapped in at the last moment returns at once (it is refused by
 # its fstat); O_NOCTTY: a terminal never becomes the server's.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -104,13 +108,16 @@ def _readlink(name: str, dir_fd: int) -> str | None:
 class _Walk:
     """One resolution: the directory fd held, its physical path, and what is left to walk."""
 
-    def __init__(self, place: Place, fd: int, stack: list[str], parts: list[str]) -> None:
+    def __init__(
+        self, place: Place, fd: int, stack: list[str], parts: list[str], max_steps: int = MAX_STEPS
+    ) -> None:
         self.place = place
         self.fd = fd
         self.stack = stack
         self.pending = list(reversed(parts))
         self.links = 0
         self.steps = 0
+        self.max_steps = max_steps
 
     def move(self, fd: int, stack: list[str]) -> None:
         os.close(self.fd)
@@ -185,7 +192,7 @@ class _Walk:
     def run(self) -> Resolved:
         while True:
             self.steps += 1
-            if self.steps > MAX_STEPS:
+            if self.steps > self.max_steps:
                 raise NotAllowed
             if not self.pending:
                 # The path ended on a directory we hold (no components, or a trailing "/").
@@ -199,6 +206,7 @@ class _Walk:
             if name in ("", "."):
                 continue
             if name == "..":
+                self.steps += len(self.stack)  # (reopened from "/", one directory at a time)
                 self.move(safepath.open_dir_fd(_join(self.stack[:-1])), self.stack[:-1])
             elif not self.pending:
                 found = self.finish(name)
@@ -208,15 +216,22 @@ class _Walk:
                 self.enter(name)
 
 
-def resolve(place: Place, parts: list[str], start: tuple[int, str] | None = None) -> Resolved:
+def resolve(
+    place: Place,
+    parts: list[str],
+    start: tuple[int, str] | None = None,
+    budget: list[int] | None = None,
+) -> Resolved:
     """The object at parts (relative to the workspace, or to `start`: a directory fd and its
     path), opened: a directory, or a regular file opened for reading. The caller closes its fd.
+    `budget`: [steps left] shared by the resolutions of one request, and spent by this one.
     Raises NotAllowed, NotRegular or ServerCannotRead."""
     if start is None:
         fd, base = safepath.open_dir_fd(place.workspace), place.workspace
     else:
         fd, base = os.dup(start[0]), start[1]
-    walk = _Walk(place, fd, [p for p in base.split("/") if p], parts)
+    max_steps = MAX_STEPS if budget is None else min(MAX_STEPS, budget[0])
+    walk = _Walk(place, fd, [p for p in base.split("/") if p], parts, max_steps)
     try:
         return walk.run()
     except OSError as e:
@@ -225,6 +240,8 @@ def resolve(place: Place, parts: list[str], start: tuple[int, str] | None = None
         raise
     finally:
         os.close(walk.fd)
+        if budget is not None:
+            budget[0] -= walk.steps
 
 
 # ---- listings --------------------------------------------------------------------------------
@@ -232,7 +249,9 @@ def modified_time(st: os.stat_result) -> str | None:
     return isoformat(_dt.datetime.fromtimestamp(st.st_mtime, UTC))
 
 
-def _entry(place: Place, dir_fd: int, dir_path: str, name: str, st: os.stat_result) -> dict[str, Any]:
+def _entry(
+    place: Place, dir_fd: int, dir_path: str, name: str, st: os.stat_result, budget: list[int]
+) -> dict[str, Any]:
     modified = modified_time(st)
     if stat.S_ISDIR(st.st_mode):
         return {"name": name, "type": "directory", "size": None, "modified": modified}
@@ -248,7 +267,7 @@ def _entry(place: Place, dir_fd: int, dir_path: str, name: str, st: os.stat_resu
         "target_type": None,
     }
     try:
-        target = resolve(place, [name], (dir_fd, dir_path))
+        target = resolve(place, [name], (dir_fd, dir_path), budget)
     except (NotAllowed, NotRegular, ServerCannotRead):
         return entry
     try:
@@ -275,6 +294,7 @@ def list_directory(place: Place, parts: list[str], max_entries: int) -> dict[str
         top = found.path == place.workspace
         entries: list[dict[str, Any]] = []
         truncated = False
+        budget = [LISTING_STEPS]
         with os.scandir(found.fd) as scan:
             for item in scan:
                 name = item.name
@@ -291,7 +311,7 @@ def list_directory(place: Place, parts: list[str], max_entries: int) -> dict[str
                     st = item.stat(follow_symlinks=False)
                 except OSError:
                     continue  # gone meanwhile
-                entries.append(_entry(place, found.fd, found.path, name, st))
+                entries.append(_entry(place, found.fd, found.path, name, st, budget))
     finally:
         os.close(found.fd)
     entries.sort(key=lambda e: (e["type"] != "directory", e["name"]))
