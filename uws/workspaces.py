@@ -115,11 +115,14 @@ class WorkspaceService:
         self._publish(user_id, model["id"], model)
 
     def forget_cached(self) -> None:
-        """Drop every cached listing. This process owns every write only while it leads
-        (uws.leadership): another server may have written since it last did."""
+        """Drop every cached listing, and what was last announced. This process owns every
+        write only while it leads (uws.leadership): another server may have written since."""
         self._generation = {uid: n + 1 for uid, n in self._generation.items()}
         self._cache.clear()
         self._cache_bytes.clear()
+        # What this process last announced may not be last any more: another leader announced
+        # since. A workspace back at what this one announced must be announced again.
+        self._published.clear()
 
     async def _publish_changes(self, user_id: int) -> None:
         await asyncio.sleep(0)  # coalesce the changes of one operation
