@@ -16,7 +16,7 @@ from tornado import web
 from tornado.routing import PathMatches, Rule
 from tornado.websocket import WebSocketHandler
 
-from uws.errors import error_body
+from uws.errors import APIError, error_body
 from uws.handlers import api_host_routes, session_host_routes
 from uws.handlers.base import UpgradeMatches
 from uws.handlers.components import Components, WebConfig, web_settings
@@ -158,3 +158,21 @@ def test_the_app_provides_every_accessor() -> None:
     assert parts.config.sessions_base == "https://example.org"
     assert parts.config.cors_allowed_origins == ("*",)
     assert parts.config.max_json_body_size == "<max_json_body_size>"
+
+
+def test_every_handler_answers_an_exception_the_same_way() -> None:
+    """API handlers and pages answer through one exception_answer: their own error, a client's
+    mistake, 503 with Retry-After while the database cannot answer, else 500."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from uws.handlers import base, pages
+
+    handler = SimpleNamespace(request=SimpleNamespace(method="GET", path="/x"))
+    own = APIError(409, "Busy.")
+    assert base.exception_answer(handler, own) is own  # type: ignore[arg-type]
+    assert base.exception_answer(handler, web.HTTPError(404)).status == 404  # type: ignore[arg-type]
+    lost = base.exception_answer(handler, PoolTimeout())  # type: ignore[arg-type]
+    assert (lost.status, lost.headers) == (503, {"Retry-After": "1"})
+    assert base.exception_answer(handler, ValueError("bug")).status == 500  # type: ignore[arg-type]
+    # Pages take the same path (they answered 500 while the database was down).
+    assert "exception_answer" in pages.PageHandler._handle_request_exception.__code__.co_names

@@ -129,6 +129,25 @@ def decode_json(raw: bytes) -> Any:
     return value
 
 
+def exception_answer(handler: web.RequestHandler, e: BaseException) -> APIError:
+    """The JSON error a request that raised `e` answers, for every kind of handler: its own
+    APIError, a client's mistake Tornado found (4xx), 503 while the database cannot be reached
+    (the client retries, by then maybe at a new leader), else 500, logged with its trace."""
+    if isinstance(e, APIError):
+        return e
+    request = handler.request
+    if isinstance(e, web.HTTPError) and e.status_code < 500:
+        message = "Not found." if e.status_code == 404 else (e.log_message or e.reason or "Bad request.")
+        return APIError(e.status_code, message)
+    if unavailable(e):
+        # One line: the database's trouble, not a fault here to trace.
+        cause = str(getattr(e, "orig", None) or e).strip().split("\n", 1)[0]
+        log.warning("Database unavailable: %s %s: %s", request.method, request.path, cause)
+        return APIError(503, DATABASE_UNAVAILABLE, {"Retry-After": "1"})
+    log.error("Uncaught exception %s %s", request.method, request.path, exc_info=e)
+    return APIError(500, "A server error occurred.")
+
+
 @web.stream_request_body
 class BaseHandler(Components, AnswersBeforeBody):
     """JSON-only handler. Bodies are streamed in so an oversize one is refused before it is read."""
@@ -323,19 +342,7 @@ class BaseHandler(Components, AnswersBeforeBody):
         if isinstance(e, web.HTTPError) and e.status_code == 405:
             self.method_not_allowed()
             return
-        if isinstance(e, web.HTTPError) and e.status_code < 500:
-            message = "Not found." if e.status_code == 404 else (e.log_message or e.reason or "Bad request.")
-            self.send_api_error(APIError(e.status_code, message))
-            return
-        if unavailable(e):
-            # The database cannot be reached or answer now: the client retries (by then, maybe
-            # at a new leader). One line: the database's trouble, not a fault here to trace.
-            cause = str(getattr(e, "orig", None) or e).strip().split("\n", 1)[0]
-            log.warning("Database unavailable: %s %s: %s", self.request.method, self.request.path, cause)
-            self.send_api_error(APIError(503, DATABASE_UNAVAILABLE, {"Retry-After": "1"}))
-            return
-        log.error("Uncaught exception %s %s", self.request.method, self.request.path, exc_info=e)
-        self.send_api_error(APIError(500, "A server error occurred."))
+        self.send_api_error(exception_answer(self, e))
 
     def method_not_allowed(self) -> None:
         allow = ", ".join(self.allowed_methods())

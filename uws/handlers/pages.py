@@ -20,7 +20,7 @@ from ..auth.scopes import CurrentUser
 from ..errors import APIError
 from ..webui import BROWSER_COOKIE, OAUTH_STATE_COOKIE, WebUI, login_mode
 from .auditing import record_answer
-from .base import ID, send_error, set_cors_headers, write_json_error
+from .base import ID, exception_answer, send_error, set_cors_headers, write_json_error
 from .browser import authenticate_request
 from .components import Components
 
@@ -114,14 +114,7 @@ class PageHandler(Components, web.RequestHandler):
         record_answer(self, ("login", claimed, {"browser": True}), None, error, error.status)
 
     def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, APIError):
-            send_error(self, e)
-        elif isinstance(e, web.HTTPError) and e.status_code < 500:
-            message = "Not found." if e.status_code == 404 else (e.log_message or e.reason or "Bad request.")
-            send_error(self, APIError(e.status_code, message))
-        else:
-            log.error("Uncaught exception %s %s", self.request.method, self.request.path, exc_info=e)
-            send_error(self, APIError(500, "A server error occurred."))
+        send_error(self, exception_answer(self, e))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         write_json_error(self, status_code)
