@@ -21,6 +21,12 @@ class APIError(Exception):
         self.refused = status in (401, 403) if refused is None else refused
 
 
+def retry_later(message: str) -> APIError:
+    """503 with Retry-After: this server cannot answer now (a standby, or the database out of
+    reach), and the client tries again in a second, by then maybe at the leader."""
+    return APIError(503, message, {"Retry-After": "1"})
+
+
 def error_body(message: str) -> bytes:
     """The JSON error envelope, as bytes: every error answer the server writes itself (API
     handlers, websocket and passthrough refusals, the front door) goes through here, so the

@@ -14,7 +14,7 @@ from tornado.routing import PathMatches
 
 from ..auth.scopes import require_scope
 from ..db import unavailable
-from ..errors import APIError, error_body
+from ..errors import APIError, error_body, retry_later
 from ..utils import parse_bool
 from .auditing import Declared, record_answer, refused_request
 from .browser import authenticate_request
@@ -143,7 +143,7 @@ def exception_answer(handler: web.RequestHandler, e: BaseException) -> APIError:
         # One line: the database's trouble, not a fault here to trace.
         cause = str(getattr(e, "orig", None) or e).strip().split("\n", 1)[0]
         log.warning("Database unavailable: %s %s: %s", request.method, request.path, cause)
-        return APIError(503, DATABASE_UNAVAILABLE, {"Retry-After": "1"})
+        return retry_later(DATABASE_UNAVAILABLE)
     log.error("Uncaught exception %s %s", request.method, request.path, exc_info=e)
     return APIError(500, "A server error occurred.")
 

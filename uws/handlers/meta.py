@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 
-from ..errors import APIError
+from ..errors import APIError, retry_later
 from ..leadership import STANDBY_MESSAGE
 from .base import BaseHandler
 
 
 def standby_refusal() -> APIError:
     """A standby's answer: the load balancer (or the client) tries again, by then at the leader."""
-    return APIError(503, STANDBY_MESSAGE, {"Retry-After": "1"})
+    return retry_later(STANDBY_MESSAGE)
 
 
 class JobTypesHandler(BaseHandler):
